@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use rbee_proto::config::AgentConfig;
+
+/// The rbee node daemon: authenticates sessions, supervises rbee-worker processes, streams
+/// telemetry, keeps an audit log and remembers which workers should run.
+#[derive(Parser, Debug)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)"), about)]
+struct Args {
+    /// Address to listen on (default 127.0.0.1:7733; env RBEE_LISTEN). Use port 0 for any free port.
+    #[arg(long, env = "RBEE_LISTEN")]
+    listen: Option<String>,
+    /// State directory: token, lock, desired workers, audit log, worker logs.
+    #[arg(long, env = "RBEE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// TOML config file (see assets/agent.example.toml).
+    #[arg(long, env = "RBEE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// A directory of models this node serves (repeatable; adds to the config's model_dirs).
+    #[arg(long = "model-dir", env = "RBEE_MODEL_DIRS", value_delimiter = ':')]
+    model_dirs: Vec<PathBuf>,
+    /// Path of rbee-worker (default: next to this binary).
+    #[arg(long, env = "RBEE_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("rbee/agent")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let mut config = match &args.config {
+        Some(p) => AgentConfig::load(p)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    config.model_dirs.extend(args.model_dirs);
+    if let Some(w) = args.worker_bin {
+        config.worker_bin = Some(w);
+    }
+    config.validate().map_err(|m| anyhow::anyhow!("invalid configuration: {m}"))?;
+    let worker_bin = match &config.worker_bin {
+        Some(w) => w.clone(),
+        None => std::env::current_exe()
+            .context("locating rbee-agent")?
+            .with_file_name("rbee-worker"),
+    };
+    if !worker_bin.is_file() {
+        anyhow::bail!("worker binary {} not found; build it or pass --worker-bin", worker_bin.display());
+    }
+    let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let running = rbee_agent::start(rbee_agent::Options { config, state_dir, worker_bin }).await?;
+        eprintln!("rbee-agent: listening on ws://{} (token: {})", running.addr, running.token_path.display());
+        let stop = running.stop_token();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.cancel();
+        });
+        running.wait().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,246 @@
+//! The async client for an agent session: authenticate, handshake, then multiplex requests over
+//! one WebSocket. Replies and tokens are routed by request id; events go to one channel.
+//!
+//! Behind the `client` feature so the protocol types stay free of I/O for those who only decode.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::frame::{decode, encode};
+use crate::session::{ClientMsg, Event, Reply, Request, ServerMsg};
+use crate::{ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach agent at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("agent at {url} refused the token (HTTP 401)")]
+    Unauthorized { url: String },
+    #[error("handshake with {url} failed: {0}", .reason)]
+    Handshake { url: String, reason: String },
+    #[error("session closed")]
+    Closed,
+    #[error("{0}")]
+    Agent(#[from] ProtoError),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl ClientError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Agent(e) => e.code,
+            ClientError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            ClientError::Timeout(_) => ErrorCode::DeadlineExceeded,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Something the session received that is not addressed to a pending request.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Event(Event),
+    /// An error frame that carried no request id (e.g. a frame the agent could not parse).
+    Error(ProtoError),
+    /// The connection ended.
+    Closed(String),
+}
+
+/// What a pending request receives.
+#[derive(Debug)]
+pub enum Streamed {
+    Token(String),
+    Reply(Reply),
+    Error(ProtoError),
+}
+
+type Pending = Arc<Mutex<HashMap<RequestId, mpsc::Sender<Streamed>>>>;
+
+/// One authenticated session to one agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    out: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+    pub agent_version: String,
+    pub node: String,
+}
+
+/// An in-flight streaming request (e.g. `Infer`).
+pub struct Stream {
+    pub id: RequestId,
+    rx: mpsc::Receiver<Streamed>,
+    client: Client,
+}
+
+impl Stream {
+    /// Next token text, the final reply, or an error; `None` when the session closed.
+    pub async fn next(&mut self) -> Option<Streamed> {
+        self.rx.recv().await
+    }
+
+    pub async fn cancel(&self) -> Result<(), ClientError> {
+        self.client.request(Request::Cancel { request: self.id }, None).await.map(|_| ())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.client.pending.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Client {
+    /// Connect to `url` (ws://HOST:PORT) with a bearer token and complete the handshake.
+    /// `events` receives everything not addressed to a request.
+    pub async fn connect(url: &str, token: &str, client_name: &str) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
+        Self::connect_with_version(url, token, client_name, PROTOCOL_VERSION).await
+    }
+
+    /// As `connect`, announcing an arbitrary protocol version (tests of the mismatch path).
+    pub async fn connect_with_version(
+        url: &str,
+        token: &str,
+        client_name: &str,
+        version: u32,
+    ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+        req.headers_mut().insert("authorization", auth);
+        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
+                return Err(ClientError::Unauthorized { url: url.into() })
+            }
+            Err(e) => return Err(ClientError::Connect { url: url.into(), reason: e.to_string() }),
+        };
+        let (mut sink, mut source) = ws.split();
+        let hello = ClientMsg::Hello { protocol_version: version, client: client_name.into() };
+        sink.send(Message::text(encode(&hello)))
+            .await
+            .map_err(|e| ClientError::Handshake { url: url.into(), reason: e.to_string() })?;
+        let (agent_version, node) = loop {
+            let msg = source.next().await.ok_or_else(|| ClientError::Handshake {
+                url: url.into(),
+                reason: "connection closed before welcome".into(),
+            })?;
+            let msg = msg.map_err(|e| ClientError::Handshake { url: url.into(), reason: e.to_string() })?;
+            let Message::Text(text) = msg else { continue };
+            match decode::<ServerMsg>(&text) {
+                Ok(ServerMsg::Welcome { agent_version, node, .. }) => break (agent_version, node),
+                Ok(ServerMsg::Error { code, message, .. }) => {
+                    return Err(ClientError::Agent(ProtoError::new(code, message)))
+                }
+                Ok(other) => {
+                    return Err(ClientError::Handshake { url: url.into(), reason: format!("unexpected {other:?}") })
+                }
+                Err(e) => return Err(ClientError::Handshake { url: url.into(), reason: e.message }),
+            }
+        };
+
+        let (out_tx, mut out_rx) = mpsc::channel::<Message>(256);
+        let (ev_tx, ev_rx) = mpsc::channel::<Incoming>(4096);
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let pending_r = pending.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let Some(msg) = source.next().await else { break "connection closed".to_string() };
+                let text = match msg {
+                    Ok(Message::Text(t)) => t,
+                    Ok(Message::Close(c)) => break c.map(|c| c.reason.to_string()).unwrap_or_else(|| "closed by agent".into()),
+                    Ok(_) => continue,
+                    Err(e) => break e.to_string(),
+                };
+                let msg = match decode::<ServerMsg>(&text) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("undecodable frame from agent: {}", e.message);
+                        continue;
+                    }
+                };
+                let (id, item) = match msg {
+                    ServerMsg::Token { id, text } => (id, Streamed::Token(text)),
+                    ServerMsg::Reply { id, body } => (id, Streamed::Reply(body)),
+                    ServerMsg::Error { id: Some(id), code, message } => (id, Streamed::Error(ProtoError::new(code, message))),
+                    ServerMsg::Error { id: None, code, message } => {
+                        let _ = ev_tx.send(Incoming::Error(ProtoError::new(code, message))).await;
+                        continue;
+                    }
+                    ServerMsg::Event { event } => {
+                        if ev_tx.send(Incoming::Event(event)).await.is_err() {
+                            // Nobody listens for events; keep serving replies.
+                        }
+                        continue;
+                    }
+                    ServerMsg::Welcome { .. } => continue,
+                };
+                let tx = pending_r.lock().unwrap().get(&id).cloned();
+                if let Some(tx) = tx {
+                    // Awaiting here applies backpressure: tokens are never dropped.
+                    let _ = tx.send(item).await;
+                }
+            };
+            // Wake every waiter: their session is gone.
+            let waiters: Vec<_> = pending_r.lock().unwrap().drain().collect();
+            for (_, tx) in waiters {
+                let _ = tx.send(Streamed::Error(ProtoError::new(ErrorCode::Internal, format!("session closed: {reason}")))).await;
+            }
+            let _ = ev_tx.send(Incoming::Closed(reason)).await;
+        });
+        Ok((Client { out: out_tx, pending, next_id: Arc::new(AtomicU64::new(1)), agent_version, node }, ev_rx))
+    }
+
+    /// Start a request; the returned stream yields its tokens and final reply.
+    pub async fn start(&self, body: Request, deadline: Option<UnixMillis>) -> Result<Stream, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(1024);
+        self.pending.lock().unwrap().insert(id, tx);
+        let frame = encode(&ClientMsg::Request { id, deadline, body });
+        self.out.send(Message::text(frame)).await.map_err(|_| ClientError::Closed)?;
+        Ok(Stream { id, rx, client: self.clone() })
+    }
+
+    /// Send a request and wait for its reply (tokens, if any, are discarded).
+    pub async fn request(&self, body: Request, deadline: Option<UnixMillis>) -> Result<Reply, ClientError> {
+        let mut s = self.start(body, deadline).await?;
+        loop {
+            match s.next().await {
+                Some(Streamed::Reply(r)) => return Ok(r),
+                Some(Streamed::Error(e)) => return Err(ClientError::Agent(e)),
+                Some(Streamed::Token(_)) => continue,
+                None => return Err(ClientError::Closed),
+            }
+        }
+    }
+
+    /// Send raw text as one frame (for tests of the agent's handling of bad input).
+    pub async fn send_raw(&self, text: &str) -> Result<(), ClientError> {
+        self.out.send(Message::text(text.to_string())).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Register interest in replies to a raw frame with this id.
+    pub fn watch_id(&self, id: RequestId) -> mpsc::Receiver<Streamed> {
+        let (tx, rx) = mpsc::channel(64);
+        self.pending.lock().unwrap().insert(id, tx);
+        rx
+    }
+}

@@ -1,0 +1,26 @@
+//! `rbee-proto`: everything that crosses a process boundary in rbee.
+//!
+//! Owns the wire types for the two links (agent ⇄ worker over stdio, dashboard/script ⇄ agent over
+//! WebSocket), their framing and decoding rules, the protocol version, ids, the configuration
+//! schema, and the restart/backoff policy. It must stay free of I/O: binaries do the talking,
+//! this crate only says what the words mean.
+
+#[cfg(feature = "client")]
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod policy;
+pub mod session;
+pub mod types;
+pub mod worker;
+
+pub use error::{ErrorCode, ProtoError};
+pub use types::*;
+
+/// Version of the wire protocol. Bumped on every incompatible change; both handshakes carry it and
+/// a mismatch is refused with both numbers named.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame (one JSON document) any rbee process accepts, in bytes.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;

@@ -1,0 +1,138 @@
+//! Plain data shared by both links.
+use serde::{Deserialize, Serialize};
+
+/// Id a client picks for each of its requests; replies and streams carry it back.
+pub type RequestId = u64;
+
+/// Stable id of a worker on its node, e.g. `w3`.
+pub type WorkerId = String;
+
+/// Milliseconds since the Unix epoch; used for deadlines and timestamps.
+pub type UnixMillis = u64;
+
+pub fn now_millis() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How to pick the next token. Same seed and parameters give the same text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax).
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    /// 1.0 disables the penalty.
+    pub repeat_penalty: f32,
+    /// How many of the most recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: Some(40),
+            top_p: Some(0.95),
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            max_tokens: 128,
+            stop: Vec::new(),
+            seed: 299_792_458,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    /// `max_tokens` reached.
+    Length,
+    /// A stop sequence matched.
+    Stop,
+    /// The context window is full.
+    ContextFull,
+}
+
+/// Counts and timings reported when a generation finishes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    /// From receiving the request to the first generated token.
+    pub time_to_first_token_ms: f64,
+    pub prompt_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub total_ms: f64,
+}
+
+/// What a loaded model is, reported in `Ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub architecture: String,
+    pub context_length: u32,
+    /// Bytes of weights the worker holds (host or device memory).
+    pub memory_bytes: u64,
+    pub device: String,
+}
+
+/// Lifecycle of a worker as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Starting,
+    Loading,
+    Ready,
+    Busy,
+    Stopping,
+    /// Stopped on purpose (kill, shutdown).
+    Exited,
+    /// Died unexpectedly; a restart will follow.
+    Crashed,
+    /// Waiting before the next restart.
+    BackingOff,
+    /// Gave up: too many failures; needs the operator.
+    Failed,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Loading => "loading",
+            WorkerState::Ready => "ready",
+            WorkerState::Busy => "busy",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Exited => "exited",
+            WorkerState::Crashed => "crashed",
+            WorkerState::BackingOff => "backing_off",
+            WorkerState::Failed => "failed",
+        }
+    }
+
+    /// Whether the worker can take requests.
+    pub fn is_serving(self) -> bool {
+        matches!(self, WorkerState::Ready | WorkerState::Busy)
+    }
+
+    /// Whether the worker is gone for good (until the operator acts).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, WorkerState::Exited | WorkerState::Failed)
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

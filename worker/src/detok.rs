@@ -1,0 +1,137 @@
+//! Streaming detokenization and stop sequences.
+//!
+//! Byte-level BPE splits multi-byte characters across tokens, so decoding token by token can
+//! produce half a character. `Detokenizer` holds text back until it decodes cleanly; `StopMatcher`
+//! holds back the tail that could still become a stop sequence.
+use tokenizers::Tokenizer;
+
+pub struct Detokenizer<'t> {
+    tokenizer: &'t Tokenizer,
+    tokens: Vec<u32>,
+    prev_index: usize,
+    current_index: usize,
+}
+
+impl<'t> Detokenizer<'t> {
+    pub fn new(tokenizer: &'t Tokenizer) -> Self {
+        Self { tokenizer, tokens: Vec::new(), prev_index: 0, current_index: 0 }
+    }
+
+    fn decode(&self, tokens: &[u32]) -> String {
+        self.tokenizer.decode(tokens, true).unwrap_or_default()
+    }
+
+    /// Add a token; returns the text it completes, if any. Never returns a broken character.
+    pub fn push(&mut self, token: u32) -> Option<String> {
+        let prev_text = self.decode(&self.tokens[self.prev_index..self.current_index]);
+        self.tokens.push(token);
+        let text = self.decode(&self.tokens[self.prev_index..]);
+        if text.len() > prev_text.len()
+            && !text.ends_with('\u{FFFD}')
+            && text.is_char_boundary(prev_text.len())
+        {
+            let delta = text[prev_text.len()..].to_string();
+            self.prev_index = self.current_index;
+            self.current_index = self.tokens.len();
+            Some(delta)
+        } else {
+            None
+        }
+    }
+
+    /// Whatever is still held back (at the end of generation).
+    pub fn flush(&mut self) -> Option<String> {
+        let prev_text = self.decode(&self.tokens[self.prev_index..self.current_index]);
+        let text = self.decode(&self.tokens[self.prev_index..]);
+        self.prev_index = self.tokens.len();
+        self.current_index = self.tokens.len();
+        if text.len() > prev_text.len() && text.is_char_boundary(prev_text.len()) {
+            Some(text[prev_text.len()..].trim_end_matches('\u{FFFD}').to_string())
+                .filter(|s| !s.is_empty())
+        } else {
+            None
+        }
+    }
+}
+
+/// Finds stop sequences in streamed text without ever emitting part of one.
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+/// Result of feeding text to a `StopMatcher`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StopFeed {
+    /// Text safe to emit now.
+    pub emit: String,
+    /// A stop sequence matched; generation must end.
+    pub stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+    }
+
+    pub fn feed(&mut self, text: &str) -> StopFeed {
+        if self.stops.is_empty() {
+            return StopFeed { emit: text.to_string(), stopped: false };
+        }
+        self.pending.push_str(text);
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            let emit = self.pending[..pos].to_string();
+            self.pending.clear();
+            return StopFeed { emit, stopped: true };
+        }
+        // Hold back the longest suffix that is a prefix of some stop sequence.
+        let mut hold = 0;
+        for stop in &self.stops {
+            for (i, _) in stop.char_indices().skip(1) {
+                if self.pending.ends_with(&stop[..i]) {
+                    hold = hold.max(i);
+                }
+            }
+        }
+        let cut = self.pending.len() - hold;
+        let emit = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        StopFeed { emit, stopped: false }
+    }
+
+    /// Text held back when generation ends for another reason.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_sequence_split_across_feeds() {
+        let mut m = StopMatcher::new(&["\n\nUser:".to_string()]);
+        assert_eq!(m.feed("Hello"), StopFeed { emit: "Hello".into(), stopped: false });
+        assert_eq!(m.feed(" there\n"), StopFeed { emit: " there".into(), stopped: false });
+        assert_eq!(m.feed("\nUs"), StopFeed { emit: "".into(), stopped: false });
+        assert_eq!(m.feed("er: hi"), StopFeed { emit: "".into(), stopped: true });
+    }
+
+    #[test]
+    fn held_back_text_is_released_when_it_diverges() {
+        let mut m = StopMatcher::new(&["END".to_string()]);
+        assert_eq!(m.feed("the EN").emit, "the ");
+        assert_eq!(m.feed("D").stopped, true);
+        let mut m = StopMatcher::new(&["END".to_string()]);
+        assert_eq!(m.feed("the EN").emit, "the ");
+        assert_eq!(m.feed("VOY").emit, "ENVOY");
+        assert_eq!(m.finish(), "");
+    }
+
+    #[test]
+    fn no_stops_passes_through() {
+        let mut m = StopMatcher::new(&[]);
+        assert_eq!(m.feed("abc").emit, "abc");
+    }
+}

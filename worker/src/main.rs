@@ -1,0 +1,177 @@
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rbee_proto::worker::FromWorker;
+use rbee_proto::{ErrorCode, SamplingParams, PROTOCOL_VERSION};
+use rbee_worker::serve::{send, serve, ServeOptions, Sink};
+use rbee_worker::{device, model, Engine, ModelRef};
+
+/// Serve one LLM with candle. With `--prompt`, generate once and print; otherwise speak the rbee
+/// worker protocol on stdin/stdout (what `rbee-agent` does with it).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// A .gguf file, a safetensors model directory, or hf:ORG/REPO[@REVISION][:FILE].
+    #[arg(long, short)]
+    model: String,
+    /// cpu, or cuda:N (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads for the matmuls (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Generate once from this prompt, print the text to stdout and timings to stderr.
+    #[arg(long, short)]
+    prompt: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1.1)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[arg(long, default_value_t = 299_792_458)]
+    seed: u64,
+    /// Heartbeat period in protocol mode.
+    #[arg(long, default_value_t = 2000)]
+    heartbeat_ms: u64,
+    /// Generate requests that may wait in the queue before the answer is `busy`.
+    #[arg(long, default_value_t = 8)]
+    queue: usize,
+    /// Write the model's tokenizer as tokenizer.json to this path and exit.
+    #[arg(long)]
+    export_tokenizer: Option<std::path::PathBuf>,
+    /// Print timings as one JSON object on stderr (with --prompt).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(t) = args.threads {
+        // candle's CPU kernels size their pool from this before first use.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let code = if args.prompt.is_some() || args.export_tokenizer.is_some() {
+        match one_shot(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rbee-worker: {e:#}");
+                1
+            }
+        }
+    } else {
+        protocol(&args)
+    };
+    std::process::exit(code);
+}
+
+fn params(args: &Args) -> SamplingParams {
+    SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        seed: args.seed,
+    }
+}
+
+fn load(args: &Args, progress: &mut dyn FnMut(&str, f32)) -> Result<model::LoadedModel, model::LoadError> {
+    let device = device::parse_device(&args.device)?;
+    let r = ModelRef::parse(&args.model)?;
+    progress("resolving", 0.0);
+    let files = model::resolve(&r)?;
+    model::load(&files, &device, progress)
+}
+
+fn one_shot(args: &Args) -> anyhow::Result<()> {
+    let loaded = load(args, &mut |_, _| {})?;
+    if let Some(path) = &args.export_tokenizer {
+        loaded
+            .tokenizer
+            .save(path, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
+    let mut engine = Engine::new(loaded);
+    let prompt = args.prompt.as_deref().unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let (finish, usage) = engine
+        .generate(prompt, &params(args), &|| None, &mut |t| {
+            let _ = out.write_all(t.as_bytes());
+            let _ = out.flush();
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = writeln!(out);
+    if args.json {
+        eprintln!("{}", serde_json::json!({"finish_reason": finish, "usage": usage, "peak_rss_bytes": peak_rss_bytes()}));
+    } else {
+        eprintln!(
+            "{} prompt tokens ({:.1} tok/s), {} generated ({:.1} tok/s), first token after {:.0} ms, finish: {:?}",
+            usage.prompt_tokens,
+            usage.prompt_tokens_per_s,
+            usage.generated_tokens,
+            usage.decode_tokens_per_s,
+            usage.time_to_first_token_ms,
+            finish
+        );
+    }
+    Ok(())
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn protocol(args: &Args) -> i32 {
+    let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+    send(&sink, &FromWorker::Hello { protocol_version: PROTOCOL_VERSION, pid: std::process::id() });
+    let loaded = load(args, &mut |stage, progress| {
+        send(&sink, &FromWorker::Loading { stage: stage.into(), progress });
+    });
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(model = %args.model, "load failed: {e}");
+            send(&sink, &FromWorker::Error { id: None, code: ErrorCode::ModelLoad, message: e.to_string() });
+            return 3;
+        }
+    };
+    tracing::info!(model = %loaded.summary.name, device = %loaded.summary.device, "ready");
+    send(&sink, &FromWorker::Ready { model: loaded.summary.clone() });
+    let stdin = std::io::BufReader::new(std::io::stdin());
+    serve(
+        Engine::new(loaded),
+        stdin,
+        sink,
+        ServeOptions { queue_depth: args.queue, heartbeat: Duration::from_millis(args.heartbeat_ms) },
+    );
+    0
+}

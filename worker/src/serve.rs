@@ -1,0 +1,222 @@
+//! The stdio side of the agent ⇄ worker protocol.
+//!
+//! Three threads: the reader parses stdin frames (answering bad ones at once, handling `Cancel` and
+//! `Shutdown` without waiting for the model), the generator runs one request at a time from a
+//! bounded queue, and the heartbeat thread proves life. All frames leave through one locked
+//! stdout, one line each.
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rbee_proto::frame::{decode, encode};
+use rbee_proto::worker::{FromWorker, ToWorker};
+use rbee_proto::{now_millis, ErrorCode, RequestId, SamplingParams, UnixMillis, PROTOCOL_VERSION};
+
+use crate::engine::{Engine, GenerateError, Interrupt};
+
+/// Where frames go: stdout in production, a buffer in tests.
+pub type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+pub fn send(sink: &Sink, msg: &FromWorker) {
+    let line = encode(msg);
+    let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
+    // A closed stdout means the agent is gone; the reader sees EOF and ends the process.
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+struct Job {
+    id: RequestId,
+    prompt: String,
+    params: SamplingParams,
+    deadline: Option<UnixMillis>,
+}
+
+/// State shared by the reader, the generator and the heartbeat.
+#[derive(Default)]
+pub struct Shared {
+    current: Mutex<Option<(RequestId, Arc<AtomicBool>)>>,
+    cancelled_queued: Mutex<HashSet<RequestId>>,
+    queued_ids: Mutex<HashSet<RequestId>>,
+    pub queued: AtomicU32,
+    pub in_flight: AtomicU32,
+    pub tokens_generated: AtomicU64,
+    last_tps_bits: AtomicU64,
+    pub shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub fn last_tokens_per_s(&self) -> f64 {
+        f64::from_bits(self.last_tps_bits.load(Ordering::Relaxed))
+    }
+}
+
+pub struct ServeOptions {
+    pub queue_depth: usize,
+    pub heartbeat: Duration,
+}
+
+/// Read frames from `input` until EOF or `Shutdown`; hand generations to a thread that owns the
+/// engine. Returns when everything has stopped.
+pub fn serve(engine: Engine, input: impl BufRead + Send + 'static, sink: Sink, opts: ServeOptions) {
+    let shared = Arc::new(Shared::default());
+    let (tx, rx) = sync_channel::<Job>(opts.queue_depth.max(1));
+
+    let hb = {
+        let (shared, sink) = (shared.clone(), sink.clone());
+        std::thread::spawn(move || heartbeat_loop(&shared, &sink, opts.heartbeat))
+    };
+    let gen = {
+        let (shared, sink) = (shared.clone(), sink.clone());
+        std::thread::spawn(move || generate_loop(engine, rx, &shared, &sink))
+    };
+    read_loop(input, &tx, &shared, &sink);
+    shared.shutdown.store(true, Ordering::SeqCst);
+    if let Some((_, flag)) = shared.current.lock().unwrap().as_ref() {
+        flag.store(true, Ordering::SeqCst);
+    }
+    drop(tx);
+    let _ = gen.join();
+    let _ = hb.join();
+}
+
+fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &Sink) {
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let msg = match decode::<ToWorker>(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                send(sink, &FromWorker::Error { id: e.id, code: ErrorCode::BadFrame, message: e.message });
+                continue;
+            }
+        };
+        match msg {
+            ToWorker::Hello { protocol_version } if protocol_version != PROTOCOL_VERSION => {
+                send(sink, &FromWorker::Error {
+                    id: None,
+                    code: ErrorCode::VersionMismatch,
+                    message: format!("agent speaks protocol {protocol_version}, worker speaks {PROTOCOL_VERSION}"),
+                });
+                return;
+            }
+            ToWorker::Hello { .. } => {}
+            ToWorker::Generate { id, prompt, params, deadline } => {
+                shared.queued_ids.lock().unwrap().insert(id);
+                shared.queued.fetch_add(1, Ordering::SeqCst);
+                match tx.try_send(Job { id, prompt, params, deadline }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                        shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        shared.queued_ids.lock().unwrap().remove(&job.id);
+                        send(sink, &FromWorker::Error {
+                            id: Some(job.id),
+                            code: ErrorCode::Busy,
+                            message: "worker queue is full; retry later".into(),
+                        });
+                    }
+                }
+            }
+            ToWorker::Cancel { id } => {
+                let current = shared.current.lock().unwrap();
+                match current.as_ref() {
+                    Some((cur, flag)) if *cur == id => flag.store(true, Ordering::SeqCst),
+                    _ if shared.queued_ids.lock().unwrap().contains(&id) => {
+                        shared.cancelled_queued.lock().unwrap().insert(id);
+                    }
+                    _ => send(sink, &FromWorker::Error {
+                        id: Some(id),
+                        code: ErrorCode::NotFound,
+                        message: format!("no request {id} is running or queued"),
+                    }),
+                }
+            }
+            ToWorker::Shutdown => break,
+        }
+    }
+}
+
+fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &Sink) {
+    while let Ok(job) = rx.recv() {
+        shared.queued.fetch_sub(1, Ordering::SeqCst);
+        shared.queued_ids.lock().unwrap().remove(&job.id);
+        if shared.shutdown.load(Ordering::SeqCst) {
+            send(sink, &FromWorker::Error { id: Some(job.id), code: ErrorCode::ShuttingDown, message: "worker is stopping".into() });
+            continue;
+        }
+        if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
+            send(sink, &FromWorker::Error { id: Some(job.id), code: ErrorCode::Cancelled, message: "cancelled before it started".into() });
+            continue;
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        *shared.current.lock().unwrap() = Some((job.id, flag.clone()));
+        shared.in_flight.store(1, Ordering::SeqCst);
+        let deadline = job.deadline;
+        let stop = move || -> Option<Interrupt> {
+            if flag.load(Ordering::Relaxed) {
+                return Some(Interrupt::Cancelled);
+            }
+            match deadline {
+                Some(d) if now_millis() >= d => Some(Interrupt::DeadlineExceeded),
+                _ => None,
+            }
+        };
+        let id = job.id;
+        let result = engine.generate(&job.prompt, &job.params, &stop, &mut |text| {
+            shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+            send(sink, &FromWorker::Token { id, text: text.to_string() });
+        });
+        *shared.current.lock().unwrap() = None;
+        shared.in_flight.store(0, Ordering::SeqCst);
+        match result {
+            Ok((finish_reason, usage)) => {
+                shared.last_tps_bits.store(usage.decode_tokens_per_s.to_bits(), Ordering::Relaxed);
+                send(sink, &FromWorker::Done { id, finish_reason, usage });
+            }
+            Err(e) => {
+                let code = if shared.shutdown.load(Ordering::SeqCst) && matches!(e, GenerateError::Interrupted(..)) {
+                    ErrorCode::ShuttingDown
+                } else {
+                    e.code()
+                };
+                send(sink, &FromWorker::Error { id: Some(id), code, message: e.to_string() });
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
+    let mut seq = 0u64;
+    let tick = Duration::from_millis(50).min(every);
+    let mut waited = Duration::ZERO;
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(tick);
+        waited += tick;
+        if waited < every {
+            continue;
+        }
+        waited = Duration::ZERO;
+        seq += 1;
+        send(sink, &FromWorker::Heartbeat {
+            seq,
+            in_flight: shared.in_flight.load(Ordering::SeqCst),
+            queued: shared.queued.load(Ordering::SeqCst),
+            tokens_generated: shared.tokens_generated.load(Ordering::Relaxed),
+            last_tokens_per_s: shared.last_tokens_per_s(),
+            rss_bytes: rss_bytes(),
+        });
+    }
+}
+
+/// Resident memory of this process.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
