@@ -158,7 +158,7 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
             tracing::info!(%peer, %client, "session started");
         }
         Ok(ClientMsg::Hello { protocol_version, .. }) => {
-            let msg = format!("version mismatch: client speaks protocol {protocol_version}, agent speaks {PROTOCOL_VERSION}");
+            let msg = format!("version mismatch: client speaks protocol {protocol_version}, agent speaks protocol {PROTOCOL_VERSION}");
             shared.metrics.error("version_mismatch");
             shared.audit.record("session_refused", Some(peer.to_string()), None, msg.clone());
             sink.send(Message::text(refuse(ErrorCode::VersionMismatch, msg))).await?;

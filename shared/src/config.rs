@@ -153,6 +153,13 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid_and_documents_the_defaults() {
+        let text = include_str!("../../assets/agent.example.toml");
+        let c = AgentConfig::from_toml("agent.example.toml".as_ref(), text).unwrap();
+        assert_eq!(c, AgentConfig::default());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = AgentConfig::from_toml("a.toml".as_ref(), "heartbeat_msec = 3").unwrap_err();
         assert!(e.to_string().contains("heartbeat_msec"), "{e}");

@@ -16,21 +16,58 @@ pub enum Action {
     Tick,
     Resize(u16, u16),
     /// A session task started connection attempt `attempt` (0 = first).
-    Connecting { node: NodeIdx, attempt: u32 },
-    Connected { node: NodeIdx, agent_version: String, agent_node: String },
+    Connecting {
+        node: NodeIdx,
+        attempt: u32,
+    },
+    /// The handshake succeeded with the agent at `url`.
+    Connected {
+        node: NodeIdx,
+        url: String,
+        agent_version: String,
+        agent_node: String,
+    },
     /// The session failed or dropped; the task retries after `retry_in_ms`.
-    Disconnected { node: NodeIdx, reason: String, retry_in_ms: u64 },
+    Disconnected {
+        node: NodeIdx,
+        reason: String,
+        retry_in_ms: u64,
+    },
     /// Round trip of a `Ping`.
-    Latency { node: NodeIdx, ms: u64 },
-    AgentEvent { node: NodeIdx, event: Event },
+    Latency {
+        node: NodeIdx,
+        ms: u64,
+    },
+    AgentEvent {
+        node: NodeIdx,
+        event: Event,
+    },
     /// An error frame not tied to a request.
-    AgentError { node: NodeIdx, error: ProtoError },
+    AgentError {
+        node: NodeIdx,
+        error: ProtoError,
+    },
     /// The answer to an `Effect::Request`; the request comes back so errors can say what failed.
-    Reply { node: NodeIdx, request: Request, result: Result<Reply, String> },
+    Reply {
+        node: NodeIdx,
+        request: Request,
+        result: Result<Reply, String>,
+    },
     /// The prompt left for the agent at `at`.
-    PromptSent { prompt: PromptId, at: UnixMillis },
-    PromptToken { prompt: PromptId, text: String, at: UnixMillis },
-    PromptDone { prompt: PromptId, result: Result<InferDone, String>, at: UnixMillis },
+    PromptSent {
+        prompt: PromptId,
+        at: UnixMillis,
+    },
+    PromptToken {
+        prompt: PromptId,
+        text: String,
+        at: UnixMillis,
+    },
+    PromptDone {
+        prompt: PromptId,
+        result: Result<InferDone, String>,
+        at: UnixMillis,
+    },
 }
 
 /// Successful end of a generation.
@@ -47,7 +84,11 @@ pub enum Effect {
     /// Send one request; the reply comes back as `Action::Reply`.
     Request { node: NodeIdx, request: Request },
     /// Start a streaming `Infer`; tokens come back as `Action::PromptToken`.
-    Infer { node: NodeIdx, prompt: PromptId, request: Request },
+    Infer {
+        node: NodeIdx,
+        prompt: PromptId,
+        request: Request,
+    },
     /// Stop a running prompt (the agent cancels it down to the worker).
     CancelInfer { node: NodeIdx, prompt: PromptId },
 }
@@ -55,7 +96,9 @@ pub enum Effect {
 impl Effect {
     pub fn node(&self) -> NodeIdx {
         match self {
-            Effect::Request { node, .. } | Effect::Infer { node, .. } | Effect::CancelInfer { node, .. } => *node,
+            Effect::Request { node, .. }
+            | Effect::Infer { node, .. }
+            | Effect::CancelInfer { node, .. } => *node,
         }
     }
 }
@@ -69,7 +112,13 @@ pub fn describe(request: &Request) -> String {
         Request::Restart { worker } => format!("restart {worker}"),
         Request::ListWorkers => "list workers".into(),
         Request::Infer { worker, model, .. } => {
-            format!("infer on {}", worker.as_deref().or(model.as_deref()).unwrap_or("any worker"))
+            format!(
+                "infer on {}",
+                worker
+                    .as_deref()
+                    .or(model.as_deref())
+                    .unwrap_or("any worker")
+            )
         }
         Request::Cancel { request } => format!("cancel request {request}"),
         Request::TailLog { worker, .. } => format!("log of {worker}"),
@@ -81,5 +130,9 @@ pub fn describe(request: &Request) -> String {
 
 /// The file name of a model reference, without directories.
 pub fn short_model(reference: &str) -> &str {
-    reference.trim_end_matches('/').rsplit('/').next().unwrap_or(reference)
+    reference
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(reference)
 }

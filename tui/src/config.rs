@@ -15,7 +15,9 @@ pub const LOCAL_NODE: &str = "local";
 pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf, TuiError> {
     match explicit {
         Some(p) => Ok(p.to_path_buf()),
-        None => dirs::config_dir().map(|d| d.join("rbee").join("tui.toml")).ok_or(TuiError::NoConfigDir),
+        None => dirs::config_dir()
+            .map(|d| d.join("rbee").join("tui.toml"))
+            .ok_or(TuiError::NoConfigDir),
     }
 }
 
@@ -32,14 +34,26 @@ impl ConfigFile {
         let config = match std::fs::read_to_string(path) {
             Ok(text) => TuiConfig::from_toml(path, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TuiConfig::default(),
-            Err(source) => return Err(rbee_proto::config::ConfigError::Read { path: path.into(), source }.into()),
+            Err(source) => {
+                return Err(rbee_proto::config::ConfigError::Read {
+                    path: path.into(),
+                    source,
+                }
+                .into())
+            }
         };
-        Ok(Self { path: path.into(), config })
+        Ok(Self {
+            path: path.into(),
+            config,
+        })
     }
 
     /// Write through a temporary file and rename, so a crash never leaves half a config.
     pub fn save(&self) -> Result<(), TuiError> {
-        let err = |source| TuiError::ConfigWrite { path: self.path.clone(), source };
+        let err = |source| TuiError::ConfigWrite {
+            path: self.path.clone(),
+            source,
+        };
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -53,7 +67,10 @@ impl ConfigFile {
 
     pub fn add_node(&mut self, node: NodeConfig) -> Result<(), TuiError> {
         if self.config.nodes.iter().any(|n| n.name == node.name) {
-            return Err(TuiError::DuplicateNode { name: node.name, path: self.path.clone() });
+            return Err(TuiError::DuplicateNode {
+                name: node.name,
+                path: self.path.clone(),
+            });
         }
         self.config.nodes.push(node);
         Ok(())
@@ -65,7 +82,10 @@ impl ConfigFile {
             .nodes
             .iter()
             .position(|n| n.name == name)
-            .ok_or_else(|| TuiError::UnknownNode { name: name.into(), known: known_names(&self.config) })?;
+            .ok_or_else(|| TuiError::UnknownNode {
+                name: name.into(),
+                known: known_names(&self.config),
+            })?;
         Ok(self.config.nodes.remove(i))
     }
 
@@ -74,7 +94,12 @@ impl ConfigFile {
         if self.config.nodes.is_empty() {
             vec![NodeTarget::Local]
         } else {
-            self.config.nodes.iter().cloned().map(NodeTarget::Remote).collect()
+            self.config
+                .nodes
+                .iter()
+                .cloned()
+                .map(NodeTarget::Remote)
+                .collect()
         }
     }
 
@@ -85,7 +110,10 @@ impl ConfigFile {
             None => Ok(all),
             Some(name) => match all.into_iter().find(|t| t.name() == name) {
                 Some(t) => Ok(vec![t]),
-                None => Err(TuiError::UnknownNode { name: name.into(), known: self.known() }),
+                None => Err(TuiError::UnknownNode {
+                    name: name.into(),
+                    known: self.known(),
+                }),
             },
         }
     }
@@ -96,7 +124,9 @@ impl ConfigFile {
         if ts.len() == 1 {
             Ok(ts.remove(0))
         } else {
-            Err(TuiError::NodeRequired { known: self.known() })
+            Err(TuiError::NodeRequired {
+                known: self.known(),
+            })
         }
     }
 
@@ -113,7 +143,11 @@ fn known_names(cfg: &TuiConfig) -> String {
     if cfg.nodes.is_empty() {
         return "none".into();
     }
-    cfg.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+    cfg.nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A node the dashboard or a subcommand talks to.
@@ -147,7 +181,11 @@ mod tests {
     use super::*;
 
     fn node(name: &str) -> NodeConfig {
-        NodeConfig { name: name.into(), url: "ws://127.0.0.1:1".into(), token_file: "/t".into() }
+        NodeConfig {
+            name: name.into(),
+            url: "ws://127.0.0.1:1".into(),
+            token_file: "/t".into(),
+        }
     }
 
     #[test]
@@ -167,13 +205,22 @@ mod tests {
         let mut cf = ConfigFile::load(&path).unwrap();
         cf.add_node(node("a")).unwrap();
         cf.add_node(node("b")).unwrap();
-        assert!(matches!(cf.add_node(node("a")), Err(TuiError::DuplicateNode { .. })));
+        assert!(matches!(
+            cf.add_node(node("a")),
+            Err(TuiError::DuplicateNode { .. })
+        ));
         cf.save().unwrap();
         let mut back = ConfigFile::load(&path).unwrap();
         assert_eq!(back.config.nodes.len(), 2);
-        assert!(matches!(back.select_one(None), Err(TuiError::NodeRequired { .. })));
+        assert!(matches!(
+            back.select_one(None),
+            Err(TuiError::NodeRequired { .. })
+        ));
         back.remove_node("a").unwrap();
-        assert!(matches!(back.remove_node("zz"), Err(TuiError::UnknownNode { .. })));
+        assert!(matches!(
+            back.remove_node("zz"),
+            Err(TuiError::UnknownNode { .. })
+        ));
         assert_eq!(back.select_one(None).unwrap().name(), "b");
     }
 }

@@ -12,7 +12,10 @@ pub enum TuiError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot write config {path}: {source}")]
-    ConfigWrite { path: PathBuf, source: std::io::Error },
+    ConfigWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no config directory on this system; pass --config FILE or set RBEE_CONFIG")]
     NoConfigDir,
     #[error("no node named `{name}` (known: {known}); see `rbee-tui nodes list`")]
@@ -22,15 +25,31 @@ pub enum TuiError {
     #[error("several nodes are configured ({known}); pick one with --node NAME")]
     NodeRequired { known: String },
     #[error("node `{node}`: cannot read token file {path}: {source}")]
-    TokenFile { node: String, path: PathBuf, source: std::io::Error },
+    TokenFile {
+        node: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("node `{node}`: {source}")]
     Connect { node: String, source: ClientError },
     #[error("node `{node}`: no answer from {url} within {secs} s")]
-    ConnectTimeout { node: String, url: String, secs: u64 },
+    ConnectTimeout {
+        node: String,
+        url: String,
+        secs: u64,
+    },
     #[error("node `{node}`: {what} failed: {source}")]
-    Request { node: String, what: String, source: ClientError },
+    Request {
+        node: String,
+        what: String,
+        source: ClientError,
+    },
     #[error("node `{node}`: agent answered {what} with an unexpected reply: {reply}")]
-    UnexpectedReply { node: String, what: String, reply: String },
+    UnexpectedReply {
+        node: String,
+        what: String,
+        reply: String,
+    },
     #[error("local agent: {0}")]
     Local(#[from] LocalError),
     #[error("no worker `{id}` on {scope}; see `rbee-tui workers list`")]
@@ -38,7 +57,12 @@ pub enum TuiError {
     #[error("worker `{id}` exists on several nodes ({nodes}); pick one with --node NAME")]
     AmbiguousWorker { id: String, nodes: String },
     #[error("worker `{id}` on node `{node}` {state}: {reason}")]
-    WorkerFailed { id: String, node: String, state: String, reason: String },
+    WorkerFailed {
+        id: String,
+        node: String,
+        state: String,
+        reason: String,
+    },
     #[error("{what}: gave up after {secs} s; raise --timeout")]
     Timeout { what: String, secs: u64 },
     #[error("node `{node}` closed the session: {reason}")]
@@ -47,4 +71,21 @@ pub enum TuiError {
     Terminal(#[source] std::io::Error),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    #[error("cannot open log file {path}: {source}")]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl TuiError {
+    /// Process exit status for this failure: 130 for Ctrl-C (as shells expect), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TuiError::Interrupted => 130,
+            _ => 1,
+        }
+    }
 }

@@ -75,7 +75,10 @@ pub struct Key {
 }
 
 const fn k(code: KeyCode) -> Key {
-    Key { code, mods: KeyModifiers::NONE }
+    Key {
+        code,
+        mods: KeyModifiers::NONE,
+    }
 }
 
 const fn ch(c: char) -> Key {
@@ -83,7 +86,10 @@ const fn ch(c: char) -> Key {
 }
 
 const fn ctrl(c: char) -> Key {
-    Key { code: KeyCode::Char(c), mods: KeyModifiers::CONTROL }
+    Key {
+        code: KeyCode::Char(c),
+        mods: KeyModifiers::CONTROL,
+    }
 }
 
 impl Key {
@@ -136,52 +142,232 @@ pub struct Binding {
     pub footer: bool,
 }
 
-const fn b(mode: Mode, cmd: Cmd, keys: &'static [Key], short: &'static str, help: &'static str) -> Binding {
-    Binding { mode, cmd, keys, short, help, footer: true }
+const fn b(
+    mode: Mode,
+    cmd: Cmd,
+    keys: &'static [Key],
+    short: &'static str,
+    help: &'static str,
+) -> Binding {
+    Binding {
+        mode,
+        cmd,
+        keys,
+        short,
+        help,
+        footer: true,
+    }
 }
 
-const fn quiet(mode: Mode, cmd: Cmd, keys: &'static [Key], short: &'static str, help: &'static str) -> Binding {
-    Binding { mode, cmd, keys, short, help, footer: false }
+const fn quiet(
+    mode: Mode,
+    cmd: Cmd,
+    keys: &'static [Key],
+    short: &'static str,
+    help: &'static str,
+) -> Binding {
+    Binding {
+        mode,
+        cmd,
+        keys,
+        short,
+        help,
+        footer: false,
+    }
 }
 
 use Cmd::*;
-use Mode::{Confirm as MConfirm, Dialog as MDialog, Help as MHelp, Input as MInput, Normal as MNormal, Prompt as MPrompt};
+use Mode::{
+    Confirm as MConfirm, Dialog as MDialog, Help as MHelp, Input as MInput, Normal as MNormal,
+    Prompt as MPrompt,
+};
 
 /// Every binding, in the order the footer offers them.
 pub const BINDINGS: &[Binding] = &[
     quiet(MNormal, Up, &[k(KeyCode::Up), ch('k')], "up", "move up"),
-    quiet(MNormal, Down, &[k(KeyCode::Down), ch('j')], "down", "move down"),
-    b(MNormal, Open, &[k(KeyCode::Enter)], "open", "open the selected node or worker"),
-    b(MNormal, Back, &[k(KeyCode::Esc)], "back", "back to the previous screen"),
-    b(MNormal, Spawn, &[ch('s')], "spawn", "spawn workers on this node"),
-    b(MNormal, Kill, &[ch('x')], "kill", "kill the selected worker (asks first)"),
-    b(MNormal, Restart, &[ch('r')], "restart", "restart the selected worker (asks first)"),
-    b(MNormal, Prompt, &[ch('p')], "prompt", "prompt the selected worker or model"),
+    quiet(
+        MNormal,
+        Down,
+        &[k(KeyCode::Down), ch('j')],
+        "down",
+        "move down",
+    ),
+    b(
+        MNormal,
+        Open,
+        &[k(KeyCode::Enter)],
+        "open",
+        "open node / worker",
+    ),
+    b(
+        MNormal,
+        Back,
+        &[k(KeyCode::Esc)],
+        "back",
+        "back / clear the filter",
+    ),
+    b(
+        MNormal,
+        Spawn,
+        &[ch('s')],
+        "spawn",
+        "spawn workers on this node",
+    ),
+    b(
+        MNormal,
+        Kill,
+        &[ch('x')],
+        "kill",
+        "kill worker (asks first)",
+    ),
+    b(
+        MNormal,
+        Restart,
+        &[ch('r')],
+        "restart",
+        "restart worker (asks first)",
+    ),
+    b(
+        MNormal,
+        Prompt,
+        &[ch('p')],
+        "prompt",
+        "prompt worker or model",
+    ),
     b(MNormal, Filter, &[ch('/')], "filter", "filter this table"),
-    b(MNormal, CommandLine, &[ch(':')], "cmd", "command: :nodes :events :node NAME :q"),
-    b(MNormal, SwitchPane, &[k(KeyCode::Tab)], "pane", "switch pane (prompt ⇄ table, screen ⇄ events)"),
-    b(MNormal, Quit, &[ch('q'), ctrl('c')], "quit", "quit the dashboard"),
+    b(
+        MNormal,
+        CommandLine,
+        &[ch(':')],
+        "cmd",
+        ":nodes :events :node N :q",
+    ),
+    b(
+        MNormal,
+        SwitchPane,
+        &[k(KeyCode::Tab)],
+        "pane",
+        "prompt ⇄ table / events",
+    ),
+    b(MNormal, Quit, &[ch('q'), ctrl('c')], "quit", "quit"),
     b(MNormal, Help, &[ch('?')], "help", "show every key"),
-    b(MPrompt, PromptSend, &[k(KeyCode::Enter)], "send", "send the prompt"),
-    b(MPrompt, PromptCancel, &[k(KeyCode::Esc), ctrl('c')], "cancel", "stop generating, or close the pane"),
-    b(MPrompt, SwitchPane, &[k(KeyCode::Tab)], "table", "back to the table (pane stays)"),
-    quiet(MPrompt, DeleteChar, &[k(KeyCode::Backspace)], "delete", "delete a character"),
-    b(MInput, InputSubmit, &[k(KeyCode::Enter)], "apply", "apply the filter / run the command"),
-    b(MInput, InputCancel, &[k(KeyCode::Esc)], "cancel", "cancel (clears the filter)"),
-    quiet(MInput, DeleteChar, &[k(KeyCode::Backspace)], "delete", "delete a character"),
+    b(
+        MPrompt,
+        PromptSend,
+        &[k(KeyCode::Enter)],
+        "send",
+        "send the prompt",
+    ),
+    b(
+        MPrompt,
+        PromptCancel,
+        &[k(KeyCode::Esc), ctrl('c')],
+        "cancel",
+        "stop, or close the pane",
+    ),
+    b(
+        MPrompt,
+        SwitchPane,
+        &[k(KeyCode::Tab)],
+        "table",
+        "focus the table",
+    ),
+    quiet(
+        MPrompt,
+        DeleteChar,
+        &[k(KeyCode::Backspace)],
+        "delete",
+        "delete a character",
+    ),
+    b(
+        MInput,
+        InputSubmit,
+        &[k(KeyCode::Enter)],
+        "apply",
+        "apply filter / run command",
+    ),
+    b(
+        MInput,
+        InputCancel,
+        &[k(KeyCode::Esc)],
+        "cancel",
+        "cancel (clears filter)",
+    ),
+    quiet(
+        MInput,
+        DeleteChar,
+        &[k(KeyCode::Backspace)],
+        "delete",
+        "delete a character",
+    ),
     b(MConfirm, ConfirmYes, &[ch('y')], "yes", "do it"),
-    b(MConfirm, ConfirmNo, &[ch('n'), k(KeyCode::Esc)], "no", "cancel (so does any other key)"),
-    b(MDialog, DialogNext, &[k(KeyCode::Tab), k(KeyCode::Down)], "next", "next field"),
-    b(MDialog, DialogPrev, &[k(KeyCode::BackTab), k(KeyCode::Up)], "prev", "previous field"),
-    b(MDialog, DialogLess, &[k(KeyCode::Left), ch('-')], "less", "previous value"),
-    b(MDialog, DialogMore, &[k(KeyCode::Right), ch('+')], "more", "next value"),
-    b(MDialog, DialogSubmit, &[k(KeyCode::Enter)], "spawn", "spawn"),
-    b(MDialog, DialogCancel, &[k(KeyCode::Esc)], "cancel", "close without spawning"),
-    b(MHelp, HelpClose, &[k(KeyCode::Esc), ch('?'), ch('q')], "close", "close this help"),
+    b(
+        MConfirm,
+        ConfirmNo,
+        &[ch('n'), k(KeyCode::Esc)],
+        "no",
+        "cancel (any key does)",
+    ),
+    b(
+        MDialog,
+        DialogNext,
+        &[k(KeyCode::Tab), k(KeyCode::Down)],
+        "next",
+        "next field",
+    ),
+    b(
+        MDialog,
+        DialogPrev,
+        &[k(KeyCode::BackTab), k(KeyCode::Up)],
+        "prev",
+        "previous field",
+    ),
+    b(
+        MDialog,
+        DialogLess,
+        &[k(KeyCode::Left), ch('-')],
+        "less",
+        "previous value",
+    ),
+    b(
+        MDialog,
+        DialogMore,
+        &[k(KeyCode::Right), ch('+')],
+        "more",
+        "next value",
+    ),
+    b(
+        MDialog,
+        DialogSubmit,
+        &[k(KeyCode::Enter)],
+        "spawn",
+        "spawn",
+    ),
+    b(
+        MDialog,
+        DialogCancel,
+        &[k(KeyCode::Esc)],
+        "cancel",
+        "close without spawning",
+    ),
+    b(
+        MHelp,
+        HelpClose,
+        &[k(KeyCode::Esc), ch('?'), ch('q')],
+        "close",
+        "close this help",
+    ),
 ];
 
 /// Modes in the order the help overlay lists them.
-pub const MODES: &[Mode] = &[Mode::Normal, Mode::Prompt, Mode::Input, Mode::Confirm, Mode::Dialog, Mode::Help];
+pub const MODES: &[Mode] = &[
+    Mode::Normal,
+    Mode::Prompt,
+    Mode::Input,
+    Mode::Confirm,
+    Mode::Dialog,
+    Mode::Help,
+];
 
 /// The live mode: popups first, then text inputs, then the focused prompt pane.
 pub fn mode(state: &State) -> Mode {
@@ -202,13 +388,19 @@ pub fn mode(state: &State) -> Mode {
 
 /// The command `ev` means in `mode`, if any.
 pub fn lookup(mode: Mode, ev: &KeyEvent) -> Option<Cmd> {
-    BINDINGS.iter().find(|b| b.mode == mode && b.keys.iter().any(|k| k.matches(ev))).map(|b| b.cmd)
+    BINDINGS
+        .iter()
+        .find(|b| b.mode == mode && b.keys.iter().any(|k| k.matches(ev)))
+        .map(|b| b.cmd)
 }
 
 /// Whether `cmd` can do something on the current screen (drives the footer; the dispatcher
 /// explains instead when it cannot).
 pub fn applies(state: &State, cmd: Cmd) -> bool {
-    let on_node_screens = matches!(state.screen, Screen::Nodes | Screen::Node(_) | Screen::Worker(..));
+    let on_node_screens = matches!(
+        state.screen,
+        Screen::Nodes | Screen::Node(_) | Screen::Worker(..)
+    );
     match cmd {
         Open => match &state.screen {
             Screen::Nodes => !state.visible_nodes().is_empty(),
@@ -234,5 +426,10 @@ pub fn footer(state: &State) -> Vec<(String, &'static str)> {
 
 /// All keys of a binding, for the help overlay: `↑ k`.
 pub fn keys_label(binding: &Binding) -> String {
-    binding.keys.iter().map(Key::label).collect::<Vec<_>>().join(" ")
+    binding
+        .keys
+        .iter()
+        .map(Key::label)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

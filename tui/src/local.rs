@@ -27,13 +27,27 @@ pub enum LocalError {
     #[error("rbee-agent not found at {path}; build it (cargo build -p rbee-agent) or set {ENV_AGENT_BIN}")]
     AgentBinMissing { path: PathBuf },
     #[error("cannot start {bin}: {source}")]
-    Spawn { bin: PathBuf, source: std::io::Error },
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
     #[error("rbee-agent exited ({status}) before listening; last log lines from {log}: {tail}")]
-    Exited { status: String, log: PathBuf, tail: String },
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("rbee-agent did not write {dir}/agent.addr and token within {secs} s; see {log}")]
-    Timeout { dir: PathBuf, secs: u64, log: PathBuf },
+    Timeout {
+        dir: PathBuf,
+        secs: u64,
+        log: PathBuf,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How to find or start the local agent.
@@ -53,7 +67,10 @@ impl LocalOptions {
     pub fn from_env() -> Result<Self, LocalError> {
         let state_dir = match std::env::var_os(ENV_STATE) {
             Some(d) if !d.is_empty() => PathBuf::from(d),
-            _ => dirs::data_dir().ok_or(LocalError::NoDataDir)?.join("rbee").join("local-agent"),
+            _ => dirs::data_dir()
+                .ok_or(LocalError::NoDataDir)?
+                .join("rbee")
+                .join("local-agent"),
         };
         let agent_bin = match std::env::var_os(ENV_AGENT_BIN) {
             Some(b) if !b.is_empty() => PathBuf::from(b),
@@ -67,7 +84,12 @@ impl LocalOptions {
         if assets.is_dir() {
             model_dirs.push(absolute(assets));
         }
-        Ok(Self { state_dir, agent_bin, model_dirs, timeout: Duration::from_secs(10) })
+        Ok(Self {
+            state_dir,
+            agent_bin,
+            model_dirs,
+            timeout: Duration::from_secs(10),
+        })
     }
 }
 
@@ -79,7 +101,11 @@ fn absolute(p: &Path) -> PathBuf {
 /// (`target/debug/deps/`), so the parent of `deps` is tried too.
 fn default_agent_bin() -> PathBuf {
     let exe = std::env::current_exe().ok();
-    let dir = exe.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let beside = dir.join("rbee-agent");
     if !beside.exists() && dir.file_name().is_some_and(|n| n == "deps") {
         if let Some(up) = dir.parent() {
@@ -130,15 +156,24 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
         return wait_ready(opts, None);
     }
     if !opts.agent_bin.exists() {
-        return Err(LocalError::AgentBinMissing { path: opts.agent_bin.clone() });
+        return Err(LocalError::AgentBinMissing {
+            path: opts.agent_bin.clone(),
+        });
     }
     // Nobody holds the lock, so any address file is stale; removing it lets us tell a fresh one.
     let _ = std::fs::remove_file(dir.join("agent.addr"));
     let log_path = dir.join("agent.log");
-    let log = OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(&log_path))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
     let log2 = log.try_clone().map_err(io(&log_path))?;
     let mut cmd = Command::new(&opts.agent_bin);
-    cmd.arg("--listen").arg("127.0.0.1:0").arg("--state-dir").arg(dir);
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--state-dir")
+        .arg(dir);
     for m in &opts.model_dirs {
         cmd.arg("--model-dir").arg(m);
     }
@@ -153,7 +188,10 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| LocalError::Spawn { bin: opts.agent_bin.clone(), source })?;
+    let child = cmd.spawn().map_err(|source| LocalError::Spawn {
+        bin: opts.agent_bin.clone(),
+        source,
+    })?;
     tracing::info!(pid = child.id(), bin = %opts.agent_bin.display(), "started local agent");
     wait_ready(opts, Some(child))
 }
@@ -177,7 +215,11 @@ fn wait_ready(opts: &LocalOptions, mut child: Option<Child>) -> Result<LocalAgen
                 child = None;
                 // Another agent may have won a race for the same directory; then use that one.
                 if !lock_held(&dir.join("agent.lock")) {
-                    return Err(LocalError::Exited { status: status.to_string(), tail: log_tail(&log, 3), log });
+                    return Err(LocalError::Exited {
+                        status: status.to_string(),
+                        tail: log_tail(&log, 3),
+                        log,
+                    });
                 }
             }
         }
@@ -185,7 +227,11 @@ fn wait_ready(opts: &LocalOptions, mut child: Option<Child>) -> Result<LocalAgen
             if let Some(c) = child {
                 reap_in_background(c);
             }
-            return Err(LocalError::Timeout { dir: dir.clone(), secs: opts.timeout.as_secs(), log });
+            return Err(LocalError::Timeout {
+                dir: dir.clone(),
+                secs: opts.timeout.as_secs(),
+                log,
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -207,7 +253,12 @@ pub fn probe(state_dir: &Path) -> Option<LocalAgent> {
         return None;
     }
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    Some(LocalAgent { state_dir: state_dir.into(), addr, token_file, started_pid: None })
+    Some(LocalAgent {
+        state_dir: state_dir.into(),
+        addr,
+        token_file,
+        started_pid: None,
+    })
 }
 
 fn parse_addr(text: &str) -> Option<SocketAddr> {
@@ -219,7 +270,9 @@ fn parse_addr(text: &str) -> Option<SocketAddr> {
 /// Whether some process holds the agent's exclusive lock. The probe takes a shared lock for an
 /// instant and drops it at once.
 pub fn lock_held(lock_path: &Path) -> bool {
-    let Ok(f) = OpenOptions::new().read(true).open(lock_path) else { return false };
+    let Ok(f) = OpenOptions::new().read(true).open(lock_path) else {
+        return false;
+    };
     // SAFETY: flock on a descriptor we own for the duration of the call.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if rc == 0 {
@@ -233,12 +286,18 @@ pub fn lock_held(lock_path: &Path) -> bool {
 
 /// Last `n` non-empty lines of a log, joined with " | " so the error stays on one line.
 fn log_tail(path: &Path, n: usize) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else { return "(no log)".into() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return "(no log)".into();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
     let mut buf = String::new();
     let _ = f.read_to_string(&mut buf);
-    let lines: Vec<&str> = buf.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = buf
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
     if tail.is_empty() {
         "(empty log)".into()
@@ -253,8 +312,14 @@ mod tests {
 
     #[test]
     fn addr_forms() {
-        assert_eq!(parse_addr("127.0.0.1:7733\n"), Some("127.0.0.1:7733".parse().unwrap()));
-        assert_eq!(parse_addr("ws://127.0.0.1:1/"), Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(
+            parse_addr("127.0.0.1:7733\n"),
+            Some("127.0.0.1:7733".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("ws://127.0.0.1:1/"),
+            Some("127.0.0.1:1".parse().unwrap())
+        );
         assert_eq!(parse_addr("garbage"), None);
     }
 
@@ -266,7 +331,10 @@ mod tests {
         let f = std::fs::File::create(&p).unwrap();
         assert!(!lock_held(&p));
         // SAFETY: test-owned descriptor.
-        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        assert_eq!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
         assert!(lock_held(&p));
         drop(f);
         assert!(!lock_held(&p));
@@ -276,7 +344,11 @@ mod tests {
     fn probe_needs_listener_and_token() {
         let dir = tempfile::tempdir().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std::fs::write(dir.path().join("agent.addr"), l.local_addr().unwrap().to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("agent.addr"),
+            l.local_addr().unwrap().to_string(),
+        )
+        .unwrap();
         assert!(probe(dir.path()).is_none(), "no token yet");
         std::fs::write(dir.path().join("token"), "secret").unwrap();
         let a = probe(dir.path()).unwrap();

@@ -1,1 +1,27 @@
-fn main(){}
+//! `rbee-tui`: parse the command line, run it, and turn a failure into one line on stderr.
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = rbee_tui::cli::Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(rbee_tui::cli::run(cli))
+                .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<rbee_tui::TuiError>()
+                .map(|e| e.exit_code())
+                .unwrap_or(1);
+            // Our errors already name their cause, so the chain would repeat it; one line only.
+            let msg = format!("{e}").replace('\n', " ");
+            eprintln!("rbee-tui: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

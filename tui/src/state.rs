@@ -2,8 +2,9 @@
 //! actions in, so tests build any state they like and render it.
 use std::collections::VecDeque;
 
+use rbee_proto::session::Telemetry;
 use rbee_proto::session::{ModelEntry, WorkerInfo};
-use rbee_proto::{FinishReason, Telemetry, UnixMillis, Usage, WorkerId, WorkerState};
+use rbee_proto::{FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
 
 use crate::action::PromptId;
 
@@ -65,9 +66,15 @@ impl FromIterator<u64> for History {
 /// The session to a node, as the operator needs to see it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conn {
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     Connected,
-    Unreachable { reason: String, retry_in_ms: u64, since: UnixMillis },
+    Unreachable {
+        reason: String,
+        retry_in_ms: u64,
+        since: UnixMillis,
+    },
 }
 
 impl Conn {
@@ -134,7 +141,10 @@ impl NodeState {
 
     /// Workers that are not gone for good.
     pub fn live_workers(&self) -> usize {
-        self.workers.iter().filter(|w| !w.info.state.is_terminal()).count()
+        self.workers
+            .iter()
+            .filter(|w| !w.info.state.is_terminal())
+            .count()
     }
 
     /// Devices offered in the spawn dialog: CPU, then each GPU.
@@ -151,7 +161,9 @@ impl NodeState {
 pub fn natural_key(id: &str) -> (String, u64, String) {
     let digits_at = id.find(|c: char| c.is_ascii_digit()).unwrap_or(id.len());
     let (head, rest) = id.split_at(digits_at);
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     let num = rest[..end].parse().unwrap_or(0);
     (head.to_string(), num, rest[end..].to_string())
 }
@@ -195,7 +207,11 @@ impl WorkerView {
         if self.states.len() == STATE_HISTORY_LEN {
             self.states.pop_front();
         }
-        self.states.push_back(StateChange { at, state: self.info.state, detail: self.info.detail.clone() });
+        self.states.push_back(StateChange {
+            at,
+            state: self.info.state,
+            detail: self.info.detail.clone(),
+        });
     }
 
     pub fn heartbeat_age_ms(&self, now: UnixMillis) -> Option<u64> {
@@ -391,6 +407,8 @@ pub struct State {
     /// Newest first.
     pub events: VecDeque<EventEntry>,
     pub flash: Option<Flash>,
+    /// When the open worker screen last asked for its log.
+    pub log_fetched_at: UnixMillis,
     pub now: UnixMillis,
     pub should_quit: bool,
     /// Something visible changed since the last frame.
@@ -413,6 +431,7 @@ impl State {
             next_prompt: 1,
             events: VecDeque::new(),
             flash: None,
+            log_fetched_at: 0,
             now: 0,
             should_quit: false,
             dirty: true,
@@ -423,7 +442,12 @@ impl State {
         if self.events.len() == EVENTS_LEN {
             self.events.pop_back();
         }
-        self.events.push_front(EventEntry { at: self.now, node: node.into(), kind, text: text.into() });
+        self.events.push_front(EventEntry {
+            at: self.now,
+            node: node.into(),
+            kind,
+            text: text.into(),
+        });
         // Keep the selected row on the same entry while new ones arrive on top.
         if self.screen == Screen::Events && self.event_sel > 0 {
             self.event_sel = (self.event_sel + 1).min(self.events.len() - 1);
@@ -431,11 +455,17 @@ impl State {
     }
 
     pub fn flash(&mut self, text: impl Into<String>) {
-        self.flash = Some(Flash { text: text.into(), error: false });
+        self.flash = Some(Flash {
+            text: text.into(),
+            error: false,
+        });
     }
 
     pub fn flash_error(&mut self, text: impl Into<String>) {
-        self.flash = Some(Flash { text: text.into(), error: true });
+        self.flash = Some(Flash {
+            text: text.into(),
+            error: true,
+        });
     }
 
     fn matches(&self, hay: &[&str]) -> bool {
@@ -458,16 +488,28 @@ impl State {
 
     /// Workers of `node` shown on the Node screen (after the filter).
     pub fn visible_workers(&self, node: NodeIdx) -> Vec<&WorkerView> {
-        let Some(n) = self.nodes.get(node) else { return Vec::new() };
+        let Some(n) = self.nodes.get(node) else {
+            return Vec::new();
+        };
         n.workers
             .iter()
-            .filter(|w| self.matches(&[&w.info.id, &w.info.model, w.info.state.as_str(), &w.info.device]))
+            .filter(|w| {
+                self.matches(&[
+                    &w.info.id,
+                    &w.info.model,
+                    w.info.state.as_str(),
+                    &w.info.device,
+                ])
+            })
             .collect()
     }
 
     /// Events shown on the Events screen (after the filter), newest first.
     pub fn visible_events(&self) -> Vec<&EventEntry> {
-        self.events.iter().filter(|e| self.matches(&[&e.node, e.kind.label(), &e.text])).collect()
+        self.events
+            .iter()
+            .filter(|e| self.matches(&[&e.node, e.kind.label(), &e.text]))
+            .collect()
     }
 
     /// The worker the keys act on: the Worker screen's, or the selected row of the Node screen.
@@ -476,7 +518,10 @@ impl State {
             Screen::Worker(n, w) => Some((*n, w.clone())),
             Screen::Node(n) => {
                 let visible = self.visible_workers(*n);
-                let sel = self.worker_sel.as_ref().and_then(|s| visible.iter().find(|w| &w.info.id == s));
+                let sel = self
+                    .worker_sel
+                    .as_ref()
+                    .and_then(|s| visible.iter().find(|w| &w.info.id == s));
                 sel.or(visible.first()).map(|w| (*n, w.info.id.clone()))
             }
             _ => None,

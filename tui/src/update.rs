@@ -2,25 +2,29 @@
 //! and returns the requests the node sessions should send. No I/O, no clock: tests drive it
 //! with plain values.
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use rbee_proto::session::{Event, Reply, Request, SpawnSpec, WorkerInfo};
-use rbee_proto::{SamplingParams, Telemetry, UnixMillis, WorkerState};
+use rbee_proto::session::{Event, Reply, Request, SpawnSpec, Telemetry, WorkerInfo};
+use rbee_proto::{SamplingParams, UnixMillis, WorkerState};
 
 use crate::action::{describe, short_model, Action, Effect, InferDone, PromptId};
 use crate::keys::{self, Cmd, Mode};
 use crate::state::{
-    natural_key, Conn, EventKind, History, InputKind, InputLine, NodeIdx, NodeState, Pending, Popup, PromptPane,
-    PromptRun, Screen, SpawnDialog, SpawnField, State, WorkerView, MAX_SPAWN_COUNT,
+    natural_key, Conn, EventKind, History, InputKind, InputLine, NodeIdx, NodeState, Pending,
+    Popup, PromptPane, PromptRun, Screen, SpawnDialog, SpawnField, State, WorkerView,
+    MAX_SPAWN_COUNT,
 };
 
 /// Log lines fetched when a worker's screen opens.
 pub const LOG_TAIL_LINES: usize = 200;
+/// How often an open worker screen refetches its log tail (agents do not push log lines).
+pub const LOG_REFRESH_MS: u64 = 2000;
 
 /// Apply one action. Returns the requests to send, in order.
 pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
     state.dirty = true;
     match action {
         Action::Key(key) => on_key(state, key),
-        Action::Tick | Action::Resize(..) => Vec::new(),
+        Action::Tick => refresh_log(state),
+        Action::Resize(..) => Vec::new(),
         Action::Connecting { node, attempt } => {
             if let Some(n) = state.nodes.get_mut(node) {
                 // Keep showing why it is unreachable while the next attempt runs.
@@ -30,23 +34,48 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
             }
             Vec::new()
         }
-        Action::Connected { node, agent_version, agent_node } => {
-            let Some(n) = state.nodes.get_mut(node) else { return Vec::new() };
+        Action::Connected {
+            node,
+            url,
+            agent_version,
+            agent_node,
+        } => {
+            let Some(n) = state.nodes.get_mut(node) else {
+                return Vec::new();
+            };
             n.conn = Conn::Connected;
+            // The local node's address is only known once its agent runs.
+            n.url = url;
             n.agent_version = Some(agent_version.clone());
             n.agent_node = Some(agent_node.clone());
             let name = n.name.clone();
-            state.push_event(&name, EventKind::Info, format!("connected to {agent_node} (agent {agent_version})"));
+            state.push_event(
+                &name,
+                EventKind::Info,
+                format!("connected to {agent_node} (agent {agent_version})"),
+            );
             Vec::new()
         }
-        Action::Disconnected { node, reason, retry_in_ms } => {
+        Action::Disconnected {
+            node,
+            reason,
+            retry_in_ms,
+        } => {
             let now = state.now;
-            let Some(n) = state.nodes.get_mut(node) else { return Vec::new() };
+            let Some(n) = state.nodes.get_mut(node) else {
+                return Vec::new();
+            };
             let (since, same) = match &n.conn {
-                Conn::Unreachable { since, reason: old, .. } => (*since, *old == reason),
+                Conn::Unreachable {
+                    since, reason: old, ..
+                } => (*since, *old == reason),
                 _ => (now, false),
             };
-            n.conn = Conn::Unreachable { reason: reason.clone(), retry_in_ms, since };
+            n.conn = Conn::Unreachable {
+                reason: reason.clone(),
+                retry_in_ms,
+                since,
+            };
             n.latency_ms = None;
             let name = n.name.clone();
             if !same {
@@ -69,7 +98,11 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
             state.push_event(&name, EventKind::Error, error.to_string());
             Vec::new()
         }
-        Action::Reply { node, request, result } => {
+        Action::Reply {
+            node,
+            request,
+            result,
+        } => {
             on_reply(state, node, request, result);
             Vec::new()
         }
@@ -95,7 +128,11 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
                 run.active = false;
                 run.last_token_at.get_or_insert(at);
                 match result {
-                    Ok(InferDone { worker, finish_reason, usage }) => {
+                    Ok(InferDone {
+                        worker,
+                        finish_reason,
+                        usage,
+                    }) => {
                         run.worker = Some(worker);
                         run.finish = Some(finish_reason);
                         run.usage = Some(usage);
@@ -110,12 +147,43 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
     }
 }
 
+/// While a worker's screen is open, its log tail is fetched again every `LOG_REFRESH_MS`.
+fn refresh_log(state: &mut State) -> Vec<Effect> {
+    let Screen::Worker(n, w) = &state.screen else {
+        return Vec::new();
+    };
+    let connected = state
+        .nodes
+        .get(*n)
+        .is_some_and(|node| node.conn == Conn::Connected);
+    if !connected || state.now.saturating_sub(state.log_fetched_at) < LOG_REFRESH_MS {
+        return Vec::new();
+    }
+    state.log_fetched_at = state.now;
+    vec![Effect::Request {
+        node: *n,
+        request: Request::TailLog {
+            worker: w.clone(),
+            lines: LOG_TAIL_LINES,
+        },
+    }]
+}
+
 fn run_mut(state: &mut State, prompt: PromptId) -> Option<&mut PromptRun> {
-    state.prompt.as_mut()?.run.as_mut().filter(|r| r.id == prompt)
+    state
+        .prompt
+        .as_mut()?
+        .run
+        .as_mut()
+        .filter(|r| r.id == prompt)
 }
 
 fn node_name(state: &State, node: NodeIdx) -> String {
-    state.nodes.get(node).map(|n| n.name.clone()).unwrap_or_else(|| format!("node#{node}"))
+    state
+        .nodes
+        .get(node)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| format!("node#{node}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -123,13 +191,20 @@ fn node_name(state: &State, node: NodeIdx) -> String {
 
 fn on_event(state: &mut State, node: NodeIdx, event: Event) {
     let now = state.now;
-    let Some(n) = state.nodes.get_mut(node) else { return };
+    let Some(n) = state.nodes.get_mut(node) else {
+        return;
+    };
     let name = n.name.clone();
     match event {
         Event::WorkerState { worker } => {
             let id = worker.id.clone();
-            let (new_state, last_exit, model) = (worker.state, worker.last_exit.clone(), worker.model.clone());
+            let (new_state, last_exit, model) =
+                (worker.state, worker.last_exit.clone(), worker.model.clone());
             let prev = upsert_worker(n, worker, now);
+            // The agent forgets a worker once it is stopped on purpose; so do we.
+            if new_state == WorkerState::Exited {
+                n.workers.retain(|w| w.info.id != id);
+            }
             if prev != Some(new_state) {
                 let kind = match new_state {
                     WorkerState::Crashed | WorkerState::Failed => EventKind::Error,
@@ -147,7 +222,11 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
                 state.push_event(&name, kind, text);
             }
         }
-        Event::WorkerReady { worker, model, spawn_to_ready_ms } => {
+        Event::WorkerReady {
+            worker,
+            model,
+            spawn_to_ready_ms,
+        } => {
             let text = format!("{worker} ready: {} in {spawn_to_ready_ms} ms", model.name);
             if let Some(w) = n.worker_mut(&worker) {
                 w.info.summary = Some(model);
@@ -155,7 +234,12 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
             }
             state.push_event(&name, EventKind::State, text);
         }
-        Event::Heartbeat { worker, tokens_per_s, rss_bytes, in_flight } => {
+        Event::Heartbeat {
+            worker,
+            tokens_per_s,
+            rss_bytes,
+            in_flight,
+        } => {
             if let Some(w) = n.worker_mut(&worker) {
                 w.info.tokens_per_s = tokens_per_s;
                 w.info.rss_bytes = rss_bytes;
@@ -197,7 +281,13 @@ fn apply_telemetry(n: &mut NodeState, t: Telemetry) {
     for (h, g) in n.gpu_history.iter_mut().zip(&t.gpus) {
         h.push(percent(g.mem_used_bytes, g.mem_total_bytes));
     }
-    n.tokps_history.push(n.workers.iter().map(|w| w.info.tokens_per_s).sum::<f64>().round() as u64);
+    n.tokps_history.push(
+        n.workers
+            .iter()
+            .map(|w| w.info.tokens_per_s)
+            .sum::<f64>()
+            .round() as u64,
+    );
     n.telemetry = Some(t);
 }
 
@@ -244,20 +334,33 @@ fn on_reply(state: &mut State, node: NodeIdx, request: Request, result: Result<R
         Ok(r) => r,
         Err(e) => {
             let text = format!("{name}: {} failed: {e}", describe(&request));
-            state.push_event(&name, EventKind::Error, format!("{} failed: {e}", describe(&request)));
+            state.push_event(
+                &name,
+                EventKind::Error,
+                format!("{} failed: {e}", describe(&request)),
+            );
             state.flash_error(text);
             return;
         }
     };
-    let Some(n) = state.nodes.get_mut(node) else { return };
+    let Some(n) = state.nodes.get_mut(node) else {
+        return;
+    };
     match reply {
         Reply::Models { models } => n.models = models,
         Reply::Spawned { worker } => {
-            let text = format!("spawned {} ({}) on {name}", worker.id, short_model(&worker.model));
+            let text = format!(
+                "spawned {} ({}) on {name}",
+                worker.id,
+                short_model(&worker.model)
+            );
             upsert_worker(n, worker, now);
             state.flash(text);
         }
-        Reply::Killed { worker } => state.flash(format!("killed {worker} on {name}")),
+        Reply::Killed { worker } => {
+            n.workers.retain(|w| w.info.id != worker);
+            state.flash(format!("killed {worker} on {name}"));
+        }
         Reply::Restarted { worker } => state.flash(format!("restarting {worker} on {name}")),
         Reply::Workers { workers } => replace_workers(n, workers, now),
         Reply::Status { status } => {
@@ -276,7 +379,10 @@ fn on_reply(state: &mut State, node: NodeIdx, request: Request, result: Result<R
                 }
             }
         }
-        Reply::InferDone { .. } | Reply::Cancelled { .. } | Reply::Subscribed | Reply::Pong { .. } => {}
+        Reply::InferDone { .. }
+        | Reply::Cancelled { .. }
+        | Reply::Subscribed
+        | Reply::Pong { .. } => {}
     }
 }
 
@@ -293,7 +399,13 @@ fn on_key(state: &mut State, key: KeyEvent) -> Vec<Effect> {
         return run(state, cmd);
     }
     let typed = match key.code {
-        KeyCode::Char(c) if !key.modifiers.intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) => Some(c),
+        KeyCode::Char(c)
+            if !key
+                .modifiers
+                .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT) =>
+        {
+            Some(c)
+        }
         _ => None,
     };
     match mode {
@@ -330,14 +442,28 @@ pub fn run(state: &mut State, cmd: Cmd) -> Vec<Effect> {
         Cmd::Spawn => return open_spawn(state),
         Cmd::Kill | Cmd::Restart => match state.selected_worker() {
             Some((node, worker)) => {
-                let p = if cmd == Cmd::Kill { Pending::Kill { node, worker } } else { Pending::Restart { node, worker } };
+                let p = if cmd == Cmd::Kill {
+                    Pending::Kill { node, worker }
+                } else {
+                    Pending::Restart { node, worker }
+                };
                 state.popup = Some(Popup::Confirm(p));
             }
             None => state.flash_error("no worker selected: open a node with Enter and pick one"),
         },
         Cmd::Prompt => open_prompt(state),
-        Cmd::Filter => state.input = Some(InputLine { kind: InputKind::Filter, text: state.filter.clone() }),
-        Cmd::CommandLine => state.input = Some(InputLine { kind: InputKind::Command, text: String::new() }),
+        Cmd::Filter => {
+            state.input = Some(InputLine {
+                kind: InputKind::Filter,
+                text: state.filter.clone(),
+            })
+        }
+        Cmd::CommandLine => {
+            state.input = Some(InputLine {
+                kind: InputKind::Command,
+                text: String::new(),
+            })
+        }
         Cmd::Help => state.popup = Some(Popup::Help),
         Cmd::Quit => state.should_quit = true,
         Cmd::PromptSend => return send_prompt(state),
@@ -380,11 +506,17 @@ pub fn run(state: &mut State, cmd: Cmd) -> Vec<Effect> {
             if let Some(Popup::Spawn(d)) = state.popup.as_mut() {
                 let order = [SpawnField::Model, SpawnField::Device, SpawnField::Count];
                 let i = order.iter().position(|f| *f == d.field).unwrap_or(0);
-                let step = if cmd == Cmd::DialogNext { 1 } else { order.len() - 1 };
+                let step = if cmd == Cmd::DialogNext {
+                    1
+                } else {
+                    order.len() - 1
+                };
                 d.field = order[(i + step) % order.len()];
             }
         }
-        Cmd::DialogLess | Cmd::DialogMore => dialog_step(state, if cmd == Cmd::DialogMore { 1 } else { -1 }),
+        Cmd::DialogLess | Cmd::DialogMore => {
+            dialog_step(state, if cmd == Cmd::DialogMore { 1 } else { -1 })
+        }
         Cmd::DialogSubmit => return submit_spawn(state),
         Cmd::DialogCancel | Cmd::HelpClose => state.popup = None,
     }
@@ -408,8 +540,15 @@ fn move_selection(state: &mut State, delta: isize) {
             }
         }
         Screen::Node(n) => {
-            let vis: Vec<String> = state.visible_workers(n).iter().map(|w| w.info.id.clone()).collect();
-            let pos = state.worker_sel.as_ref().and_then(|s| vis.iter().position(|id| id == s));
+            let vis: Vec<String> = state
+                .visible_workers(n)
+                .iter()
+                .map(|w| w.info.id.clone())
+                .collect();
+            let pos = state
+                .worker_sel
+                .as_ref()
+                .and_then(|s| vis.iter().position(|id| id == s));
             if let Some(p) = step(pos, vis.len(), delta) {
                 state.worker_sel = Some(vis[p].clone());
             }
@@ -433,19 +572,34 @@ fn open(state: &mut State) -> Vec<Effect> {
     match state.screen.clone() {
         Screen::Nodes => {
             let vis = state.visible_nodes();
-            let Some(&first) = vis.first() else { return Vec::new() };
-            let n = if vis.contains(&state.node_sel) { state.node_sel } else { first };
+            let Some(&first) = vis.first() else {
+                return Vec::new();
+            };
+            let n = if vis.contains(&state.node_sel) {
+                state.node_sel
+            } else {
+                first
+            };
             state.node_sel = n;
             state.worker_sel = state.nodes[n].workers.first().map(|w| w.info.id.clone());
             set_screen(state, Screen::Node(n));
             Vec::new()
         }
         Screen::Node(_) => {
-            let Some((n, w)) = state.selected_worker() else { return Vec::new() };
+            let Some((n, w)) = state.selected_worker() else {
+                return Vec::new();
+            };
             state.worker_sel = Some(w.clone());
             set_screen(state, Screen::Worker(n, w.clone()));
+            state.log_fetched_at = state.now;
             if state.nodes[n].conn == Conn::Connected {
-                vec![Effect::Request { node: n, request: Request::TailLog { worker: w, lines: LOG_TAIL_LINES } }]
+                vec![Effect::Request {
+                    node: n,
+                    request: Request::TailLog {
+                        worker: w,
+                        lines: LOG_TAIL_LINES,
+                    },
+                }]
             } else {
                 Vec::new()
             }
@@ -492,25 +646,46 @@ fn switch_pane(state: &mut State) {
 }
 
 fn open_spawn(state: &mut State) -> Vec<Effect> {
-    if !matches!(state.screen, Screen::Nodes | Screen::Node(_) | Screen::Worker(..)) || state.nodes.is_empty() {
+    if !matches!(
+        state.screen,
+        Screen::Nodes | Screen::Node(_) | Screen::Worker(..)
+    ) || state.nodes.is_empty()
+    {
         state.flash_error("spawn works on a node: go to :nodes first");
         return Vec::new();
     }
     let node = state.current_node();
     let n = &state.nodes[node];
     if n.conn != Conn::Connected {
-        let text = format!("node {} is {}: cannot spawn there now", n.name, n.conn.label());
+        let text = format!(
+            "node {} is {}: cannot spawn there now",
+            n.name,
+            n.conn.label()
+        );
         state.flash_error(text);
         return Vec::new();
     }
-    state.popup = Some(Popup::Spawn(SpawnDialog { node, field: SpawnField::Model, model: 0, device: 0, count: 1 }));
+    state.popup = Some(Popup::Spawn(SpawnDialog {
+        node,
+        field: SpawnField::Model,
+        model: 0,
+        device: 0,
+        count: 1,
+    }));
     // The catalog may have changed since we connected.
-    vec![Effect::Request { node, request: Request::ListModels }]
+    vec![Effect::Request {
+        node,
+        request: Request::ListModels,
+    }]
 }
 
 fn dialog_step(state: &mut State, delta: i64) {
-    let Some(Popup::Spawn(d)) = state.popup.as_mut() else { return };
-    let Some(n) = state.nodes.get(d.node) else { return };
+    let Some(Popup::Spawn(d)) = state.popup.as_mut() else {
+        return;
+    };
+    let Some(n) = state.nodes.get(d.node) else {
+        return;
+    };
     let wrap = |i: usize, len: usize| -> usize {
         if len == 0 {
             0
@@ -521,33 +696,65 @@ fn dialog_step(state: &mut State, delta: i64) {
     match d.field {
         SpawnField::Model => d.model = wrap(d.model, n.models.len()),
         SpawnField::Device => d.device = wrap(d.device, n.devices().len()),
-        SpawnField::Count => d.count = (d.count as i64 + delta).clamp(1, MAX_SPAWN_COUNT as i64) as u32,
+        SpawnField::Count => {
+            d.count = (d.count as i64 + delta).clamp(1, MAX_SPAWN_COUNT as i64) as u32
+        }
     }
 }
 
 fn submit_spawn(state: &mut State) -> Vec<Effect> {
-    let Some(Popup::Spawn(d)) = state.popup.clone() else { return Vec::new() };
+    let Some(Popup::Spawn(d)) = state.popup.clone() else {
+        return Vec::new();
+    };
     let n = &state.nodes[d.node];
     let Some(model) = n.models.get(d.model).or(n.models.first()) else {
-        let text = format!("no models on {}: add files to the agent's model dirs", n.name);
+        let text = format!(
+            "no models on {}: add files to the agent's model dirs",
+            n.name
+        );
         state.flash_error(text);
         return Vec::new();
     };
     let devices = n.devices();
-    let device = devices.get(d.device).cloned().unwrap_or_else(|| "cpu".into());
-    let spec = SpawnSpec { model: model.reference.clone(), device: device.clone(), threads: None };
-    let text = format!("spawning {} × {} on {} ({device})…", d.count, model.name, n.name);
+    let device = devices
+        .get(d.device)
+        .cloned()
+        .unwrap_or_else(|| "cpu".into());
+    let spec = SpawnSpec {
+        model: model.reference.clone(),
+        device: device.clone(),
+        threads: None,
+    };
+    let text = format!(
+        "spawning {} × {} on {} ({device})…",
+        d.count, model.name, n.name
+    );
     state.popup = None;
     state.flash(text);
-    (0..d.count).map(|_| Effect::Request { node: d.node, request: Request::Spawn(spec.clone()) }).collect()
+    (0..d.count)
+        .map(|_| Effect::Request {
+            node: d.node,
+            request: Request::Spawn(spec.clone()),
+        })
+        .collect()
 }
 
 fn confirmed(state: &mut State, p: Pending) -> Vec<Effect> {
     let (node, request, verb) = match p {
-        Pending::Kill { node, worker } => (node, Request::Kill { worker: worker.clone() }, format!("killing {worker}")),
-        Pending::Restart { node, worker } => {
-            (node, Request::Restart { worker: worker.clone() }, format!("restarting {worker}"))
-        }
+        Pending::Kill { node, worker } => (
+            node,
+            Request::Kill {
+                worker: worker.clone(),
+            },
+            format!("killing {worker}"),
+        ),
+        Pending::Restart { node, worker } => (
+            node,
+            Request::Restart {
+                worker: worker.clone(),
+            },
+            format!("restarting {worker}"),
+        ),
     };
     let name = node_name(state, node);
     state.flash(format!("{verb} on {name}…"));
@@ -596,7 +803,9 @@ fn open_prompt(state: &mut State) {
 }
 
 fn send_prompt(state: &mut State) -> Vec<Effect> {
-    let Some(pane) = state.prompt.as_ref() else { return Vec::new() };
+    let Some(pane) = state.prompt.as_ref() else {
+        return Vec::new();
+    };
     if pane.run.as_ref().is_some_and(|r| r.active) {
         state.flash_error("still generating: Esc cancels");
         return Vec::new();
@@ -605,7 +814,11 @@ fn send_prompt(state: &mut State) -> Vec<Effect> {
         return Vec::new();
     }
     let node = pane.node;
-    if state.nodes.get(node).is_none_or(|n| n.conn != Conn::Connected) {
+    if state
+        .nodes
+        .get(node)
+        .is_none_or(|n| n.conn != Conn::Connected)
+    {
         let text = format!("node {} is not connected", node_name(state, node));
         state.flash_error(text);
         return Vec::new();
@@ -615,22 +828,44 @@ fn send_prompt(state: &mut State) -> Vec<Effect> {
     let pane = state.prompt.as_mut().expect("checked above");
     let prompt = std::mem::take(&mut pane.input);
     // When aimed at a worker, send only the worker: the agent routes by it.
-    let model = if pane.worker.is_some() { None } else { pane.model.clone() };
-    let request =
-        Request::Infer { worker: pane.worker.clone(), model, prompt: prompt.clone(), params: SamplingParams::default() };
+    let model = if pane.worker.is_some() {
+        None
+    } else {
+        pane.model.clone()
+    };
+    let request = Request::Infer {
+        worker: pane.worker.clone(),
+        model,
+        prompt: prompt.clone(),
+        params: SamplingParams::default(),
+    };
     pane.asked = prompt;
     pane.output.clear();
-    pane.run = Some(PromptRun { id, active: true, worker: pane.worker.clone(), ..PromptRun::default() });
-    vec![Effect::Infer { node, prompt: id, request }]
+    pane.run = Some(PromptRun {
+        id,
+        active: true,
+        worker: pane.worker.clone(),
+        ..PromptRun::default()
+    });
+    vec![Effect::Infer {
+        node,
+        prompt: id,
+        request,
+    }]
 }
 
 fn cancel_prompt(state: &mut State) -> Vec<Effect> {
-    let Some(pane) = state.prompt.as_mut() else { return Vec::new() };
+    let Some(pane) = state.prompt.as_mut() else {
+        return Vec::new();
+    };
     match pane.run.as_mut().filter(|r| r.active) {
         Some(run) => {
             run.active = false;
             run.cancelled = true;
-            vec![Effect::CancelInfer { node: pane.node, prompt: run.id }]
+            vec![Effect::CancelInfer {
+                node: pane.node,
+                prompt: run.id,
+            }]
         }
         None => {
             state.prompt = None;
@@ -662,16 +897,20 @@ fn run_command(state: &mut State, text: &str) -> Vec<Effect> {
                 set_screen(state, Screen::Node(n));
             }
         }
-        ("node" | "workers" | "w", Some(name)) => match state.nodes.iter().position(|n| n.name == name) {
-            Some(i) => {
-                state.node_sel = i;
-                state.worker_sel = None;
-                set_screen(state, Screen::Node(i));
+        ("node" | "workers" | "w", Some(name)) => {
+            match state.nodes.iter().position(|n| n.name == name) {
+                Some(i) => {
+                    state.node_sel = i;
+                    state.worker_sel = None;
+                    set_screen(state, Screen::Node(i));
+                }
+                None => state.flash_error(format!("no node named {name}")),
             }
-            None => state.flash_error(format!("no node named {name}")),
-        },
+        }
         ("help", _) => state.popup = Some(Popup::Help),
-        _ => state.flash_error(format!("unknown command :{text} (try :nodes, :events, :node NAME, :q)")),
+        _ => state.flash_error(format!(
+            "unknown command :{text} (try :nodes, :events, :node NAME, :q)"
+        )),
     }
     Vec::new()
 }

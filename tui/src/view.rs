@@ -4,16 +4,18 @@ use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
-    Block, BorderType, Cell, Clear, HighlightSpacing, LineGauge, Paragraph, Row, Sparkline, Table, TableState,
+    Block, BorderType, Cell, Clear, HighlightSpacing, LineGauge, Paragraph, Row, Sparkline, Table,
+    TableState, Wrap,
 };
 use ratatui::Frame;
-use rbee_proto::{GpuTelemetry, UnixMillis, WorkerState};
+use rbee_proto::session::GpuTelemetry;
+use rbee_proto::{UnixMillis, WorkerState};
 
 use crate::action::short_model;
 use crate::keys::{self, Mode, BINDINGS, MODES};
 use crate::state::{
-    Conn, EventKind, InputKind, NodeIdx, NodeState, Pending, Popup, PromptPane, Screen, SpawnDialog, SpawnField,
-    State, WorkerView,
+    Conn, EventKind, InputKind, NodeIdx, NodeState, Pending, Popup, PromptPane, Screen,
+    SpawnDialog, SpawnField, State, WorkerView,
 };
 
 const ACCENT: Color = Color::Cyan;
@@ -22,14 +24,23 @@ const DIM: Style = Style::new().fg(Color::DarkGray);
 /// Draw the whole dashboard.
 pub fn render(state: &State, f: &mut Frame) {
     let area = f.area();
-    let [header, body, status, footer] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(0), Constraint::Length(1), Constraint::Length(1)])
-            .areas(area);
+    let [header, body, status, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
     render_header(state, f, header);
 
     let (main, prompt_area) = match &state.prompt {
-        Some(_) if body.height >= 10 => {
-            let h = (body.height / 2).clamp(5, 12);
+        Some(p) if body.height >= 10 => {
+            // Focused, the pane takes up to half; unfocused it keeps the last lines in view.
+            let h = if p.focused {
+                (body.height / 2).clamp(5, 12)
+            } else {
+                5
+            };
             let [m, p] = Layout::vertical([Constraint::Min(0), Constraint::Length(h)]).areas(body);
             (m, Some(p))
         }
@@ -59,7 +70,10 @@ pub fn render(state: &State, f: &mut Frame) {
 // Chrome.
 
 fn render_header(state: &State, f: &mut Frame, area: Rect) {
-    let mut crumbs = vec![Span::styled(" rbee ", Style::new().bg(ACCENT).fg(Color::Black).bold()), Span::raw(" ")];
+    let mut crumbs = vec![
+        Span::styled(" rbee ", Style::new().bg(ACCENT).fg(Color::Black).bold()),
+        Span::raw(" "),
+    ];
     let node_name = |n: NodeIdx| state.nodes.get(n).map(|n| n.name.as_str()).unwrap_or("?");
     match &state.screen {
         Screen::Nodes => crumbs.push("Nodes".bold()),
@@ -73,12 +87,23 @@ fn render_header(state: &State, f: &mut Frame, area: Rect) {
         }
         Screen::Events => crumbs.push("Events".bold()),
     }
-    let connected = state.nodes.iter().filter(|n| n.conn == Conn::Connected).count();
+    let connected = state
+        .nodes
+        .iter()
+        .filter(|n| n.conn == Conn::Connected)
+        .count();
     let workers: usize = state.nodes.iter().map(NodeState::live_workers).sum();
     let tokps: f64 = state.nodes.iter().map(NodeState::tokens_per_s).sum();
-    let right = format!("{connected}/{} up · {workers} workers · {} tok/s ", state.nodes.len(), fmt_rate(tokps));
+    let right = format!(
+        "{connected}/{} up · {workers} workers · {} tok/s ",
+        state.nodes.len(),
+        fmt_rate(tokps)
+    );
     f.render_widget(Paragraph::new(Line::from(crumbs)), area);
-    f.render_widget(Paragraph::new(right).alignment(Alignment::Right).style(DIM), area);
+    f.render_widget(
+        Paragraph::new(right).alignment(Alignment::Right).style(DIM),
+        area,
+    );
 }
 
 fn render_status(state: &State, f: &mut Frame, area: Rect) {
@@ -87,12 +112,24 @@ fn render_status(state: &State, f: &mut Frame, area: Rect) {
             InputKind::Filter => "/",
             InputKind::Command => ":",
         };
-        Line::from(vec![Span::styled(prefix, Style::new().fg(ACCENT).bold()), Span::raw(&input.text), "█".into()])
+        Line::from(vec![
+            Span::styled(prefix, Style::new().fg(ACCENT).bold()),
+            Span::raw(&input.text),
+            "█".into(),
+        ])
     } else if let Some(flash) = &state.flash {
-        let style = if flash.error { Style::new().fg(Color::Red) } else { Style::new().fg(Color::Green) };
+        let style = if flash.error {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new().fg(Color::Green)
+        };
         Line::styled(flash.text.as_str(), style)
     } else if !state.filter.is_empty() {
-        Line::from(vec![Span::styled("filter: ", DIM), Span::raw(&state.filter), Span::styled("  (esc clears)", DIM)])
+        Line::from(vec![
+            Span::styled("filter: ", DIM),
+            Span::raw(&state.filter),
+            Span::styled("  (esc clears)", DIM),
+        ])
     } else {
         Line::default()
     };
@@ -110,7 +147,7 @@ fn render_footer(state: &State, f: &mut Frame, area: Rect) {
     };
     let mut budget = width.saturating_sub(last.map(entry_w).unwrap_or(0));
     let mut spans = Vec::new();
-    let mut push = |spans: &mut Vec<Span>, (k, w): &(String, &str)| {
+    let push = |spans: &mut Vec<Span>, (k, w): &(String, &str)| {
         spans.push(Span::styled(k.clone(), Style::new().fg(ACCENT).bold()));
         spans.push(Span::raw(format!(" {w}  ")));
     };
@@ -125,11 +162,17 @@ fn render_footer(state: &State, f: &mut Frame, area: Rect) {
     if let Some(l) = last {
         push(&mut spans, l);
     }
-    f.render_widget(Paragraph::new(Line::from(spans)).style(Style::new().bg(Color::Black)), area);
+    f.render_widget(
+        Paragraph::new(Line::from(spans)).style(Style::new().bg(Color::Black)),
+        area,
+    );
 }
 
 fn block(title: impl Into<Line<'static>>) -> Block<'static> {
-    Block::bordered().border_type(BorderType::Rounded).title(title.into()).border_style(DIM)
+    Block::bordered()
+        .border_type(BorderType::Rounded)
+        .title(title.into())
+        .border_style(DIM)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,9 +181,13 @@ fn block(title: impl Into<Line<'static>>) -> Block<'static> {
 fn render_nodes(state: &State, f: &mut Frame, area: Rect) {
     let visible = state.visible_nodes();
     let table_h = (visible.len() as u16 + 3).clamp(4, area.height.saturating_sub(7).max(4));
-    let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(0)]).areas(area);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(table_h), Constraint::Min(0)]).areas(area);
 
-    let header = Row::new(["NODE", "STATUS", "PING", "CPU", "RAM", "GPU VRAM", "WRK", "TOK/S"]).style(DIM.bold());
+    let header = Row::new([
+        "NODE", "STATUS", "PING", "CPU", "RAM", "GPU VRAM", "WRK", "TOK/S",
+    ])
+    .style(DIM.bold());
     let rows = visible.iter().map(|&i| {
         let n = &state.nodes[i];
         let (cpu, ram, gpu) = match &n.telemetry {
@@ -151,7 +198,10 @@ fn render_nodes(state: &State, f: &mut Frame, area: Rect) {
             ),
             _ => ("—".into(), "—".into(), "—".into()),
         };
-        let ping = n.latency_ms.map(|ms| format!("{ms}ms")).unwrap_or_else(|| "—".into());
+        let ping = n
+            .latency_ms
+            .map(|ms| format!("{ms}ms"))
+            .unwrap_or_else(|| "—".into());
         Row::new(vec![
             Cell::from(n.name.clone()),
             conn_cell(&n.conn),
@@ -180,15 +230,26 @@ fn render_nodes(state: &State, f: &mut Frame, area: Rect) {
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("›")
         .highlight_spacing(HighlightSpacing::Always);
-    let mut ts = TableState::default().with_selected(visible.iter().position(|&i| i == state.node_sel));
+    let mut ts =
+        TableState::default().with_selected(visible.iter().position(|&i| i == state.node_sel));
     f.render_stateful_widget(table, top, &mut ts);
 
-    match visible.iter().find(|&&i| i == state.node_sel).or(visible.first()) {
+    match visible
+        .iter()
+        .find(|&&i| i == state.node_sel)
+        .or(visible.first())
+    {
         Some(&i) => render_node_summary(state, &state.nodes[i], f, bottom),
-        None if state.nodes.is_empty() => {
-            f.render_widget(Paragraph::new("no nodes: add one with `rbee-tui nodes add`").block(block("")), bottom)
-        }
-        None => f.render_widget(Paragraph::new("no node matches the filter").style(DIM).block(block("")), bottom),
+        None if state.nodes.is_empty() => f.render_widget(
+            Paragraph::new("no nodes: add one with `rbee-tui nodes add`").block(block("")),
+            bottom,
+        ),
+        None => f.render_widget(
+            Paragraph::new("no node matches the filter")
+                .style(DIM)
+                .block(block("")),
+            bottom,
+        ),
     }
 }
 
@@ -206,11 +267,53 @@ fn gpu_cell(gpus: &[GpuTelemetry]) -> String {
     }
     let used: u64 = gpus.iter().map(|g| g.mem_used_bytes).sum();
     let total: u64 = gpus.iter().map(|g| g.mem_total_bytes).sum();
-    let mut s = format!("{} {}/{}", text_bar(ratio(used, total), 6), gib(used), gib_unit(total));
+    let mut s = format!(
+        "{} {}/{}",
+        text_bar(ratio(used, total), 6),
+        gib(used),
+        gib_unit(total)
+    );
     if gpus.len() > 1 {
         s.push_str(&format!(" ×{}", gpus.len()));
     }
     s
+}
+
+/// Lays widgets out one row at a time inside an area, dropping what does not fit.
+struct Rows {
+    area: Rect,
+    y: u16,
+}
+
+impl Rows {
+    fn new(area: Rect) -> Self {
+        Self { area, y: area.y }
+    }
+
+    fn left(&self) -> u16 {
+        self.area.bottom().saturating_sub(self.y)
+    }
+
+    /// The next `h` rows, or `None` when full.
+    fn take(&mut self, h: u16) -> Option<Rect> {
+        let h = h.min(self.left());
+        if h == 0 {
+            return None;
+        }
+        let r = Rect {
+            y: self.y,
+            height: h,
+            ..self.area
+        };
+        self.y += h;
+        Some(r)
+    }
+
+    fn line(&mut self, f: &mut Frame, l: Line) {
+        if let Some(r) = self.take(1) {
+            f.render_widget(Paragraph::new(l), r);
+        }
+    }
 }
 
 /// The selected node under the table: why it is down, or its resources.
@@ -219,37 +322,35 @@ fn render_node_summary(state: &State, n: &NodeState, f: &mut Frame, area: Rect) 
     let b = block(title);
     let inner = b.inner(area);
     f.render_widget(b, area);
-    if inner.height == 0 {
-        return;
-    }
-    let mut y = inner.y;
-    let mut line = |f: &mut Frame, l: Line| {
-        if y < inner.bottom() {
-            f.render_widget(Paragraph::new(l), Rect { y, height: 1, ..inner });
-            y += 1;
-        }
-    };
+    let mut rows = Rows::new(inner);
     match &n.conn {
-        Conn::Unreachable { reason, retry_in_ms, since } => {
-            let text = format!("✗ unreachable: {reason}");
-            let h = wrap(&text, inner.width as usize).len().min(4) as u16;
-            f.render_widget(
-                Paragraph::new(Text::from(wrap(&text, inner.width as usize).into_iter().map(Line::from).collect::<Vec<_>>()))
-                    .style(Style::new().fg(Color::Red)),
-                Rect { height: h.min(inner.height), ..inner },
+        Conn::Unreachable {
+            reason,
+            retry_in_ms,
+            since,
+        } => {
+            let wrapped = wrap(&format!("✗ unreachable: {reason}"), inner.width as usize);
+            let h = wrapped.len().min(4) as u16;
+            if let Some(r) = rows.take(h) {
+                let text: Vec<Line> = wrapped.into_iter().map(Line::from).collect();
+                f.render_widget(Paragraph::new(text).style(Style::new().fg(Color::Red)), r);
+            }
+            let down = format!(
+                "down for {} · next attempt within {} s",
+                fmt_age(state.now.saturating_sub(*since)),
+                retry_in_ms.div_ceil(1000)
             );
-            y += h;
-            line(
-                f,
-                Line::styled(
-                    format!("down for {} · next attempt within {} s", fmt_age(state.now.saturating_sub(*since)), retry_in_ms.div_ceil(1000)),
-                    DIM,
-                ),
-            );
+            rows.line(f, Line::styled(down, DIM));
             return;
         }
         Conn::Connecting { attempt } => {
-            line(f, Line::styled(format!("connecting… (attempt {})", attempt + 1), Style::new().fg(Color::Yellow)));
+            rows.line(
+                f,
+                Line::styled(
+                    format!("connecting… (attempt {})", attempt + 1),
+                    Style::new().fg(Color::Yellow),
+                ),
+            );
             return;
         }
         Conn::Connected => {}
@@ -258,45 +359,104 @@ fn render_node_summary(state: &State, n: &NodeState, f: &mut Frame, area: Rect) 
         "agent {} on {} · ping {}",
         n.agent_version.as_deref().unwrap_or("?"),
         n.agent_node.as_deref().unwrap_or("?"),
-        n.latency_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "—".into())
+        n.latency_ms
+            .map(|m| format!("{m} ms"))
+            .unwrap_or_else(|| "—".into())
     );
-    line(f, Line::styled(agent, DIM));
+    rows.line(f, Line::styled(agent, DIM));
     let Some(t) = &n.telemetry else {
-        line(f, Line::styled("waiting for telemetry…", DIM));
+        rows.line(f, Line::styled("waiting for telemetry…", DIM));
         return;
     };
-    let rows = (inner.bottom().saturating_sub(y)) as usize;
     let mut gauges: Vec<(String, f64)> = vec![
-        (format!("CPU  {:>3.0}%", t.cpu_percent), (t.cpu_percent as f64 / 100.0).clamp(0.0, 1.0)),
-        (format!("RAM  {}/{}", gib(t.mem_used_bytes), gib_unit(t.mem_total_bytes)), ratio(t.mem_used_bytes, t.mem_total_bytes)),
+        (
+            format!("CPU  {:>3.0}%", t.cpu_percent),
+            (t.cpu_percent as f64 / 100.0).clamp(0.0, 1.0),
+        ),
+        (
+            format!(
+                "RAM  {}/{}",
+                gib(t.mem_used_bytes),
+                gib_unit(t.mem_total_bytes)
+            ),
+            ratio(t.mem_used_bytes, t.mem_total_bytes),
+        ),
     ];
     for g in &t.gpus {
-        gauges.push((gpu_label(g), ratio(g.mem_used_bytes, g.mem_total_bytes)));
+        gauges.push((
+            gpu_label(g, label_width(inner.width)),
+            ratio(g.mem_used_bytes, g.mem_total_bytes),
+        ));
     }
-    for (label, r) in gauges.into_iter().take(rows.saturating_sub(1)) {
-        f.render_widget(gauge(label, r, inner.width), Rect { y, height: 1, ..inner });
-        y += 1;
+    // Keep the last rows for the "no GPU" reason and the workers line.
+    let room = rows.left().saturating_sub(1 + t.gpus.is_empty() as u16) as usize;
+    for (label, r) in gauges.into_iter().take(room) {
+        if let Some(area) = rows.take(1) {
+            f.render_widget(gauge(label, r, label_width(inner.width)), area);
+        }
     }
     if t.gpus.is_empty() {
-        let why = if t.gpu_status.is_empty() { "no GPU".to_string() } else { format!("no GPU: {}", t.gpu_status) };
-        line(f, Line::styled(why, DIM));
+        rows.line(f, Line::styled(no_gpu_text(&t.gpu_status), DIM));
     }
-    line(f, Line::from(worker_summary(n)));
+    rows.line(f, Line::from(worker_summary(n)));
+    // What is left shows the workers themselves, so the overview answers "what runs where".
+    if let Some(area) = rows.take(rows.left()) {
+        render_worker_list(state, n, f, area);
+    }
 }
 
-fn gpu_label(g: &GpuTelemetry) -> String {
-    format!(
-        "GPU{} {} {}/{} {}% {}°C",
-        g.index,
-        truncate(&g.name, 14),
+/// A borderless, compact list of a node's workers.
+fn render_worker_list(state: &State, n: &NodeState, f: &mut Frame, area: Rect) {
+    let rows = n.workers.iter().map(|w| {
+        let i = &w.info;
+        let what = if !i.detail.is_empty() && !i.state.is_serving() {
+            i.detail.clone()
+        } else {
+            short_model(&i.model).to_string()
+        };
+        Row::new(vec![
+            Cell::from(format!(" {}", i.id)),
+            Cell::from(i.state.as_str()).style(state_style(i.state)),
+            Cell::from(i.device.clone()),
+            Cell::from(format!("{} tok/s", fmt_rate(i.tokens_per_s))),
+            Cell::from(what),
+        ])
+    });
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Length(11),
+        Constraint::Length(7),
+        Constraint::Length(11),
+        Constraint::Fill(1),
+    ];
+    let _ = state;
+    f.render_widget(Table::new(rows, widths).column_spacing(1), area);
+}
+
+/// `GPU0 NVIDIA H100 40.0/80.0G 71% 64°C`, dropping the name when it would not fit in `max`.
+fn gpu_label(g: &GpuTelemetry, max: usize) -> String {
+    let numbers = format!(
+        "{}/{} {}% {}°C",
         gib(g.mem_used_bytes),
         gib_unit(g.mem_total_bytes),
         g.utilization_percent,
         g.temperature_c
-    )
+    );
+    let full = format!("GPU{} {} {numbers}", g.index, g.name);
+    if full.chars().count() <= max {
+        return full;
+    }
+    let room = max.saturating_sub(numbers.chars().count() + format!("GPU{} ", g.index).len() + 1);
+    if room >= 6 {
+        format!("GPU{} {} {numbers}", g.index, truncate(&g.name, room))
+    } else {
+        format!("GPU{} {numbers}", g.index)
+    }
 }
 
-fn gauge(label: String, r: f64, width: u16) -> LineGauge<'static> {
+/// A one-row bar with its label in a fixed-width column, so bars line up. The filled part uses a
+/// heavier line than the rest, which stays readable without colour.
+fn gauge(label: String, r: f64, label_w: usize) -> LineGauge<'static> {
     let color = if r > 0.9 {
         Color::Red
     } else if r > 0.7 {
@@ -304,13 +464,18 @@ fn gauge(label: String, r: f64, width: u16) -> LineGauge<'static> {
     } else {
         Color::Green
     };
-    // Labels get a fixed column so the bars line up.
-    let label_w = (width as usize / 2).clamp(10, 40);
     LineGauge::default()
         .ratio(r.clamp(0.0, 1.0))
-        .label(format!("{:<label_w$}", truncate(&label, label_w)))
+        .label(format!("{:<label_w$} ", truncate(&label, label_w)))
+        .filled_symbol("━")
+        .unfilled_symbol("─")
         .filled_style(Style::new().fg(color))
         .unfilled_style(DIM)
+}
+
+/// Label column for gauges in an area `width` wide.
+fn label_width(width: u16) -> usize {
+    (width as usize * 45 / 100).clamp(8, 44)
 }
 
 fn worker_summary(n: &NodeState) -> String {
@@ -325,77 +490,158 @@ fn worker_summary(n: &NodeState) -> String {
         }
     }
     let parts: Vec<String> = counts.iter().map(|(s, c)| format!("{c} {s}")).collect();
-    format!("workers: {} · {} tok/s", parts.join(", "), fmt_rate(n.tokens_per_s()))
+    format!(
+        "workers: {} · {} tok/s",
+        parts.join(", "),
+        fmt_rate(n.tokens_per_s())
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Node screen.
 
 fn render_node(state: &State, idx: NodeIdx, f: &mut Frame, area: Rect) {
-    let Some(n) = state.nodes.get(idx) else { return };
-    let gpu_rows = n.telemetry.as_ref().map(|t| t.gpus.len().max(1)).unwrap_or(1) as u16;
+    let Some(n) = state.nodes.get(idx) else {
+        return;
+    };
+    let gpu_rows = n
+        .telemetry
+        .as_ref()
+        .map(|t| t.gpus.len().max(1))
+        .unwrap_or(1) as u16;
     let res_h = (gpu_rows + 5).min(area.height.saturating_sub(6).max(3));
-    let [res, table_area, detail] =
-        Layout::vertical([Constraint::Length(res_h), Constraint::Min(3), Constraint::Length(1)]).areas(area);
-    render_resources(state, n, f, res);
+    let [res, table_area, detail] = Layout::vertical([
+        Constraint::Length(res_h),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    render_resources(n, f, res);
     render_workers_table(state, idx, n, f, table_area);
     render_selected_detail(state, f, detail);
 }
 
-fn render_resources(state: &State, n: &NodeState, f: &mut Frame, area: Rect) {
+fn render_resources(n: &NodeState, f: &mut Frame, area: Rect) {
     let title = format!(" {} · {} ", n.name, n.conn.label());
     let b = block(title);
     let inner = b.inner(area);
     f.render_widget(b, area);
     if let Conn::Unreachable { reason, .. } = &n.conn {
-        let text = Text::from(wrap(&format!("✗ unreachable: {reason} (showing last known state)"), inner.width as usize)
+        let text = Text::from(
+            wrap(
+                &format!("✗ unreachable: {reason} (showing last known state)"),
+                inner.width as usize,
+            )
             .into_iter()
             .map(Line::from)
-            .collect::<Vec<_>>());
-        f.render_widget(Paragraph::new(text).style(Style::new().fg(Color::Red)), inner);
+            .collect::<Vec<_>>(),
+        );
+        f.render_widget(
+            Paragraph::new(text).style(Style::new().fg(Color::Red)),
+            inner,
+        );
         return;
     }
     let Some(t) = &n.telemetry else {
         f.render_widget(Paragraph::new("waiting for telemetry…").style(DIM), inner);
         return;
     };
-    let [left, right] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(inner);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(inner);
+    let label_w = (left.width as usize * 55 / 100).max(8);
     let mut rows: Vec<(String, f64, Option<Vec<u64>>)> = vec![
-        (format!("CPU {:>3.0}%", t.cpu_percent), (t.cpu_percent as f64 / 100.0).clamp(0.0, 1.0), Some(n.cpu_history.tail(right.width as usize))),
-        (format!("RAM {}/{}", gib(t.mem_used_bytes), gib_unit(t.mem_total_bytes)), ratio(t.mem_used_bytes, t.mem_total_bytes), None),
+        (
+            format!("CPU {:>3.0}%", t.cpu_percent),
+            (t.cpu_percent as f64 / 100.0).clamp(0.0, 1.0),
+            Some(n.cpu_history.tail(right.width as usize)),
+        ),
+        (
+            format!(
+                "RAM {}/{}",
+                gib(t.mem_used_bytes),
+                gib_unit(t.mem_total_bytes)
+            ),
+            ratio(t.mem_used_bytes, t.mem_total_bytes),
+            None,
+        ),
     ];
     for (i, g) in t.gpus.iter().enumerate() {
         let hist = n.gpu_history.get(i).map(|h| h.tail(right.width as usize));
-        rows.push((gpu_label(g), ratio(g.mem_used_bytes, g.mem_total_bytes), hist));
+        rows.push((
+            gpu_label(g, label_w),
+            ratio(g.mem_used_bytes, g.mem_total_bytes),
+            hist,
+        ));
     }
     let mut y = inner.y;
     for (label, r, hist) in rows {
         if y >= inner.bottom() {
             return;
         }
-        f.render_widget(gauge(label, r, left.width), Rect { y, height: 1, ..left });
+        f.render_widget(
+            gauge(label, r, label_w),
+            Rect {
+                y,
+                height: 1,
+                ..left
+            },
+        );
         if let Some(h) = hist {
-            f.render_widget(Sparkline::default().data(&h).max(100).style(Style::new().fg(ACCENT)), Rect { y, height: 1, ..right });
+            f.render_widget(
+                Sparkline::default()
+                    .data(&h)
+                    .max(100)
+                    .style(Style::new().fg(ACCENT)),
+                Rect {
+                    y,
+                    height: 1,
+                    ..right
+                },
+            );
         }
         y += 1;
     }
     if y < inner.bottom() && t.gpus.is_empty() {
-        let why = if t.gpu_status.is_empty() { "no GPU".into() } else { format!("no GPU: {}", t.gpu_status) };
-        f.render_widget(Paragraph::new(why).style(DIM), Rect { y, height: 1, ..left });
+        f.render_widget(
+            Paragraph::new(no_gpu_text(&t.gpu_status)).style(DIM),
+            Rect {
+                y,
+                height: 1,
+                ..inner
+            },
+        );
         y += 1;
     }
     if y < inner.bottom() {
         let label = format!("tok/s {}", fmt_rate(n.tokens_per_s()));
-        f.render_widget(Paragraph::new(label), Rect { y, height: 1, ..left });
+        f.render_widget(
+            Paragraph::new(label),
+            Rect {
+                y,
+                height: 1,
+                ..left
+            },
+        );
         let h = n.tokps_history.tail(right.width as usize);
-        f.render_widget(Sparkline::default().data(&h).style(Style::new().fg(Color::Green)), Rect { y, height: 1, ..right });
+        f.render_widget(
+            Sparkline::default()
+                .data(&h)
+                .style(Style::new().fg(Color::Green)),
+            Rect {
+                y,
+                height: 1,
+                ..right
+            },
+        );
     }
 }
 
 fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Frame, area: Rect) {
     let visible = state.visible_workers(idx);
-    let header =
-        Row::new(["ID", "MODEL", "DEVICE", "STATE", "HB", "TOK/S", "RST", "RSS", "VRAM"]).style(DIM.bold());
+    let header = Row::new([
+        "ID", "MODEL", "DEVICE", "STATE", "HB", "TOK/S", "RST", "RSS", "VRAM",
+    ])
+    .style(DIM.bold());
     let rows = visible.iter().map(|w| {
         let i = &w.info;
         Row::new(vec![
@@ -403,11 +649,19 @@ fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Fram
             Cell::from(short_model(&i.model).to_string()),
             Cell::from(i.device.clone()),
             Cell::from(i.state.as_str()).style(state_style(i.state)),
-            Cell::from(w.heartbeat_age_ms(state.now).map(fmt_age).unwrap_or_else(|| "—".into())),
+            Cell::from(
+                w.heartbeat_age_ms(state.now)
+                    .map(fmt_age)
+                    .unwrap_or_else(|| "—".into()),
+            ),
             Cell::from(fmt_rate(i.tokens_per_s)),
             Cell::from(i.restarts.to_string()),
             Cell::from(fmt_bytes_short(i.rss_bytes)),
-            Cell::from(if i.vram_bytes == 0 { "—".into() } else { fmt_bytes_short(i.vram_bytes) }),
+            Cell::from(if i.vram_bytes == 0 {
+                "—".into()
+            } else {
+                fmt_bytes_short(i.vram_bytes)
+            }),
         ])
     });
     let widths = [
@@ -429,12 +683,21 @@ fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Fram
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("›")
         .highlight_spacing(HighlightSpacing::Always);
-    let sel = state.selected_worker().and_then(|(_, id)| visible.iter().position(|w| w.info.id == id));
+    let sel = state
+        .selected_worker()
+        .and_then(|(_, id)| visible.iter().position(|w| w.info.id == id));
     let mut ts = TableState::default().with_selected(sel);
     f.render_stateful_widget(table, area, &mut ts);
     if visible.is_empty() {
-        let msg = if n.workers.is_empty() { "no workers · press s to spawn" } else { "no worker matches the filter" };
-        let inner = area.inner(ratatui::layout::Margin { horizontal: 2, vertical: 2 });
+        let msg = if n.workers.is_empty() {
+            "no workers · press s to spawn"
+        } else {
+            "no worker matches the filter"
+        };
+        let inner = area.inner(ratatui::layout::Margin {
+            horizontal: 2,
+            vertical: 2,
+        });
         f.render_widget(Paragraph::new(msg).style(DIM), inner);
     }
 }
@@ -442,23 +705,50 @@ fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Fram
 /// One line under the workers table about the selected worker: loading progress, why it failed,
 /// or what it serves.
 fn render_selected_detail(state: &State, f: &mut Frame, area: Rect) {
-    let Some((n, id)) = state.selected_worker() else { return };
-    let Some(w) = state.nodes[n].worker(&id) else { return };
+    let Some((n, id)) = state.selected_worker() else {
+        return;
+    };
+    let Some(w) = state.nodes[n].worker(&id) else {
+        return;
+    };
     render_worker_detail_line(w, f, area);
 }
 
 fn render_worker_detail_line(w: &WorkerView, f: &mut Frame, area: Rect) {
     let i = &w.info;
-    if let Some(p) = progress(&i.detail).filter(|_| !i.state.is_serving() && !i.state.is_terminal()) {
-        f.render_widget(gauge(format!("{} {}: {}", i.id, i.state, i.detail), p, area.width), area);
+    if let Some(p) = progress(&i.detail).filter(|_| !i.state.is_serving() && !i.state.is_terminal())
+    {
+        f.render_widget(
+            gauge(
+                format!("{} {}: {}", i.id, i.state, i.detail),
+                p,
+                label_width(area.width),
+            ),
+            area,
+        );
         return;
     }
     let text = if !i.detail.is_empty() {
         format!("{} {}: {}", i.id, i.state, i.detail)
-    } else if matches!(i.state, WorkerState::Failed | WorkerState::Crashed | WorkerState::BackingOff) {
-        format!("{} {}: {}", i.id, i.state, i.last_exit.as_deref().unwrap_or("no exit reason"))
+    } else if matches!(
+        i.state,
+        WorkerState::Failed | WorkerState::Crashed | WorkerState::BackingOff
+    ) {
+        format!(
+            "{} {}: {}",
+            i.id,
+            i.state,
+            i.last_exit.as_deref().unwrap_or("no exit reason")
+        )
     } else if let Some(s) = &i.summary {
-        format!("{} {} · {} · ctx {} · {}", i.id, s.name, s.architecture, s.context_length, fmt_bytes(s.memory_bytes))
+        format!(
+            "{} {} · {} · ctx {} · {}",
+            i.id,
+            s.name,
+            s.architecture,
+            s.context_length,
+            fmt_bytes(s.memory_bytes)
+        )
     } else {
         format!("{} {}", i.id, i.state)
     };
@@ -469,45 +759,100 @@ fn render_worker_detail_line(w: &WorkerView, f: &mut Frame, area: Rect) {
 // Worker screen.
 
 fn render_worker(state: &State, idx: NodeIdx, id: &str, f: &mut Frame, area: Rect) {
-    let Some(n) = state.nodes.get(idx) else { return };
+    let Some(n) = state.nodes.get(idx) else {
+        return;
+    };
     let Some(w) = n.worker(id) else {
         let msg = format!("worker {id} is gone from {} (esc goes back)", n.name);
-        f.render_widget(Paragraph::new(msg).style(DIM).block(block(format!(" {id} "))), area);
+        f.render_widget(
+            Paragraph::new(msg)
+                .style(DIM)
+                .block(block(format!(" {id} "))),
+            area,
+        );
         return;
     };
     let i = &w.info;
-    let info_h = 12.min(area.height.saturating_sub(5).max(4));
-    let [top, spark, logs] =
-        Layout::vertical([Constraint::Length(info_h), Constraint::Length(3), Constraint::Min(0)]).areas(area);
-    let [info_area, hist_area] = Layout::horizontal([Constraint::Percentage(58), Constraint::Percentage(42)]).areas(top);
+    // Leave the log at least two lines; the info block gives way first.
+    let info_h = 12.min(area.height.saturating_sub(3 + 4)).max(4);
+    let [top, spark, logs] = Layout::vertical([
+        Constraint::Length(info_h),
+        Constraint::Length(3),
+        Constraint::Min(0),
+    ])
+    .areas(area);
+    let [info_area, hist_area] =
+        Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(top);
 
-    let kv = |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<10}"), DIM), Span::raw(v)]);
-    let mut lines = vec![
-        Line::from(vec![Span::styled(format!("{:<10}", "state"), DIM), Span::styled(i.state.as_str(), state_style(i.state).bold())]),
-    ];
+    let kv =
+        |k: &str, v: String| Line::from(vec![Span::styled(format!("{k:<10}"), DIM), Span::raw(v)]);
+    let mut lines = vec![Line::from(vec![
+        Span::styled(format!("{:<10}", "state"), DIM),
+        Span::styled(i.state.as_str(), state_style(i.state).bold()),
+    ])];
     if !i.detail.is_empty() {
         lines.push(kv("detail", i.detail.clone()));
     }
     lines.push(kv("model", short_model(&i.model).to_string()));
     lines.push(kv("device", i.device.clone()));
-    lines.push(kv("pid", i.pid.map(|p| p.to_string()).unwrap_or_else(|| "—".into())));
-    lines.push(kv("restarts", i.restarts.to_string()));
-    lines.push(kv("last exit", i.last_exit.clone().unwrap_or_else(|| "—".into())));
-    lines.push(kv("heartbeat", w.heartbeat_age_ms(state.now).map(|a| format!("{} ago", fmt_age(a))).unwrap_or_else(|| "—".into())));
-    lines.push(kv("memory", format!("RSS {} · VRAM {} · {} in flight", fmt_bytes(i.rss_bytes), fmt_bytes(i.vram_bytes), i.in_flight)));
+    let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "—".into());
+    lines.push(kv("pid", format!("{pid} · {} restarts", i.restarts)));
+    lines.push(kv(
+        "last exit",
+        i.last_exit.clone().unwrap_or_else(|| "—".into()),
+    ));
+    lines.push(kv(
+        "heartbeat",
+        w.heartbeat_age_ms(state.now)
+            .map(|a| format!("{} ago", fmt_age(a)))
+            .unwrap_or_else(|| "—".into()),
+    ));
+    let vram = if i.vram_bytes == 0 {
+        "—".to_string()
+    } else {
+        fmt_bytes(i.vram_bytes)
+    };
+    let rss = if i.rss_bytes == 0 {
+        "—".to_string()
+    } else {
+        fmt_bytes(i.rss_bytes)
+    };
+    lines.push(kv("memory", format!("RSS {rss} · VRAM {vram}")));
+    lines.push(kv("requests", format!("{} in flight", i.in_flight)));
     if let Some(s) = &i.summary {
-        let ready = w.spawn_to_ready_ms.map(|ms| format!(" · ready in {ms} ms")).unwrap_or_default();
-        lines.push(kv("loaded", format!("{} · ctx {}{ready}", s.architecture, s.context_length)));
+        let ready = w
+            .spawn_to_ready_ms
+            .map(|ms| format!(" · ready in {ms} ms"))
+            .unwrap_or_default();
+        lines.push(kv(
+            "loaded",
+            format!("{} · ctx {}{ready}", s.architecture, s.context_length),
+        ));
     }
     let info_block = block(format!(" {} on {} ", i.id, n.name));
     let inner = info_block.inner(info_area);
     f.render_widget(info_block, info_area);
-    let progress_row = progress(&i.detail).filter(|_| !i.state.is_serving() && !i.state.is_terminal());
-    let text_h = if progress_row.is_some() { inner.height.saturating_sub(1) } else { inner.height };
-    f.render_widget(Paragraph::new(lines), Rect { height: text_h, ..inner });
+    let progress_row =
+        progress(&i.detail).filter(|_| !i.state.is_serving() && !i.state.is_terminal());
+    let text_h = if progress_row.is_some() {
+        inner.height.saturating_sub(1)
+    } else {
+        inner.height
+    };
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }),
+        Rect {
+            height: text_h,
+            ..inner
+        },
+    );
     if let (Some(p), true) = (progress_row, inner.height > 1) {
-        let r = Rect { y: inner.bottom() - 1, height: 1, ..inner };
-        f.render_widget(gauge(format!("{:.0}%", p * 100.0), p, r.width), r);
+        let r = Rect {
+            y: inner.bottom() - 1,
+            height: 1,
+            ..inner
+        };
+        f.render_widget(gauge(format!("{:.0}%", p * 100.0), p, 4), r);
     }
 
     let hist: Vec<Line> = w
@@ -516,7 +861,10 @@ fn render_worker(state: &State, idx: NodeIdx, id: &str, f: &mut Frame, area: Rec
         .rev()
         .map(|c| {
             let mut spans = vec![
-                Span::styled(format!("{:>4} ", fmt_age(state.now.saturating_sub(c.at))), DIM),
+                Span::styled(
+                    format!("{:>4} ", fmt_age(state.now.saturating_sub(c.at))),
+                    DIM,
+                ),
                 Span::styled(c.state.as_str(), state_style(c.state)),
             ];
             if !c.detail.is_empty() {
@@ -525,21 +873,33 @@ fn render_worker(state: &State, idx: NodeIdx, id: &str, f: &mut Frame, area: Rec
             Line::from(spans)
         })
         .collect();
-    f.render_widget(Paragraph::new(hist).block(block(" State history ")), hist_area);
+    f.render_widget(
+        Paragraph::new(hist).block(block(" State history ")),
+        hist_area,
+    );
 
     let spark_block = block(format!(" tok/s {} ", fmt_rate(i.tokens_per_s)));
     let spark_inner = spark_block.inner(spark);
     f.render_widget(spark_block, spark);
     let data = w.tokps.tail(spark_inner.width as usize);
-    f.render_widget(Sparkline::default().data(&data).style(Style::new().fg(Color::Green)), spark_inner);
+    f.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .style(Style::new().fg(Color::Green)),
+        spark_inner,
+    );
 
     let log_block = block(format!(" Log ({} lines) ", w.log.len()));
     let log_inner = log_block.inner(logs);
     f.render_widget(log_block, logs);
     let h = log_inner.height as usize;
     let start = w.log.len().saturating_sub(h);
-    let log_lines: Vec<Line> =
-        w.log.iter().skip(start).map(|l| Line::raw(truncate(l, log_inner.width as usize))).collect();
+    let log_lines: Vec<Line> = w
+        .log
+        .iter()
+        .skip(start)
+        .map(|l| Line::raw(truncate(l, log_inner.width as usize)))
+        .collect();
     if log_lines.is_empty() {
         f.render_widget(Paragraph::new("(no log lines yet)").style(DIM), log_inner);
     } else {
@@ -568,18 +928,41 @@ fn render_events(state: &State, f: &mut Frame, area: Rect) {
         ])
         .style(style)
     });
-    let widths = [Constraint::Length(4), Constraint::Length(10), Constraint::Length(5), Constraint::Fill(1)];
+    let widths = [
+        Constraint::Length(4),
+        Constraint::Length(10),
+        Constraint::Length(5),
+        Constraint::Fill(1),
+    ];
     let table = Table::new(rows, widths)
         .header(header)
-        .block(block(format!(" Events ({}) · newest first ", visible.len())))
+        .block(block(format!(
+            " Events ({}) · newest first ",
+            visible.len()
+        )))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("›")
         .highlight_spacing(HighlightSpacing::Always);
     let sel = (!visible.is_empty()).then(|| state.event_sel.min(visible.len() - 1));
+    // The selected event in full under the table: rows cut long messages short.
+    let [table_area, full_area] =
+        Layout::vertical([Constraint::Min(4), Constraint::Length(3)]).areas(area);
     let mut ts = TableState::default().with_selected(sel);
-    f.render_stateful_widget(table, area, &mut ts);
+    f.render_stateful_widget(table, table_area, &mut ts);
+    if let Some(e) = sel.map(|i| visible[i]) {
+        let text = format!("{} · {} · {}", e.node, e.kind.label(), e.text);
+        let lines: Vec<Line> = wrap(&text, full_area.width as usize)
+            .into_iter()
+            .take(full_area.height as usize)
+            .map(Line::from)
+            .collect();
+        f.render_widget(Paragraph::new(lines), full_area);
+    }
     if visible.is_empty() {
-        let inner = area.inner(ratatui::layout::Margin { horizontal: 2, vertical: 2 });
+        let inner = area.inner(ratatui::layout::Margin {
+            horizontal: 2,
+            vertical: 2,
+        });
         f.render_widget(Paragraph::new("nothing yet").style(DIM), inner);
     }
 }
@@ -588,13 +971,17 @@ fn render_events(state: &State, f: &mut Frame, area: Rect) {
 // Prompt pane.
 
 fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
+    // The table shows the model; the title only needs to say where the prompt goes.
     let target = match (&p.worker, &p.model) {
-        (Some(w), Some(m)) => format!("{w} ({})", short_model(m)),
-        (Some(w), None) => w.clone(),
-        (None, Some(m)) => format!("any {}", short_model(m)),
+        (Some(w), _) => w.clone(),
+        (None, Some(m)) => format!("any {}", truncate(short_model(m), 24)),
         (None, None) => "?".into(),
     };
-    let node = state.nodes.get(p.node).map(|n| n.name.as_str()).unwrap_or("?");
+    let node = state
+        .nodes
+        .get(p.node)
+        .map(|n| n.name.as_str())
+        .unwrap_or("?");
     let mut stats = Vec::new();
     if let Some(r) = &p.run {
         if let Some(t) = r.ttft_ms() {
@@ -603,7 +990,11 @@ fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
         if let Some(t) = r.tokens_per_s() {
             stats.push(format!("{t:.1} tok/s"));
         }
-        let n = r.usage.as_ref().map(|u| u.generated_tokens).unwrap_or(r.tokens);
+        let n = r
+            .usage
+            .as_ref()
+            .map(|u| u.generated_tokens)
+            .unwrap_or(r.tokens);
         stats.push(format!("{n} tok"));
         if r.active {
             stats.push("streaming…".into());
@@ -613,7 +1004,11 @@ fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
             stats.push(format!("{fin:?}").to_lowercase());
         }
     }
-    let border = if p.focused { Style::new().fg(ACCENT) } else { DIM };
+    let border = if p.focused {
+        Style::new().fg(ACCENT)
+    } else {
+        DIM
+    };
     let b = Block::bordered()
         .border_type(BorderType::Rounded)
         .border_style(border)
@@ -624,19 +1019,31 @@ fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
     if inner.height == 0 {
         return;
     }
-    let [out_area, in_area] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
+    let [out_area, in_area] =
+        Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
     let width = out_area.width as usize;
     let mut lines: Vec<Line> = Vec::new();
     if !p.asked.is_empty() {
-        lines.extend(wrap(&format!("› {}", p.asked), width).into_iter().map(|l| Line::styled(l, DIM)));
+        lines.extend(
+            wrap(&format!("› {}", p.asked), width)
+                .into_iter()
+                .map(|l| Line::styled(l, DIM)),
+        );
     }
     lines.extend(wrap(&p.output, width).into_iter().map(Line::raw));
     if let Some(e) = p.run.as_ref().and_then(|r| r.error.as_ref()) {
-        lines.extend(wrap(&format!("error: {e}"), width).into_iter().map(|l| Line::styled(l, Style::new().fg(Color::Red))));
+        lines.extend(
+            wrap(&format!("error: {e}"), width)
+                .into_iter()
+                .map(|l| Line::styled(l, Style::new().fg(Color::Red))),
+        );
     }
     // Follow the end of the answer.
     let skip = lines.len().saturating_sub(out_area.height as usize);
-    f.render_widget(Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>()), out_area);
+    f.render_widget(
+        Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>()),
+        out_area,
+    );
 
     let input = if p.input.is_empty() && !p.focused {
         Line::styled("press p or tab to type a prompt", DIM)
@@ -649,7 +1056,11 @@ fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
         Line::from(vec![
             Span::styled("> ", Style::new().fg(ACCENT).bold()),
             Span::raw(shown),
-            if p.focused { Span::raw("█") } else { Span::raw("") },
+            if p.focused {
+                Span::raw("█")
+            } else {
+                Span::raw("")
+            },
         ])
     };
     f.render_widget(Paragraph::new(input), in_area);
@@ -659,16 +1070,22 @@ fn render_prompt(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
 // Popups.
 
 fn popup_area(area: Rect, w: u16, h: u16) -> Rect {
-    area.centered(Constraint::Length(w.min(area.width)), Constraint::Length(h.min(area.height)))
+    area.centered(
+        Constraint::Length(w.min(area.width)),
+        Constraint::Length(h.min(area.height)),
+    )
 }
 
 /// Every binding of the key table, by mode; two columns when there is room.
 fn render_help(f: &mut Frame, area: Rect) {
     let section = |m: Mode| -> Vec<Line<'static>> {
-        let mut v = vec![Line::styled(m.title().to_string(), Style::new().fg(ACCENT).bold())];
+        let mut v = vec![Line::styled(
+            m.title().to_string(),
+            Style::new().fg(ACCENT).bold(),
+        )];
         for b in BINDINGS.iter().filter(|b| b.mode == m) {
             v.push(Line::from(vec![
-                Span::styled(format!(" {:<9}", keys::keys_label(b)), Style::new().bold()),
+                Span::styled(format!(" {:<8}", keys::keys_label(b)), Style::new().bold()),
                 Span::raw(b.help),
             ]));
         }
@@ -682,16 +1099,37 @@ fn render_help(f: &mut Frame, area: Rect) {
     let two = inner.width >= 70;
     let (mut left, mut right) = (Vec::new(), Vec::new());
     for &m in MODES {
-        let target = if two && !matches!(m, Mode::Normal | Mode::Help) { &mut right } else { &mut left };
+        let target = if two && !matches!(m, Mode::Normal | Mode::Help) {
+            &mut right
+        } else {
+            &mut left
+        };
         target.extend(section(m));
     }
     if two {
-        let [l, rr] = Layout::horizontal([Constraint::Percentage(52), Constraint::Percentage(48)]).areas(inner);
+        let [l, rr] = Layout::horizontal([Constraint::Percentage(52), Constraint::Percentage(48)])
+            .areas(inner);
         f.render_widget(Paragraph::new(left), l);
         f.render_widget(Paragraph::new(right), rr);
     } else {
         f.render_widget(Paragraph::new(left), inner);
     }
+}
+
+/// `y do it · n esc cancel`: the keys of one mode, from the table.
+fn mode_hints(mode: Mode) -> Vec<Span<'static>> {
+    let mut spans = Vec::new();
+    for b in BINDINGS.iter().filter(|b| b.mode == mode) {
+        if !spans.is_empty() {
+            spans.push(Span::styled(" · ", DIM));
+        }
+        spans.push(Span::styled(
+            keys::keys_label(b),
+            Style::new().fg(ACCENT).bold(),
+        ));
+        spans.push(Span::raw(format!(" {}", b.help)));
+    }
+    spans
 }
 
 fn render_confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
@@ -700,30 +1138,49 @@ fn render_confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
         Pending::Restart { node, worker } => ("Restart", *node, worker),
     };
     let n = state.nodes.get(node);
-    let model = n.and_then(|n| n.worker(worker)).map(|w| format!(" ({})", short_model(&w.info.model))).unwrap_or_default();
-    let q = format!("{verb} worker {worker}{model} on {}?", n.map(|n| n.name.as_str()).unwrap_or("?"));
+    let model = n
+        .and_then(|n| n.worker(worker))
+        .map(|w| format!(" ({})", short_model(&w.info.model)))
+        .unwrap_or_default();
+    let q = format!(
+        "{verb} worker {worker}{model} on {}?",
+        n.map(|n| n.name.as_str()).unwrap_or("?")
+    );
     let r = popup_area(area, (q.chars().count() as u16 + 6).max(40), 6);
     f.render_widget(Clear, r);
     let text = vec![
         Line::raw(""),
         Line::from(q).bold().centered(),
-        Line::from(vec![Span::styled("y", Style::new().fg(ACCENT).bold()), Span::raw(" confirms · any other key cancels")]).centered(),
+        Line::from(mode_hints(Mode::Confirm)).centered(),
     ];
-    f.render_widget(Paragraph::new(text).block(block(format!(" {verb}? ")).border_style(Style::new().fg(Color::Red))), r);
+    f.render_widget(
+        Paragraph::new(text)
+            .block(block(format!(" {verb}? ")).border_style(Style::new().fg(Color::Red))),
+        r,
+    );
 }
 
 fn render_spawn(state: &State, d: &SpawnDialog, f: &mut Frame, area: Rect) {
-    let Some(n) = state.nodes.get(d.node) else { return };
+    let Some(n) = state.nodes.get(d.node) else {
+        return;
+    };
     let devices = n.devices();
     let model = match n.models.get(d.model) {
         Some(m) => format!("{} ({})", m.name, fmt_bytes(m.size_bytes)),
         None if n.models.is_empty() => "(no models in this node's model dirs)".into(),
         None => "?".into(),
     };
-    let device = devices.get(d.device).cloned().unwrap_or_else(|| "cpu".into());
+    let device = devices
+        .get(d.device)
+        .cloned()
+        .unwrap_or_else(|| "cpu".into());
     let field = |name: &str, f: SpawnField, value: String, of: String| {
         let selected = d.field == f;
-        let style = if selected { Style::new().fg(Color::Black).bg(ACCENT) } else { Style::new() };
+        let style = if selected {
+            Style::new().fg(Color::Black).bg(ACCENT)
+        } else {
+            Style::new()
+        };
         Line::from(vec![
             Span::styled(format!(" {name:<7}"), DIM),
             Span::styled(format!("‹ {value} ›"), style),
@@ -732,22 +1189,42 @@ fn render_spawn(state: &State, d: &SpawnDialog, f: &mut Frame, area: Rect) {
     };
     let lines = vec![
         Line::raw(""),
-        field("model", SpawnField::Model, model, format!(" {}/{}", (d.model + 1).min(n.models.len()), n.models.len())),
+        field(
+            "model",
+            SpawnField::Model,
+            model,
+            format!(" {}/{}", (d.model + 1).min(n.models.len()), n.models.len()),
+        ),
         field("device", SpawnField::Device, device, String::new()),
-        field("count", SpawnField::Count, d.count.to_string(), String::new()),
-        Line::raw(""),
-        Line::styled(" ←/→ change value · tab next field · ⏎ spawn · esc cancel", DIM),
+        field(
+            "count",
+            SpawnField::Count,
+            d.count.to_string(),
+            String::new(),
+        ),
     ];
-    let r = popup_area(area, 70, 8);
+    let r = popup_area(area, 70, 6);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(block(format!(" Spawn on {} ", n.name)).border_style(Style::new().fg(ACCENT))),
+        Paragraph::new(lines)
+            .block(block(format!(" Spawn on {} ", n.name)).border_style(Style::new().fg(ACCENT))),
         r,
     );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Formatting.
+
+/// Why a node has no GPU, said once even when the agent's reason already starts with "no GPU".
+pub fn no_gpu_text(status: &str) -> String {
+    if status.is_empty() {
+        "no GPU".into()
+    } else if status.to_lowercase().starts_with("no gpu") {
+        status.to_string()
+    } else {
+        format!("no GPU: {status}")
+    }
+}
 
 fn state_style(s: WorkerState) -> Style {
     match s {
@@ -808,7 +1285,11 @@ fn fmt_bytes_short(b: u64) -> String {
         return "—".into();
     }
     let s = fmt_bytes(b);
-    s.replace(" KiB", "K").replace(" MiB", "M").replace(" GiB", "G").replace(" TiB", "T").replace(" B", "B")
+    s.replace(" KiB", "K")
+        .replace(" MiB", "M")
+        .replace(" GiB", "G")
+        .replace(" TiB", "T")
+        .replace(" B", "B")
 }
 
 /// `45.2`, `0`, `1234`.
@@ -839,7 +1320,10 @@ pub fn fmt_age(ms: UnixMillis) -> String {
 /// The last `NN%` (or `NN.N%`) in a detail string, as a ratio.
 pub fn progress(detail: &str) -> Option<f64> {
     let end = detail.rfind('%')?;
-    let start = detail[..end].rfind(|c: char| !(c.is_ascii_digit() || c == '.')).map(|i| i + 1).unwrap_or(0);
+    let start = detail[..end]
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let v: f64 = detail[start..end].parse().ok()?;
     Some((v / 100.0).clamp(0.0, 1.0))
 }
@@ -854,22 +1338,33 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Hard wrap at `width` characters, keeping explicit newlines.
+/// Wrap at `width` characters, breaking after a space where there is one, keeping explicit
+/// newlines. Counts characters, not display columns: good enough for model output.
 fn wrap(text: &str, width: usize) -> Vec<String> {
     let width = width.max(1);
     let mut out = Vec::new();
-    for line in text.split('\n') {
-        let chars: Vec<char> = line.chars().collect();
-        if chars.is_empty() {
-            out.push(String::new());
-            continue;
-        }
-        for chunk in chars.chunks(width) {
-            out.push(chunk.iter().collect());
-        }
-    }
     if text.is_empty() {
-        out.clear();
+        return out;
+    }
+    for line in text.split('\n') {
+        let mut rest: Vec<char> = line.chars().collect();
+        if rest.is_empty() {
+            out.push(String::new());
+        }
+        while !rest.is_empty() {
+            if rest.len() <= width {
+                out.push(rest.drain(..).collect());
+                break;
+            }
+            let cut = rest[..width]
+                .iter()
+                .rposition(|c| *c == ' ')
+                .map(|i| i + 1)
+                .filter(|&i| i > width / 3)
+                .unwrap_or(width);
+            let piece: String = rest.drain(..cut).collect();
+            out.push(piece.trim_end().to_string());
+        }
     }
     out
 }
@@ -894,6 +1389,14 @@ mod tests {
         assert_eq!(fmt_age(125_000), "2m");
         assert_eq!(text_bar(0.5, 4), "▮▮▯▯");
         assert_eq!(wrap("abcdef", 4), vec!["abcd", "ef"]);
+        assert_eq!(wrap("hello big world", 10), vec!["hello big", "world"]);
+        assert_eq!(wrap("a\n\nb", 10), vec!["a", "", "b"]);
+        assert!(wrap("", 10).is_empty());
+        assert_eq!(
+            no_gpu_text("no GPU: driver missing"),
+            "no GPU: driver missing"
+        );
+        assert_eq!(no_gpu_text("driver missing"), "no GPU: driver missing");
         assert_eq!(truncate("abcdef", 4), "abc…");
     }
 }

@@ -2,7 +2,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::{llama, quantized_llama};
 use tokenizers::Tokenizer;
@@ -300,7 +300,14 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &
         }
     }
     progress("loading weights", 0.2);
-    let weights = quantized_llama::ModelWeights::from_gguf(ct, &mut f, device).map_err(|e| corrupt(path, e))?;
+    let weights = if device.is_cpu() && needs_requant(&ct) {
+        // Formats without SIMD kernels in candle (Q4_1, Q5_x) are re-encoded once as Q8_0, which
+        // has them; Q8_0 represents those values almost exactly and decodes several times faster.
+        let (ct2, mut cursor) = requantize(&ct, &mut f, path)?;
+        quantized_llama::ModelWeights::from_gguf(ct2, &mut cursor, device).map_err(|e| corrupt(path, e))?
+    } else {
+        quantized_llama::ModelWeights::from_gguf(ct, &mut f, device).map_err(|e| corrupt(path, e))?
+    };
     progress("ready", 1.0);
     Ok(LoadedModel {
         network: Network::Quantized(weights),
@@ -315,6 +322,41 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &
         },
         device: device.clone(),
     })
+}
+
+/// Quantized formats whose CPU matmul has no SIMD path in candle.
+fn slow_on_cpu(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+fn needs_requant(ct: &gguf_file::Content) -> bool {
+    ct.tensor_infos.values().any(|t| slow_on_cpu(t.ggml_dtype))
+}
+
+/// Re-encode slow tensors as Q8_0 into an in-memory GGUF with the same metadata.
+fn requantize(
+    ct: &gguf_file::Content,
+    f: &mut File,
+    path: &Path,
+) -> Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>), LoadError> {
+    let mut tensors = Vec::with_capacity(ct.tensor_infos.len());
+    for name in ct.tensor_infos.keys() {
+        let q = ct.tensor(f, name, &Device::Cpu).map_err(|e| corrupt(path, e))?;
+        let q = if slow_on_cpu(q.dtype()) && q.shape().dims().last().is_some_and(|d| d % 32 == 0) {
+            let dense = q.dequantize(&Device::Cpu).map_err(|e| corrupt(path, e))?;
+            QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(|e| corrupt(path, e))?
+        } else {
+            q
+        };
+        tensors.push((name.clone(), q));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &tensor_refs).map_err(|e| corrupt(path, e))?;
+    buf.set_position(0);
+    let ct2 = gguf_file::Content::read(&mut buf).map_err(|e| corrupt(path, e))?;
+    Ok((ct2, buf))
 }
 
 fn load_safetensors(

@@ -1,0 +1,141 @@
+//! Helpers for end-to-end tests: locate the real binaries and the real model, start real agents
+//! on loopback, and wait for things with a bound instead of sleeping.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_proto::client::{Client, Incoming};
+use tokio::sync::mpsc;
+
+/// The directory holding the workspace's built binaries (`target/debug` or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    dir
+}
+
+/// Path of a workspace binary; panics with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not built; run `cargo build --workspace` first", p.display());
+    p
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The real small model (SmolLM2-135M-Instruct Q4_1), fetched by `assets/fetch-model.sh`.
+pub fn model_path() -> PathBuf {
+    let p = std::env::var_os("RBEE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(p.is_file(), "test model {} missing; run assets/fetch-model.sh", p.display());
+    p
+}
+
+/// The directory holding the test model.
+pub fn model_dir() -> PathBuf {
+    model_path().parent().unwrap().to_path_buf()
+}
+
+/// Poll `f` every 20 ms until it returns `Some`, or panic after `limit` naming `what`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real `rbee-agent` process on a free loopback port with its own state dir.
+pub struct AgentProc {
+    pub child: Child,
+    pub state_dir: PathBuf,
+    pub url: String,
+    pub token: String,
+}
+
+impl AgentProc {
+    /// Start an agent on `state_dir` with extra args; waits until it listens.
+    pub fn start(state_dir: &Path, extra: &[&str]) -> AgentProc {
+        let _ = std::fs::remove_file(state_dir.join("agent.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir.with_extension("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin("rbee-agent"));
+        cmd.arg("--listen").arg("127.0.0.1:0").arg("--state-dir").arg(state_dir);
+        cmd.arg("--model-dir").arg(model_dir());
+        cmd.arg("--worker-bin").arg(bin("rbee-worker"));
+        cmd.args(extra);
+        cmd.env("RBEE_LOG", "info");
+        cmd.stdout(Stdio::null()).stderr(log);
+        let mut child = cmd.spawn().expect("start rbee-agent");
+        let addr = wait_for(Duration::from_secs(20), "agent to listen", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("rbee-agent exited early with {st}; log: {}", read_log(state_dir));
+            }
+            std::fs::read_to_string(state_dir.join("agent.addr")).ok().filter(|s| !s.is_empty())
+        });
+        let token = std::fs::read_to_string(state_dir.join("token")).unwrap().trim().to_string();
+        AgentProc { child, state_dir: state_dir.into(), url: format!("ws://{addr}"), token }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn connect(&self) -> (Client, mpsc::Receiver<Incoming>) {
+        Client::connect(&self.url, &self.token, "test").await.expect("connect to agent")
+    }
+
+    /// Send a signal and wait for the process to exit.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.state_dir)
+    }
+}
+
+fn read_log(state_dir: &Path) -> String {
+    std::fs::read_to_string(state_dir.with_extension("agent.log")).unwrap_or_default()
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Live child processes of `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) && fields.first() != Some(&"Z") {
+            out.push(pid);
+        }
+    }
+    out
+}

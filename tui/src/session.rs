@@ -1,0 +1,356 @@
+//! Sessions to agents. `connect` is shared by the subcommands and the dashboard; `run_node` is
+//! the dashboard's one task per node: connect with backoff, subscribe, forward everything the
+//! agent says as `Action`s, carry out `Effect`s, and on a drop say why and try again.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rbee_proto::client::{Client, Incoming, Streamed};
+use rbee_proto::policy::RestartPolicy;
+use rbee_proto::session::{Reply, Request};
+use rbee_proto::{now_millis, UnixMillis};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::action::{describe, Action, Effect, InferDone, PromptId};
+use crate::config::NodeTarget;
+use crate::error::TuiError;
+use crate::state::NodeIdx;
+
+/// How we introduce ourselves in the handshake.
+pub const CLIENT_NAME: &str = concat!("rbee-tui/", env!("CARGO_PKG_VERSION"));
+/// Longest wait for a connection plus handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline the dashboard gives each request (the agent cancels work past it).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the dashboard measures latency.
+pub const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Reconnect delays: 1 s, 2 s, 4 s … capped at 30 s.
+pub fn reconnect_policy() -> RestartPolicy {
+    RestartPolicy {
+        initial_backoff_ms: 1000,
+        max_backoff_ms: 30_000,
+        ..RestartPolicy::default()
+    }
+}
+
+/// Where to connect and with which token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub url: String,
+    pub token: String,
+}
+
+/// Resolve a target to a URL and token; for the local node this finds or starts the agent.
+pub async fn endpoint(target: &NodeTarget) -> Result<Endpoint, TuiError> {
+    let (url, token_file) = match target {
+        NodeTarget::Remote(n) => (n.url.clone(), n.token_file.clone()),
+        NodeTarget::Local => {
+            let agent = tokio::task::spawn_blocking(crate::local::ensure_local_agent)
+                .await
+                .map_err(|e| {
+                    TuiError::Local(crate::local::LocalError::Io {
+                        path: "spawn_blocking".into(),
+                        source: std::io::Error::other(e),
+                    })
+                })??;
+            (agent.url(), agent.token_file)
+        }
+    };
+    let token = tokio::fs::read_to_string(&token_file)
+        .await
+        .map_err(|source| TuiError::TokenFile {
+            node: target.name().into(),
+            path: token_file.clone(),
+            source,
+        })?;
+    Ok(Endpoint {
+        url,
+        token: token.trim().to_string(),
+    })
+}
+
+/// Connect and complete the handshake, within `timeout`. Also returns the URL it reached.
+pub async fn connect(
+    target: &NodeTarget,
+    timeout: Duration,
+) -> Result<(Client, mpsc::Receiver<Incoming>, String), TuiError> {
+    let ep = endpoint(target).await?;
+    let node = target.name().to_string();
+    match tokio::time::timeout(timeout, Client::connect(&ep.url, &ep.token, CLIENT_NAME)).await {
+        Err(_) => Err(TuiError::ConnectTimeout {
+            node,
+            url: ep.url,
+            secs: timeout.as_secs(),
+        }),
+        Ok(Err(source)) => Err(TuiError::Connect { node, source }),
+        Ok(Ok((client, incoming))) => Ok((client, incoming, ep.url)),
+    }
+}
+
+/// A deadline `d` from now, as the protocol wants it.
+pub fn deadline_in(d: Duration) -> Option<UnixMillis> {
+    Some(now_millis() + d.as_millis() as u64)
+}
+
+/// Why a connection attempt failed, without the node name (the dashboard shows it already).
+pub fn reason(e: &TuiError) -> String {
+    match e {
+        TuiError::Connect { source, .. } => source.to_string(),
+        TuiError::ConnectTimeout { url, secs, .. } => {
+            format!("no answer from {url} within {secs} s")
+        }
+        TuiError::TokenFile { path, source, .. } => {
+            format!("cannot read token file {}: {source}", path.display())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How a served session ended.
+enum Ended {
+    /// The dashboard is going away.
+    Shutdown,
+    /// The connection dropped, for this reason.
+    Dropped(String),
+}
+
+/// The dashboard's task for one node. Returns when `effects` closes (the dashboard quit) or
+/// `actions` closes.
+pub async fn run_node(
+    node: NodeIdx,
+    target: NodeTarget,
+    actions: mpsc::Sender<Action>,
+    mut effects: mpsc::Receiver<Effect>,
+) {
+    let policy = reconnect_policy();
+    let mut attempt = 0u32;
+    loop {
+        if actions
+            .send(Action::Connecting { node, attempt })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let reason = match connect(&target, CONNECT_TIMEOUT).await {
+            Ok((client, incoming, url)) => {
+                attempt = 0;
+                tracing::info!(node = target.name(), agent = %client.node, %url, "connected");
+                let connected = Action::Connected {
+                    node,
+                    url,
+                    agent_version: client.agent_version.clone(),
+                    agent_node: client.node.clone(),
+                };
+                if actions.send(connected).await.is_err() {
+                    return;
+                }
+                match serve(node, &client, incoming, &actions, &mut effects).await {
+                    Ended::Shutdown => return,
+                    Ended::Dropped(reason) => reason,
+                }
+            }
+            Err(e) => reason(&e),
+        };
+        let delay = policy.backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(node = target.name(), %reason, retry_in_ms = delay.as_millis() as u64, "node unreachable");
+        let down = Action::Disconnected {
+            node,
+            reason: reason.clone(),
+            retry_in_ms: delay.as_millis() as u64,
+        };
+        if actions.send(down).await.is_err() {
+            return;
+        }
+        // Wait out the backoff, refusing work at once so the operator is not left waiting.
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                e = effects.recv() => match e {
+                    None => return,
+                    Some(e) => refuse(node, e, &reason, &actions).await,
+                },
+            }
+        }
+    }
+}
+
+async fn refuse(node: NodeIdx, effect: Effect, reason: &str, actions: &mpsc::Sender<Action>) {
+    let msg = format!("node unreachable: {reason}");
+    let action = match effect {
+        Effect::Request { request, .. } => Action::Reply {
+            node,
+            request,
+            result: Err(msg),
+        },
+        Effect::Infer { prompt, .. } => Action::PromptDone {
+            prompt,
+            result: Err(msg),
+            at: now_millis(),
+        },
+        Effect::CancelInfer { .. } => return,
+    };
+    let _ = actions.send(action).await;
+}
+
+async fn serve(
+    node: NodeIdx,
+    client: &Client,
+    mut incoming: mpsc::Receiver<Incoming>,
+    actions: &mpsc::Sender<Action>,
+    effects: &mut mpsc::Receiver<Effect>,
+) -> Ended {
+    // Subscribe before taking snapshots, so nothing between the two is missed.
+    if let Err(e) = client
+        .request(Request::Subscribe, deadline_in(REQUEST_DEADLINE))
+        .await
+    {
+        return Ended::Dropped(format!("subscribe failed: {e}"));
+    }
+    // Dropping the set (when this function returns) aborts whatever is still in flight.
+    let mut tasks = JoinSet::new();
+    let mut prompts: HashMap<PromptId, oneshot::Sender<()>> = HashMap::new();
+    for request in [Request::ListWorkers, Request::Status, Request::ListModels] {
+        tasks.spawn(send_request(node, client.clone(), request, actions.clone()));
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = incoming.recv() => {
+                let action = match msg {
+                    Some(Incoming::Event(event)) => Action::AgentEvent { node, event },
+                    Some(Incoming::Error(error)) => Action::AgentError { node, error },
+                    Some(Incoming::Closed(reason)) => return Ended::Dropped(reason),
+                    None => return Ended::Dropped("session closed".into()),
+                };
+                if actions.send(action).await.is_err() {
+                    return Ended::Shutdown;
+                }
+            }
+            e = effects.recv() => match e {
+                None => return Ended::Shutdown,
+                Some(Effect::Request { request, .. }) => {
+                    tasks.spawn(send_request(node, client.clone(), request, actions.clone()));
+                }
+                Some(Effect::Infer { prompt, request, .. }) => {
+                    prompts.retain(|_, tx| !tx.is_closed());
+                    let (tx, rx) = oneshot::channel();
+                    prompts.insert(prompt, tx);
+                    tasks.spawn(run_infer(client.clone(), prompt, request, actions.clone(), rx));
+                }
+                Some(Effect::CancelInfer { prompt, .. }) => {
+                    if let Some(tx) = prompts.remove(&prompt) {
+                        let _ = tx.send(());
+                    }
+                }
+            },
+            _ = ping.tick() => {
+                tasks.spawn(measure_latency(node, client.clone(), actions.clone()));
+            }
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = res {
+                    if e.is_panic() {
+                        tracing::error!(node, "request task panicked: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send_request(
+    node: NodeIdx,
+    client: Client,
+    request: Request,
+    actions: mpsc::Sender<Action>,
+) {
+    let result = client
+        .request(request.clone(), deadline_in(REQUEST_DEADLINE))
+        .await
+        .map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        tracing::warn!(node, what = %describe(&request), error = %e, "request failed");
+    }
+    let _ = actions
+        .send(Action::Reply {
+            node,
+            request,
+            result,
+        })
+        .await;
+}
+
+async fn measure_latency(node: NodeIdx, client: Client, actions: mpsc::Sender<Action>) {
+    let t0 = Instant::now();
+    if let Ok(Reply::Pong { .. }) = client
+        .request(Request::Ping, deadline_in(PING_EVERY * 2))
+        .await
+    {
+        let ms = t0.elapsed().as_millis() as u64;
+        let _ = actions.send(Action::Latency { node, ms }).await;
+    }
+}
+
+/// Stream one prompt's tokens to the dashboard. A cancel asks the agent to stop and keeps reading
+/// until it confirms, so the stream's end is always reported.
+async fn run_infer(
+    client: Client,
+    prompt: PromptId,
+    request: Request,
+    actions: mpsc::Sender<Action>,
+    mut cancel: oneshot::Receiver<()>,
+) {
+    let done = |result| Action::PromptDone {
+        prompt,
+        result,
+        at: now_millis(),
+    };
+    let mut stream = match client.start(request, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = actions.send(done(Err(e.to_string()))).await;
+            return;
+        }
+    };
+    let _ = actions
+        .send(Action::PromptSent {
+            prompt,
+            at: now_millis(),
+        })
+        .await;
+    let mut cancelling = false;
+    loop {
+        tokio::select! {
+            item = stream.next() => {
+                let result = match item {
+                    Some(Streamed::Token(text)) => {
+                        if actions.send(Action::PromptToken { prompt, text, at: now_millis() }).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Streamed::Reply(Reply::InferDone { worker, finish_reason, usage })) => {
+                        Ok(InferDone { worker, finish_reason, usage })
+                    }
+                    Some(Streamed::Reply(other)) => Err(format!("unexpected reply to infer: {other:?}")),
+                    Some(Streamed::Error(e)) => Err(e.to_string()),
+                    None => Err("session closed".to_string()),
+                };
+                let _ = actions.send(done(result)).await;
+                return;
+            }
+            _ = &mut cancel, if !cancelling => {
+                cancelling = true;
+                if let Err(e) = stream.cancel().await {
+                    let _ = actions.send(done(Err(format!("cancel failed: {e}")))).await;
+                    return;
+                }
+            }
+        }
+    }
+}
