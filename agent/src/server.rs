@@ -111,13 +111,17 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
 
     let authorized = Arc::new(AtomicBool::new(false));
     let auth_flag = authorized.clone();
-    let token = shared.token.clone();
+    let cb_shared = shared.clone();
     let callback = move |req: &HttpRequest, resp: Response| -> Result<Response, ErrorResponse> {
         let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-        if token_ok(auth, &token) {
+        if token_ok(auth, &cb_shared.token) {
             auth_flag.store(true, Ordering::SeqCst);
             Ok(resp)
         } else {
+            // Recorded before the 401 goes out, so the log is complete once the client knows.
+            cb_shared.metrics.error("unauthorized");
+            let what = if auth.is_some() { "wrong" } else { "missing" };
+            cb_shared.audit.record("auth_failed", Some(peer.to_string()), None, format!("session with {what} token"));
             let mut r = ErrorResponse::new(Some("missing or wrong bearer token".into()));
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             Err(r)
@@ -129,8 +133,6 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
     config.max_frame_size = Some(MAX_FRAME_BYTES * 16);
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
     if !authorized.load(Ordering::SeqCst) {
-        shared.metrics.error("unauthorized");
-        shared.audit.record("auth_failed", Some(peer.to_string()), None, "session with missing or wrong token");
         return Ok(());
     }
     let ws = ws?;

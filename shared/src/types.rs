@@ -32,6 +32,8 @@ pub struct SamplingParams {
     pub max_tokens: u32,
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Keep generating past end-of-sequence (fixed-length runs for benchmarks).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +47,7 @@ impl Default for SamplingParams {
             max_tokens: 128,
             stop: Vec::new(),
             seed: 299_792_458,
+            ignore_eos: false,
         }
     }
 }

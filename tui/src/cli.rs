@@ -145,6 +145,9 @@ pub struct InferArgs {
     pub temperature: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep generating past end-of-sequence (fixed-length runs, e.g. benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 /// Run what the command line asks. The dashboard when there is no subcommand.
@@ -722,6 +725,7 @@ async fn infer(
     if let Some(seed) = args.seed {
         params.seed = seed;
     }
+    params.ignore_eos = args.ignore_eos;
     let request = Request::Infer {
         worker: args.worker.clone(),
         model: args.model.clone(),
@@ -740,6 +744,10 @@ async fn infer(
         .await
         .map_err(req_err)?;
     let mut text = String::new();
+    // Arrival times at this client, for the relay benchmark (what a user sees, not what the worker did).
+    let sent_at = std::time::Instant::now();
+    let mut first_at: Option<std::time::Instant> = None;
+    let mut last_at = sent_at;
     let mut stdout = std::io::stdout();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -751,6 +759,8 @@ async fn infer(
         tokio::select! {
             item = stream.next() => match item {
                 Some(Streamed::Token(t)) => {
+                    last_at = std::time::Instant::now();
+                    first_at.get_or_insert(last_at);
                     if !out.json {
                         stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush()).map_err(TuiError::Output)?;
                     }
@@ -787,6 +797,12 @@ async fn infer(
             "text": text,
             "finish_reason": finish,
             "usage": usage,
+            "client": {
+                "request_to_first_token_ms": first_at.map(|f| (f - sent_at).as_secs_f64() * 1e3),
+                "decode_tokens_per_s": first_at
+                    .filter(|f| last_at > *f && usage.generated_tokens > 1)
+                    .map(|f| (usage.generated_tokens - 1) as f64 / (last_at - f).as_secs_f64()),
+            },
         });
         out.print("", v)?;
     } else {

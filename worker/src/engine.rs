@@ -156,7 +156,7 @@ impl Engine {
                 first_token_at = Some(Instant::now());
             }
             all_tokens.push(next);
-            if self.model.eos_tokens.contains(&next) {
+            if !params.ignore_eos && self.model.eos_tokens.contains(&next) {
                 finish = FinishReason::Eos;
                 break;
             }

@@ -52,6 +52,12 @@ struct Args {
     /// Write the model's tokenizer as tokenizer.json to this path and exit.
     #[arg(long)]
     export_tokenizer: Option<std::path::PathBuf>,
+    /// Keep the file's quantization on CPU instead of re-encoding slow formats (Q4_1, Q5_x) as Q8_0.
+    #[arg(long)]
+    keep_quant: bool,
+    /// Keep generating past the end-of-sequence token (benchmarks: fixed-length runs).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Print timings as one JSON object on stderr (with --prompt).
     #[arg(long)]
     json: bool,
@@ -59,6 +65,9 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if args.keep_quant {
+        std::env::set_var("RBEE_WORKER_KEEP_QUANT", "1");
+    }
     if let Some(t) = args.threads {
         // candle's CPU kernels size their pool from this before first use.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -91,6 +100,7 @@ fn params(args: &Args) -> SamplingParams {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
         seed: args.seed,
+        ignore_eos: args.ignore_eos,
     }
 }
 

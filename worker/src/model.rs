@@ -300,7 +300,8 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &
         }
     }
     progress("loading weights", 0.2);
-    let weights = if device.is_cpu() && needs_requant(&ct) {
+    let keep = std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some();
+    let weights = if device.is_cpu() && !keep && needs_requant(&ct) {
         // Formats without SIMD kernels in candle (Q4_1, Q5_x) are re-encoded once as Q8_0, which
         // has them; Q8_0 represents those values almost exactly and decodes several times faster.
         let (ct2, mut cursor) = requantize(&ct, &mut f, path)?;

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Worker decode/prompt speed against anchors, in one run, on the same file and thread count:
+#   - candle's own `quantized` example (candle-examples 0.11.1, the candle version rbee uses),
+#     built from the crates.io sources with the same compiler flags (never committed);
+#   - llama.cpp through llama-cpp-python, when it is installed (`pip install llama-cpp-python`).
+# Usage: bench/worker.sh [THREADS] [TOKENS]. Prints a markdown table.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
+threads="${1:-2}"; tokens="${2:-128}"; runs="${RUNS:-3}"
+model="$(assets/fetch-model.sh)"
+prompt="Once upon a time, in a small village at the edge of a great forest, there lived a beekeeper named"
+export RAYON_NUM_THREADS="$threads"
+cargo build --release -q -p rbee-worker
+w=target/release/rbee-worker
+tok="$root/target/bench/tokenizer.json"; mkdir -p target/bench
+$w --model "$model" --export-tokenizer "$tok"
+anchor="$(bench/candle-anchor.sh)"
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rss_of() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
+
+row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
+echo "| engine | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB |"
+echo "|---|---|---|---|---|"
+for mode in "" "--keep-quant"; do
+  p=(); d=(); t=(); r=()
+  for _ in $(seq "$runs"); do
+    out="$($w --model "$model" --prompt "$prompt" --max-tokens "$tokens" --temperature 0 --ignore-eos \
+            --threads "$threads" --json $mode 2>&1 >/dev/null | tail -1)"
+    p+=("$(jq .usage.prompt_tokens_per_s <<<"$out")"); d+=("$(jq .usage.decode_tokens_per_s <<<"$out")")
+    t+=("$(jq .usage.time_to_first_token_ms <<<"$out")"); r+=("$(jq '.peak_rss_bytes/1048576' <<<"$out")")
+  done
+  name="rbee-worker${mode:+ $mode (Q4_1 as stored)}"; [ -z "$mode" ] && name="rbee-worker (Q4_1 re-encoded Q8_0)"
+  row "$name" "$(printf '%s\n' "${p[@]}" | median | xargs printf %.1f)" "$(printf '%s\n' "${d[@]}" | median | xargs printf %.1f)" \
+      "$(printf '%s\n' "${t[@]}" | median | xargs printf %.0f)" "$(printf '%s\n' "${r[@]}" | median | xargs printf %.0f)"
+done
+p=(); d=(); r=()
+for _ in $(seq "$runs"); do
+  out="$("$anchor" --cpu --model "$model" --tokenizer "$tok" --which smollm2-360m-instruct --prompt "$prompt" \
+          --sample-len "$tokens" --temperature 0 2>/dev/null)"
+  p+=("$(grep -o 'prompt tokens processed: [0-9.]*' <<<"$out" | awk '{print $4}')")
+  d+=("$(grep -o 'tokens generated: [0-9.]*' <<<"$out" | awk '{print $3}')")
+  r+=("$(rss_of "$anchor" --cpu --model "$model" --tokenizer "$tok" --which smollm2-360m-instruct --prompt "$prompt" --sample-len 8 --temperature 0)")
+done
+row "candle quantized example 0.11.1 (Q4_1)" "$(printf '%s\n' "${p[@]}" | median | xargs printf %.1f)" \
+    "$(printf '%s\n' "${d[@]}" | median | xargs printf %.1f)" "—" "$(( $(printf '%s\n' "${r[@]}" | median) / 1024 ))"
+if python3 -c 'import llama_cpp' 2>/dev/null; then
+  python3 bench/llamacpp.py "$model" "$prompt" "$tokens" "$threads" "$runs"
+else
+  row "llama.cpp" "not installed" "" "" ""
+fi
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), threads=$threads, tokens=$tokens, runs=$runs (median), $(date -u +%F)"
