@@ -29,6 +29,7 @@ tracing-subscriber = "0.3"
 lto = "thin"
 codegen-units = 4
 TOML
+echo "fn main() {}" > "$dir/src/main.rs"
 (cd "$dir" && cargo fetch -q >&2)
 src="$(cd "$dir" && cargo metadata --format-version 1 | python3 -c 'import json,sys; print([p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="candle-examples"][0])')"
 cp "$(dirname "$src")/examples/quantized/main.rs" "$dir/src/main.rs"

@@ -36,11 +36,11 @@ for mode in "" "--keep-quant"; do
 done
 p=(); d=(); r=()
 for _ in $(seq "$runs"); do
-  out="$("$anchor" --cpu --model "$model" --tokenizer "$tok" --which smollm2-360m-instruct --prompt "$prompt" \
+  out="$("$anchor" --cpu --model "$model" --tokenizer "$tok" --which SmoLM2-360M-Instruct --prompt "$prompt" \
           --sample-len "$tokens" --temperature 0 2>/dev/null)"
   p+=("$(grep -o 'prompt tokens processed: [0-9.]*' <<<"$out" | awk '{print $4}')")
   d+=("$(grep -o 'tokens generated: [0-9.]*' <<<"$out" | awk '{print $3}')")
-  r+=("$(rss_of "$anchor" --cpu --model "$model" --tokenizer "$tok" --which smollm2-360m-instruct --prompt "$prompt" --sample-len 8 --temperature 0)")
+  r+=("$(rss_of "$anchor" --cpu --model "$model" --tokenizer "$tok" --which SmoLM2-360M-Instruct --prompt "$prompt" --sample-len 8 --temperature 0)")
 done
 row "candle quantized example 0.11.1 (Q4_1)" "$(printf '%s\n' "${p[@]}" | median | xargs printf %.1f)" \
     "$(printf '%s\n' "${d[@]}" | median | xargs printf %.1f)" "—" "$(( $(printf '%s\n' "${r[@]}" | median) / 1024 ))"

@@ -155,8 +155,9 @@ async fn event_loop(
     Ok(())
 }
 
-/// Hand an effect to its node's session without ever blocking the UI.
-fn route(state: &mut State, effect_txs: &[mpsc::Sender<Effect>], effect: Effect) {
+/// Hand an effect to its node's session without ever blocking the UI. Public so headless
+/// drivers of the same loop (the fan-in benchmark) route effects exactly as the dashboard does.
+pub fn route(state: &mut State, effect_txs: &[mpsc::Sender<Effect>], effect: Effect) {
     let node = effect.node();
     let Some(tx) = effect_txs.get(node) else {
         return;

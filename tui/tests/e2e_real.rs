@@ -1,0 +1,526 @@
+//! End-to-end with nothing faked: the real `rbee-tui` binary drives the real `rbee-agent`, which
+//! runs real `rbee-worker` processes on the real small model.
+//!
+//! * `subcommands_against_a_real_agent`: every headless subcommand a script would use, against an
+//!   agent started with `rbee_testkit::AgentProc`.
+//! * `dashboard_in_tmux_first_run_spawn_prompt_kill`: the dashboard in a real terminal (a tmux
+//!   server on a private socket), first run with an empty config so it starts the local agent
+//!   itself; keys go in with `send-keys`, the screen comes back with `capture-pane`.
+//!
+//! Every wait is bounded, every test has its own temp dirs, and guards stop what a test started
+//! even when it fails.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_testkit::{alive, bin, children_of, model_dir, model_path, wait_for, AgentProc};
+use serde_json::Value;
+
+const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
+
+// ---------------------------------------------------------------------------------------------
+// Running commands with a bound.
+
+struct Run {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({})\nstdout: {}\nstderr: {}",
+            self.what,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        self.ok();
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
+    }
+
+    /// Failed, with exactly one `rbee-tui: …` line on stderr that contains `needle`.
+    fn fails_with(&self, needle: &str) {
+        assert!(
+            !self.status.success(),
+            "`{}` should have failed; stdout: {}",
+            self.what,
+            self.stdout
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "`{}`: one line on stderr, got {:?}", self.what, self.stderr);
+        assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
+        assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
+    }
+}
+
+/// Run `cmd` to completion, killing it (and failing the test) after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    let Some(status) = status else {
+        panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
+    };
+    Run { what, status, stdout, stderr }
+}
+
+/// Environment every `rbee-tui` run gets: nothing inherited that could point it elsewhere, and a
+/// local agent (should anything fall back to it) confined to this test's temp dir.
+fn tui_env(cmd: &mut Command, local_state: &Path) {
+    for var in ["RUST_LOG", "RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_LOCAL_STATE", "RBEE_AGENT_BIN", "RBEE_MODEL_DIR"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RBEE_LOCAL_STATE", local_state)
+        .env("RBEE_AGENT_BIN", bin("rbee-agent"))
+        .env("RBEE_MODEL_DIR", model_dir());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subcommands.
+
+#[test]
+fn subcommands_against_a_real_agent() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("agent-state");
+    let agent = AgentProc::start(&state, &[]);
+    let cfg = dir.path().join("conf/tui.toml");
+    let local_state = dir.path().join("local-state");
+    let tui = |args: &[&str]| {
+        let mut cmd = Command::new(TUI);
+        cmd.arg("--config").arg(&cfg).args(args);
+        tui_env(&mut cmd, &local_state);
+        let r = run_bounded(cmd, Duration::from_secs(120));
+        eprintln!("[{:>5.1}s] rbee-tui {} → {}", t0.elapsed().as_secs_f64(), args.join(" "), r.status);
+        r
+    };
+    let token_file = state.join("token");
+
+    // nodes add / list
+    let r = tui(&["nodes", "add", "n1", "--url", &agent.url, "--token-file", token_file.to_str().unwrap()]);
+    assert!(r.ok().stdout.contains("added node n1"), "{}", r.stdout);
+    let nodes = tui(&["nodes", "list", "--json"]).json();
+    let nodes = nodes.as_array().expect("nodes list is an array");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0]["name"], "n1");
+    assert_eq!(nodes[0]["url"], agent.url.as_str());
+    assert_eq!(Path::new(nodes[0]["token_file"].as_str().unwrap()), token_file);
+
+    // models list: the real gguf, with its reference and size.
+    let models = tui(&["models", "list", "--json"]).json();
+    let models = models.as_array().expect("models list is an array");
+    let gguf = models
+        .iter()
+        .find(|m| m["name"].as_str().is_some_and(|n| n.contains("SmolLM2-135M-Instruct")))
+        .unwrap_or_else(|| panic!("the test model is not listed: {models:?}"));
+    assert_eq!(gguf["node"], "n1");
+    let size = std::fs::metadata(model_path()).unwrap().len();
+    assert_eq!(gguf["size_bytes"].as_u64(), Some(size), "{gguf}");
+    let reference = gguf["ref"].as_str().expect("ref");
+    assert!(!reference.is_empty(), "{gguf}");
+
+    // workers spawn --wait: the id on stdout, exit 0 once ready.
+    let model = model_path();
+    let r = tui(&["--timeout", "90", "workers", "spawn", "--node", "n1", "--model", model.to_str().unwrap(), "--wait"]);
+    let id = r.ok().stdout.trim().to_string();
+    assert!(!id.is_empty() && !id.contains(char::is_whitespace), "one id on stdout, got {:?}", r.stdout);
+
+    // workers list: ready, with a pid that is the agent's child.
+    let workers = tui(&["workers", "list", "--json"]).json();
+    let workers = workers.as_array().expect("workers list is an array");
+    let w = workers
+        .iter()
+        .find(|w| w["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {workers:?}"));
+    assert_eq!(w["state"], "ready", "{w}");
+    assert_eq!(w["node"], "n1", "{w}");
+    let pid = w["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {w}")) as u32;
+    assert!(alive(pid), "worker pid {pid} is not running");
+    assert!(children_of(agent.pid()).contains(&pid), "worker {pid} is not a child of the agent");
+
+    // infer: greedy, the model knows this one.
+    let r = tui(&[
+        "infer", "--node", "n1", "--worker", &id, "--prompt", "The capital of France is",
+        "--max-tokens", "8", "--temperature", "0",
+    ]);
+    r.ok();
+    assert!(r.stdout.contains("Paris"), "stdout: {:?}\nstderr: {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.lines().any(|l| l.starts_with(&format!("usage: worker={id} "))),
+        "no usage line: {}",
+        r.stderr
+    );
+
+    // status --json: connected, with our worker.
+    let st = tui(&["status", "--json"]).json();
+    let node = &st["nodes"][0];
+    assert_eq!(node["name"], "n1", "{st}");
+    assert_eq!(node["state"], "connected", "{st}");
+    let listed = node["workers"].as_array().unwrap_or_else(|| panic!("no workers: {st}"));
+    assert!(listed.iter().any(|w| w["id"] == id.as_str() && w["state"] == "ready"), "{st}");
+
+    // workers kill: the process goes away and the agent forgets it.
+    let r = tui(&["workers", "kill", &id]);
+    assert!(r.ok().stdout.contains(&format!("killed {id} on n1")), "{}", r.stdout);
+    wait_for(Duration::from_secs(20), "killed worker's process to end", || (!alive(pid)).then_some(()));
+    let workers = tui(&["workers", "list", "--json"]).json();
+    assert!(
+        !workers.as_array().unwrap().iter().any(|w| w["id"] == id.as_str()),
+        "{id} still listed after kill: {workers}"
+    );
+
+    // Errors: one line naming the reason, non-zero exit.
+    tui(&["workers", "kill", "w999"]).fails_with("w999");
+    tui(&["infer", "--node", "nope", "--model", "x", "--prompt", "hi"]).fails_with("nope");
+
+    // nodes rm
+    let r = tui(&["nodes", "rm", "n1"]);
+    assert!(r.ok().stdout.contains("removed node n1"), "{}", r.stdout);
+    let nodes = tui(&["nodes", "list", "--json"]).json();
+    assert_eq!(nodes.as_array().map(Vec::len), Some(0), "{nodes}");
+    tui(&["nodes", "rm", "n1"]).fails_with("n1");
+
+    assert!(alive(agent.pid()), "the agent died during the test; log:\n{}", agent.log());
+    eprintln!("subcommands test took {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard in tmux.
+
+const COLS: u16 = 120;
+const ROWS: u16 = 36;
+const SESSION: &str = "rbee";
+
+/// A tmux server on a private socket, killed on drop (pass or fail).
+struct Tmux {
+    socket: String,
+    last: std::cell::RefCell<String>,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-L").arg(&self.socket).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_bounded(self.cmd(args), Duration::from_secs(10))
+    }
+
+    /// The pane as text, one line per row.
+    fn capture(&self) -> String {
+        let r = self.run(&["capture-pane", "-p", "-t", SESSION]);
+        if r.status.success() {
+            *self.last.borrow_mut() = r.stdout.clone();
+        }
+        r.stdout
+    }
+
+    /// tmux key names (`Enter`, `Escape`, `s`); a pause after each so the dashboard reads them
+    /// one at a time (an Escape directly followed by a letter would read as Alt+letter).
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.run(&["send-keys", "-t", SESSION, k]).ok();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Text typed as is.
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-t", SESSION, "-l", text]).ok();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    /// Poll the screen until `pred` holds; panic after `limit` showing the last screen.
+    fn wait_screen(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            if start.elapsed() > limit {
+                panic!("timed out after {limit:?} waiting for {what}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `#{pane_dead} #{pane_dead_status}` (remain-on-exit keeps a finished pane around).
+    fn pane_dead(&self) -> Option<String> {
+        let r = self.run(&["display-message", "-p", "-t", SESSION, "#{pane_dead} #{pane_dead_status}"]);
+        let s = r.stdout.trim().to_string();
+        s.starts_with('1').then_some(s)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("last captured screen:\n{}", self.last.borrow());
+        }
+        let _ = self.cmd(&["kill-server"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// The local agent the dashboard started, stopped on drop if it still runs (a failed test must
+/// not leave agents or workers behind).
+struct LocalAgentGuard {
+    state_dir: PathBuf,
+}
+
+impl LocalAgentGuard {
+    /// The agent's pid from `agent.lock`, while some process holds the lock.
+    fn pid(&self) -> Option<u32> {
+        let lock = self.state_dir.join("agent.lock");
+        if !rbee_tui::local::lock_held(&lock) {
+            return None;
+        }
+        std::fs::read_to_string(lock).ok()?.trim().parse().ok()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalAgentGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.pid() else { return };
+        // SAFETY: signalling the agent this test started (the lock says it is still running).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// The workers-table row of `id` (`│›w1   SmolLM2…  cpu  ready …│`), if shown.
+fn worker_row<'a>(screen: &'a str, id: &str) -> Option<&'a str> {
+    screen.lines().find(|l| {
+        let cells = l.trim_start_matches('│').trim_start_matches(['›', ' ']);
+        l.starts_with('│') && cells.starts_with(&format!("{id} ")) && cells.contains("SmolLM2")
+    })
+}
+
+#[test]
+fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    let version = Command::new("tmux").arg("-V").output();
+    match &version {
+        Ok(o) if o.status.success() => step(&format!("using {}", String::from_utf8_lossy(&o.stdout).trim())),
+        _ => panic!(
+            "this test drives the dashboard in a real terminal and needs `tmux` on PATH \
+             (apt-get install tmux); `tmux -V` gave {version:?}"
+        ),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let local_state = dir.path().join("local-agent");
+    let cfg = dir.path().join("tui.toml"); // never written: an empty config, the first run
+    let log_file = dir.path().join("tui.log");
+    let tmux_conf = dir.path().join("tmux.conf");
+    // No status line (the whole 120×36 is the dashboard's) and a finished pane stays so its exit
+    // status can be read.
+    std::fs::write(&tmux_conf, "set -g status off\nset -g remain-on-exit on\n").unwrap();
+    let _agent = LocalAgentGuard { state_dir: local_state.clone() };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let tmux = Tmux { socket: format!("rbee-e2e-{}-{nanos}", std::process::id()), last: Default::default() };
+
+    let agent_bin = bin("rbee-agent");
+    let env = [
+        format!("RBEE_LOCAL_STATE={}", local_state.display()),
+        format!("RBEE_AGENT_BIN={}", agent_bin.display()),
+        format!("RBEE_MODEL_DIR={}", model_dir().display()),
+        "RUST_LOG=info".to_string(),
+    ];
+    let mut new = tmux.cmd(&["-f", tmux_conf.to_str().unwrap(), "new-session", "-d", "-s", SESSION]);
+    new.args(["-x", &COLS.to_string(), "-y", &ROWS.to_string()]);
+    // The start directory has no ./assets/models, so the model dir is RBEE_MODEL_DIR alone.
+    new.arg("-c").arg(dir.path());
+    for e in &env {
+        new.arg("-e").arg(e);
+    }
+    // More than one argument: tmux runs the command directly, no shell quoting involved.
+    new.arg(TUI).arg("--config").arg(&cfg).arg("--log-file").arg(&log_file);
+    for var in ["RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_LOCAL_STATE", "RBEE_AGENT_BIN", "RBEE_MODEL_DIR", "TMUX"] {
+        new.env_remove(var);
+    }
+    new.env("TERM", "xterm-256color");
+    run_bounded(new, Duration::from_secs(10)).ok();
+    step("dashboard started in tmux");
+
+    // First run: no nodes configured, so it starts the local agent and connects to it.
+    let screen = tmux.wait_screen(Duration::from_secs(40), "the local node to connect", |s| {
+        s.lines().any(|l| l.contains("local") && l.contains("● connected"))
+    });
+    assert!(screen.contains("1/1 up"), "{screen}");
+    assert!(!cfg.exists(), "the dashboard must not write a config on its own");
+    let agent_pid = _agent.pid().unwrap_or_else(|| panic!("no agent holds {}/agent.lock", local_state.display()));
+    assert!(alive(agent_pid));
+    assert_eq!(comm(agent_pid), "rbee-agent");
+    step(&format!("local agent pid {agent_pid} connected"));
+
+    // Open the node.
+    tmux.keys(&["Enter"]);
+    tmux.wait_screen(Duration::from_secs(10), "the node screen", |s| {
+        s.contains("Nodes › local") && s.contains("Workers (0)")
+    });
+
+    // Spawn dialog: the real model from the model dir, on cpu.
+    tmux.keys(&["s"]);
+    let screen = tmux.wait_screen(Duration::from_secs(10), "the spawn dialog with the model", |s| {
+        s.contains("Spawn on local") && s.lines().any(|l| l.contains("model") && l.contains("‹ SmolLM2-135M-Instruct"))
+    });
+    assert!(screen.lines().any(|l| l.contains("device") && l.contains("‹ cpu ›")), "{screen}");
+    // Pick the model: step through the (one-entry) list and land on it again.
+    tmux.keys(&["Right"]);
+    let screen = tmux.wait_screen(Duration::from_secs(5), "the model still picked", |s| {
+        s.lines().any(|l| l.contains("‹ SmolLM2-135M-Instruct") && l.contains("1/1"))
+    });
+    assert!(screen.contains("count"), "{screen}");
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_screen(Duration::from_secs(10), "the spawn to be acknowledged", |s| {
+        s.contains("spawned ") && !s.contains("Spawn on local")
+    });
+    let id = screen
+        .split("spawned ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no worker id in the flash:\n{screen}"))
+        .to_string();
+    step(&format!("spawned {id}"));
+
+    let screen = tmux.wait_screen(Duration::from_secs(90), "the worker row to show ready", |s| {
+        worker_row(s, &id).is_some_and(|r| r.contains(" ready "))
+    });
+    assert!(screen.contains("Workers (1)"), "{screen}");
+    let workers: Vec<u32> = children_of(agent_pid).into_iter().filter(|p| comm(*p) == "rbee-worker").collect();
+    assert_eq!(workers.len(), 1, "one rbee-worker child of the agent, got {workers:?}");
+    let worker_pid = workers[0];
+    step(&format!("{id} ready (pid {worker_pid})"));
+
+    // Prompt it.
+    tmux.keys(&["p"]);
+    tmux.wait_screen(Duration::from_secs(5), "the prompt pane", |s| s.contains(&format!("Prompt → {id} on local")));
+    let prompt = "The capital of France is";
+    tmux.type_text(prompt);
+    tmux.wait_screen(Duration::from_secs(5), "the typed prompt", |s| s.contains(&format!("> {prompt}")));
+    tmux.keys(&["Enter"]);
+    let finished = |s: &str| {
+        s.lines().find(|l| l.contains(&format!("Prompt → {id} on local"))).is_some_and(|title| {
+            !title.contains("streaming") && [" · eos", " · length", " · stop", " · contextfull"].iter().any(|f| title.contains(f))
+        })
+    };
+    let screen = tmux.wait_screen(Duration::from_secs(60), "the generation to finish", finished);
+    assert!(!screen.contains("error:"), "{screen}");
+    let title = screen.lines().find(|l| l.contains("Prompt →")).unwrap();
+    // "… TTFT 110 ms · 30.7 tok/s · 128 tok · length ╮": the segment that ends in " tok".
+    let tokens: u32 = title
+        .split(" · ")
+        .find_map(|seg| seg.trim().strip_suffix(" tok"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in {title:?}"));
+    assert!(tokens > 0, "{title}");
+    assert!(title.contains("TTFT "), "{title}");
+    // The answer sits between the echoed prompt and the input line.
+    let lines: Vec<&str> = screen.lines().collect();
+    let asked = lines
+        .iter()
+        .position(|l| l.contains(&format!("› {prompt}")))
+        .unwrap_or_else(|| panic!("prompt not echoed:\n{screen}"));
+    let answer: String = lines[asked + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("│>") && !l.starts_with('╰'))
+        .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(!answer.trim().is_empty(), "no generated text on screen:\n{screen}");
+    step(&format!("generated {tokens} tokens: {:?}", answer.trim()));
+
+    // Close the pane, then kill the worker through the confirm popup.
+    tmux.keys(&["Escape"]);
+    tmux.wait_screen(Duration::from_secs(5), "the prompt pane to close", |s| !s.contains("Prompt →"));
+    tmux.keys(&["x"]);
+    let screen = tmux.wait_screen(Duration::from_secs(5), "the kill confirmation", |s| s.contains("Kill?"));
+    assert!(screen.contains(&format!("Kill worker {id}")), "{screen}");
+    tmux.keys(&["y"]);
+    tmux.wait_screen(Duration::from_secs(20), "the worker row to go", |s| {
+        s.contains("Workers (0)") && worker_row(s, &id).is_none_or(|r| r.contains("exited"))
+    });
+    wait_for(Duration::from_secs(20), "the killed worker's process to end", || (!alive(worker_pid)).then_some(()));
+    step(&format!("{id} killed"));
+
+    // Quit: the dashboard's process ends, cleanly.
+    tmux.keys(&["q"]);
+    let start = Instant::now();
+    let dead = loop {
+        if let Some(d) = tmux.pane_dead() {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the dashboard did not quit on q:\n{}", tmux.capture());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dead, "1 0", "the dashboard's exit (pane_dead pane_dead_status)");
+    step("dashboard quit");
+
+    // The agent outlives the dashboard; stop it the documented way (pid in agent.lock).
+    assert!(alive(agent_pid), "the local agent must outlive the dashboard");
+    assert_eq!(_agent.pid(), Some(agent_pid));
+    let kids: Vec<u32> = children_of(agent_pid);
+    // SAFETY: signalling the agent this test's dashboard started.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(20), "the local agent to stop on SIGTERM", || (!alive(agent_pid)).then_some(()));
+    for pid in kids.iter().copied().chain([worker_pid]) {
+        wait_for(Duration::from_secs(10), &format!("process {pid} ({}) to end", comm(pid)), || (!alive(pid)).then_some(()));
+    }
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(log.contains("dashboard starting"), "tui log: {log}");
+    let agent_log = _agent.log();
+    assert!(!agent_log.is_empty(), "the started agent logs to agent.log in its state dir");
+    step("agent stopped; no worker left");
+}
