@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbee_proto::config::AgentConfig;
-use rbee_proto::frame::{decode, encode};
+use rbee_proto::frame::{decode_line, encode};
 use rbee_proto::policy::{AfterFailure, CircuitBreaker};
 use rbee_proto::session::{Event, Reply, ServerMsg, SpawnSpec, WorkerInfo};
 use rbee_proto::worker::{FromWorker, ToWorker};
@@ -561,7 +561,7 @@ impl Supervisor {
         });
         let log_task = tokio::spawn(collect_log(slot.clone(), self.state.log_path(&slot.id), stderr));
 
-        let mut lines = BufReader::new(stdout).lines();
+        let mut lines = ByteLines::new(stdout);
         let hb_limit = Duration::from_millis(self.cfg.heartbeat_ms * 2);
         let mut watchdog = tokio::time::interval(Duration::from_millis((self.cfg.heartbeat_ms / 4).clamp(20, 500)));
         let mut load_error: Option<String> = None;
@@ -661,8 +661,8 @@ impl Supervisor {
         }
     }
 
-    async fn on_frame(&self, slot: &Arc<WorkerSlot>, line: &str, spawned_at: Instant, load_error: &mut Option<String>) {
-        let msg = match decode::<FromWorker>(line) {
+    async fn on_frame(&self, slot: &Arc<WorkerSlot>, line: &[u8], spawned_at: Instant, load_error: &mut Option<String>) {
+        let msg = match decode_line::<FromWorker>(line) {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.error("bad_worker_frame");
@@ -803,8 +803,9 @@ async fn collect_log(slot: Arc<WorkerSlot>, path: PathBuf, stderr: tokio::proces
         let _ = std::fs::rename(&path, path.with_extension("log.1"));
     }
     let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
-    let mut lines = BufReader::new(stderr).lines();
+    let mut lines = ByteLines::new(stderr);
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = String::from_utf8_lossy(&line).into_owned();
         if let Some(f) = file.as_mut() {
             let _ = f.write_all(format!("{line}\n").as_bytes()).await;
         }
@@ -813,5 +814,39 @@ async fn collect_log(slot: Arc<WorkerSlot>, path: PathBuf, stderr: tokio::proces
             log.pop_front();
         }
         log.push_back(line);
+    }
+}
+
+/// Lines of a child's pipe as bytes. Unlike `AsyncBufReadExt::lines`, bytes that are not UTF-8 do
+/// not end the stream (the line is handed on and refused by the decoder), and a line is kept only
+/// up to one byte past the frame limit (the rest is skipped), so a worker cannot make the agent
+/// buffer without bound. Cancel-safe: a partial line stays in `buf` until its newline arrives.
+struct ByteLines<R> {
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> ByteLines<R> {
+    fn new(r: R) -> Self {
+        Self { reader: BufReader::new(r), buf: Vec::new() }
+    }
+
+    /// The next line without its newline; `None` at end of stream.
+    async fn next_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            let chunk = self.reader.fill_buf().await?;
+            if chunk.is_empty() {
+                return Ok((!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf)));
+            }
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            let room = (rbee_proto::MAX_FRAME_BYTES + 1).saturating_sub(self.buf.len());
+            self.buf.extend_from_slice(&part[..part.len().min(room)]);
+            let used = newline.map_or(chunk.len(), |i| i + 1);
+            self.reader.consume(used);
+            if newline.is_some() {
+                return Ok(Some(std::mem::take(&mut self.buf)));
+            }
+        }
     }
 }

@@ -31,7 +31,39 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, FrameError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| FrameError { id: None, message: format!("not JSON: {e}") })?;
     let id = value.get("id").and_then(|v| v.as_u64());
-    serde_json::from_value(value).map_err(|e| FrameError { id, message: e.to_string() })
+    serde_json::from_value(value).map_err(|e| FrameError { id, message: bounded(e.to_string()) })
+}
+
+/// Longest error message a decode error carries. Serde quotes what it did not expect (an unknown
+/// `op`, a string where a number belongs), which can be nearly a whole frame; the error frame sent
+/// back must itself stay far below the frame limit.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut cut = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
+}
+
+/// Decode one line a worker wrote on its stdout (the bytes between two newlines, a trailing `\r`
+/// ignored), as the agent's supervisor does. Bytes that are not UTF-8 are a bad frame like any
+/// other: the line is refused and the next one is read.
+pub fn decode_line<T: DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > MAX_FRAME_BYTES {
+        return Err(FrameError {
+            id: None,
+            message: format!("frame of {} bytes or more exceeds the limit of {MAX_FRAME_BYTES}", line.len()),
+        });
+    }
+    let text = std::str::from_utf8(line).map_err(|e| FrameError { id: None, message: format!("not UTF-8: {e}") })?;
+    decode(text)
 }
 
 /// Encode a frame as one line of JSON (no trailing newline).
@@ -66,6 +98,40 @@ mod tests {
         let big = format!(r#"{{"type":"hello","client":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
         let err = decode::<ClientMsg>(&big).unwrap_err();
         assert!(err.message.contains("exceeds the limit"));
+    }
+
+    /// Regression (fuzzing): an unknown `op` of nearly a megabyte was quoted whole in the error,
+    /// so the `bad_frame` reply itself went over the limit and clients dropped it: the request
+    /// was never answered.
+    #[test]
+    fn error_for_a_huge_unknown_op_is_short_and_keeps_the_id() {
+        let op = "x".repeat(MAX_FRAME_BYTES - 100);
+        let err = decode::<ClientMsg>(&format!(r#"{{"type":"request","id":9,"op":"{op}"}}"#)).unwrap_err();
+        assert_eq!(err.id, Some(9));
+        assert!(err.message.starts_with("unknown variant `xxx"), "{}", &err.message[..80]);
+        assert!(err.message.len() <= MAX_ERROR_MESSAGE_BYTES + 20, "{}", err.message.len());
+        assert!(err.message.ends_with("(truncated)"));
+        let reply = encode(&crate::session::ServerMsg::Error { id: err.id, code: ErrorCode::BadFrame, message: err.message });
+        assert!(decode::<crate::session::ServerMsg>(&reply).is_ok());
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let op = "é".repeat(2000);
+        let err = decode::<ClientMsg>(&format!(r#"{{"type":"request","id":1,"op":"{op}"}}"#)).unwrap_err();
+        assert!(err.message.ends_with("(truncated)"));
+    }
+
+    #[test]
+    fn worker_lines_that_are_not_utf8_are_bad_frames() {
+        use crate::worker::FromWorker;
+        let err = decode_line::<FromWorker>(b"{\"type\":\"token\",\"id\":1,\"text\":\"\xff\"}").unwrap_err();
+        assert_eq!(err.id, None);
+        assert!(err.message.starts_with("not UTF-8"), "{}", err.message);
+        let ok = decode_line::<FromWorker>(b"{\"type\":\"token\",\"id\":1,\"text\":\"a\"}\r").unwrap();
+        assert_eq!(ok, FromWorker::Token { id: 1, text: "a".into() });
+        let big = vec![b' '; MAX_FRAME_BYTES + 1];
+        assert!(decode_line::<FromWorker>(&big).unwrap_err().message.contains("exceeds the limit"));
     }
 
     #[test]

@@ -1,0 +1,350 @@
+//! Load: many concurrent sessions issue infer, spawn, kill, list, status and ping against one real
+//! agent (real workers, real model) for a bounded time, each keeping several requests in flight.
+//!
+//! Every request must get exactly one final frame (a reply or an error carrying its id): none
+//! lost, none answered twice, no token after the end of its stream, no frame for an id never
+//! sent. The agent's resident memory after the run must be within `RSS_GROWTH_LIMIT` of what it
+//! was before, and no worker may be left behind by the spawn/kill churn.
+//!
+//! Short by default (20 s, 16 sessions); `RBEE_LOAD_SECS` and `RBEE_LOAD_SESSIONS` make it longer
+//! or wider. Figures are printed at the end (`--no-capture` to see them).
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rbee_proto::frame::{decode, encode};
+use rbee_proto::session::{ClientMsg, Event, Reply, Request, ServerMsg, SpawnSpec};
+use rbee_proto::{SamplingParams, WorkerState, PROTOCOL_VERSION};
+use rbee_testkit::{children_of, model_path, wait_for, AgentProc};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Requests each session keeps in flight.
+const DEPTH: usize = 4;
+/// How long a spawning session keeps its worker before killing it.
+const SPAWN_LIFETIME: Duration = Duration::from_secs(3);
+/// How long a session sends no inference after a `busy` answer.
+const BUSY_PAUSE: Duration = Duration::from_millis(250);
+/// Resident memory the agent may gain over a run (the long runs are the real test of this).
+const RSS_GROWTH_LIMIT: u64 = 48 << 20;
+/// Error codes a correct agent may answer under this load.
+const EXPECTED_ERRORS: &[&str] = &["busy", "worker_gone", "shutting_down"];
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Tiny deterministic generator: no extra dependency, and a failing run can be replayed.
+struct XorShift(u64);
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    sent: u64,
+    finals: u64,
+    tokens: u64,
+    ok: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<String, u64>,
+    /// One message per `op:code`, for the report.
+    samples: BTreeMap<String, String>,
+    /// Anything that breaks "exactly one final per request".
+    violations: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, o: Tally) {
+        self.sent += o.sent;
+        self.finals += o.finals;
+        self.tokens += o.tokens;
+        for (k, v) in o.ok {
+            *self.ok.entry(k).or_default() += v;
+        }
+        for (k, v) in o.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in o.samples {
+            self.samples.entry(k).or_insert(v);
+        }
+        self.violations.extend(o.violations);
+    }
+}
+
+fn op_name(r: &Request) -> &'static str {
+    match r {
+        Request::Infer { .. } => "infer",
+        Request::Spawn(_) => "spawn",
+        Request::Kill { .. } => "kill",
+        Request::ListWorkers => "list_workers",
+        Request::Status => "status",
+        Request::Ping => "ping",
+        Request::TailLog { .. } => "tail_log",
+        _ => "other",
+    }
+}
+
+async fn open(agent: &AgentProc, name: &str) -> RawWs {
+    let mut req = agent.url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", agent.token).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let hello = ClientMsg::Hello { protocol_version: PROTOCOL_VERSION, client: name.into() };
+    ws.send(Message::text(encode(&hello))).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert!(matches!(decode::<ServerMsg>(&t), Ok(ServerMsg::Welcome { .. })), "{t}"),
+        other => panic!("no welcome: {other:?}"),
+    }
+    ws
+}
+
+/// One session: keep `DEPTH` requests in flight until `until`, then drain and check every id.
+async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, stable: Vec<String>) -> Tally {
+    let mut ws = open(agent, &format!("load-{idx}")).await;
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (idx + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut t = Tally::default();
+    let mut outstanding: HashMap<u64, &'static str> = HashMap::new();
+    let mut done: HashSet<u64> = HashSet::new();
+    let mut next_id = 1u64;
+    let mut mine: Option<(String, Instant)> = None; // the worker this session spawned, and when
+    let mut spawning = false;
+    // After a `busy`, this session leaves the workers alone for a moment (as a client should).
+    let mut infer_after = Instant::now();
+    let model_file = model_path().file_name().unwrap().to_str().unwrap().to_string();
+    let drain_limit = until + Duration::from_secs(90);
+    loop {
+        let sending = Instant::now() < until;
+        if !sending && outstanding.is_empty() {
+            break;
+        }
+        while sending && outstanding.len() < DEPTH {
+            let roll = rng.below(100);
+            let body = if spawner && mine.is_none() && !spawning {
+                spawning = true;
+                Request::Spawn(SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) })
+            } else if spawner && mine.as_ref().is_some_and(|(_, at)| at.elapsed() > SPAWN_LIFETIME) {
+                Request::Kill { worker: mine.take().unwrap().0 }
+            } else if roll < 60 && Instant::now() >= infer_after {
+                let params = SamplingParams { temperature: 0.0, max_tokens: 1 + rng.below(6) as u32, ..Default::default() };
+                let prompt = format!("Item {}: the capital of France is", rng.below(1000));
+                // By model (any ready worker, including ones being killed) or a stable worker by id.
+                if roll % 2 == 0 {
+                    Request::Infer { worker: None, model: Some(model_file.clone()), prompt, params }
+                } else {
+                    Request::Infer { worker: Some(stable[roll as usize % stable.len()].clone()), model: None, prompt, params }
+                }
+            } else if roll < 75 {
+                Request::ListWorkers
+            } else if roll < 85 {
+                Request::Status
+            } else if roll < 95 {
+                Request::Ping
+            } else {
+                Request::TailLog { worker: stable[0].clone(), lines: 5 }
+            };
+            let id = next_id;
+            next_id += 1;
+            outstanding.insert(id, op_name(&body));
+            t.sent += 1;
+            ws.send(Message::text(encode(&ClientMsg::Request { id, deadline: None, body }))).await.unwrap();
+        }
+        let frame = match tokio::time::timeout_at(drain_limit.into(), ws.next()).await {
+            Err(_) => {
+                t.violations.push(format!("session {idx}: {} requests never answered: {outstanding:?}", outstanding.len()));
+                break;
+            }
+            Ok(Some(Ok(Message::Text(text)))) => decode::<ServerMsg>(&text).unwrap_or_else(|e| panic!("undecodable frame {e}: {text}")),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("session {idx} ended: {other:?}"),
+        };
+        let (id, result) = match frame {
+            ServerMsg::Token { id, .. } => {
+                t.tokens += 1;
+                if !outstanding.contains_key(&id) {
+                    t.violations.push(format!("session {idx}: token for id {id} which is not in flight"));
+                }
+                continue;
+            }
+            ServerMsg::Reply { id, body } => (id, Ok(body)),
+            ServerMsg::Error { id: Some(id), code, message } => (id, Err((code, message))),
+            ServerMsg::Error { id: None, code, message } => {
+                t.violations.push(format!("session {idx}: error without id: {code}: {message}"));
+                continue;
+            }
+            ServerMsg::Event { .. } | ServerMsg::Welcome { .. } => continue,
+        };
+        let Some(op) = outstanding.remove(&id) else {
+            let what = if done.contains(&id) { "second final" } else { "final for an id never sent" };
+            t.violations.push(format!("session {idx}: {what} for id {id}"));
+            continue;
+        };
+        done.insert(id);
+        t.finals += 1;
+        match result {
+            Ok(body) => {
+                *t.ok.entry(op).or_default() += 1;
+                if let Reply::Spawned { worker } = body {
+                    spawning = false;
+                    mine = Some((worker.id, Instant::now()));
+                }
+            }
+            Err((code, message)) => {
+                if op == "spawn" {
+                    spawning = false;
+                }
+                if code == rbee_proto::ErrorCode::Busy {
+                    infer_after = Instant::now() + BUSY_PAUSE;
+                }
+                if !EXPECTED_ERRORS.contains(&code.as_str()) {
+                    t.violations.push(format!("session {idx}: unexpected error for {op} {id}: {code}: {message}"));
+                }
+                *t.errors.entry(format!("{op}:{code}")).or_default() += 1;
+                t.samples.entry(format!("{op}:{code}")).or_insert(message);
+            }
+        }
+    }
+    // Anything arriving now is a duplicate or a stray.
+    let linger = tokio::time::sleep(Duration::from_millis(500));
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            _ = &mut linger => break,
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    if !matches!(decode::<ServerMsg>(&text), Ok(ServerMsg::Event { .. })) {
+                        t.violations.push(format!("session {idx}: frame after every request ended: {text}"));
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() {
+    let secs = env_or("RBEE_LOAD_SECS", 20);
+    let sessions = env_or("RBEE_LOAD_SESSIONS", 16);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "heartbeat_ms = 500\ntelemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n").unwrap();
+    let agent = AgentProc::start(&dir.path().join("state"), &["--config", cfg.to_str().unwrap()]);
+    let pid = agent.pid();
+
+    // Two stable workers that live through the whole run.
+    let (c, mut ev) = agent.connect().await;
+    assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+    let mut stable = Vec::new();
+    for _ in 0..2 {
+        let spec = SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) };
+        let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else { panic!() };
+        stable.push(worker.id);
+    }
+    let mut ready = HashSet::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while ready.len() < stable.len() {
+            if let Some(rbee_proto::client::Incoming::Event(Event::WorkerState { worker })) = ev.recv().await {
+                if worker.state == WorkerState::Ready {
+                    ready.insert(worker.id);
+                }
+            }
+        }
+    })
+    .await
+    .expect("stable workers ready");
+    drop(ev);
+    let rss_before = rss_bytes(pid);
+
+    // Peak RSS while the load runs.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            peak
+        })
+    };
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let agent = std::sync::Arc::new(agent);
+    let mut tasks = Vec::new();
+    for idx in 0..sessions {
+        let (agent, stable) = (agent.clone(), stable.clone());
+        // One session in four also spawns and kills workers of its own.
+        tasks.push(tokio::spawn(async move { session(&agent, idx, until, idx % 4 == 0, stable).await }));
+    }
+    let mut total = Tally::default();
+    for t in tasks {
+        total.add(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.await.unwrap();
+
+    // Clean up what the spawners left, then nothing but the stable workers may remain.
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else { panic!() };
+    for w in workers.iter().filter(|w| !stable.contains(&w.id)) {
+        c.request(Request::Kill { worker: w.id.clone() }, None).await.unwrap();
+    }
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else { panic!() };
+    let mut ids: Vec<_> = workers.iter().map(|w| w.id.clone()).collect();
+    ids.sort();
+    let mut want = stable.clone();
+    want.sort();
+    assert_eq!(ids, want, "only the stable workers remain");
+    assert!(workers.iter().all(|w| w.state == WorkerState::Ready && w.in_flight == 0), "{workers:?}");
+    let stable_pids: HashSet<u32> = workers.iter().filter_map(|w| w.pid).collect();
+    wait_for(Duration::from_secs(10), "killed workers to exit", || {
+        (children_of(pid).into_iter().collect::<HashSet<_>>() == stable_pids).then_some(())
+    });
+    // Let the allocator settle, then compare.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_bytes(pid);
+
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "load: {sessions} sessions × {DEPTH} in flight for {:.1} s: {} requests, {} finals, {} tokens ({:.0} requests/s)",
+        elapsed.as_secs_f64(),
+        total.sent,
+        total.finals,
+        total.tokens,
+        total.finals as f64 / elapsed.as_secs_f64()
+    );
+    println!("load: ok by op {:?}", total.ok);
+    println!("load: errors by op:code {:?}", total.errors);
+    println!("load: error messages {:?}", total.samples);
+    println!("load: agent RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB", mb(rss_before), mb(peak), mb(rss_after));
+
+    assert!(total.violations.is_empty(), "{} violations, first: {:#?}", total.violations.len(), &total.violations[..total.violations.len().min(10)]);
+    assert_eq!(total.finals, total.sent, "every request gets exactly one final frame");
+    assert!(elapsed < Duration::from_secs(secs + 60), "draining took too long: {elapsed:?}");
+    assert!(total.ok.get("infer").copied().unwrap_or(0) >= 4, "too few successful inferences: {:?}", total.ok);
+    assert!(total.ok.get("spawn").copied().unwrap_or(0) >= 1 && total.ok.get("kill").copied().unwrap_or(0) >= 1, "{:?}", total.ok);
+    assert!(
+        rss_after <= rss_before + RSS_GROWTH_LIMIT,
+        "agent RSS grew from {:.1} MiB to {:.1} MiB (limit +{:.0} MiB)",
+        mb(rss_before),
+        mb(rss_after),
+        mb(RSS_GROWTH_LIMIT)
+    );
+}
