@@ -333,6 +333,22 @@ async fn model_path_outside_the_store_is_refused() {
 }
 
 #[tokio::test]
+async fn gpu_that_is_not_there_is_refused() {
+    let (_d, agent) = agent_with("", &[]);
+    let (c, _ev) = agent.connect().await;
+    let e = agent_error(c.request(Request::Spawn(SpawnSpec { device: "cuda:99".into(), ..spec() }), None).await);
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    // Which of the two depends on the machine: no NVIDIA driver at all, or fewer GPUs than 100.
+    assert!(
+        e.message == "no GPU on this node (NVIDIA driver not available); cannot use cuda:99"
+            || e.message == "GPU 99 does not exist on this node",
+        "{}",
+        e.message
+    );
+    assert!(still_serving(&agent).await.is_empty(), "nothing was spawned");
+}
+
+#[tokio::test]
 async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
     let store = tempfile::tempdir().unwrap();
     let corrupt = store.path().join("corrupt.gguf");
