@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod metrics;
 pub mod models;
+pub mod pull;
 pub mod server;
 pub mod statedir;
 pub mod supervisor;

@@ -30,7 +30,7 @@ pub fn model_size(path: &Path) -> u64 {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("safetensors"))
-                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| m.len())) // follows cache symlinks
                 .sum()
         })
         .unwrap_or(0)
@@ -58,6 +58,51 @@ pub fn list(dirs: &[PathBuf]) -> Vec<ModelEntry> {
                 reference: p.display().to_string(),
                 size_bytes: model_size(&p),
                 format: format.into(),
+            });
+        }
+    }
+    out
+}
+
+/// Models complete in a Hugging Face cache (`HF_HOME`/hub layout) at the revision `main` points
+/// to: each `*.gguf` file as `hf:ORG/REPO:FILE`, a llama safetensors snapshot as `hf:ORG/REPO`.
+pub fn list_hf_cache(hub_dir: &Path) -> Vec<ModelEntry> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(hub_dir) else { return out };
+    let mut repos: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    repos.sort();
+    for dir in repos {
+        let Some(repo) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("models--"))
+            .map(|n| n.replacen("--", "/", 1))
+        else {
+            continue;
+        };
+        let Ok(commit) = std::fs::read_to_string(dir.join("refs/main")) else { continue };
+        let snap = dir.join("snapshots").join(commit.trim());
+        let Ok(files) = std::fs::read_dir(&snap) else { continue };
+        let mut files: Vec<PathBuf> = files.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        for f in &files {
+            let Some(name) = f.file_name().and_then(|n| n.to_str()) else { continue };
+            if name.ends_with(".gguf") && f.is_file() {
+                out.push(ModelEntry {
+                    name: name.trim_end_matches(".gguf").to_string(),
+                    reference: format!("hf:{repo}:{name}"),
+                    size_bytes: model_size(f),
+                    format: "gguf".into(),
+                });
+            }
+        }
+        let weights = model_size(&snap);
+        if snap.join("config.json").is_file() && snap.join("tokenizer.json").is_file() && weights > 0 {
+            out.push(ModelEntry {
+                name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
+                reference: format!("hf:{repo}"),
+                size_bytes: weights,
+                format: "safetensors".into(),
             });
         }
     }
@@ -97,5 +142,23 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!((l[0].name.as_str(), l[0].format.as_str(), l[0].size_bytes), ("llama", "safetensors", 3));
         assert_eq!((l[1].name.as_str(), l[1].format.as_str(), l[1].size_bytes), ("m", "gguf", 4));
+    }
+
+    #[test]
+    fn lists_complete_models_of_an_hf_cache() {
+        let hub = tempfile::tempdir().unwrap();
+        let repo = hub.path().join("models--org--tiny");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
+        let snap = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("m.Q8_0.gguf"), b"12345").unwrap();
+        // Another snapshot than `main` points to is not listed.
+        std::fs::create_dir_all(repo.join("snapshots/old")).unwrap();
+        std::fs::write(repo.join("snapshots/old/stale.gguf"), b"1").unwrap();
+        let l = list_hf_cache(hub.path());
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!((l[0].reference.as_str(), l[0].size_bytes), ("hf:org/tiny:m.Q8_0.gguf", 5));
+        assert!(list_hf_cache(&hub.path().join("missing")).is_empty());
     }
 }

@@ -281,7 +281,11 @@ async fn handle_request(
     let sup = &shared.supervisor;
     Ok(Some(match body {
         Request::Ping => Reply::Pong { agent_time: rbee_proto::now_millis() },
-        Request::ListModels => Reply::Models { models: crate::models::list(&shared.config.model_dirs) },
+        Request::ListModels => {
+            let mut models = crate::models::list(&shared.config.model_dirs);
+            models.extend(crate::models::list_hf_cache(hf_hub::Cache::from_env().path()));
+            Reply::Models { models }
+        }
         Request::ListWorkers => Reply::Workers { workers: sup.list() },
         Request::Spawn(spec) => Reply::Spawned { worker: sup.spawn(spec, Some(peer.into()))? },
         Request::Kill { worker } => {
@@ -318,6 +322,24 @@ async fn handle_request(
             }
         }
         Request::Subscribe => Reply::Subscribed,
+        Request::Pull { model } => {
+            shared.audit.record("pull", Some(peer.into()), None, model.clone());
+            let events = shared.events.clone();
+            let m = model.clone();
+            let pulled = tokio::task::spawn_blocking(move || crate::pull::pull(&m, &events))
+                .await
+                .map_err(|e| ProtoError::new(ErrorCode::Internal, format!("pull task: {e}")))?;
+            match pulled {
+                Ok(p) => {
+                    shared.audit.record("pulled", Some(peer.into()), None, format!("{model} -> {}", p.path.display()));
+                    Reply::Pulled { model, path: p.path.display().to_string(), downloaded_bytes: p.downloaded_bytes }
+                }
+                Err(e) => {
+                    shared.audit.record("pull_failed", Some(peer.into()), None, format!("{model}: {}", e.message));
+                    return Err(e);
+                }
+            }
+        }
     }))
 }
 

@@ -75,7 +75,7 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ProtoError {
     ProtoError::new(code, msg)
 }
 
-fn human_bytes(b: u64) -> String {
+pub fn human_bytes(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;
@@ -147,7 +147,11 @@ impl Supervisor {
             return Err(err(ErrorCode::BadRequest, format!("device `{device}` is not cpu or cuda:N")));
         };
         let size = if spec.model.starts_with("hf:") {
-            0 // resolved by the worker through the HF cache; size unknown until then
+            if let Some(Err(why)) = rbee_proto::types::HubRef::parse(&spec.model) {
+                return Err(err(ErrorCode::BadRequest, why));
+            }
+            // Known once pulled; otherwise the worker resolves it through the HF cache itself.
+            crate::pull::cached_size(&spec.model).unwrap_or(0)
         } else {
             let path = models::check_allowed(Path::new(&spec.model), &self.cfg.model_dirs)?;
             models::model_size(&path)

@@ -651,10 +651,10 @@ async fn serve(stream: TcpStream, agent: Arc<Agent>) {
                 }
                 None => send(error(ErrorCode::NotFound, "no such request")).await,
             },
-            Request::Spawn(_) | Request::Kill { .. } | Request::Restart { .. } => {
+            Request::Spawn(_) | Request::Kill { .. } | Request::Restart { .. } | Request::Pull { .. } => {
                 send(error(
                     ErrorCode::BadRequest,
-                    "the load generator's workers are fixed: spawn, kill and restart are refused",
+                    "the load generator's workers and models are fixed: spawn, kill, restart and pull are refused",
                 ))
                 .await
             }

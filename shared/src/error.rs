@@ -26,6 +26,8 @@ pub enum ErrorCode {
     ModelLoad,
     /// The model does not fit in free memory.
     InsufficientMemory,
+    /// A model download does not fit on the disk of the model cache.
+    InsufficientDisk,
     /// The worker serving the request died or stopped.
     WorkerGone,
     /// The agent is shutting down.
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::PromptTooLong => "prompt_too_long",
             ErrorCode::ModelLoad => "model_load",
             ErrorCode::InsufficientMemory => "insufficient_memory",
+            ErrorCode::InsufficientDisk => "insufficient_disk",
             ErrorCode::WorkerGone => "worker_gone",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",

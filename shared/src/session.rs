@@ -53,6 +53,9 @@ pub enum Request {
     Status,
     /// Round-trip check.
     Ping,
+    /// Download an `hf:ORG/REPO[@REVISION][:FILE]` model into the node's Hugging Face cache, with
+    /// `PullProgress` events while it runs. Refused up front when it does not fit on disk.
+    Pull { model: String },
 }
 
 /// What to run: a model reference as `rbee-worker --model` accepts, on a device.
@@ -102,6 +105,8 @@ pub enum Reply {
     Subscribed,
     Status { status: NodeStatus },
     Pong { agent_time: UnixMillis },
+    /// End of a `Pull`: the files are in the cache; `downloaded_bytes` is 0 when all were there.
+    Pulled { model: String, path: String, downloaded_bytes: u64 },
 }
 
 /// A model file or directory the node can serve.
@@ -149,6 +154,8 @@ pub enum Event {
     Telemetry { telemetry: Telemetry },
     Audit { entry: AuditEntry },
     Log { worker: WorkerId, line: String },
+    /// A model pull moving on: bytes of all its missing files so far, out of their total.
+    PullProgress { model: String, file: String, downloaded_bytes: u64, total_bytes: u64 },
 }
 
 /// One node's resources at one moment.

@@ -139,3 +139,40 @@ impl std::fmt::Display for WorkerState {
         f.write_str(self.as_str())
     }
 }
+
+/// A model on the Hugging Face hub: `hf:ORG/REPO[@REVISION][:FILE]`. Without FILE it names a
+/// safetensors model directory (config.json, tokenizer.json, weights).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubRef {
+    pub repo: String,
+    pub revision: Option<String>,
+    pub file: Option<String>,
+}
+
+impl HubRef {
+    /// `None` when `s` does not start with `hf:`; `Some(Err(why))` when it does but is malformed.
+    pub fn parse(s: &str) -> Option<Result<HubRef, String>> {
+        let rest = s.strip_prefix("hf:")?;
+        let bad = || format!("invalid model reference `{s}`: expected hf:ORG/REPO[@REVISION][:FILE]");
+        let (repo_rev, file) = match rest.split_once(':') {
+            Some((a, f)) if !f.is_empty() => (a, Some(f.to_string())),
+            Some(_) => return Some(Err(bad())),
+            None => (rest, None),
+        };
+        let (repo, revision) = match repo_rev.split_once('@') {
+            Some((r, v)) if !v.is_empty() => (r, Some(v.to_string())),
+            Some(_) => return Some(Err(bad())),
+            None => (repo_rev, None),
+        };
+        let parts: Vec<&str> = repo.split('/').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Some(Err(bad()));
+        }
+        Some(Ok(HubRef { repo: repo.to_string(), revision, file }))
+    }
+
+    /// The revision asked for, `main` by default.
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+}

@@ -63,6 +63,11 @@ pub struct AgentProc {
 impl AgentProc {
     /// Start an agent on `state_dir` with extra args; waits until it listens.
     pub fn start(state_dir: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_with_env(state_dir, extra, &[])
+    }
+
+    /// `start`, with extra environment variables for the agent (and so its workers).
+    pub fn start_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProc {
         let _ = std::fs::remove_file(state_dir.join("agent.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -75,6 +80,7 @@ impl AgentProc {
         cmd.arg("--worker-bin").arg(bin("rbee-worker"));
         cmd.args(extra);
         cmd.env("RBEE_LOG", "info");
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::null()).stderr(log);
         let mut child = cmd.spawn().expect("start rbee-agent");
         let addr = wait_for(Duration::from_secs(20), "agent to listen", || {

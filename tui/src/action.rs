@@ -125,6 +125,7 @@ pub fn describe(request: &Request) -> String {
         Request::Subscribe => "subscribe".into(),
         Request::Status => "status".into(),
         Request::Ping => "ping".into(),
+        Request::Pull { model } => format!("pull {model}"),
     }
 }
 

@@ -107,6 +107,18 @@ pub struct NodeState {
     pub workers: Vec<WorkerView>,
     /// The node's model catalog (`ListModels`).
     pub models: Vec<ModelEntry>,
+    /// Model pulls under way on the node, from `PullProgress` events.
+    pub pulls: Vec<PullView>,
+}
+
+/// One model download on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullView {
+    pub model: String,
+    /// File being downloaded now; empty once the pull is complete.
+    pub file: String,
+    pub downloaded_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl NodeState {
@@ -124,6 +136,7 @@ impl NodeState {
             tokps_history: History::default(),
             workers: Vec::new(),
             models: Vec::new(),
+            pulls: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use crate::action::{describe, short_model, Action, Effect, InferDone, PromptId};
 use crate::keys::{self, Cmd, Mode};
 use crate::state::{
     natural_key, Conn, EventKind, History, InputKind, InputLine, NodeIdx, NodeState, Pending,
-    Popup, PromptPane, PromptRun, Screen, SpawnDialog, SpawnField, State, WorkerView,
+    Popup, PromptPane, PromptRun, PullView, Screen, SpawnDialog, SpawnField, State, WorkerView,
     MAX_SPAWN_COUNT,
 };
 
@@ -272,6 +272,15 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
                 w.push_log(line);
             }
         }
+        Event::PullProgress { model, file, downloaded_bytes, total_bytes } => {
+            n.pulls.retain(|p| p.model != model);
+            if file.is_empty() && downloaded_bytes >= total_bytes {
+                let text = format!("pulled {model} ({})", crate::view::fmt_bytes(total_bytes));
+                state.push_event(&name, EventKind::State, text);
+            } else {
+                n.pulls.push(PullView { model, file, downloaded_bytes, total_bytes });
+            }
+        }
     }
 }
 
@@ -378,6 +387,10 @@ fn on_reply(state: &mut State, node: NodeIdx, request: Request, result: Result<R
                     w.push_log(l);
                 }
             }
+        }
+        Reply::Pulled { model, .. } => {
+            n.pulls.retain(|p| p.model != model);
+            state.flash(format!("pulled {model} on {name}"));
         }
         Reply::InferDone { .. }
         | Reply::Cancelled { .. }
@@ -908,8 +921,20 @@ fn run_command(state: &mut State, text: &str) -> Vec<Effect> {
             }
         }
         ("help", _) => state.popup = Some(Popup::Help),
+        ("pull", Some(model)) => {
+            let node = state.current_node();
+            if node >= state.nodes.len() {
+                state.flash_error("no node to pull on");
+            } else if !model.starts_with("hf:") {
+                state.flash_error(format!("pull takes hf:ORG/REPO[@REV][:FILE], not {model}"));
+            } else {
+                let name = state.nodes[node].name.clone();
+                state.flash(format!("pulling {model} on {name}…"));
+                return vec![Effect::Request { node, request: Request::Pull { model: model.to_string() } }];
+            }
+        }
         _ => state.flash_error(format!(
-            "unknown command :{text} (try :nodes, :events, :node NAME, :q)"
+            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :q)"
         )),
     }
     Vec::new()

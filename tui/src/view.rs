@@ -573,6 +573,19 @@ fn render_resources(n: &NodeState, f: &mut Frame, area: Rect) {
             hist,
         ));
     }
+    for p in &n.pulls {
+        rows.push((
+            format!(
+                "pull {:>3.0}% {} {}/{}",
+                ratio(p.downloaded_bytes, p.total_bytes) * 100.0,
+                short_ref(&p.model),
+                fmt_bytes(p.downloaded_bytes),
+                fmt_bytes(p.total_bytes)
+            ),
+            ratio(p.downloaded_bytes, p.total_bytes),
+            None,
+        ));
+    }
     let mut y = inner.y;
     for (label, r, hist) in rows {
         if y >= inner.bottom() {
@@ -1216,6 +1229,12 @@ fn render_spawn(state: &State, d: &SpawnDialog, f: &mut Frame, area: Rect) {
 // Formatting.
 
 /// Why a node has no GPU, said once even when the agent's reason already starts with "no GPU".
+/// `hf:ORG/REPO:FILE` shortened to what identifies it on one line: the file, else the repo.
+fn short_ref(model: &str) -> &str {
+    let rest = model.strip_prefix("hf:").unwrap_or(model);
+    rest.rsplit_once(':').map(|(_, f)| f).or_else(|| rest.rsplit_once('/').map(|(_, r)| r)).unwrap_or(rest)
+}
+
 pub fn no_gpu_text(status: &str) -> String {
     if status.is_empty() {
         "no GPU".into()

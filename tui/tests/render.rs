@@ -88,6 +88,31 @@ fn node_detail_no_gpu_80x24() {
 }
 
 #[test]
+fn node_detail_pull_in_progress_then_done_80x24() {
+    use rbee_proto::session::Event;
+    let mut s = on(Screen::Node(1));
+    let progress = |downloaded_bytes, file: &str| Action::AgentEvent {
+        node: 1,
+        event: Event::PullProgress {
+            model: "hf:org/tiny:tiny.Q8_0.gguf".into(),
+            file: file.into(),
+            downloaded_bytes,
+            total_bytes: 400 << 20,
+        },
+    };
+    update(&mut s, progress(100 << 20, "tiny.Q8_0.gguf"));
+    let screen = draw(&s, 80, 24);
+    assert!(screen.contains("pull  25% tiny.Q8_0.gguf"), "{screen}");
+    assert!(draw(&s, 160, 30).contains("pull  25% tiny.Q8_0.gguf 100 MiB/400 MiB"));
+    insta::assert_snapshot!(screen);
+    // Complete: the gauge goes, an event says so.
+    update(&mut s, progress(400 << 20, ""));
+    assert!(s.nodes[1].pulls.is_empty());
+    assert!(s.events.iter().any(|e| e.text.contains("pulled hf:org/tiny:tiny.Q8_0.gguf")), "{:?}", s.events);
+    assert!(!draw(&s, 80, 24).contains("pull tiny"));
+}
+
+#[test]
 fn node_detail_unreachable_80x24() {
     insta::assert_snapshot!(draw(&on(Screen::Node(2)), 80, 24));
 }

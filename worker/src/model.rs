@@ -37,27 +37,12 @@ pub enum ModelRef {
 
 impl ModelRef {
     pub fn parse(s: &str) -> Result<Self, LoadError> {
-        let Some(rest) = s.strip_prefix("hf:") else {
-            if s.trim().is_empty() {
-                return Err(LoadError::BadReference(s.into()));
-            }
-            return Ok(ModelRef::Path(PathBuf::from(s)));
-        };
-        let (repo_rev, file) = match rest.split_once(':') {
-            Some((a, f)) if !f.is_empty() => (a, Some(f.to_string())),
-            Some(_) => return Err(LoadError::BadReference(s.into())),
-            None => (rest, None),
-        };
-        let (repo, revision) = match repo_rev.split_once('@') {
-            Some((r, v)) if !v.is_empty() => (r, Some(v.to_string())),
-            Some(_) => return Err(LoadError::BadReference(s.into())),
-            None => (repo_rev, None),
-        };
-        let parts: Vec<&str> = repo.split('/').collect();
-        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-            return Err(LoadError::BadReference(s.into()));
+        match rbee_proto::types::HubRef::parse(s) {
+            Some(Ok(h)) => Ok(ModelRef::Hub { repo: h.repo, revision: h.revision, file: h.file }),
+            Some(Err(_)) => Err(LoadError::BadReference(s.into())),
+            None if s.trim().is_empty() => Err(LoadError::BadReference(s.into())),
+            None => Ok(ModelRef::Path(PathBuf::from(s))),
         }
-        Ok(ModelRef::Hub { repo: repo.to_string(), revision, file })
     }
 }
 
@@ -142,7 +127,11 @@ fn resolve_hub(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result
     let api = if offline() {
         None
     } else {
-        hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(false).build().ok()
+        let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(false);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            b = b.with_endpoint(endpoint);
+        }
+        b.build().ok()
     };
     let fetch = |name: &str| -> Result<PathBuf, LoadError> {
         if let Some(p) = cache.repo(hub_repo.clone()).get(name) {

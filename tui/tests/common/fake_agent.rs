@@ -301,6 +301,15 @@ async fn serve(stream: tokio::net::TcpStream, token: String, shared: Arc<Mutex<S
                 let lines = all[all.len().saturating_sub(lines)..].to_vec();
                 let _ = out.send(reply(Reply::Log { worker, lines })).await;
             }
+            Request::Pull { .. } => {
+                let _ = out
+                    .send(ServerMsg::Error {
+                        id: Some(id),
+                        code: ErrorCode::BadRequest,
+                        message: "the fake agent pulls nothing".into(),
+                    })
+                    .await;
+            }
             Request::Cancel { request } => {
                 if let Some(tx) = cancels.remove(&request) {
                     let _ = tx.send(());
