@@ -1,13 +1,13 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use rbee_proto::config::AgentConfig;
 
 /// The rbee node daemon: authenticates sessions, supervises rbee-worker processes, streams
 /// telemetry, keeps an audit log and remembers which workers should run.
-#[derive(Parser, Debug)]
-#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (protocol 1)"), about)]
+#[derive(clap::Parser, Debug)]
+#[command(about)]
 struct Args {
     /// Address to listen on (default 127.0.0.1:7733; env RBEE_LISTEN). Use port 0 for any free port.
     #[arg(long, env = "RBEE_LISTEN")]
@@ -35,7 +35,11 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // `rbee-agent --version` prints `rbee-agent X.Y.Z (protocol N)`; `rbee-tui` reads N over SSH
+    // to decide whether a node's agent can be reused.
+    let version: &'static str =
+        Box::leak(format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), rbee_proto::PROTOCOL_VERSION).into_boxed_str());
+    let args = Args::from_arg_matches(&Args::command().version(version).get_matches()).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG").unwrap_or_else(|_| "info".into()))

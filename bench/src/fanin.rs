@@ -334,6 +334,7 @@ mod tests {
                     name: format!("n{i}"),
                     url: url.clone(),
                     token_file: token_file.clone(),
+                    ..Default::default()
                 })
             })
             .collect();

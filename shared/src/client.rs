@@ -98,6 +98,16 @@ impl Drop for Stream {
     }
 }
 
+/// The error for a failed WebSocket upgrade: 401 means the token was refused.
+fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) if resp.status() == 401 => {
+            ClientError::Unauthorized { url: url.into() }
+        }
+        e => ClientError::Connect { url: url.into(), reason: e.to_string() },
+    }
+}
+
 impl Client {
     /// Connect to `url` (ws://HOST:PORT) with a bearer token and complete the handshake.
     /// `events` receives everything not addressed to a request.
@@ -118,13 +128,41 @@ impl Client {
         let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
         req.headers_mut().insert("authorization", auth);
-        let (ws, _) = match tokio_tungstenite::connect_async(req).await {
-            Ok(ok) => ok,
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) if resp.status() == 401 => {
-                return Err(ClientError::Unauthorized { url: url.into() })
-            }
-            Err(e) => return Err(ClientError::Connect { url: url.into(), reason: e.to_string() }),
-        };
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| upgrade_error(url, e))?;
+        Self::handshake(ws, url, client_name, version).await
+    }
+
+    /// As `connect`, over a byte stream that is already connected to the agent (e.g. a channel
+    /// of an SSH connection). `url` names the agent in the upgrade request and in errors.
+    pub async fn connect_stream<S>(
+        stream: S,
+        url: &str,
+        token: &str,
+        client_name: &str,
+    ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+        req.headers_mut().insert("authorization", auth);
+        let (ws, _) = tokio_tungstenite::client_async(req, stream).await.map_err(|e| upgrade_error(url, e))?;
+        Self::handshake(ws, url, client_name, PROTOCOL_VERSION).await
+    }
+
+    /// Say hello, wait for the welcome, then start the reader and writer tasks.
+    async fn handshake<S>(
+        ws: tokio_tungstenite::WebSocketStream<S>,
+        url: &str,
+        client_name: &str,
+        version: u32,
+    ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut source) = ws.split();
         let hello = ClientMsg::Hello { protocol_version: version, client: client_name.into() };
         sink.send(Message::text(encode(&hello)))

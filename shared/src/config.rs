@@ -90,15 +90,120 @@ impl AgentConfig {
     }
 }
 
-/// A node the dashboard connects to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A node the dashboard connects to: either an agent URL plus token file (`url`, `token_file`),
+/// or an SSH address (`ssh`) through which the dashboard installs, starts and reaches the agent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
-    /// `ws://HOST:PORT` of the agent.
+    /// `ws://HOST:PORT` of the agent (URL nodes).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
-    /// File holding the agent's bearer token.
+    /// File holding the agent's bearer token (URL nodes).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub token_file: PathBuf,
+    /// `USER@HOST[:PORT]` (SSH nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
+    /// Private key for SSH authentication; without it, the ssh-agent and `~/.ssh/id_*` are tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PathBuf>,
+    /// Directory on the node for the installed binaries (`bin/`) and the agent's state
+    /// (`agent/`); default `~/.local/share/rbee`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_dir: Option<String>,
+    /// Model directories on the node handed to its agent (besides `<remote_dir>/models`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_dirs: Vec<String>,
+    /// Stop the node's agent when the dashboard quits.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ephemeral: bool,
+}
+
+fn path_is_empty(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl NodeConfig {
+    /// Either `ssh`, or `url` and `token_file`; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let has_url = !self.url.is_empty() || !path_is_empty(&self.token_file);
+        match &self.ssh {
+            Some(addr) => {
+                if has_url {
+                    return Err("key `url`/`token_file`: not used with `ssh` (the token is read over SSH)".into());
+                }
+                SshAddr::parse(addr).map(|_| ()).map_err(|m| format!("key `ssh`: {m}"))
+            }
+            None => {
+                if self.identity.is_some() || self.remote_dir.is_some() || !self.model_dirs.is_empty() || self.ephemeral {
+                    return Err("key `ssh`: missing; `identity`, `remote_dir`, `model_dirs` and `ephemeral` need it".into());
+                }
+                if self.url.is_empty() {
+                    return Err("key `url`: missing (or give `ssh`)".into());
+                }
+                if path_is_empty(&self.token_file) {
+                    return Err("key `token_file`: missing".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `USER@HOST[:PORT]`, with `[v6]:PORT` for IPv6 literals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshAddr {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl SshAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (user, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}` is not USER@HOST[:PORT]"))?;
+        if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == ':') {
+            return Err(format!("`{s}`: bad user name"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(format!("`{s}`: junk after `]`")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                Some(_) => return Err(format!("`{s}`: write IPv6 hosts as [ADDR]:PORT")),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.chars().any(char::is_whitespace) {
+            return Err(format!("`{s}`: missing host"));
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+        };
+        Ok(Self { user: user.into(), host: host.into(), port })
+    }
+}
+
+impl std::fmt::Display for SshAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}@[{}]:{}", self.user, self.host, self.port)
+        } else {
+            write!(f, "{}@{}:{}", self.user, self.host, self.port)
+        }
+    }
 }
 
 /// `rbee-tui` settings: the nodes it follows.
@@ -114,6 +219,12 @@ impl TuiConfig {
             .map_err(|e| ConfigError::Invalid { path: path.into(), message: one_line(&e, text) })?;
         let mut seen = std::collections::HashSet::new();
         for (i, n) in cfg.nodes.iter().enumerate() {
+            if let Err(m) = n.validate() {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    message: format!("node `{}` (nodes[{i}]): {m}", n.name),
+                });
+            }
             if !seen.insert(&n.name) {
                 return Err(ConfigError::Invalid {
                     path: path.into(),
@@ -175,6 +286,45 @@ mod tests {
     fn bad_listen_is_named() {
         let e = AgentConfig::from_toml("a.toml".as_ref(), "listen = \"nowhere\"").unwrap_err();
         assert!(e.to_string().contains("`listen`"), "{e}");
+    }
+
+    #[test]
+    fn ssh_nodes_parse_and_old_url_nodes_stay_valid() {
+        let t = "[[nodes]]\nname='a'\nurl='ws://x'\ntoken_file='t'\n[[nodes]]\nname='b'\nssh='me@gpu-b:2222'\nidentity='/k'\nephemeral=true\n";
+        let c = TuiConfig::from_toml("t.toml".as_ref(), t).unwrap();
+        assert_eq!(c.nodes[0].url, "ws://x");
+        assert_eq!(c.nodes[1].ssh.as_deref(), Some("me@gpu-b:2222"));
+        assert!(c.nodes[1].ephemeral);
+        let back = TuiConfig::from_toml("t.toml".as_ref(), &c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(!c.to_toml().contains("url = \"\""), "{}", c.to_toml());
+    }
+
+    #[test]
+    fn ssh_node_errors_name_the_key() {
+        for (t, key) in [
+            ("[[nodes]]\nname='b'\nssh='gpu-b'\n", "`ssh`"),
+            ("[[nodes]]\nname='b'\nssh='me@gpu-b:x'\n", "`ssh`"),
+            ("[[nodes]]\nname='b'\nssh='me@h'\nurl='ws://x'\n", "`url`"),
+            ("[[nodes]]\nname='b'\nurl='ws://x'\n", "`token_file`"),
+            ("[[nodes]]\nname='b'\nurl='ws://x'\ntoken_file='t'\nephemeral=true\n", "`ssh`"),
+            ("[[nodes]]\nname='b'\nssh='me@h'\nport=3\n", "port"),
+        ] {
+            let e = TuiConfig::from_toml("t.toml".as_ref(), t).unwrap_err().to_string();
+            assert!(e.contains(key), "{t}: {e}");
+        }
+    }
+
+    #[test]
+    fn ssh_addr_forms() {
+        let a = SshAddr::parse("root@10.0.0.2").unwrap();
+        assert_eq!((a.user.as_str(), a.host.as_str(), a.port), ("root", "10.0.0.2", 22));
+        let a = SshAddr::parse("u@[::1]:2200").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 2200));
+        assert_eq!(a.to_string(), "u@[::1]:2200");
+        assert!(SshAddr::parse("@h").is_err());
+        assert!(SshAddr::parse("u@h:0").is_err());
+        assert!(SshAddr::parse("u@::1").is_err());
     }
 
     #[test]

@@ -65,8 +65,24 @@ fn install_panic_hook() {
     }));
 }
 
-/// Run the dashboard over `targets` until the operator quits.
+/// Run the dashboard over `targets` until the operator quits; then stop the agents of SSH nodes
+/// added as ephemeral (other agents are daemons and keep running).
 pub async fn run_dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
+    let ephemeral: Vec<_> = targets
+        .iter()
+        .filter_map(|t| match t {
+            NodeTarget::Remote(n) if n.ssh.is_some() && n.ephemeral => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    let result = dashboard(targets).await;
+    if !ephemeral.is_empty() {
+        crate::ssh::stop_ephemeral(&ephemeral).await;
+    }
+    result
+}
+
+async fn dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
     install_panic_hook();
     enable_raw_mode().map_err(TuiError::Terminal)?;
     let _guard = TerminalGuard;

@@ -66,17 +66,42 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum NodesCmd {
-    /// Add a node: an agent URL and the file holding its token.
+    /// Add a node: an agent URL and the file holding its token, or an SSH address. An SSH node
+    /// is brought up at once (host key checked, agent installed and started when needed, a
+    /// session opened through the tunnel) and recorded only when that worked.
+    #[command(group(ArgGroup::new("how").required(true).args(["url", "ssh"])))]
     Add {
         name: String,
-        #[arg(long, value_name = "ws://HOST:PORT")]
-        url: String,
-        #[arg(long, value_name = "FILE")]
-        token_file: PathBuf,
+        #[arg(long, value_name = "ws://HOST:PORT", requires = "token_file")]
+        url: Option<String>,
+        #[arg(long, value_name = "FILE", requires = "url")]
+        token_file: Option<PathBuf>,
+        /// Reach the node over SSH; its agent is installed and started as needed.
+        #[arg(long, value_name = "USER@HOST[:PORT]", conflicts_with_all = ["url", "token_file"])]
+        ssh: Option<String>,
+        /// Private key for SSH [default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa].
+        #[arg(long, value_name = "FILE", requires = "ssh")]
+        identity: Option<PathBuf>,
+        /// Trust the node's host key if it is not known yet (it is recorded in rbee's known_hosts).
+        #[arg(long, requires = "ssh")]
+        accept_new_host_key: bool,
+        /// Stop the node's agent when the dashboard quits.
+        #[arg(long, requires = "ssh")]
+        ephemeral: bool,
+        /// Directory on the node for rbee's binaries and the agent's state [default: ~/.local/share/rbee].
+        #[arg(long, value_name = "DIR", requires = "ssh")]
+        remote_dir: Option<String>,
+        /// A model directory on the node for its agent (repeatable).
+        #[arg(long = "model-dir", value_name = "DIR", requires = "ssh")]
+        model_dirs: Vec<String>,
     },
     List,
     /// Remove a node from the config (its agent keeps running).
     Rm {
+        name: String,
+    },
+    /// Stop an SSH node's agent and its workers, and check they are gone.
+    Stop {
         name: String,
     },
 }
@@ -167,7 +192,7 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
     };
     crate::logging::init_stderr_if_asked();
     match command {
-        Command::Nodes { cmd } => nodes(&path, cmd, out),
+        Command::Nodes { cmd } => nodes(&path, cmd, timeout, out).await,
         Command::Models {
             cmd: ModelsCmd::List { node },
         } => models_list(&ConfigFile::load(&path)?, node, timeout, out).await,
@@ -234,13 +259,69 @@ pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
 // ---------------------------------------------------------------------------------------------
 // nodes
 
-fn nodes(path: &Path, cmd: NodesCmd, out: Out) -> Result<(), TuiError> {
+async fn nodes(path: &Path, cmd: NodesCmd, timeout: Duration, out: Out) -> Result<(), TuiError> {
     let mut cf = ConfigFile::load(path)?;
     match cmd {
         NodesCmd::Add {
             name,
-            url,
-            token_file,
+            ssh: Some(ssh),
+            identity,
+            accept_new_host_key,
+            ephemeral,
+            remote_dir,
+            model_dirs,
+            ..
+        } => {
+            check_node_name(path, &name)?;
+            let node = NodeConfig {
+                name: name.clone(),
+                ssh: Some(ssh.clone()),
+                identity: identity.map(|i| std::path::absolute(&i).unwrap_or(i)),
+                ephemeral,
+                remote_dir,
+                model_dirs,
+                ..Default::default()
+            };
+            node.validate().map_err(|message| rbee_proto::config::ConfigError::Invalid {
+                path: path.into(),
+                message: format!("node `{name}`: {message}"),
+            })?;
+            // Refuse a duplicate before touching the node.
+            cf.clone().add_node(node.clone())?;
+            let up = crate::ssh::bring_up(&node, accept_new_host_key, timeout).await?;
+            cf.add_node(node)?;
+            cf.save()?;
+            let a = &up.agent;
+            let what = match (a.installed, a.started) {
+                (true, _) => "installed and started its agent",
+                (false, true) => "started its agent",
+                (false, false) => "reusing its running agent",
+            };
+            let key = match &up.learned_host_key {
+                Some(fp) => format!("; trusted new host key {fp}"),
+                None => String::new(),
+            };
+            out.print(
+                &format!(
+                    "added node {name} (ssh://{ssh}): {what} (pid {}, {} in {}){key}\n",
+                    a.pid, up.agent_version, a.dir
+                ),
+                json!({
+                    "added": name, "ssh": ssh, "config": path,
+                    "host_key_learned": up.learned_host_key,
+                    "agent": {
+                        "pid": a.pid, "installed": a.installed, "started": a.started,
+                        "dir": a.dir, "addr": a.addr.to_string(),
+                        "version": up.agent_version, "node": up.agent_node,
+                    },
+                }),
+            )
+        }
+        NodesCmd::Add {
+            name,
+            url: Some(url),
+            token_file: Some(token_file),
+            ..
         } => {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(rbee_proto::config::ConfigError::Invalid {
@@ -251,19 +332,14 @@ fn nodes(path: &Path, cmd: NodesCmd, out: Out) -> Result<(), TuiError> {
                 }
                 .into());
             }
-            if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
-                return Err(rbee_proto::config::ConfigError::Invalid {
-                    path: path.into(),
-                    message: format!("key `nodes[].name`: `{name}` must be one word"),
-                }
-                .into());
-            }
+            check_node_name(path, &name)?;
             // Stored absolute: the config is read from any working directory.
             let token_file = std::path::absolute(&token_file).unwrap_or(token_file);
             cf.add_node(NodeConfig {
                 name: name.clone(),
                 url: url.clone(),
                 token_file: token_file.clone(),
+                ..Default::default()
             })?;
             cf.save()?;
             out.print(
@@ -271,17 +347,23 @@ fn nodes(path: &Path, cmd: NodesCmd, out: Out) -> Result<(), TuiError> {
                 json!({ "added": name, "url": url, "token_file": token_file, "config": path }),
             )
         }
+        NodesCmd::Add { .. } => unreachable!("clap requires --url with --token-file, or --ssh"),
         NodesCmd::List => {
             let rows: Vec<Vec<String>> = cf
                 .config
                 .nodes
                 .iter()
-                .map(|n| {
-                    vec![
+                .map(|n| match &n.ssh {
+                    Some(addr) => vec![
+                        n.name.clone(),
+                        format!("ssh://{addr}"),
+                        if n.ephemeral { "(over ssh, ephemeral)" } else { "(over ssh)" }.to_string(),
+                    ],
+                    None => vec![
                         n.name.clone(),
                         n.url.clone(),
                         n.token_file.display().to_string(),
-                    ]
+                    ],
                 })
                 .collect();
             let text = if rows.is_empty() {
@@ -305,7 +387,36 @@ fn nodes(path: &Path, cmd: NodesCmd, out: Out) -> Result<(), TuiError> {
                 json!({ "removed": name }),
             )
         }
+        NodesCmd::Stop { name } => {
+            let node = match cf.select_one(Some(&name))? {
+                NodeTarget::Remote(n) if n.ssh.is_some() => n,
+                _ => return Err(TuiError::NotSsh { node: name }),
+            };
+            let s = crate::ssh::stop_node(&node).await?;
+            let text = match s.pid {
+                Some(pid) => format!(
+                    "stopped node {name}: agent pid {pid} and {} worker process(es) are gone\n",
+                    s.workers.len()
+                ),
+                None => format!("node {name}: no agent was running\n"),
+            };
+            out.print(
+                &text,
+                json!({ "stopped": name, "agent_pid": s.pid, "worker_pids": s.workers }),
+            )
+        }
     }
+}
+
+fn check_node_name(path: &Path, name: &str) -> Result<(), TuiError> {
+    if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+        return Err(rbee_proto::config::ConfigError::Invalid {
+            path: path.into(),
+            message: format!("key `nodes[].name`: `{name}` must be one word"),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -170,7 +170,10 @@ impl NodeTarget {
     /// What to show as the address before a connection exists.
     pub fn display_url(&self) -> String {
         match self {
-            NodeTarget::Remote(n) => n.url.clone(),
+            NodeTarget::Remote(n) => match &n.ssh {
+                Some(addr) => format!("ssh://{addr}"),
+                None => n.url.clone(),
+            },
             NodeTarget::Local => "local agent".into(),
         }
     }
@@ -185,6 +188,7 @@ mod tests {
             name: name.into(),
             url: "ws://127.0.0.1:1".into(),
             token_file: "/t".into(),
+            ..Default::default()
         }
     }
 

@@ -52,6 +52,13 @@ pub enum TuiError {
     },
     #[error("local agent: {0}")]
     Local(#[from] LocalError),
+    #[error("node `{node}`: {source}")]
+    Ssh {
+        node: String,
+        source: crate::ssh::SshError,
+    },
+    #[error("node `{node}` is not an SSH node; only SSH nodes can be stopped from here")]
+    NotSsh { node: String },
     #[error("no worker `{id}` on {scope}; see `rbee-tui workers list`")]
     WorkerNotFound { id: String, scope: String },
     #[error("worker `{id}` exists on several nodes ({nodes}); pick one with --node NAME")]

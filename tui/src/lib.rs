@@ -15,6 +15,7 @@ pub mod keys;
 pub mod local;
 pub mod logging;
 pub mod session;
+pub mod ssh;
 pub mod state;
 pub mod update;
 pub mod view;

@@ -75,6 +75,13 @@ pub async fn connect(
     target: &NodeTarget,
     timeout: Duration,
 ) -> Result<(Client, mpsc::Receiver<Incoming>, String), TuiError> {
+    if let NodeTarget::Remote(n) = target {
+        if n.ssh.is_some() {
+            // SSH has its own bounds per step (a cold node uploads binaries first); `timeout`
+            // bounds the session handshake through the tunnel.
+            return crate::ssh::connect_node(n, timeout).await;
+        }
+    }
     let ep = endpoint(target).await?;
     let node = target.name().to_string();
     match tokio::time::timeout(timeout, Client::connect(&ep.url, &ep.token, CLIENT_NAME)).await {
@@ -100,6 +107,7 @@ pub fn reason(e: &TuiError) -> String {
         TuiError::ConnectTimeout { url, secs, .. } => {
             format!("no answer from {url} within {secs} s")
         }
+        TuiError::Ssh { source, .. } => source.to_string(),
         TuiError::TokenFile { path, source, .. } => {
             format!("cannot read token file {}: {source}", path.display())
         }

@@ -38,6 +38,7 @@ fn target(agent: &FakeAgent, dir: &std::path::Path, token: &str) -> NodeTarget {
         name: "fake".into(),
         url: agent.url(),
         token_file,
+        ..Default::default()
     })
 }
 
@@ -269,6 +270,7 @@ async fn nothing_listening_is_unreachable_with_the_reason() {
         name: "gone".into(),
         url: format!("ws://127.0.0.1:{port}"),
         token_file,
+        ..Default::default()
     });
     let (atx, mut arx) = mpsc::channel(64);
     let (_etx, erx) = mpsc::channel(16);

@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
                 name: format!("gpu{i:03}"),
                 url: url.clone(),
                 token_file: token_file.clone(),
+                ..Default::default()
             })
         })
         .collect();

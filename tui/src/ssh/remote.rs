@@ -1,0 +1,287 @@
+//! The shell side of bring-up: small POSIX `sh` scripts run on the node through SSH exec
+//! channels, each printing `key=value` lines that the functions here parse. Layout on the node:
+//!
+//! ```text
+//! <remote_dir>/bin/rbee-agent, rbee-worker    installed binaries
+//! <remote_dir>/agent/                         the agent's state dir (token, agent.lock, agent.addr,
+//!                                             agent.log, desired workers, audit log, worker logs)
+//! <remote_dir>/models/                        a model directory the agent always serves
+//! <remote_dir>/agent.toml                     optional agent config, used when present
+//! <remote_dir>/bringup.lock                   serialises concurrent bring-ups (flock)
+//! ```
+//!
+//! Single instance: whether an agent runs is read from the pid the agent writes into its
+//! `agent.lock` while holding the lock; starting one is serialised with `flock` on
+//! `bringup.lock`, and the agent's own lock refuses a second agent whatever happens.
+use std::collections::HashMap;
+
+/// Quote `s` for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Shell words that set `D` (absolute remote dir) and `S` (state dir). `~/x` and relative paths
+/// are under the login user's home.
+pub fn prelude(remote_dir: Option<&str>) -> String {
+    let d = match remote_dir {
+        None => r#""$HOME/.local/share/rbee""#.to_string(),
+        Some("~") => r#""$HOME""#.to_string(),
+        Some(d) => match d.strip_prefix("~/") {
+            Some(rest) => format!(r#""$HOME"/{}"#, sh_quote(rest)),
+            None => sh_quote(d),
+        },
+    };
+    format!(
+        r#"set -u
+D={d}
+case "$D" in /*) ;; *) D="$HOME/$D" ;; esac
+S="$D/agent"
+alive() {{
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
+}}
+running() {{
+  p=$(cat "$S/agent.lock" 2>/dev/null) || p=""
+  alive "$p" && grep -q rbee-agent "/proc/$p/cmdline" 2>/dev/null
+}}
+"#
+    )
+}
+
+/// What the node is and whether an agent is installed and running there.
+pub fn probe_script(remote_dir: Option<&str>) -> String {
+    prelude(remote_dir)
+        + r#"echo "os=$(uname -s)"
+echo "arch=$(uname -m)"
+if grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null; then echo avx2=1; else echo avx2=0; fi
+echo "dir=$D"
+B=""
+if [ -x "$D/bin/rbee-agent" ] && [ -x "$D/bin/rbee-worker" ]; then B="$D/bin/rbee-agent"; fi
+echo "bin=$B"
+if [ -n "$B" ]; then echo "version=$("$B" --version 2>/dev/null | head -n 1)"; fi
+X="$D"; while [ ! -d "$X" ]; do X=$(dirname "$X"); done
+echo "free_kb=$(df -Pk "$X" 2>/dev/null | awk 'NR==2 {print $4}')"
+if running; then
+  echo "pid=$p"
+  echo "addr=$(cat "$S/agent.addr" 2>/dev/null)"
+  echo "token=$(cat "$S/token" 2>/dev/null)"
+fi
+"#
+}
+
+/// Receive one binary on stdin and move it into place atomically. `size` guards against a
+/// short upload.
+pub fn upload_script(remote_dir: Option<&str>, name: &str, size: u64) -> String {
+    prelude(remote_dir)
+        + &format!(
+            r#"mkdir -p "$D/bin" || exit 20
+T="$D/bin/.{name}.part.$$"
+trap 'rm -f "$T"' EXIT
+cat > "$T" || exit 21
+n=$(wc -c < "$T")
+[ "$n" -eq {size} ] || {{ echo "received $n of {size} bytes" >&2; exit 22; }}
+chmod 755 "$T" && mv -f "$T" "$D/bin/{name}" || exit 23
+"#
+        )
+}
+
+/// The installed agent's `--version` line.
+pub fn version_script(remote_dir: Option<&str>) -> String {
+    prelude(remote_dir) + r#""$D/bin/rbee-agent" --version"#
+}
+
+/// Start the agent unless one runs (stopping it first when `restart`), then wait for its address
+/// and token. Prints `pid=`, `addr=`, `token=` (and `started=` when this call started it), or
+/// `failed=1`/`timeout=1` with the last lines of the agent's log as `log=` lines.
+pub fn start_script(remote_dir: Option<&str>, bin: &str, model_dirs: &[String], restart: bool) -> String {
+    let mut extra = String::new();
+    for m in model_dirs {
+        extra.push_str(&format!(" --model-dir {}", sh_quote(m)));
+    }
+    prelude(remote_dir)
+        + &format!(
+            r#"B={bin}
+mkdir -p "$S" "$D/models" || exit 10
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$D/bringup.lock"
+  flock -w 60 9 || {{ echo "error=another bring-up holds $D/bringup.lock"; exit 11; }}
+fi
+if [ {restart} = 1 ] && running; then
+  kill -TERM "$p"
+  i=0; while running && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
+  running && kill -KILL "$p"
+  sleep 0.2
+fi
+sp=""
+if ! running; then
+  rm -f "$S/agent.addr"
+  set -- --listen 127.0.0.1:0 --state-dir "$S" --model-dir "$D/models"{extra}
+  if [ -f "$D/agent.toml" ]; then set -- "$@" --config "$D/agent.toml"; fi
+  cd "$S" || exit 10
+  setsid "$B" "$@" </dev/null >>"$S/agent.log" 2>&1 9>&- &
+  sp=$!
+  echo "started=$sp"
+fi
+i=0
+while :; do
+  if [ -s "$S/agent.addr" ] && [ -s "$S/token" ] && running; then
+    echo "pid=$p"; echo "addr=$(cat "$S/agent.addr")"; echo "token=$(cat "$S/token")"; exit 0
+  fi
+  if ! alive "$sp" && ! running; then
+    echo "failed=1"; echo "log_file=$S/agent.log"; tail -n 5 "$S/agent.log" 2>/dev/null | sed 's/^/log=/'; exit 12
+  fi
+  i=$((i+1))
+  if [ $i -ge 300 ]; then
+    echo "timeout=1"; echo "log_file=$S/agent.log"; tail -n 5 "$S/agent.log" 2>/dev/null | sed 's/^/log=/'; exit 13
+  fi
+  sleep 0.1
+done
+"#,
+            bin = sh_quote(bin),
+            restart = u8::from(restart),
+        )
+}
+
+/// Stop the agent and its workers: SIGTERM (the agent stops its workers), SIGKILL after 15 s,
+/// then report which of them are still alive (`left=`, empty when all are gone).
+pub fn stop_script(remote_dir: Option<&str>) -> String {
+    prelude(remote_dir)
+        + r#"if ! running; then echo "running=0"; exit 0; fi
+kids=$(grep -l "^PPid:[[:space:]]*$p\$" /proc/[0-9]*/status 2>/dev/null | sed 's#^/proc/\([0-9]*\)/status$#\1#' | tr '\n' ' ')
+echo "pid=$p"
+echo "workers=$kids"
+alive_of() {
+  left=""
+  for q in "$@"; do
+    if alive "$q"; then left="$left $q"; fi
+  done
+}
+kill -TERM "$p"
+i=0
+while :; do
+  alive_of $p $kids
+  [ -z "$left" ] && break
+  i=$((i+1)); [ $i -ge 150 ] && break
+  sleep 0.1
+done
+if [ -n "$left" ]; then
+  kill -KILL $left 2>/dev/null
+  sleep 0.5
+  alive_of $p $kids
+fi
+echo "left=$left"
+"#
+}
+
+/// `key=value` lines; repeated keys keep every value in order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KeyValues(HashMap<String, Vec<String>>);
+
+impl KeyValues {
+    pub fn parse(text: &str) -> Self {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                m.entry(k.trim().to_string()).or_default().push(v.trim_end().to_string());
+            }
+        }
+        Self(m)
+    }
+
+    /// The last value of `key`, if present and not empty.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.last()).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn all(&self, key: &str) -> &[String] {
+        self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn pids(&self, key: &str) -> Vec<u32> {
+        self.get(key)
+            .map(|v| v.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The protocol version in `rbee-agent X.Y.Z (protocol N)`.
+pub fn protocol_of(version_line: &str) -> Option<u32> {
+    let rest = version_line.split("(protocol ").nth(1)?;
+    rest.split(')').next()?.trim().parse().ok()
+}
+
+/// `uname -m` in Rust's spelling (`std::env::consts::ARCH`).
+pub fn normalize_arch(uname_m: &str) -> &str {
+    match uname_m {
+        "amd64" | "x86_64" => "x86_64",
+        "arm64" | "aarch64" | "armv8l" => "aarch64",
+        "i386" | "i486" | "i586" | "i686" => "x86",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        let nasty = "a b'c\"$HOME`x`";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", sh_quote(nasty)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), nasty);
+    }
+
+    #[test]
+    fn prelude_expands_home_and_relative_dirs() {
+        let run = |dir: Option<&str>| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(prelude(dir) + "echo \"$D|$S\"")
+                .env("HOME", "/home/u")
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        assert_eq!(run(None), "/home/u/.local/share/rbee|/home/u/.local/share/rbee/agent");
+        assert_eq!(run(Some("~/x y")), "/home/u/x y|/home/u/x y/agent");
+        assert_eq!(run(Some("rel")), "/home/u/rel|/home/u/rel/agent");
+        assert_eq!(run(Some("/abs")), "/abs|/abs/agent");
+    }
+
+    #[test]
+    fn key_values() {
+        let kv = KeyValues::parse("a=1\nlog=x=y\nlog=z\nempty=\nnoise\nw=3 4 x\n");
+        assert_eq!(kv.get("a"), Some("1"));
+        assert_eq!(kv.all("log"), ["x=y", "z"]);
+        assert_eq!(kv.get("empty"), None);
+        assert_eq!(kv.pids("w"), vec![3, 4]);
+    }
+
+    #[test]
+    fn versions_and_arches() {
+        assert_eq!(protocol_of("rbee-agent 0.1.0 (protocol 1)"), Some(1));
+        assert_eq!(protocol_of("rbee-agent 0.1.0"), None);
+        assert_eq!(normalize_arch("amd64"), "x86_64");
+        assert_eq!(normalize_arch("arm64"), "aarch64");
+        assert_eq!(normalize_arch("riscv64"), "riscv64");
+    }
+
+    #[test]
+    fn probe_runs_locally() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("not/yet");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(probe_script(Some(d.to_str().unwrap())))
+            .output()
+            .unwrap();
+        let kv = KeyValues::parse(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(kv.get("os"), Some("Linux"));
+        assert_eq!(kv.get("bin"), None);
+        assert!(kv.get("free_kb").unwrap().parse::<u64>().unwrap() > 0);
+        assert_eq!(kv.get("pid"), None);
+    }
+}

@@ -1,0 +1,597 @@
+//! Remote nodes over SSH, against a real OpenSSH server: every test starts its own `sshd` (as root,
+//! on a free port, with a generated host key and `authorized_keys`, its own `sshd_config`), and
+//! drives the real `rbee-tui` binary, which uploads and starts the real `rbee-agent` and
+//! `rbee-worker` on the "node" (a temp dir on this machine; one test puts the node in its own
+//! network namespace behind a veth pair, so the session crosses a network interface).
+//!
+//! The `rbee-tui` runs get a private `HOME` (so `~/.ssh/known_hosts`, rbee's own known-hosts file
+//! under `~/.config/rbee` and default keys are the test's own) and no ssh-agent unless a test
+//! starts one. Every wait is bounded; guards stop sshd, the node's agent and workers, and remove
+//! network namespaces and mounts even when a test fails.
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_testkit::{alive, bin, children_of, model_path, wait_for};
+use serde_json::Value;
+
+const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
+const SSHD: &str = "/usr/sbin/sshd";
+/// Longest any one `rbee-tui` run may take (a cold bring-up uploads ~30 MB and starts an agent;
+/// the machine may be busy).
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+// ---------------------------------------------------------------------------------------------
+// Commands with a bound.
+
+struct Run {
+    what: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({})\nstdout: {}\nstderr: {}",
+            self.what,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> Value {
+        self.ok();
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
+    }
+
+    /// Failed with exactly one `rbee-tui: …` line on stderr, which contains every needle.
+    fn fails_with(&self, needles: &[&str]) -> String {
+        assert!(!self.status.success(), "`{}` should have failed; stdout: {}", self.what, self.stdout);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "`{}`: one line on stderr, got {:?}", self.what, self.stderr);
+        assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
+        for n in needles {
+            assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
+        }
+        lines[0].to_string()
+    }
+}
+
+fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
+    };
+    Run { what, status, stdout, stderr }
+}
+
+fn sh(cmd: &str) -> Run {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd);
+    run_bounded(c, Duration::from_secs(60))
+}
+
+/// A new ed25519 key pair at `path` and `path.pub`.
+fn keygen(path: &Path) {
+    let mut c = Command::new("ssh-keygen");
+    c.args(["-q", "-t", "ed25519", "-N", "", "-C", "rbee-test", "-f"]).arg(path);
+    run_bounded(c, Duration::from_secs(30)).ok();
+}
+
+/// `SHA256:…` of a public key file, as ssh-keygen computes it.
+fn fingerprint(pub_file: &Path) -> String {
+    let mut c = Command::new("ssh-keygen");
+    c.arg("-lf").arg(pub_file);
+    let r = run_bounded(c, Duration::from_secs(30));
+    r.ok().stdout.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+
+/// A running `sshd -D -e` with its own config; killed on drop.
+struct Sshd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sshd {
+    /// Serve `listen` (`IP:PORT`) with `host_key`, accepting the keys in `authorized_keys`; inside
+    /// network namespace `netns` when given.
+    fn start(dir: &Path, listen: SocketAddr, host_key: &Path, authorized_keys: &Path, netns: Option<&str>) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let name = format!("sshd-{}", listen.port());
+        let config = dir.join(format!("{name}.config"));
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress {ip}\nHostKey {key}\nPidFile {dir}/{name}.pid\nAuthorizedKeysFile {ak}\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+                 MaxStartups 100\nLogLevel VERBOSE\n",
+                port = listen.port(),
+                ip = listen.ip(),
+                key = host_key.display(),
+                dir = dir.display(),
+                ak = authorized_keys.display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        cmd.arg("-D").arg("-e").arg("-f").arg(&config);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().expect("start sshd (apt-get install openssh-server)");
+        wait_for(Duration::from_secs(20), "sshd to listen", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("sshd exited with {st}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            TcpStream::connect_timeout(&listen, Duration::from_millis(200)).ok()
+        });
+        Sshd { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test's world: keys, a private HOME, a config file, the node's rbee dir.
+
+struct World {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    home: PathBuf,
+    config: PathBuf,
+    key: PathBuf,
+    authorized_keys: PathBuf,
+    host_key: PathBuf,
+    /// Extra environment for `rbee-tui` runs.
+    env: Vec<(String, String)>,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        let key = dir.join("id_ed25519");
+        keygen(&key);
+        let host_key = dir.join("host_ed25519");
+        keygen(&host_key);
+        let authorized_keys = dir.join("authorized_keys");
+        std::fs::copy(key.with_extension("pub"), &authorized_keys).unwrap();
+        World { config: dir.join("tui.toml"), _tmp: tmp, dir, home, key, authorized_keys, host_key, env: vec![] }
+    }
+
+    fn sshd(&self, listen: SocketAddr, netns: Option<&str>) -> Sshd {
+        Sshd::start(&self.dir, listen, &self.host_key, &self.authorized_keys, netns)
+    }
+
+    fn tui(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(TUI);
+        cmd.arg("--config").arg(&self.config).arg("--timeout").arg("120").args(args);
+        for var in ["RUST_LOG", "RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_KNOWN_HOSTS", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "RBEE_MODEL_DIR"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", &self.home)
+            .env("RBEE_LOCAL_STATE", self.dir.join("local-state"))
+            .env("RBEE_AGENT_BIN", bin("rbee-agent"))
+            .env("RBEE_WORKER_BIN", bin("rbee-worker"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd, RUN_LIMIT)
+    }
+
+    /// `nodes add NAME --ssh ADDR --remote-dir DIR --model-dir <test models>` plus `extra`.
+    fn add(&self, name: &str, ssh: &str, remote: &Path, extra: &[&str]) -> Run {
+        let model_dir = model_path().parent().unwrap().to_str().unwrap().to_string();
+        let mut args = vec!["nodes", "add", name, "--ssh", ssh, "--remote-dir", remote.to_str().unwrap(), "--model-dir", &model_dir];
+        args.extend_from_slice(extra);
+        self.tui(&args)
+    }
+
+    fn nodes(&self) -> Vec<Value> {
+        self.tui(&["nodes", "list", "--json"]).json().as_array().unwrap().clone()
+    }
+
+    fn own_known_hosts(&self) -> PathBuf {
+        self.home.join(".config/rbee/known_hosts")
+    }
+}
+
+/// Kills whatever agent (and its workers) runs from a node's rbee dir, however the test ends.
+struct NodeGuard(PathBuf);
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        for pid in agents_of(&self.0) {
+            for w in children_of(pid) {
+                // SAFETY: signalling a process this test started (through sshd).
+                unsafe { libc::kill(w as i32, libc::SIGKILL) };
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Live processes whose command line contains `needle`.
+fn procs_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Agents running from the node dir `remote`.
+fn agents_of(remote: &Path) -> Vec<u32> {
+    procs_with(&format!("{}/bin/rbee-agent ", remote.display()))
+}
+
+fn workers_of(remote: &Path) -> Vec<u32> {
+    procs_with(&format!("{}/bin/rbee-worker ", remote.display()))
+}
+
+/// Spawn the test model on `node`, wait until ready, then generate 8 tokens; returns the worker pid.
+fn spawn_and_infer(w: &World, node: &str) -> u32 {
+    let model = model_path();
+    let worker = w.tui(&["workers", "spawn", "--node", node, "--model", model.to_str().unwrap(), "--wait", "--json"]).json();
+    assert_eq!(worker["state"], "ready", "{worker}");
+    let pid = worker["pid"].as_u64().unwrap() as u32;
+    let r = w
+        .tui(&[
+            "infer", "--node", node, "--model", "SmolLM2-135M-Instruct.Q4_1.gguf", "--prompt", "The capital of France is",
+            "--max-tokens", "8", "--temperature", "0", "--ignore-eos", "--json",
+        ])
+        .json();
+    assert_eq!(r["usage"]["generated_tokens"], 8, "{r}");
+    assert!(!r["text"].as_str().unwrap().trim().is_empty(), "{r}");
+    assert!(r["client"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    pid
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+/// Unknown host key refused with its fingerprint, accepted with the flag; first bring-up installs
+/// and starts the agent, the second reuses it; spawn + infer through the tunnel; two bring-ups at
+/// once leave one agent; `nodes stop` leaves no agent or worker.
+#[test]
+fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
+    let w = World::new();
+    let port = free_port();
+    let sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let addr = format!("root@127.0.0.1:{port}");
+    let key = w.key.to_str().unwrap();
+
+    // Unknown host key: refused with the fingerprint ssh-keygen computes; nothing recorded or started.
+    let fp = fingerprint(&w.host_key.with_extension("pub"));
+    w.add("n1", &addr, &remote, &["--identity", key]).fails_with(&["is not known", &fp, "--accept-new-host-key"]);
+    assert!(w.nodes().is_empty());
+    assert!(!remote.join("bin").exists(), "nothing installed before the host is trusted");
+
+    // Accepted: recorded in rbee's own known_hosts, agent installed and started.
+    let t0 = Instant::now();
+    let first = w.add("n1", &addr, &remote, &["--identity", key, "--accept-new-host-key", "--json"]).json();
+    eprintln!("cold bring-up took {:?}", t0.elapsed());
+    assert_eq!(first["host_key_learned"], fp.as_str(), "{first}");
+    assert_eq!(first["agent"]["installed"], true, "{first}");
+    assert_eq!(first["agent"]["started"], true, "{first}");
+    let pid = first["agent"]["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+    assert_eq!(agents_of(&remote), vec![pid], "one agent, from the installed binary");
+    assert!(remote.join("bin/rbee-worker").is_file());
+    let addr_file = std::fs::read_to_string(remote.join("agent/agent.addr")).unwrap();
+    assert!(addr_file.trim().starts_with("127.0.0.1:"), "agent listens on loopback only: {addr_file}");
+    let kh = std::fs::read_to_string(w.own_known_hosts()).unwrap();
+    assert!(kh.contains(&format!("[127.0.0.1]:{port} ssh-ed25519 ")), "{kh}");
+    let nodes = w.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["ssh"], addr.as_str());
+
+    // Second bring-up (the host key is known now): the running agent is reused.
+    let second = w.add("n1b", &addr, &remote, &["--identity", key, "--json"]).json();
+    assert_eq!(second["agent"]["installed"], false, "{second}");
+    assert_eq!(second["agent"]["started"], false, "{second}");
+    assert_eq!(second["agent"]["pid"].as_u64(), Some(pid as u64));
+    assert_eq!(agents_of(&remote), vec![pid]);
+
+    // Spawn and infer through the tunnel on the real model.
+    let worker = spawn_and_infer(&w, "n1");
+    assert!(children_of(pid).contains(&worker), "the worker is the node agent's child");
+
+    // Stop: agent and worker gone, and reported.
+    let stopped = w.tui(&["nodes", "stop", "n1", "--json"]).json();
+    assert_eq!(stopped["agent_pid"].as_u64(), Some(pid as u64), "{stopped}");
+    assert!(stopped["worker_pids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(worker as u64)), "{stopped}");
+    assert!(!alive(pid) && !alive(worker));
+    assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty());
+    w.tui(&["nodes", "stop", "n1"]).ok();
+
+    // Two bring-ups at once (two names for the same node): exactly one agent comes up, and it
+    // restores the worker the operator asked for.
+    let spawn_list = |node: &str| {
+        let mut cmd = Command::new(TUI);
+        cmd.arg("--config").arg(&w.config).args(["workers", "list", "--json", "--node", node]);
+        cmd.env("HOME", &w.home).env_remove("SSH_AUTH_SOCK").env_remove("XDG_CONFIG_HOME").env_remove("RBEE_KNOWN_HOSTS");
+        cmd.env("RBEE_AGENT_BIN", bin("rbee-agent"));
+        cmd
+    };
+    let a = std::thread::spawn({
+        let c = spawn_list("n1");
+        move || run_bounded(c, RUN_LIMIT)
+    });
+    let b = run_bounded(spawn_list("n1b"), RUN_LIMIT);
+    let a = a.join().unwrap();
+    a.json();
+    b.json();
+    let agents = agents_of(&remote);
+    assert_eq!(agents.len(), 1, "two concurrent bring-ups left {agents:?}");
+    wait_for(Duration::from_secs(60), "the desired worker to come back", || (!workers_of(&remote).is_empty()).then_some(()));
+    let stopped = w.tui(&["nodes", "stop", "n1b", "--json"]).json();
+    assert_eq!(stopped["agent_pid"].as_u64(), Some(agents[0] as u64));
+    assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty(), "nothing left after stop");
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+}
+
+/// A host whose key differs from the one in `~/.ssh/known_hosts` is refused loudly, even with
+/// `--accept-new-host-key`; with the recorded key the user's known_hosts is enough. An agent that
+/// cannot start is reported with the last lines of its log.
+#[test]
+fn changed_host_key_is_refused_and_a_failing_agent_is_reported() {
+    let w = World::new();
+    let port = free_port();
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let addr = format!("root@127.0.0.1:{port}");
+    let key = w.key.to_str().unwrap().to_string();
+    let key = key.as_str();
+    // The user's known_hosts knows another key for this host.
+    let old_key = w.dir.join("old_host_ed25519");
+    keygen(&old_key);
+    let old_pub = std::fs::read_to_string(old_key.with_extension("pub")).unwrap();
+    let user_kh = w.home.join(".ssh/known_hosts");
+    std::fs::write(&user_kh, format!("# first line is a comment\n[127.0.0.1]:{port} {old_pub}")).unwrap();
+    {
+        let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+        let fp = fingerprint(&w.host_key.with_extension("pub"));
+        for extra in [&["--identity", key][..], &["--identity", key, "--accept-new-host-key"][..]] {
+            w.add("n", &addr, &remote, extra).fails_with(&["HOST KEY OF", "HAS CHANGED", &fp, "line 2 of", ".ssh/known_hosts"]);
+        }
+        assert!(w.nodes().is_empty());
+        assert!(!w.own_known_hosts().exists(), "a changed key is never recorded");
+        assert!(!remote.exists(), "nothing done on a host that failed the key check");
+    }
+    // The same host presenting the recorded key: trusted through ~/.ssh/known_hosts alone. The
+    // node's agent config is broken, so the agent exits at once and its log says why.
+    std::fs::write(&user_kh, format!("[127.0.0.1]:{port} {old_pub}")).unwrap();
+    let mut w2 = w;
+    w2.host_key = old_key;
+    let _sshd = w2.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join("agent.toml"), "heartbeat_msec = 3\n").unwrap();
+    w2.add("n", &addr, &remote, &["--identity", key]).fails_with(&["rbee-agent failed to start", "agent.log", "heartbeat_msec"]);
+    assert!(agents_of(&remote).is_empty());
+    assert!(remote.join("bin/rbee-agent").is_file(), "installed before the start failed");
+    assert!(w2.nodes().is_empty(), "a node whose bring-up failed is not recorded");
+}
+
+/// Wrong key, unreachable host, unreadable identity and a full disk each end in one clear line.
+#[test]
+fn wrong_key_unreachable_and_full_disk_are_one_line_errors() {
+    let w = World::new();
+    let port = free_port();
+    let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let addr = format!("root@127.0.0.1:{port}");
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+
+    let stranger = w.dir.join("stranger");
+    keygen(&stranger);
+    w.add("n", &addr, &remote, &["--identity", stranger.to_str().unwrap(), "--accept-new-host-key"])
+        .fails_with(&["authentication as `root` refused", "stranger"]);
+
+    let closed = free_port();
+    w.add("n", &format!("root@127.0.0.1:{closed}"), &remote, &["--identity", w.key.to_str().unwrap()])
+        .fails_with(&["cannot reach 127.0.0.1:", "refused"]);
+
+    w.add("n", &addr, &remote, &["--identity", w.dir.join("missing-key").to_str().unwrap()])
+        .fails_with(&["cannot use identity", "missing-key"]);
+
+    // A node dir on a 1 MiB filesystem.
+    std::fs::create_dir_all(&remote).unwrap();
+    let _mount = Mount::tmpfs(&remote, "1m");
+    w.add("n", &addr, &remote, &["--identity", w.key.to_str().unwrap()]).fails_with(&["no space to install rbee-agent", "MiB free"]);
+    assert!(w.nodes().is_empty());
+    assert!(agents_of(&remote).is_empty());
+}
+
+/// Keys from a running ssh-agent authenticate when no identity is given.
+#[test]
+fn ssh_agent_keys_authenticate() {
+    let mut w = World::new();
+    let port = free_port();
+    let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let sock = w.dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent");
+    agent.arg("-D").arg("-a").arg(&sock).stdout(Stdio::null()).stderr(Stdio::null());
+    let agent = KillOnDrop(agent.spawn().expect("ssh-agent"));
+    wait_for(Duration::from_secs(10), "ssh-agent socket", || sock.exists().then_some(()));
+    let mut add = Command::new("ssh-add");
+    add.arg(&w.key).env("SSH_AUTH_SOCK", &sock);
+    run_bounded(add, Duration::from_secs(30)).ok();
+    // The key file is gone from where rbee-tui could find it: only the ssh-agent has it.
+    std::fs::remove_file(&w.key).unwrap();
+    w.env.push(("SSH_AUTH_SOCK".into(), sock.to_str().unwrap().into()));
+    let up = w.add("n", &format!("root@127.0.0.1:{port}"), &remote, &["--accept-new-host-key", "--json"]).json();
+    assert_eq!(up["agent"]["started"], true, "{up}");
+    let stopped = w.tui(&["nodes", "stop", "n", "--json"]).json();
+    assert_eq!(stopped["agent_pid"], up["agent"]["pid"]);
+    assert!(agents_of(&remote).is_empty());
+    drop(agent);
+}
+
+/// The node in its own network namespace behind a veth pair: the session crosses a real
+/// interface, the agent listens on the namespace's loopback only (unreachable from here), and
+/// spawn + infer + stop work through the SSH tunnel.
+#[test]
+fn node_in_a_network_namespace_across_a_veth_pair() {
+    let w = World::new();
+    let ns = Netns::new();
+    let node_ip = ns.node_ip;
+    let _sshd = w.sshd(SocketAddr::from((node_ip, 22)), Some(&ns.name));
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let addr = format!("root@{}", std::net::Ipv4Addr::from(node_ip));
+
+    let up = w.add("far", &addr, &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--json"]).json();
+    assert_eq!(up["agent"]["installed"], true, "{up}");
+    let agent_addr: SocketAddr = up["agent"]["addr"].as_str().unwrap().parse().unwrap();
+    assert!(agent_addr.ip().is_loopback(), "{up}");
+    // From this namespace the agent's port is not there: not on our loopback, not on the veth.
+    assert!(TcpStream::connect_timeout(&agent_addr, Duration::from_millis(500)).is_err(), "agent port visible outside its namespace");
+    let on_veth = SocketAddr::from((node_ip, agent_addr.port()));
+    assert!(TcpStream::connect_timeout(&on_veth, Duration::from_millis(500)).is_err(), "agent port exposed on the network");
+    let kh = std::fs::read_to_string(w.own_known_hosts()).unwrap();
+    assert!(kh.starts_with(&format!("{} ssh-ed25519 ", std::net::Ipv4Addr::from(node_ip))), "port 22 is written bare: {kh}");
+
+    let worker = spawn_and_infer(&w, "far");
+    let status = w.tui(&["status", "--json"]).json();
+    assert_eq!(status["nodes"][0]["state"], "connected", "{status}");
+    assert!(status["nodes"][0]["url"].as_str().unwrap().starts_with("ssh://"), "{status}");
+
+    let stopped = w.tui(&["nodes", "stop", "far", "--json"]).json();
+    assert!(stopped["worker_pids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(worker as u64)), "{stopped}");
+    assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty());
+    assert!(ns.pids().iter().all(|p| !workers_of(&remote).contains(p)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guards for system state.
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A tmpfs mounted over a directory, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Mount {
+        sh(&format!("mount -t tmpfs -o size={size} rbee-test {}", at.display())).ok();
+        Mount(at.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount -l {}", self.0.display()));
+    }
+}
+
+/// A network namespace joined to ours by a veth pair (10.213.X.1 here, 10.213.X.2 there).
+struct Netns {
+    name: String,
+    host_if: String,
+    node_ip: [u8; 4],
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id();
+        let x = (id % 250) as u8 + 1;
+        let name = format!("rbee-ssh-{id}");
+        let (host_if, node_if) = (format!("rbh{id}"), format!("rbn{id}"));
+        let ns = Netns { name: name.clone(), host_if: host_if.clone(), node_ip: [10, 213, x, 2] };
+        sh(&format!(
+            "set -e; ip netns add {name}; ip link add {host_if} type veth peer name {node_if}; \
+             ip link set {node_if} netns {name}; ip addr add 10.213.{x}.1/30 dev {host_if}; ip link set {host_if} up; \
+             ip netns exec {name} ip addr add 10.213.{x}.2/30 dev {node_if}; \
+             ip netns exec {name} ip link set {node_if} up; ip netns exec {name} ip link set lo up"
+        ))
+        .ok();
+        ns
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        sh(&format!("ip netns pids {}", self.name)).stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            // SAFETY: processes inside this test's own namespace.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = sh(&format!("ip netns del {}; ip link del {} 2>/dev/null; true", self.name, self.host_if));
+    }
+}
