@@ -193,6 +193,8 @@ impl client::Handler for Trust {
 pub struct SshConn {
     handle: Arc<Handle<Trust>>,
     host: String,
+    /// `USER@HOST:PORT`.
+    target: String,
     /// Set when this connection accepted a host key seen for the first time.
     pub learned_host_key: Option<String>,
 }
@@ -271,7 +273,7 @@ impl SshConn {
             .await
             .map_err(|_| SshError::Timeout { host: host.clone(), what: "SSH handshake".into(), secs })??;
         let learned_host_key = learned.lock().unwrap().take();
-        Ok(Self { handle: Arc::new(handle), host, learned_host_key })
+        Ok(Self { handle: Arc::new(handle), host, target: opts.addr.to_string(), learned_host_key })
     }
 
     pub fn host(&self) -> &str {
@@ -687,7 +689,7 @@ async fn session(
         .await
         .map_err(|source| TuiError::Ssh { node: node.into(), source })?;
     let url = format!("ws://{}", agent.addr);
-    let shown = format!("ssh://{} → {}", conn.host(), agent.addr);
+    let shown = format!("ssh://{} → {}", conn.target, agent.addr);
     match tokio::time::timeout(timeout, Client::connect_stream(tunnel, &url, &agent.token, crate::session::CLIENT_NAME)).await {
         Err(_) => Err(TuiError::ConnectTimeout { node: node.into(), url: shown, secs: timeout.as_secs() }),
         Ok(Err(source)) => Err(TuiError::Connect { node: node.into(), source }),
@@ -727,19 +729,30 @@ pub async fn stop_node(node: &NodeConfig) -> Result<Stopped, TuiError> {
     Ok(Stopped { pid: kv.get("pid").and_then(|p| p.parse().ok()), workers: kv.pids("workers") })
 }
 
-/// Stop the agents of ephemeral nodes (the dashboard is quitting). Reports on stderr.
+/// Stop the agents of ephemeral nodes (the dashboard is quitting). Reports to the log and, if
+/// the terminal is still there, on stderr.
 pub async fn stop_ephemeral(nodes: &[NodeConfig]) {
+    use std::io::Write;
+    let say = |line: String| {
+        let _ = writeln!(std::io::stderr(), "rbee-tui: {line}");
+    };
     let futs = nodes.iter().map(|n| async move {
         let r = tokio::time::timeout(SSH_COMMAND_TIMEOUT, stop_node(n)).await;
         match r {
             Ok(Ok(s)) => {
                 tracing::info!(node = %n.name, ?s, "stopped ephemeral node");
                 if let Some(pid) = s.pid {
-                    eprintln!("rbee-tui: stopped ephemeral node {} (agent pid {pid}, {} workers)", n.name, s.workers.len());
+                    say(format!("stopped ephemeral node {} (agent pid {pid}, {} workers)", n.name, s.workers.len()));
                 }
             }
-            Ok(Err(e)) => eprintln!("rbee-tui: ephemeral node {}: {e}", n.name),
-            Err(_) => eprintln!("rbee-tui: ephemeral node {}: stop timed out", n.name),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %n.name, "stopping ephemeral node failed: {e}");
+                say(format!("ephemeral node {}: {e}", n.name));
+            }
+            Err(_) => {
+                tracing::warn!(node = %n.name, "stopping ephemeral node timed out");
+                say(format!("ephemeral node {}: stop timed out", n.name));
+            }
         }
     });
     futures_util::future::join_all(futs).await;

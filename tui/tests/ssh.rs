@@ -529,6 +529,127 @@ fn node_in_a_network_namespace_across_a_veth_pair() {
     assert!(ns.pids().iter().all(|p| !workers_of(&remote).contains(p)));
 }
 
+/// The next `Connected` (its url) or `Disconnected` (its reason) from a session task.
+async fn next(arx: &mut tokio::sync::mpsc::Receiver<rbee_tui::action::Action>, want: &str) -> String {
+    use rbee_tui::action::Action;
+    tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            match arx.recv().await.expect("session task ended") {
+                Action::Connected { url, .. } if want == "connected" => return url,
+                Action::Disconnected { reason, .. } if want == "disconnected" => return reason,
+                Action::Disconnected { reason, .. } => eprintln!("disconnected: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `{want}` within 90 s"))
+}
+
+/// The dashboard's session task for an SSH node (`session::run_node`, in process) reconnects after
+/// the SSH connection is cut, to the same agent.
+#[test]
+fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
+    let w = World::new();
+    let port = free_port();
+    let sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let up = w.add("n", &format!("root@127.0.0.1:{port}"), &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--json"]).json();
+    let pid = up["agent"]["pid"].as_u64().unwrap() as u32;
+
+    // This process reads the same known-hosts file the CLI wrote, and has no ssh-agent.
+    std::env::set_var("RBEE_KNOWN_HOSTS", w.own_known_hosts());
+    std::env::remove_var("SSH_AUTH_SOCK");
+    let target = rbee_tui::config::ConfigFile::load(&w.config).unwrap().select_one(Some("n")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (atx, mut arx) = tokio::sync::mpsc::channel(1024);
+        let (etx, erx) = tokio::sync::mpsc::channel(16);
+        let task = tokio::spawn(rbee_tui::session::run_node(0, target, atx, erx));
+        let url = next(&mut arx, "connected").await;
+        assert!(url.starts_with(&format!("ssh://root@127.0.0.1:{port} → 127.0.0.1:")), "{url}");
+        // Cut every SSH connection: sshd's per-connection processes die, the listener stays.
+        let conns = children_of(sshd.child.id());
+        assert!(!conns.is_empty(), "no sshd connection process");
+        for c in conns {
+            // SAFETY: sshd's per-connection process, started by this test's sshd.
+            unsafe { libc::kill(c as i32, libc::SIGKILL) };
+        }
+        let reason = next(&mut arx, "disconnected").await;
+        eprintln!("dropped: {reason}");
+        next(&mut arx, "connected").await;
+        drop(etx);
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("session task ends with the dashboard").unwrap();
+    });
+    assert_eq!(agents_of(&remote), vec![pid], "the same agent served both sessions");
+    w.tui(&["nodes", "stop", "n"]).ok();
+}
+
+/// Quitting the dashboard stops the agent of a node added with `--ephemeral` (and only then).
+#[test]
+fn quitting_the_dashboard_stops_ephemeral_nodes() {
+    let w = World::new();
+    let port = free_port();
+    let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let up = w
+        .add("eph", &format!("root@127.0.0.1:{port}"), &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--ephemeral", "--json"])
+        .json();
+    let pid = up["agent"]["pid"].as_u64().unwrap() as u32;
+    assert!(w.tui(&["nodes", "list"]).ok().stdout.contains("ephemeral"));
+    // A second, ordinary node (its own rbee dir on the same host) whose agent must survive.
+    let remote2 = w.dir.join("node2");
+    let _guard2 = NodeGuard(remote2.clone());
+    let keep = w.add("keep", &format!("root@127.0.0.1:{port}"), &remote2, &["--identity", w.key.to_str().unwrap(), "--json"]).json();
+    let keep_pid = keep["agent"]["pid"].as_u64().unwrap() as u32;
+
+    // The dashboard in a real terminal: a tmux server on a private socket.
+    let log = w.dir.join("tui.log");
+    let sock = w.dir.join("tmux.sock");
+    let dash = format!(
+        "env HOME={home} RBEE_LOG_FILE={log} RBEE_AGENT_BIN={agent} {tui} --config {cfg}",
+        home = w.home.display(),
+        log = log.display(),
+        agent = bin("rbee-agent").display(),
+        tui = TUI,
+        cfg = w.config.display(),
+    );
+    let mut tmux = Command::new("tmux");
+    tmux.arg("-S").arg(&sock).args(["new-session", "-d", "-x", "120", "-y", "40", &dash]);
+    tmux.env_remove("TMUX").env_remove("SSH_AUTH_SOCK");
+    run_bounded(tmux, Duration::from_secs(30)).ok();
+    struct TmuxGuard(PathBuf);
+    impl Drop for TmuxGuard {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").arg("-S").arg(&self.0).arg("kill-server").stderr(Stdio::null()).status();
+        }
+    }
+    let _tmux = TmuxGuard(sock);
+    wait_for(Duration::from_secs(60), "the dashboard to connect to both nodes", || {
+        let l = std::fs::read_to_string(&log).ok()?;
+        let connected = l.lines().filter(|l| l.contains(" connected")).collect::<Vec<_>>();
+        (connected.iter().any(|l| l.contains("eph")) && connected.iter().any(|l| l.contains("keep"))).then_some(())
+    });
+    // The rbee-tui process itself (not the shell tmux started it with).
+    let dashboard = wait_for(Duration::from_secs(10), "the dashboard process", || {
+        procs_with(&format!("{TUI} --config {}", w.config.display()))
+            .into_iter()
+            .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == Path::new(TUI)))
+    });
+    assert!(alive(pid), "the agent runs while the dashboard does");
+    // A polite kill ends the dashboard like `q`.
+    // SAFETY: the dashboard this test started.
+    unsafe { libc::kill(dashboard as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(60), "the dashboard to exit", || (!alive(dashboard)).then_some(()));
+    assert!(!alive(pid), "the ephemeral node's agent was stopped on exit; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(agents_of(&remote).is_empty());
+    assert!(alive(keep_pid), "an ordinary node's agent is a daemon and keeps running");
+    w.tui(&["nodes", "stop", "keep"]).ok();
+    assert!(!alive(keep_pid));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Guards for system state.
 
