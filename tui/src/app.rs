@@ -67,22 +67,27 @@ fn install_panic_hook() {
 
 /// Run the dashboard over `targets` until the operator quits; then stop the agents of SSH nodes
 /// added as ephemeral (other agents are daemons and keep running).
-pub async fn run_dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
-    let ephemeral: Vec<_> = targets
+pub async fn run_dashboard(targets: Vec<NodeTarget>, config: std::path::PathBuf) -> Result<(), TuiError> {
+    let mut ephemeral: Vec<_> = targets
         .iter()
         .filter_map(|t| match t {
             NodeTarget::Remote(n) if n.ssh.is_some() && n.ephemeral => Some(n.clone()),
             _ => None,
         })
         .collect();
-    let result = dashboard(targets).await;
+    let result = dashboard(targets, &config, &mut ephemeral).await;
     if !ephemeral.is_empty() {
         crate::ssh::stop_ephemeral(&ephemeral).await;
     }
     result
 }
 
-async fn dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
+/// `ephemeral` receives the ephemeral nodes added from the dashboard (`:add … --ephemeral`).
+async fn dashboard(
+    targets: Vec<NodeTarget>,
+    config: &std::path::Path,
+    ephemeral: &mut Vec<rbee_proto::config::NodeConfig>,
+) -> Result<(), TuiError> {
     install_panic_hook();
     enable_raw_mode().map_err(TuiError::Terminal)?;
     let _guard = TerminalGuard;
@@ -90,7 +95,7 @@ async fn dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
     let mut terminal =
         Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(TuiError::Terminal)?;
     terminal.clear().map_err(TuiError::Terminal)?;
-    let result = event_loop(&mut terminal, targets).await;
+    let result = event_loop(&mut terminal, targets, config, ephemeral).await;
     let _ = terminal.show_cursor();
     result
 }
@@ -98,6 +103,8 @@ async fn dashboard(targets: Vec<NodeTarget>) -> Result<(), TuiError> {
 async fn event_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     targets: Vec<NodeTarget>,
+    config: &std::path::Path,
+    ephemeral: &mut Vec<rbee_proto::config::NodeConfig>,
 ) -> Result<(), TuiError> {
     let nodes = targets
         .iter()
@@ -117,7 +124,8 @@ async fn event_loop(
         let handle = sessions.spawn(crate::session::run_node(i, target, action_tx.clone(), erx));
         task_node.insert(handle.id(), i);
     }
-    drop(action_tx);
+    // SSH nodes added with `:add` report here once brought up (or why not).
+    let (added_tx, mut added_rx) = mpsc::channel::<Result<rbee_proto::config::NodeConfig, String>>(4);
 
     // A polite kill or a closed terminal ends the dashboard like `q`, so the terminal is restored.
     let mut term = signal(SignalKind::terminate()).map_err(TuiError::Terminal)?;
@@ -128,26 +136,53 @@ async fn event_loop(
     let mut clock = tokio::time::interval(CLOCK);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
-    let dispatch = |state: &mut State, action: Action| {
+    let dispatch = |state: &mut State, effect_txs: &[mpsc::Sender<Effect>], action: Action| {
         state.now = now_millis();
         for effect in update(state, action) {
-            route(state, &effect_txs, effect);
+            route(state, effect_txs, effect);
+        }
+        if let Some(req) = state.add_node.take() {
+            let (tx, config) = (added_tx.clone(), config.to_path_buf());
+            tokio::spawn(async move {
+                let name = req.node.name.clone();
+                let r = crate::ssh::add_node(&config, req, crate::session::CONNECT_TIMEOUT).await;
+                let _ = tx.send(r.map(|(node, _)| node).map_err(|e| format!("adding {name} failed: {e}"))).await;
+            });
         }
     };
 
     while !state.should_quit {
         tokio::select! {
             ev = keys.next() => match ev {
-                Some(Ok(TermEvent::Key(k))) if k.kind != KeyEventKind::Release => dispatch(&mut state, Action::Key(k)),
-                Some(Ok(TermEvent::Resize(w, h))) => dispatch(&mut state, Action::Resize(w, h)),
+                Some(Ok(TermEvent::Key(k))) if k.kind != KeyEventKind::Release => dispatch(&mut state, &effect_txs, Action::Key(k)),
+                Some(Ok(TermEvent::Resize(w, h))) => dispatch(&mut state, &effect_txs, Action::Resize(w, h)),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(TuiError::Terminal(e)),
                 None => return Ok(()),
             },
-            Some(action) = action_rx.recv() => dispatch(&mut state, action),
+            Some(action) = action_rx.recv() => dispatch(&mut state, &effect_txs, action),
+            Some(added) = added_rx.recv() => {
+                match added {
+                    Ok(node) => {
+                        let i = state.nodes.len();
+                        let target = NodeTarget::Remote(node.clone());
+                        state.nodes.push(NodeState::new(target.name(), target.display_url()));
+                        let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
+                        effect_txs.push(etx);
+                        let handle = sessions.spawn(crate::session::run_node(i, target, action_tx.clone(), erx));
+                        task_node.insert(handle.id(), i);
+                        if node.ephemeral {
+                            ephemeral.push(node.clone());
+                        }
+                        state.flash(format!("added node {} (ssh://{})", node.name, node.ssh.as_deref().unwrap_or("")));
+                    }
+                    Err(e) => state.flash_error(e),
+                }
+                state.dirty = true;
+            }
             _ = term.recv() => break,
             _ = hup.recv() => break,
-            _ = clock.tick() => dispatch(&mut state, Action::Tick),
+            _ = clock.tick() => dispatch(&mut state, &effect_txs, Action::Tick),
             _ = frame.tick() => {
                 if state.dirty {
                     terminal.draw(|f| crate::view::render(&state, f)).map_err(TuiError::Terminal)?;

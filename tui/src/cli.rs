@@ -188,7 +188,7 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
         crate::logging::init_file(&log)?;
         let cfg = ConfigFile::load(&path)?;
         tracing::info!(config = %path.display(), nodes = cfg.config.nodes.len(), "dashboard starting");
-        return crate::app::run_dashboard(cfg.targets()).await;
+        return crate::app::run_dashboard(cfg.targets(), path).await;
     };
     crate::logging::init_stderr_if_asked();
     match command {

@@ -697,6 +697,52 @@ async fn session(
     }
 }
 
+/// A node the operator asked the dashboard to add (`:add …`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddNodeRequest {
+    pub node: NodeConfig,
+    pub accept_new_host_key: bool,
+}
+
+impl AddNodeRequest {
+    /// `NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral]
+    /// [--remote-dir DIR] [--model-dir DIR]…`, as after `:add`.
+    pub fn parse(words: &[&str]) -> Result<Self, String> {
+        const USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR]";
+        let (Some(name), Some(ssh)) = (words.first(), words.get(1)) else { return Err(USAGE.into()) };
+        let mut node = NodeConfig { name: name.to_string(), ssh: Some(ssh.to_string()), ..Default::default() };
+        let mut accept = false;
+        let mut rest = words[2..].iter();
+        while let Some(w) = rest.next() {
+            let mut value = |flag: &str| rest.next().map(|v| v.to_string()).ok_or_else(|| format!("{flag} needs a value; {USAGE}"));
+            match *w {
+                "--accept-new-host-key" => accept = true,
+                "--ephemeral" => node.ephemeral = true,
+                "--identity" => node.identity = Some(PathBuf::from(value("--identity")?)),
+                "--remote-dir" => node.remote_dir = Some(value("--remote-dir")?),
+                "--model-dir" => node.model_dirs.push(value("--model-dir")?),
+                other => return Err(format!("unknown option {other}; {USAGE}")),
+            }
+        }
+        node.validate()?;
+        Ok(Self { node, accept_new_host_key: accept })
+    }
+}
+
+/// Bring the requested node up and, when that worked, record it in the config file at `config`:
+/// what `nodes add --ssh` does, for the dashboard.
+pub async fn add_node(config: &Path, req: AddNodeRequest, timeout: Duration) -> Result<(NodeConfig, BroughtUp), TuiError> {
+    // Refuse a duplicate before touching the node.
+    crate::config::ConfigFile::load(config)?.add_node(req.node.clone())?;
+    let up = bring_up(&req.node, req.accept_new_host_key, timeout).await?;
+    // Read again: the file may have changed while the node came up.
+    let mut cf = crate::config::ConfigFile::load(config)?;
+    cf.add_node(req.node.clone())?;
+    cf.save()?;
+    tracing::info!(node = %req.node.name, config = %cf.path.display(), "added SSH node from the dashboard");
+    Ok((req.node, up))
+}
+
 /// What `nodes stop` found and did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stopped {
@@ -756,4 +802,23 @@ pub async fn stop_ephemeral(nodes: &[NodeConfig]) {
         }
     });
     futures_util::future::join_all(futs).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_request_parses_flags_and_refuses_junk() {
+        let r = AddNodeRequest::parse(&["gpu", "me@h:2222", "--identity", "/k", "--ephemeral", "--accept-new-host-key", "--model-dir", "/m"]).unwrap();
+        assert!(r.accept_new_host_key);
+        assert_eq!(r.node.ssh.as_deref(), Some("me@h:2222"));
+        assert_eq!(r.node.identity.as_deref(), Some(Path::new("/k")));
+        assert!(r.node.ephemeral);
+        assert_eq!(r.node.model_dirs, vec!["/m".to_string()]);
+        assert!(AddNodeRequest::parse(&["gpu"]).unwrap_err().contains("usage"));
+        assert!(AddNodeRequest::parse(&["gpu", "nohost"]).unwrap_err().contains("`ssh`"));
+        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--identity"]).unwrap_err().contains("needs a value"));
+        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--bogus"]).unwrap_err().contains("unknown option"));
+    }
 }

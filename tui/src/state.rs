@@ -426,6 +426,8 @@ pub struct State {
     pub should_quit: bool,
     /// Something visible changed since the last frame.
     pub dirty: bool,
+    /// An SSH node to add (`:add`), for the event loop to bring up.
+    pub add_node: Option<crate::ssh::AddNodeRequest>,
 }
 
 impl State {
@@ -448,6 +450,7 @@ impl State {
             now: 0,
             should_quit: false,
             dirty: true,
+            add_node: None,
         }
     }
 

@@ -933,8 +933,21 @@ fn run_command(state: &mut State, text: &str) -> Vec<Effect> {
                 return vec![Effect::Request { node, request: Request::Pull { model: model.to_string() } }];
             }
         }
+        ("add", _) => {
+            let words: Vec<&str> = text.split_whitespace().skip(1).collect();
+            match crate::ssh::AddNodeRequest::parse(&words) {
+                Ok(req) if state.nodes.iter().any(|n| n.name == req.node.name) => {
+                    state.flash_error(format!("a node named {} exists already", req.node.name))
+                }
+                Ok(req) => {
+                    state.flash(format!("adding {} over SSH…", req.node.name));
+                    state.add_node = Some(req);
+                }
+                Err(e) => state.flash_error(e),
+            }
+        }
         _ => state.flash_error(format!(
-            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :q)"
+            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :add NAME USER@HOST, :q)"
         )),
     }
     Vec::new()

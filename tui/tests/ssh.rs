@@ -650,6 +650,71 @@ fn quitting_the_dashboard_stops_ephemeral_nodes() {
     assert!(!alive(keep_pid));
 }
 
+/// `:add NAME USER@HOST … --accept-new-host-key` typed into the dashboard brings the node up,
+/// records it in the config file and follows it like any other node.
+#[test]
+fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
+    let w = World::new();
+    let port = free_port();
+    let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    // One node that is never reachable, so no local agent is started.
+    std::fs::write(&w.config, "[[nodes]]\nname = 'nowhere'\nurl = 'ws://127.0.0.1:1'\ntoken_file = '/nonexistent'\n").unwrap();
+    let log = w.dir.join("tui.log");
+    let sock = w.dir.join("tmux.sock");
+    let dash = format!(
+        "env HOME={home} RBEE_LOG_FILE={log} RBEE_AGENT_BIN={agent} RBEE_WORKER_BIN={worker} {TUI} --config {cfg}",
+        home = w.home.display(),
+        log = log.display(),
+        agent = bin("rbee-agent").display(),
+        worker = bin("rbee-worker").display(),
+        cfg = w.config.display(),
+    );
+    let tmux = |args: &[&str]| {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&sock).args(args).env_remove("TMUX").env_remove("SSH_AUTH_SOCK");
+        run_bounded(c, Duration::from_secs(30))
+    };
+    tmux(&["new-session", "-d", "-x", "160", "-y", "40", &dash]).ok();
+    struct TmuxGuard(PathBuf);
+    impl Drop for TmuxGuard {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").arg("-S").arg(&self.0).arg("kill-server").stderr(Stdio::null()).status();
+        }
+    }
+    let _tmux = TmuxGuard(sock.clone());
+    wait_for(Duration::from_secs(30), "the dashboard to start", || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("dashboard starting")).map(|_| ())
+    });
+    let command = format!(
+        ":add far root@127.0.0.1:{port} --identity {} --accept-new-host-key --remote-dir {} --model-dir {}",
+        w.key.display(),
+        remote.display(),
+        model_path().parent().unwrap().display()
+    );
+    tmux(&["send-keys", "-l", &command]).ok();
+    tmux(&["send-keys", "Enter"]).ok();
+    wait_for(Duration::from_secs(120), "the dashboard's session to the added node", || {
+        let l = std::fs::read_to_string(&log).ok()?;
+        l.lines().any(|l| l.contains(" connected") && l.contains("far")).then_some(())
+    });
+    let nodes = w.nodes();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_eq!(nodes[1]["name"], "far");
+    assert_eq!(nodes[1]["ssh"], format!("root@127.0.0.1:{port}").as_str());
+    assert_eq!(agents_of(&remote).len(), 1);
+    let screen = wait_for(Duration::from_secs(10), "the node on screen", || {
+        let s = tmux(&["capture-pane", "-p"]).stdout;
+        s.contains("far").then_some(s)
+    });
+    assert!(screen.contains("far"), "{screen}");
+    tmux(&["send-keys", ":q", "Enter"]).ok();
+    let stopped = w.tui(&["nodes", "stop", "far", "--json"]).json();
+    assert!(stopped["agent_pid"].as_u64().is_some(), "{stopped}");
+    assert!(agents_of(&remote).is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Guards for system state.
 
