@@ -3,7 +3,8 @@
 //! sees (code and message) and that the agent keeps serving afterwards: a new session lists
 //! workers, and for worker-level cases the same worker still answers an inference.
 //!
-//! Not here: "disk full on model pull" (the agent has no model pull yet).
+//! Disk full on a model pull lives with the other pull tests, which need their loopback model hub:
+//! `agent/tests/pull.rs`, `pull_that_does_not_fit_on_disk_is_refused_before_any_byte`.
 use std::path::Path;
 use std::time::Duration;
 

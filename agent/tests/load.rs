@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// Requests each session keeps in flight.
 const DEPTH: usize = 4;
 /// How long a spawning session keeps its worker before killing it.
-const SPAWN_LIFETIME: Duration = Duration::from_secs(3);
+const SPAWN_LIFETIME: Duration = Duration::from_secs(5);
 /// How long a session sends no inference after a `busy` answer.
 const BUSY_PAUSE: Duration = Duration::from_millis(250);
 /// Resident memory the agent may gain over a run (the long runs are the real test of this).
@@ -242,7 +242,7 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let sessions = env_or("RBEE_LOAD_SESSIONS", 16);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "heartbeat_ms = 500\ntelemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n").unwrap();
+    std::fs::write(&cfg, "telemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n").unwrap();
     let agent = AgentProc::start(&dir.path().join("state"), &["--config", cfg.to_str().unwrap()]);
     let pid = agent.pid();
 
@@ -290,8 +290,8 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let mut tasks = Vec::new();
     for idx in 0..sessions {
         let (agent, stable) = (agent.clone(), stable.clone());
-        // One session in four also spawns and kills workers of its own.
-        tasks.push(tokio::spawn(async move { session(&agent, idx, until, idx % 4 == 0, stable).await }));
+        // One session in eight also spawns and kills workers of its own (each spawn loads a model).
+        tasks.push(tokio::spawn(async move { session(&agent, idx, until, idx % 8 == 0, stable).await }));
     }
     let mut total = Tally::default();
     for t in tasks {
@@ -312,7 +312,8 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let mut want = stable.clone();
     want.sort();
     assert_eq!(ids, want, "only the stable workers remain");
-    assert!(workers.iter().all(|w| w.state == WorkerState::Ready && w.in_flight == 0), "{workers:?}");
+    // Busy is not hung: the stable workers were never restarted.
+    assert!(workers.iter().all(|w| w.state == WorkerState::Ready && w.in_flight == 0 && w.restarts == 0), "{workers:?}");
     let stable_pids: HashSet<u32> = workers.iter().filter_map(|w| w.pid).collect();
     wait_for(Duration::from_secs(10), "killed workers to exit", || {
         (children_of(pid).into_iter().collect::<HashSet<_>>() == stable_pids).then_some(())

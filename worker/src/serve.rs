@@ -192,14 +192,16 @@ fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &
 fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
     let mut seq = 0u64;
     let tick = Duration::from_millis(50).min(every);
-    let mut waited = Duration::ZERO;
+    // Wall-clock deadlines: on a loaded machine each sleep overshoots, and summing ticks made the
+    // interval stretch until the agent took a healthy worker for a hung one.
+    let mut next = std::time::Instant::now() + every;
     while !shared.shutdown.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
-        waited += tick;
-        if waited < every {
+        let now = std::time::Instant::now();
+        if now < next {
             continue;
         }
-        waited = Duration::ZERO;
+        next = now + every;
         seq += 1;
         send(sink, &FromWorker::Heartbeat {
             seq,
