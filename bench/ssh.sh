@@ -89,5 +89,5 @@ echo "| warm command through SSH (\`workers list\`: connect, probe, session, rep
 echo "| direct loopback session, client decode tok/s (median of $runs, $tokens tokens) | $(printf %.1f "$md") |"
 echo "| through the SSH tunnel, client decode tok/s | $(printf %.1f "$mt") |"
 echo "| ratio tunnel / direct (target ≥ 0.97) | $(echo "scale=4; $mt / $md" | bc) |"
-echo "| per run, direct: ${direct[*]} · tunnel: ${tunnel[*]} | tok/s |"
+echo "| per run (tok/s), direct · tunnel | $(printf '%.1f ' "${direct[@]}")· $(printf '%.1f ' "${tunnel[@]}") |"
 echo "| request → first token, direct / tunnel (median) | $(printf %.0f "$(printf '%s\n' "${dttft[@]}" | median)") / $(printf %.0f "$(printf '%s\n' "${tttft[@]}" | median)") ms |"

@@ -55,7 +55,7 @@ pub enum TuiError {
     #[error("node `{node}`: {source}")]
     Ssh {
         node: String,
-        source: crate::ssh::SshError,
+        source: Box<crate::ssh::SshError>,
     },
     #[error("node `{node}` is not an SSH node; only SSH nodes can be stopped from here")]
     NotSsh { node: String },

@@ -648,7 +648,7 @@ pub struct BroughtUp {
 /// Connect to an SSH node, bring its agent up and check a session works: what `nodes add` does
 /// before it records the node.
 pub async fn bring_up(node: &NodeConfig, accept_new_host_key: bool, timeout: Duration) -> Result<BroughtUp, TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source };
+    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
     let mut opts = SshOptions::from_node(node).map_err(err)?;
     opts.accept_new_host_key = accept_new_host_key;
     let conn = SshConn::open(&opts).await.map_err(err)?;
@@ -671,7 +671,7 @@ pub async fn connect_node(
     node: &NodeConfig,
     timeout: Duration,
 ) -> Result<(Client, mpsc::Receiver<Incoming>, String), TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source };
+    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
     let opts = SshOptions::from_node(node).map_err(err)?;
     let conn = SshConn::open(&opts).await.map_err(err)?;
     let agent = ensure_agent(&conn, &opts).await.map_err(err)?;
@@ -687,7 +687,7 @@ async fn session(
     let tunnel = conn
         .tunnel(agent.addr.port())
         .await
-        .map_err(|source| TuiError::Ssh { node: node.into(), source })?;
+        .map_err(|source| TuiError::Ssh { node: node.into(), source: Box::new(source) })?;
     let url = format!("ws://{}", agent.addr);
     let shown = format!("ssh://{} → {}", conn.target, agent.addr);
     match tokio::time::timeout(timeout, Client::connect_stream(tunnel, &url, &agent.token, crate::session::CLIENT_NAME)).await {
@@ -753,7 +753,7 @@ pub struct Stopped {
 
 /// Stop the node's agent and its workers and check they are gone.
 pub async fn stop_node(node: &NodeConfig) -> Result<Stopped, TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source };
+    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
     let opts = SshOptions::from_node(node).map_err(err)?;
     let conn = SshConn::open(&opts).await.map_err(err)?;
     let kv = conn
