@@ -133,7 +133,7 @@ struct Sshd {
 impl Sshd {
     /// Serve `listen` (`IP:PORT`) with `host_key`, accepting the keys in `authorized_keys`; inside
     /// network namespace `netns` when given.
-    fn start(dir: &Path, listen: SocketAddr, host_key: &Path, authorized_keys: &Path, netns: Option<&str>) -> Sshd {
+    fn start(dir: &Path, listen: SocketAddr, host_key: &Path, authorized_keys: &Path, netns: Option<&str>, extra: &str) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let name = format!("sshd-{}", listen.port());
         let config = dir.join(format!("{name}.config"));
@@ -143,7 +143,7 @@ impl Sshd {
                 "Port {port}\nListenAddress {ip}\nHostKey {key}\nPidFile {dir}/{name}.pid\nAuthorizedKeysFile {ak}\n\
                  StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
-                 MaxStartups 100\nLogLevel VERBOSE\n",
+                 MaxStartups 100\nLogLevel VERBOSE\n{extra}\n",
                 port = listen.port(),
                 ip = listen.ip(),
                 key = host_key.display(),
@@ -216,7 +216,12 @@ impl World {
     }
 
     fn sshd(&self, listen: SocketAddr, netns: Option<&str>) -> Sshd {
-        Sshd::start(&self.dir, listen, &self.host_key, &self.authorized_keys, netns)
+        self.sshd_with(listen, netns, "")
+    }
+
+    /// With extra `sshd_config` lines.
+    fn sshd_with(&self, listen: SocketAddr, netns: Option<&str>, extra: &str) -> Sshd {
+        Sshd::start(&self.dir, listen, &self.host_key, &self.authorized_keys, netns, extra)
     }
 
     fn tui(&self, args: &[&str]) -> Run {
@@ -437,9 +442,10 @@ fn changed_host_key_is_refused_and_a_failing_agent_is_reported() {
     assert!(w2.nodes().is_empty(), "a node whose bring-up failed is not recorded");
 }
 
-/// Wrong key, unreachable host, unreadable identity and a full disk each end in one clear line.
+/// Wrong key, unreachable host, unreadable identity, a full disk and a node of another
+/// architecture each end in one clear line.
 #[test]
-fn wrong_key_unreachable_and_full_disk_are_one_line_errors() {
+fn wrong_key_unreachable_full_disk_and_other_arch_are_one_line_errors() {
     let w = World::new();
     let port = free_port();
     let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
@@ -465,6 +471,18 @@ fn wrong_key_unreachable_and_full_disk_are_one_line_errors() {
     w.add("n", &addr, &remote, &["--identity", w.key.to_str().unwrap()]).fails_with(&["no space to install rbee-agent", "MiB free"]);
     assert!(w.nodes().is_empty());
     assert!(agents_of(&remote).is_empty());
+
+    // A node whose `uname -m` says riscv64 (a `uname` first on the sessions' PATH).
+    let fake = w.dir.join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("uname"), "#!/bin/sh\ncase \"$1\" in -m) echo riscv64 ;; *) exec /bin/uname \"$@\" ;; esac\n").unwrap();
+    sh(&format!("chmod +x {}/uname", fake.display())).ok();
+    let port2 = free_port();
+    let _riscv = w.sshd_with(SocketAddr::from(([127, 0, 0, 1], port2)), None, &format!("SetEnv PATH={}:/usr/bin:/bin", fake.display()));
+    let remote2 = w.dir.join("node2");
+    w.add("n", &format!("root@127.0.0.1:{port2}"), &remote2, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key"])
+        .fails_with(&["remote architecture mismatch", "riscv64", std::env::consts::ARCH]);
+    assert!(!remote2.join("bin").exists(), "nothing uploaded to a node of another architecture");
 }
 
 /// Keys from a running ssh-agent authenticate when no identity is given.
