@@ -112,6 +112,14 @@ pub enum ModelsCmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Download an `hf:ORG/REPO[@REVISION][:FILE]` model into a node's Hugging Face cache;
+    /// progress on stderr, the cached path on stdout. Use a generous `--timeout`.
+    Pull {
+        #[arg(long)]
+        node: Option<String>,
+        /// `hf:ORG/REPO[@REVISION][:FILE]`
+        model: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +204,12 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
         Command::Models {
             cmd: ModelsCmd::List { node },
         } => models_list(&ConfigFile::load(&path)?, node, timeout, out).await,
+        Command::Models {
+            cmd: ModelsCmd::Pull { node, model },
+        } => {
+            let target = ConfigFile::load(&path)?.select_one(node.as_deref())?;
+            pull(&target, model, timeout, out).await
+        }
         Command::Workers { cmd } => workers(&ConfigFile::load(&path)?, cmd, timeout, out).await,
         Command::Infer(args) => infer(&ConfigFile::load(&path)?, args, timeout, out).await,
         Command::Status => status(&ConfigFile::load(&path)?, timeout, out).await,
@@ -528,6 +542,41 @@ fn first_error<T>(
 
 // ---------------------------------------------------------------------------------------------
 // models
+
+/// `models pull`: the request, with the node's progress events shown while it runs.
+async fn pull(target: &NodeTarget, model: String, timeout: Duration, out: Out) -> Result<(), TuiError> {
+    let mut s = open(target, timeout).await?;
+    s.ask(Request::Subscribe, timeout).await?;
+    let request = Request::Pull { model: model.clone() };
+    let what = describe(&request);
+    let fut = s.client.request(request, deadline_in(timeout));
+    tokio::pin!(fut);
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
+    let reply = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            Some(m) = s.incoming.recv() => {
+                if let Incoming::Event(Event::PullProgress { model: m, file, downloaded_bytes, total_bytes }) = m {
+                    if m == model && !file.is_empty() {
+                        let pct = if total_bytes == 0 { 100 } else { downloaded_bytes * 100 / total_bytes };
+                        eprintln!("{m}: {pct:>3}% {} of {} ({file})", crate::view::fmt_bytes(downloaded_bytes), crate::view::fmt_bytes(total_bytes));
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(TuiError::Request { node: s.name.clone(), what, source: ClientError::Timeout(timeout) });
+            }
+        }
+    };
+    match reply {
+        Ok(Reply::Pulled { model, path, downloaded_bytes }) => out.print(
+            &format!("{path}\n"),
+            json!({ "node": s.name, "model": model, "path": path, "downloaded_bytes": downloaded_bytes }),
+        ),
+        Ok(other) => Err(s.unexpected("pull", other)),
+        Err(source) => Err(TuiError::Request { node: s.name.clone(), what, source }),
+    }
+}
 
 async fn models_list(
     cf: &ConfigFile,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every benchmark of the project, one after another, as one markdown report on stdout.
+# Usage: bench/all.sh > /tmp/report.md   (then paste the tables into BENCHMARKS.md)
+# Each part also runs on its own; see the header of each script. Run on a quiet machine: the
+# anchors share the run, but not the noise of a compiler in the background.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
+assets/fetch-model.sh >/dev/null
+cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui -p rbee-bench
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%F)"
+echo
+echo "## Worker: decode and prompt speed (bench/worker.sh)"; echo
+bench/worker.sh
+echo; echo "## Agent: relay, latency, idle cost (bench/agent.sh)"; echo
+bench/agent.sh
+echo; echo "## Dashboard fan-in (bench/fanin.sh)"; echo
+bench/fanin.sh
+echo; echo "## Dashboard keypress to first token (target/release/keypress)"; echo
+target/release/keypress
+if [ -x bench/ssh.sh ]; then
+  echo; echo "## SSH (bench/ssh.sh)"; echo
+  bench/ssh.sh
+fi
