@@ -456,7 +456,23 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
             !title.contains("streaming") && [" · eos", " · length", " · stop", " · contextfull"].iter().any(|f| title.contains(f))
         })
     };
-    let screen = tmux.wait_screen(Duration::from_secs(60), "the generation to finish", finished);
+    // Under load the whole answer can take long: once a few tokens are on screen, `Esc` cancels
+    // the rest (the pane's cancel key), and the title must say so.
+    let title_tokens = |s: &str| -> u32 {
+        s.lines()
+            .find(|l| l.contains(&format!("Prompt → {id} on local")))
+            .and_then(|t| t.split(" · ").find_map(|seg| seg.trim().strip_suffix(" tok")).and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    let screen = tmux.wait_screen(Duration::from_secs(60), "tokens to stream", |s| finished(s) || title_tokens(s) >= 8);
+    let screen = if finished(&screen) {
+        screen
+    } else {
+        tmux.keys(&["Escape"]);
+        tmux.wait_screen(Duration::from_secs(20), "the cancelled generation to stop", |s| {
+            finished(s) || s.lines().any(|l| l.contains("Prompt →") && l.contains("cancelled"))
+        })
+    };
     assert!(!screen.contains("error:"), "{screen}");
     let title = screen.lines().find(|l| l.contains("Prompt →")).unwrap();
     // "… TTFT 110 ms · 30.7 tok/s · 128 tok · length ╮": the segment that ends in " tok".
