@@ -68,14 +68,27 @@ impl AgentProc {
 
     /// `start`, with extra environment variables for the agent (and so its workers).
     pub fn start_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProc {
+        Self::start_in(&[], "127.0.0.1:0", state_dir, extra, env)
+    }
+
+    /// Start an agent listening on `listen`, run through `prefix` (e.g. `["ip", "netns", "exec",
+    /// NS]`, which execs the agent so its pid is the child's); waits until it listens.
+    pub fn start_in(prefix: &[&str], listen: &str, state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProc {
         let _ = std::fs::remove_file(state_dir.join("agent.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(state_dir.with_extension("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(bin("rbee-agent"));
-        cmd.arg("--listen").arg("127.0.0.1:0").arg("--state-dir").arg(state_dir);
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("rbee-agent"));
+                c
+            }
+            None => Command::new(bin("rbee-agent")),
+        };
+        cmd.arg("--listen").arg(listen).arg("--state-dir").arg(state_dir);
         cmd.arg("--model-dir").arg(model_dir());
         cmd.arg("--worker-bin").arg(bin("rbee-worker"));
         cmd.args(extra);
