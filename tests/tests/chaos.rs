@@ -195,13 +195,14 @@ struct Expect {
     tripped: BTreeSet<String>,
 }
 
+/// Fields drop in order: the agent, then the namespace (and anything left in it), then the files.
 struct Node {
-    _dir: tempfile::TempDir,
+    agent: Option<AgentProc>,
     ns: Netns,
     state_dir: PathBuf,
     config: PathBuf,
     bad_dir: PathBuf,
-    agent: Option<AgentProc>,
+    _dir: tempfile::TempDir,
 }
 
 impl Node {
