@@ -9,7 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
 runs="${1:-5}"; tokens=128
 model="$(assets/fetch-model.sh)"
-cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui
+[ -n "${RBEE_BENCH_NO_BUILD:-}" ] || cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui
 bin=target/release
 tmp="$(mktemp -d)"; trap 'kill $(cat "$tmp/pid" 2>/dev/null) 2>/dev/null; sleep 1; rm -rf "$tmp"' EXIT
 $bin/rbee-agent --listen 127.0.0.1:0 --state-dir "$tmp/state" --model-dir "$(dirname "$model")" 2>"$tmp/agent.log" &

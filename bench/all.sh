@@ -6,7 +6,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
 assets/fetch-model.sh >/dev/null
+# One build with every package at once (building subsets would rebuild with other features).
 cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui -p rbee-bench
+export RBEE_BENCH_NO_BUILD=1
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%F)"
 echo
 echo "## Worker: decode and prompt speed (bench/worker.sh)"; echo

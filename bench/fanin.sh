@@ -8,5 +8,5 @@
 # Prints markdown.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
-cargo build --release -q -p rbee-bench
+[ -n "${RBEE_BENCH_NO_BUILD:-}" ] || cargo build --release -q -p rbee-bench
 exec target/release/fanin --agents 100 --workers 8 --tokens-per-s 50 --seconds 30 "$@"

@@ -12,7 +12,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"; cd "$root"
 runs="${1:-5}"; tokens=128
 model="$(assets/fetch-model.sh)"
 if [ -z "${BIN:-}" ]; then
-  cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui
+  [ -n "${RBEE_BENCH_NO_BUILD:-}" ] || cargo build --release -q -p rbee-worker -p rbee-agent -p rbee-tui
   BIN=target/release
 fi
 bin="$(cd "$BIN" && pwd)"

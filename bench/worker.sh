@@ -10,7 +10,7 @@ threads="${1:-2}"; tokens="${2:-128}"; runs="${RUNS:-3}"
 model="$(assets/fetch-model.sh)"
 prompt="Once upon a time, in a small village at the edge of a great forest, there lived a beekeeper named"
 export RAYON_NUM_THREADS="$threads"
-cargo build --release -q -p rbee-worker
+[ -n "${RBEE_BENCH_NO_BUILD:-}" ] || cargo build --release -q -p rbee-worker
 w=target/release/rbee-worker
 tok="$root/target/bench/tokenizer.json"; mkdir -p target/bench
 $w --model "$model" --export-tokenizer "$tok"

@@ -250,12 +250,22 @@ async fn oversized_frame_is_refused_and_not_executed() {
     let big = format!(r#"{{"type":"request","id":5,"op":"ping","pad":"{}"}}"#, "x".repeat(2 << 20));
     let mut rx = c.watch_id(5);
     c.send_raw(&big).await.unwrap();
-    let e = next_session_error(&mut ev).await;
+    // The refusal carries the request's id, so the request that was too big is answered.
+    let e = match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(Streamed::Error(e))) => e,
+        other => panic!("expected an error for request 5, got {other:?}"),
+    };
     assert_eq!(e.code, ErrorCode::BadFrame);
     assert_eq!(e.message, format!("frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}", big.len()));
-    // Nothing ran: a later request on the same session is answered, and id 5 never was.
+    // Nothing ran: a later request on the same session is answered, and id 5 got nothing else.
     assert!(matches!(c.request(Request::Ping, None).await.unwrap(), Reply::Pong { .. }));
     assert!(rx.try_recv().is_err(), "an oversized frame must not be executed");
+    // One without an id is refused on the session's error channel.
+    let big = format!(r#"{{"type":"request","op":"ping","pad":"{}"}}"#, "x".repeat(2 << 20));
+    c.send_raw(&big).await.unwrap();
+    let e = next_session_error(&mut ev).await;
+    assert_eq!(e.code, ErrorCode::BadFrame);
+    assert!(e.message.contains("exceeds the limit"), "{}", e.message);
     still_serving(&agent).await;
 }
 

@@ -24,7 +24,7 @@ impl From<FrameError> for ProtoError {
 pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError {
-            id: None,
+            id: id_only(text),
             message: format!("frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}", text.len()),
         });
     }
@@ -32,6 +32,16 @@ pub fn decode<T: DeserializeOwned>(text: &str) -> Result<T, FrameError> {
         .map_err(|e| FrameError { id: None, message: format!("not JSON: {e}") })?;
     let id = value.get("id").and_then(|v| v.as_u64());
     serde_json::from_value(value).map_err(|e| FrameError { id, message: bounded(e.to_string()) })
+}
+
+/// The request id of a frame too large to decode, so its error reply can still be matched to the
+/// request. Every other field is skipped without being kept (serde's `IgnoredAny`).
+fn id_only(text: &str) -> Option<RequestId> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<RequestId>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id)
 }
 
 /// Longest error message a decode error carries. Serde quotes what it did not expect (an unknown
@@ -98,6 +108,12 @@ mod tests {
         let big = format!(r#"{{"type":"hello","client":"{}"}}"#, "x".repeat(MAX_FRAME_BYTES));
         let err = decode::<ClientMsg>(&big).unwrap_err();
         assert!(err.message.contains("exceeds the limit"));
+        assert_eq!(err.id, None);
+        // The id survives, wherever it sits in the frame, so the refusal answers that request.
+        let big = format!(r#"{{"type":"request","op":"ping","pad":"{}","id":42}}"#, "x".repeat(MAX_FRAME_BYTES));
+        let err = decode::<ClientMsg>(&big).unwrap_err();
+        assert!(err.message.contains("exceeds the limit"));
+        assert_eq!(err.id, Some(42));
     }
 
     /// Regression (fuzzing): an unknown `op` of nearly a megabyte was quoted whole in the error,

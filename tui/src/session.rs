@@ -2,6 +2,7 @@
 //! the dashboard's one task per node: connect with backoff, subscribe, forward everything the
 //! agent says as `Action`s, carry out `Effect`s, and on a drop say why and try again.
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbee_proto::client::{Client, Incoming, Streamed};
@@ -24,6 +25,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// How often the dashboard measures latency.
 pub const PING_EVERY: Duration = Duration::from_secs(2);
+/// Nothing heard from the agent (no event, no pong) for this long: the link is dead even if the
+/// socket has not noticed yet (a cable pulled, a frozen host). The session is dropped and redialled.
+pub const SILENT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Reconnect delays: 1 s, 2 s, 4 s … capped at 30 s.
 pub fn reconnect_policy() -> RestartPolicy {
@@ -212,9 +216,10 @@ async fn serve(
     actions: &mpsc::Sender<Action>,
     effects: &mut mpsc::Receiver<Effect>,
 ) -> Ended {
-    // Subscribe before taking snapshots, so nothing between the two is missed.
+    // Subscribe before taking snapshots, so nothing between the two is missed. An agent that does
+    // not answer this within the silence limit is as dead as one that goes quiet later.
     if let Err(e) = client
-        .request(Request::Subscribe, deadline_in(REQUEST_DEADLINE))
+        .request(Request::Subscribe, deadline_in(SILENT_LIMIT))
         .await
     {
         return Ended::Dropped(format!("subscribe failed: {e}"));
@@ -227,9 +232,11 @@ async fn serve(
     }
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heard = Arc::new(Mutex::new(Instant::now()));
     loop {
         tokio::select! {
             msg = incoming.recv() => {
+                *heard.lock().unwrap() = Instant::now();
                 let action = match msg {
                     Some(Incoming::Event(event)) => Action::AgentEvent { node, event },
                     Some(Incoming::Error(error)) => Action::AgentError { node, error },
@@ -258,7 +265,11 @@ async fn serve(
                 }
             },
             _ = ping.tick() => {
-                tasks.spawn(measure_latency(node, client.clone(), actions.clone()));
+                let silent = heard.lock().unwrap().elapsed();
+                if silent >= SILENT_LIMIT {
+                    return Ended::Dropped(format!("no answer from the agent for {} s", silent.as_secs()));
+                }
+                tasks.spawn(measure_latency(node, client.clone(), actions.clone(), heard.clone()));
             }
             Some(res) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = res {
@@ -293,12 +304,18 @@ async fn send_request(
         .await;
 }
 
-async fn measure_latency(node: NodeIdx, client: Client, actions: mpsc::Sender<Action>) {
+async fn measure_latency(
+    node: NodeIdx,
+    client: Client,
+    actions: mpsc::Sender<Action>,
+    heard: Arc<Mutex<Instant>>,
+) {
     let t0 = Instant::now();
     if let Ok(Reply::Pong { .. }) = client
         .request(Request::Ping, deadline_in(PING_EVERY * 2))
         .await
     {
+        *heard.lock().unwrap() = Instant::now();
         let ms = t0.elapsed().as_millis() as u64;
         let _ = actions.send(Action::Latency { node, ms }).await;
     }
