@@ -1,6 +1,7 @@
-//! Chaos suite: one real `rbee-agent` in its own network namespace behind a veth pair, real
-//! `rbee-worker`s on the real small model, and the dashboard's own session code
-//! (`session::run_node` feeding `update::update` into a `State`) following it across the veth.
+//! Chaos suite: real `rbee-agent`s, each in its own network namespace behind its own veth pair,
+//! real `rbee-worker`s on the real small model, and one dashboard's own session code
+//! (`session::run_node` per node feeding `update::update` into one `State`) following them all
+//! across the veths.
 //!
 //! Faults, drawn at random from a seeded RNG (the seed is printed; `RBEE_CHAOS_SEED` replays one):
 //! * `kill -9` of a ready worker;
@@ -10,7 +11,8 @@
 //!   killed behind the partition);
 //! * a worker that crashes at load (a truncated GGUF in the node's model dir).
 //!
-//! After each fault, within `CONVERGE` (stated below), the suite checks:
+//! Each fault hits one node, drawn at random. After each fault, within `CONVERGE` (stated below),
+//! the suite checks on every node (the ones not hit must not be disturbed):
 //! * the truth (`ListWorkers` from a fresh client) is what the operator asked for: every desired
 //!   worker is there, ready (or `failed` when the circuit breaker must have opened), with the
 //!   expected restart count; the corrupt one is `failed` and never restarted;
@@ -24,8 +26,9 @@
 //! operator restarted it) must open the breaker; the suite then restarts it through the
 //! dashboard's session, as an operator would.
 //!
-//! Short form (default): every fault kind at least once, about a minute in all.
-//! `RBEE_CHAOS_SECS=N` keeps drawing faults for N seconds.
+//! Short form (default): two nodes, every fault kind at least once, then faults for
+//! `SHORT_SECS`. `RBEE_CHAOS_SECS=N` keeps drawing faults for N seconds, `RBEE_CHAOS_NODES=N`
+//! runs N nodes.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +57,7 @@ const BREAKER_FAILURES: u32 = 3;
 const CONFIG: &str = "heartbeat_ms = 300\ntelemetry_ms = 200\nstop_grace_ms = 1000\n[restart]\ninitial_backoff_ms = 100\nmax_backoff_ms = 400\nmax_restarts = 1000\nbreaker_failures = 3\nbreaker_window_secs = 36000\n";
 const PORT: u16 = 7733;
 const GOOD_WORKERS: usize = 2;
+const NODES: usize = 2;
 
 fn sh(cmd: &str) -> std::process::Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
@@ -67,11 +71,12 @@ struct Netns {
 }
 
 impl Netns {
-    fn new() -> Netns {
+    /// Namespace `index` of this test process (names and subnets unique per process and index).
+    fn new(index: usize) -> Netns {
         let id = std::process::id();
-        let x = id % 250 + 1;
-        let name = format!("rbee-chaos-{id}");
-        let (host_if, node_if) = (format!("rch{id}"), format!("rcn{id}"));
+        let x = (id as usize * 8 + index) % 250 + 1;
+        let name = format!("rbee-chaos-{id}-{index}");
+        let (host_if, node_if) = (format!("rch{id}-{index}"), format!("rcn{id}-{index}"));
         let _ = sh(&format!("ip netns del {name} 2>/dev/null; ip link del {host_if} 2>/dev/null"));
         let out = sh(&format!(
             "set -e; ip netns add {name}; ip link add {host_if} type veth peer name {node_if}; \
@@ -137,22 +142,32 @@ const ALL: [Fault; 5] = [Fault::KillWorker, Fault::HangWorker, Fault::KillAgent,
 /// runs them (minus the terminal).
 struct Dashboard {
     state: Arc<Mutex<State>>,
-    effects: mpsc::Sender<Effect>,
+    effects: Vec<mpsc::Sender<Effect>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Dashboard {
-    fn start(url: String, token_file: PathBuf) -> Dashboard {
-        let target = NodeTarget::Remote(NodeConfig { name: "chaos".into(), url, token_file, ..Default::default() });
-        let mut state = State::new(vec![NodeState::new(target.name(), target.display_url())]);
+    /// Follow every node (`(url, token file)`), one session task each, as the dashboard does.
+    fn start(nodes: Vec<(String, PathBuf)>) -> Dashboard {
+        let targets: Vec<NodeTarget> = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (url, token_file))| NodeTarget::Remote(NodeConfig { name: format!("chaos{i}"), url, token_file, ..Default::default() }))
+            .collect();
+        let mut state = State::new(targets.iter().map(|t| NodeState::new(t.name(), t.display_url())).collect());
         state.now = now_millis();
         let state = Arc::new(Mutex::new(state));
         let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
-        let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-        let session = tokio::spawn(rbee_tui::session::run_node(0, target, action_tx, effect_rx));
-        let (st, etx) = (state.clone(), effect_tx.clone());
+        let mut tasks = Vec::new();
+        let mut txs = Vec::new();
+        for (i, target) in targets.into_iter().enumerate() {
+            let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
+            tasks.push(tokio::spawn(rbee_tui::session::run_node(i, target, action_tx.clone(), effect_rx)));
+            txs.push(effect_tx);
+        }
+        drop(action_tx);
+        let (st, routes) = (state.clone(), txs.clone());
         let driver = tokio::spawn(async move {
-            let txs = vec![etx];
             let mut clock = tokio::time::interval(CLOCK);
             clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -163,16 +178,17 @@ impl Dashboard {
                 let mut s = st.lock().unwrap();
                 s.now = now_millis();
                 for effect in update(&mut s, action) {
-                    route(&mut s, &txs, effect);
+                    route(&mut s, &routes, effect);
                 }
             }
         });
-        Dashboard { state, effects: effect_tx, tasks: vec![session, driver] }
+        tasks.push(driver);
+        Dashboard { state, effects: txs, tasks }
     }
 
-    /// Ask the agent something through the dashboard's session (as a key would).
-    async fn request(&self, request: Request) {
-        self.effects.send(Effect::Request { node: 0, request }).await.expect("dashboard session alive");
+    /// Ask node `node`'s agent something through the dashboard's session (as a key would).
+    async fn request(&self, node: usize, request: Request) {
+        self.effects[node].send(Effect::Request { node, request }).await.expect("dashboard session alive");
     }
 }
 
@@ -195,8 +211,14 @@ struct Expect {
     tripped: BTreeSet<String>,
 }
 
-/// Fields drop in order: the agent, then the namespace (and anything left in it), then the files.
+/// One node: its agent, namespace and files, and what the operator asked of it. Fields drop in
+/// order: the agent, then the namespace (and anything left in it), then the files.
 struct Node {
+    /// Its index in the dashboard's node list.
+    index: usize,
+    want: Expect,
+    /// The audit log as last checked; it may only grow.
+    audit: String,
     agent: Option<AgentProc>,
     ns: Netns,
     state_dir: PathBuf,
@@ -206,6 +228,18 @@ struct Node {
 }
 
 impl Node {
+    fn new(index: usize) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let bad_dir = dir.path().join("models");
+        std::fs::create_dir(&bad_dir).unwrap();
+        let bytes = std::fs::read(model_path()).unwrap();
+        std::fs::write(bad_dir.join("truncated.gguf"), &bytes[..bytes.len() / 3]).unwrap();
+        let ns = Netns::new(index);
+        Node { index, want: Expect::default(), audit: String::new(), agent: None, ns, state_dir: dir.path().join("state"), config, bad_dir, _dir: dir }
+    }
+
     fn start_agent(&mut self) {
         let prefix = ["ip", "netns", "exec", self.ns.name.as_str()];
         let listen = format!("{}:{PORT}", self.ns.node_ip);
@@ -261,7 +295,8 @@ fn ppid(pid: u32) -> Option<u32> {
 }
 
 /// One look at the truth, the dashboard and /proc; `Err` says what does not agree yet.
-async fn check(node: &Node, dash: &Dashboard, want: &Expect) -> Result<(), String> {
+async fn check(node: &Node, dash: &Dashboard) -> Result<(), String> {
+    let want = &node.want;
     let agent = node.agent();
     let truth = list_workers(&node.url(), &agent.token).await?;
     let by_id: BTreeMap<&str, &WorkerInfo> = truth.iter().map(|w| (w.id.as_str(), w)).collect();
@@ -305,7 +340,7 @@ async fn check(node: &Node, dash: &Dashboard, want: &Expect) -> Result<(), Strin
     let children: BTreeSet<u32> = children_of(agent_pid).into_iter().collect();
     // The dashboard, through its own session.
     let s = dash.state.lock().unwrap();
-    let n = &s.nodes[0];
+    let n = &s.nodes[node.index];
     if n.conn != Conn::Connected {
         return Err(format!("dashboard: node is {}", n.conn.label()));
     }
@@ -329,17 +364,22 @@ async fn check(node: &Node, dash: &Dashboard, want: &Expect) -> Result<(), Strin
     Ok(())
 }
 
-async fn converge(node: &Node, dash: &Dashboard, want: &Expect, what: &str) -> Duration {
+/// Wait until every node agrees with what was asked of it; the time that took.
+async fn converge(nodes: &[Node], dash: &Dashboard, what: &str) -> Duration {
     let t0 = Instant::now();
-    let mut last = String::new();
-    while t0.elapsed() < CONVERGE {
-        match check(node, dash, want).await {
-            Ok(()) => return t0.elapsed(),
-            Err(e) => last = e,
+    let mut last = (0, String::new());
+    'poll: while t0.elapsed() < CONVERGE {
+        for node in nodes {
+            if let Err(e) = check(node, dash).await {
+                last = (node.index, e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'poll;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        return t0.elapsed();
     }
-    panic!("after {what}: no convergence within {CONVERGE:?}: {last}\nagent log tail:\n{}", tail(&node.agent().log(), 30));
+    let (i, e) = last;
+    panic!("after {what}: node {i}: no convergence within {CONVERGE:?}: {e}\nagent log tail:\n{}", tail(&nodes[i].agent().log(), 30));
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -347,11 +387,13 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The audit log only grew since `before`, parses line by line, and its new lines hold each
-/// `(action, worker)` in `want` (worker `None`: any).
-fn audit_grew(node: &Node, before: &str, want: &[(&str, Option<&str>)], what: &str) -> String {
+/// The node's audit log only grew since last checked, parses line by line, and its new lines hold
+/// each `(action, worker)` in `want` (worker `None`: any).
+fn audit_grew(node: &mut Node, want: &[(&str, Option<&str>)], what: &str) {
+    let before = std::mem::take(&mut node.audit);
     let after = node.audit();
-    assert!(after.starts_with(before), "after {what}: audit log lost or rewrote lines ({} → {} bytes)", before.len(), after.len());
+    let what = format!("{what}, node {}", node.index);
+    assert!(after.starts_with(&before), "after {what}: audit log lost or rewrote lines ({} → {} bytes)", before.len(), after.len());
     let new: Vec<serde_json::Value> = after[before.len()..]
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("after {what}: torn audit line {l:?}: {e}")))
@@ -360,7 +402,7 @@ fn audit_grew(node: &Node, before: &str, want: &[(&str, Option<&str>)], what: &s
         let found = new.iter().any(|e| e["action"] == *action && worker.is_none_or(|w| e["worker"] == w));
         assert!(found, "after {what}: no `{action}` audit line for {worker:?} among {new:?}");
     }
-    after
+    node.audit = after;
 }
 
 async fn spawn(node: &Node, model: &Path) -> String {
@@ -399,33 +441,32 @@ async fn pid_of(node: &Node, id: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
     let started = Instant::now();
-    let seed = std::env::var("RBEE_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(now_millis);
-    let secs = std::env::var("RBEE_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(SHORT_SECS);
-    println!("chaos: seed {seed} (RBEE_CHAOS_SEED={seed} replays), {secs} s of faults, convergence bound {CONVERGE:?}");
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let seed = env("RBEE_CHAOS_SEED").unwrap_or_else(now_millis);
+    let secs = env("RBEE_CHAOS_SECS").unwrap_or(SHORT_SECS);
+    let count = env("RBEE_CHAOS_NODES").map_or(NODES, |n| n.max(1) as usize);
+    println!("chaos: seed {seed} (RBEE_CHAOS_SEED={seed} replays), {count} nodes, {secs} s of faults, convergence bound {CONVERGE:?}");
     let mut rng = Rng(seed);
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let bad_dir = dir.path().join("models");
-    std::fs::create_dir(&bad_dir).unwrap();
-    let mut node = Node { ns: Netns::new(), state_dir: dir.path().join("state"), config, bad_dir, agent: None, _dir: dir };
-    let bytes = std::fs::read(model_path()).unwrap();
-    std::fs::write(node.bad_model(), &bytes[..bytes.len() / 3]).unwrap();
-    drop(bytes);
-    tokio::task::block_in_place(|| node.start_agent());
-    let dash = Dashboard::start(node.url(), node.state_dir.join("token"));
-
-    let mut want = Expect::default();
-    for _ in 0..GOOD_WORKERS {
-        let id = spawn(&node, &model_path()).await;
-        want.good.insert(id, (0, 0));
+    let mut nodes: Vec<Node> = (0..count).map(Node::new).collect();
+    for node in &mut nodes {
+        tokio::task::block_in_place(|| node.start_agent());
     }
-    let bad = node.bad_model();
-    let broken = spawn(&node, &bad).await;
-    want.broken.insert(broken.clone());
-    let t = converge(&node, &dash, &want, "setup").await;
-    let mut audit = audit_grew(&node, "", &[("agent_start", None), ("spawn", None), ("load_failed", Some(&broken))], "setup");
+    let dash = Dashboard::start(nodes.iter().map(|n| (n.url(), n.state_dir.join("token"))).collect());
+    let model = model_path();
+    for node in &mut nodes {
+        for _ in 0..GOOD_WORKERS {
+            let id = spawn(node, &model).await;
+            node.want.good.insert(id, (0, 0));
+        }
+        let broken = spawn(node, &node.bad_model()).await;
+        node.want.broken.insert(broken);
+    }
+    let t = converge(&nodes, &dash, "setup").await;
+    for node in &mut nodes {
+        let broken = node.want.broken.first().cloned().unwrap();
+        audit_grew(node, &[("agent_start", None), ("spawn", None), ("load_failed", Some(&broken))], "setup");
+    }
     println!("chaos: setup converged in {t:?}");
 
     // One of each kind first (in a seeded order), then random faults until the time is up.
@@ -435,6 +476,7 @@ async fn chaos() {
     }
     let until = Instant::now() + Duration::from_secs(secs);
     let mut survived: BTreeMap<Fault, u32> = BTreeMap::new();
+    let mut hits = vec![0u32; count];
     let mut cycles = 0u32;
     let mut worst = Duration::ZERO;
     let mut trips = 0u32;
@@ -447,22 +489,25 @@ async fn chaos() {
             break;
         };
         cycles += 1;
-        let what = format!("cycle {cycles} ({fault:?})");
+        let k = rng.below(count);
+        hits[k] += 1;
+        let what = format!("cycle {cycles} ({fault:?} on node {k})");
         let mut lines: Vec<(&str, Option<String>)> = Vec::new();
         // Convergence is timed from the fault (for a link flap: from the link coming back).
         let mut injected = Instant::now();
         match fault {
             Fault::KillWorker | Fault::HangWorker => {
-                let id = pick_ready(&mut rng, &want);
-                let pid = pid_of(&node, &id).await;
+                let id = pick_ready(&mut rng, &nodes[k].want);
+                let pid = pid_of(&nodes[k], &id).await;
                 let sig = if fault == Fault::KillWorker { libc::SIGKILL } else { libc::SIGSTOP };
                 // SAFETY: a worker of this test's agent.
                 unsafe { libc::kill(pid as i32, sig) };
-                lines.push((on_failure(&mut want, &id), Some(id.clone())));
-                converge(&node, &dash, &want, &what).await;
+                lines.push((on_failure(&mut nodes[k].want, &id), Some(id.clone())));
+                converge(&nodes, &dash, &what).await;
                 assert!(!alive(pid), "after {what}: old worker {pid} still there");
             }
             Fault::KillAgent => {
+                let node = &mut nodes[k];
                 let mut old = node.agent.take().unwrap();
                 let old_workers = children_of(old.pid());
                 old.signal_and_wait(libc::SIGKILL);
@@ -473,21 +518,22 @@ async fn chaos() {
                 });
                 tokio::task::block_in_place(|| node.start_agent());
                 // A fresh agent restores every desired worker, with fresh counters and breakers.
-                for v in want.good.values_mut() {
+                for v in node.want.good.values_mut() {
                     *v = (0, 0);
                 }
-                want.tripped.clear();
+                node.want.tripped.clear();
                 lines.push(("agent_start", None));
-                for b in &want.broken {
+                for b in &node.want.broken {
                     lines.push(("load_failed", Some(b.clone())));
                 }
             }
             Fault::LinkFlap => {
                 // Half the time a worker is killed behind the partition, so the dashboard has
                 // something to catch up on when the link comes back.
-                let victim = (rng.below(2) == 0).then(|| pick_ready(&mut rng, &want));
+                let node = &mut nodes[k];
+                let victim = (rng.below(2) == 0).then(|| pick_ready(&mut rng, &node.want));
                 let victim_pid = match &victim {
-                    Some(id) => Some(pid_of(&node, id).await),
+                    Some(id) => Some(pid_of(node, id).await),
                     None => None,
                 };
                 node.ns.link(false);
@@ -496,7 +542,7 @@ async fn chaos() {
                 if let (Some(id), Some(pid)) = (&victim, victim_pid) {
                     // SAFETY: a worker of this test's agent.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    lines.push((on_failure(&mut want, id), Some(id.clone())));
+                    lines.push((on_failure(&mut node.want, id), Some(id.clone())));
                 }
                 let down = Duration::from_millis(300 + rng.below(2500) as u64);
                 tokio::time::sleep(down).await;
@@ -504,9 +550,10 @@ async fn chaos() {
                 injected = Instant::now();
             }
             Fault::CrashAtLoad => {
-                let id = spawn(&node, &bad).await;
-                want.broken.insert(id.clone());
-                converge(&node, &dash, &want, &what).await;
+                let id = spawn(&nodes[k], &nodes[k].bad_model()).await;
+                nodes[k].want.broken.insert(id.clone());
+                converge(&nodes, &dash, &what).await;
+                let node = &mut nodes[k];
                 // Stays failed: no restart for a model that cannot load (3 × the longest backoff).
                 let hold = Instant::now();
                 while hold.elapsed() < Duration::from_millis(1500) {
@@ -515,30 +562,34 @@ async fn chaos() {
                     assert!(w.state == WorkerState::Failed && w.restarts == 0, "after {what}: corrupt worker came back: {w:?}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                audit = audit_grew(&node, &audit, &[("spawn", Some(&id)), ("load_failed", Some(&id))], &what);
+                audit_grew(node, &[("spawn", Some(&id)), ("load_failed", Some(&id))], &what);
                 // The operator removes it.
                 let c = client(&node.url(), &node.agent().token).await.unwrap();
                 injected = Instant::now();
                 assert_eq!(c.request(Request::Kill { worker: id.clone() }, None).await.unwrap(), Reply::Killed { worker: id.clone() });
-                want.broken.remove(&id);
+                node.want.broken.remove(&id);
                 lines.push(("kill", Some(id)));
             }
         }
-        converge(&node, &dash, &want, &what).await;
+        converge(&nodes, &dash, &what).await;
         let t = injected.elapsed();
         worst = worst.max(t);
         let want_lines: Vec<(&str, Option<&str>)> = lines.iter().map(|(a, w)| (*a, w.as_deref())).collect();
-        audit = audit_grew(&node, &audit, &want_lines, &what);
+        audit_grew(&mut nodes[k], &want_lines, &what);
         // The operator restarts a worker whose breaker opened, through the dashboard's session.
-        let tripped: Vec<String> = want.tripped.iter().cloned().collect();
+        let tripped: Vec<String> = nodes[k].want.tripped.iter().cloned().collect();
         for id in tripped {
             trips += 1;
-            dash.request(Request::Restart { worker: id.clone() }).await;
-            want.tripped.remove(&id);
-            *want.good.get_mut(&id).unwrap() = (0, 0);
-            let t = converge(&node, &dash, &want, &format!("{what}: operator restart of {id}")).await;
+            dash.request(k, Request::Restart { worker: id.clone() }).await;
+            nodes[k].want.tripped.remove(&id);
+            *nodes[k].want.good.get_mut(&id).unwrap() = (0, 0);
+            let t = converge(&nodes, &dash, &format!("{what}: operator restart of {id}")).await;
             worst = worst.max(t);
-            audit = audit_grew(&node, &audit, &[("restart", Some(&id))], &what);
+            audit_grew(&mut nodes[k], &[("restart", Some(&id))], &what);
+        }
+        // The nodes not hit lost nothing either.
+        for node in nodes.iter_mut().filter(|n| n.index != k) {
+            audit_grew(node, &[], &what);
         }
         *survived.entry(fault).or_default() += 1;
         println!("chaos: {what} converged in {t:?}");
@@ -546,17 +597,19 @@ async fn chaos() {
 
     let faults: u32 = survived.values().sum();
     println!(
-        "chaos: {cycles} cycles, {faults} faults survived ({survived:?}), {trips} breaker trips, worst convergence {worst:?}, {:.1} s",
+        "chaos: {cycles} cycles on {count} nodes, {faults} faults survived ({survived:?}), faults per node {hits:?}, {trips} breaker trips, worst convergence {worst:?}, {:.1} s",
         started.elapsed().as_secs_f64()
     );
     for f in ALL {
         assert!(survived.get(&f).copied().unwrap_or(0) >= 1, "fault {f:?} never ran");
     }
-    // Nothing left behind once the agent stops.
-    let mut agent = node.agent.take().unwrap();
-    let workers = children_of(agent.pid());
-    agent.signal_and_wait(libc::SIGTERM);
-    assert!(workers.iter().all(|p| !alive(*p)), "workers outlived their agent");
-    assert!(node.audit().starts_with(&audit));
+    // Nothing left behind once the agents stop.
+    for node in &mut nodes {
+        let mut agent = node.agent.take().unwrap();
+        let workers = children_of(agent.pid());
+        agent.signal_and_wait(libc::SIGTERM);
+        assert!(workers.iter().all(|p| !alive(*p)), "node {}: workers outlived their agent", node.index);
+        assert!(node.audit().starts_with(&node.audit), "node {}: audit log lost lines at shutdown", node.index);
+    }
     drop(dash);
 }
