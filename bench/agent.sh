@@ -24,19 +24,26 @@ t0=$(date +%s.%N); wid="$(tui workers spawn --node n1 --model "$model" --wait)";
 spawn_ms=$(echo "($t1 - $t0) * 1000" | bc)
 tui infer --node n1 --worker "$wid" --prompt "warm up" --max-tokens 8 >/dev/null 2>&1
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-alone=(); relay=(); ttft=()
+# The worker alone: a long-lived worker like the agent's, driven over its pipes with no agent
+# (bench/direct.py), one generation per line; runs interleave with the relayed ones.
+version="$(grep -o 'PROTOCOL_VERSION: u32 = [0-9]*' shared/src/lib.rs | awk '{print $4}')"
+coproc DIRECT { python3 bench/direct.py "$bin/rbee-worker" "$model" "$version" "$prompt" "$tokens"; }
+alone=(); relay=(); own=(); ttft=()
 for _ in $(seq "$runs"); do
-  a="$($bin/rbee-worker --model "$model" --threads "$(nproc)" --prompt "$prompt" --max-tokens $tokens --temperature 0 --ignore-eos --json 2>&1 >/dev/null | tail -1)"
-  alone+=("$(jq .usage.decode_tokens_per_s <<<"$a")")
+  echo go >&"${DIRECT[1]}"; read -r a <&"${DIRECT[0]}"; alone+=("$a")
   r="$(tui infer --node n1 --worker "$wid" --prompt "$prompt" --max-tokens $tokens --temperature 0 --ignore-eos --json)"
   relay+=("$(jq .client.decode_tokens_per_s <<<"$r")")
+  own+=("$(jq .usage.decode_tokens_per_s <<<"$r")")
   ttft+=("$(jq .client.request_to_first_token_ms <<<"$r")")
 done
-ma=$(printf '%s\n' "${alone[@]}" | median); mr=$(printf '%s\n' "${relay[@]}" | median)
+exec {DIRECT[1]}>&-; wait "$DIRECT_PID" 2>/dev/null || true
+ma=$(printf '%s\n' "${alone[@]}" | median); mr=$(printf '%s\n' "${relay[@]}" | median); mo=$(printf '%s\n' "${own[@]}" | median)
 echo "| measure | value |"; echo "|---|---|"
-echo "| worker alone, decode tok/s (median of $runs) | $(printf %.1f "$ma") |"
+echo "| worker alone (no agent, driven over its pipes), decode tok/s at the pipe (median of $runs) | $(printf %.1f "$ma") |"
 echo "| through agent + WebSocket, client-observed decode tok/s | $(printf %.1f "$mr") |"
 echo "| ratio (target ≥ 0.99) | $(echo "scale=4; $mr / $ma" | bc) |"
+echo "| same relayed runs: the worker's own decode tok/s; client / worker | $(printf %.1f "$mo"); $(echo "scale=4; $mr / $mo" | bc) |"
+echo "| per run (tok/s), alone · relayed | ${alone[*]} · ${relay[*]} |"
 echo "| spawn → ready (\`workers spawn --wait\`, incl. CLI connect) | $(printf %.0f "$spawn_ms") ms |"
 echo "| request → first token at the client, warm worker (prompt of 22 tokens) | $(printf '%s\n' "${ttft[@]}" | median | xargs printf %.0f) ms |"
 

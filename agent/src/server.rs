@@ -131,6 +131,7 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
     // Larger than our frame limit so an oversized frame gets a protocol error reply, not a drop.
     config.max_message_size = Some(MAX_FRAME_BYTES * 16);
     config.max_frame_size = Some(MAX_FRAME_BYTES * 16);
+    config.read_buffer_size = rbee_proto::WS_READ_BUFFER_BYTES;
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await;
     if !authorized.load(Ordering::SeqCst) {
         return Ok(());

@@ -465,7 +465,9 @@ async fn serve(stream: TcpStream, agent: Arc<Agent>) {
             Err(e)
         }
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+    // The real agent's read buffer (see `rbee_proto::WS_READ_BUFFER_BYTES`).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(rbee_proto::WS_READ_BUFFER_BYTES);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await else {
         return;
     };
     agent.counters.sessions.fetch_add(1, Ordering::Relaxed);

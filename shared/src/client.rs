@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::frame::{decode, encode};
 use crate::session::{ClientMsg, Event, Reply, Request, ServerMsg};
-use crate::{ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION};
+use crate::{ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION, WS_READ_BUFFER_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -99,6 +99,11 @@ impl Drop for Stream {
 }
 
 /// The error for a failed WebSocket upgrade: 401 means the token was refused.
+/// The client side's WebSocket settings: library defaults but for the read buffer.
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
+}
+
 fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientError {
     match e {
         tokio_tungstenite::tungstenite::Error::Http(resp) if resp.status() == 401 => {
@@ -128,7 +133,9 @@ impl Client {
         let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
         req.headers_mut().insert("authorization", auth);
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| upgrade_error(url, e))?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false)
+            .await
+            .map_err(|e| upgrade_error(url, e))?;
         Self::handshake(ws, url, client_name, version).await
     }
 
@@ -149,7 +156,9 @@ impl Client {
         let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
             .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
         req.headers_mut().insert("authorization", auth);
-        let (ws, _) = tokio_tungstenite::client_async(req, stream).await.map_err(|e| upgrade_error(url, e))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
+            .await
+            .map_err(|e| upgrade_error(url, e))?;
         Self::handshake(ws, url, client_name, PROTOCOL_VERSION).await
     }
 
