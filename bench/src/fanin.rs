@@ -147,14 +147,20 @@ pub async fn run<B: Backend>(
 
     loop {
         tokio::select! {
-            Some(action) = action_rx.recv() => {
-                let prompt_done = matches!(action, Action::PromptDone { .. });
-                if measuring {
-                    count(&mut report, &action);
-                }
-                dispatch(&mut state, action);
-                if prompt_done && opts.prompt {
-                    prompt_again(&mut state, &dispatch);
+            Some(first) = action_rx.recv() => {
+                // As the dashboard's loop: what is already queued is taken in the same turn.
+                let mut next = Some(first);
+                for _ in 0..rbee_tui::session::DRAIN {
+                    let Some(action) = next.take() else { break };
+                    let prompt_done = matches!(action, Action::PromptDone { .. });
+                    if measuring {
+                        count(&mut report, &action);
+                    }
+                    dispatch(&mut state, action);
+                    if prompt_done && opts.prompt {
+                        prompt_again(&mut state, &dispatch);
+                    }
+                    next = action_rx.try_recv().ok();
                 }
             }
             _ = clock.tick() => {

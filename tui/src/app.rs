@@ -160,7 +160,15 @@ async fn event_loop(
                 Some(Err(e)) => return Err(TuiError::Terminal(e)),
                 None => return Ok(()),
             },
-            Some(action) = action_rx.recv() => dispatch(&mut state, &effect_txs, action),
+            Some(action) = action_rx.recv() => {
+                dispatch(&mut state, &effect_txs, action);
+                for _ in 1..crate::session::DRAIN {
+                    match action_rx.try_recv() {
+                        Ok(action) => dispatch(&mut state, &effect_txs, action),
+                        Err(_) => break,
+                    }
+                }
+            }
             Some(added) = added_rx.recv() => {
                 match added {
                     Ok(node) => {
