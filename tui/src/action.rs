@@ -27,6 +27,13 @@ pub enum Action {
         agent_version: String,
         agent_node: String,
     },
+    /// An `:add` stopped at a host key nobody has trusted yet; the operator decides.
+    HostKeyUnknown {
+        req: crate::ssh::AddNodeRequest,
+        host: String,
+        /// "ALGO SHA256:…"
+        key: String,
+    },
     /// The session failed or dropped; the task retries after `retry_in_ms`.
     Disconnected {
         node: NodeIdx,

@@ -142,11 +142,27 @@ async fn event_loop(
             route(state, effect_txs, effect);
         }
         if let Some(req) = state.add_node.take() {
-            let (tx, config) = (added_tx.clone(), config.to_path_buf());
+            let (tx, actions, config) = (added_tx.clone(), action_tx.clone(), config.to_path_buf());
             tokio::spawn(async move {
                 let name = req.node.name.clone();
-                let r = crate::ssh::add_node(&config, req, crate::session::CONNECT_TIMEOUT).await;
-                let _ = tx.send(r.map(|(node, _)| node).map_err(|e| format!("adding {name} failed: {e}"))).await;
+                let asked = req.clone();
+                let failed = match crate::ssh::add_node(&config, req, crate::session::CONNECT_TIMEOUT).await {
+                    Ok((node, _)) => {
+                        let _ = tx.send(Ok(node)).await;
+                        return;
+                    }
+                    Err(TuiError::Ssh { node, source }) => match *source {
+                        // A key nobody trusted yet: ask the operator, showing its fingerprint.
+                        crate::ssh::SshError::HostKeyUnknown { host, algo, fingerprint } => {
+                            let key = format!("{algo} {fingerprint}");
+                            let _ = actions.send(Action::HostKeyUnknown { req: asked, host, key }).await;
+                            return;
+                        }
+                        other => TuiError::Ssh { node, source: Box::new(other) },
+                    },
+                    Err(e) => e,
+                };
+                let _ = tx.send(Err(format!("adding {name} failed: {failed}"))).await;
             });
         }
     };

@@ -267,11 +267,13 @@ impl Screen {
     }
 }
 
-/// A destructive action waiting for `y`. One mechanism for every "are you sure?".
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An action waiting for `y`. One mechanism for every "are you sure?".
+#[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
     Kill { node: NodeIdx, worker: WorkerId },
     Restart { node: NodeIdx, worker: WorkerId },
+    /// `:add` met a host key it does not know: trust it (`key` is "ALGO SHA256:…") and go on?
+    TrustHostKey { req: crate::ssh::AddNodeRequest, host: String, key: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +297,7 @@ pub struct SpawnDialog {
 /// Most workers one dialog submission spawns.
 pub const MAX_SPAWN_COUNT: u32 = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Popup {
     Help,
     Confirm(Pending),

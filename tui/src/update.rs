@@ -56,6 +56,10 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
             );
             Vec::new()
         }
+        Action::HostKeyUnknown { req, host, key } => {
+            state.popup = Some(Popup::Confirm(Pending::TrustHostKey { req, host, key }));
+            Vec::new()
+        }
         Action::Disconnected {
             node,
             reason,
@@ -754,6 +758,12 @@ fn submit_spawn(state: &mut State) -> Vec<Effect> {
 
 fn confirmed(state: &mut State, p: Pending) -> Vec<Effect> {
     let (node, request, verb) = match p {
+        Pending::TrustHostKey { mut req, host, key } => {
+            state.flash(format!("trusting {key} for {host}; adding {} over SSH…", req.node.name));
+            req.accept_new_host_key = true;
+            state.add_node = Some(req);
+            return Vec::new();
+        }
         Pending::Kill { node, worker } => (
             node,
             Request::Kill {

@@ -1149,6 +1149,7 @@ fn render_confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
     let (verb, node, worker) = match p {
         Pending::Kill { node, worker } => ("Kill", *node, worker),
         Pending::Restart { node, worker } => ("Restart", *node, worker),
+        Pending::TrustHostKey { req, host, key } => return render_trust(req, host, key, f, area),
     };
     let n = state.nodes.get(node);
     let model = n
@@ -1169,6 +1170,27 @@ fn render_confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
     f.render_widget(
         Paragraph::new(text)
             .block(block(format!(" {verb}? ")).border_style(Style::new().fg(Color::Red))),
+        r,
+    );
+}
+
+/// The host-key question: what the node presented, where rbee will remember it, and y/n.
+fn render_trust(req: &crate::ssh::AddNodeRequest, host: &str, key: &str, f: &mut Frame, area: Rect) {
+    let lines = [
+        format!("{host} presents a host key nobody has trusted yet:"),
+        key.to_string(),
+        format!("Trust it and add node {}? (kept in rbee's known_hosts)", req.node.name),
+    ];
+    let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(40) as u16 + 6;
+    let r = popup_area(area, width.max(40), 8);
+    f.render_widget(Clear, r);
+    let mut text = vec![Line::raw("")];
+    text.push(Line::from(lines[0].clone()).centered());
+    text.push(Line::from(lines[1].clone()).bold().centered());
+    text.push(Line::from(lines[2].clone()).centered());
+    text.push(Line::from(mode_hints(Mode::Confirm)).centered());
+    f.render_widget(
+        Paragraph::new(text).block(block(" Trust host key? ").border_style(Style::new().fg(Color::Yellow))),
         r,
     );
 }

@@ -280,6 +280,19 @@ fn confirm_kill_80x24() {
 }
 
 #[test]
+fn trust_host_key_80x24() {
+    let mut s = on(Screen::Nodes);
+    s.popup = Some(Popup::Confirm(Pending::TrustHostKey {
+        req: rbee_tui::ssh::AddNodeRequest::parse(&["far", "me@gpu-a"]).unwrap(),
+        host: "gpu-a:22".into(),
+        key: "ssh-ed25519 SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c".into(),
+    }));
+    let screen = draw(&s, 80, 24);
+    assert!(screen.contains("SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c"), "the whole fingerprint is shown:\n{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
 fn spawn_dialog_80x24() {
     let mut s = on(Screen::Node(0));
     s.popup = Some(Popup::Spawn(SpawnDialog {

@@ -706,13 +706,21 @@ fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
         std::fs::read_to_string(&log).ok().filter(|l| l.contains("dashboard starting")).map(|_| ())
     });
     let command = format!(
-        ":add far root@127.0.0.1:{port} --identity {} --accept-new-host-key --remote-dir {} --model-dir {}",
+        ":add far root@127.0.0.1:{port} --identity {} --remote-dir {} --model-dir {}",
         w.key.display(),
         remote.display(),
         model_path().parent().unwrap().display()
     );
     tmux(&["send-keys", "-l", &command]).ok();
     tmux(&["send-keys", "Enter"]).ok();
+    // The host key is new: the dashboard asks, showing the fingerprint, and `y` trusts it.
+    let screen = wait_for(Duration::from_secs(60), "the host-key question", || {
+        let s = tmux(&["capture-pane", "-p"]).stdout;
+        s.contains("Trust host key?").then_some(s)
+    });
+    assert!(screen.contains("SHA256:") && screen.contains("add node far"), "{screen}");
+    assert!(w.nodes().len() == 1, "nothing is recorded before the key is trusted");
+    tmux(&["send-keys", "y"]).ok();
     wait_for(Duration::from_secs(120), "the dashboard's session to the added node", || {
         let l = std::fs::read_to_string(&log).ok()?;
         l.lines().any(|l| l.contains(" connected") && l.contains("far")).then_some(())
@@ -720,6 +728,8 @@ fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
     let nodes = w.nodes();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert_eq!(nodes[1]["name"], "far");
+    let trusted = std::fs::read_to_string(w.own_known_hosts()).unwrap_or_default();
+    assert!(trusted.contains(&format!("[127.0.0.1]:{port}")), "the trusted key is remembered: {trusted:?}");
     assert_eq!(nodes[1]["ssh"], format!("root@127.0.0.1:{port}").as_str());
     assert_eq!(agents_of(&remote).len(), 1);
     let screen = wait_for(Duration::from_secs(10), "the node on screen", || {

@@ -884,3 +884,26 @@ fn killed_workers_leave_the_table() {
     assert!(s.nodes[0].worker("w2").is_none());
     assert_eq!(s.events[0].text, "w2 loading → exited");
 }
+
+#[test]
+fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
+    let req = rbee_tui::ssh::AddNodeRequest::parse(&["far", "me@gpu-a"]).unwrap();
+    assert!(!req.accept_new_host_key);
+    let asked = || Action::HostKeyUnknown {
+        req: req.clone(),
+        host: "gpu-a:22".into(),
+        key: "ssh-ed25519 SHA256:abc".into(),
+    };
+    let mut s = on_node();
+    assert!(update(&mut s, asked()).is_empty());
+    assert!(matches!(s.popup, Some(Popup::Confirm(Pending::TrustHostKey { .. }))), "{:?}", s.popup);
+    assert!(press(&mut s, ch('n')).is_empty());
+    assert!(s.popup.is_none() && s.add_node.is_none(), "n refuses the key and adds nothing");
+
+    update(&mut s, asked());
+    assert!(press(&mut s, ch('y')).is_empty(), "trusting sends nothing to any agent");
+    let retry = s.add_node.take().expect("y retries the add");
+    assert!(retry.accept_new_host_key, "the retry accepts the key it showed");
+    assert_eq!(retry.node, req.node);
+    assert!(s.popup.is_none());
+}
