@@ -101,6 +101,26 @@ mod tests {
         assert!(err.message.contains("launch_rockets"), "{}", err.message);
     }
 
+    /// `ServerMsg` is decoded by hand: the tag first (as we encode it) or anywhere else, and
+    /// what is not a server message is an error, never a panic.
+    #[test]
+    fn server_messages_decode_with_the_tag_anywhere() {
+        use crate::session::{Event, ServerMsg};
+        let hb = ServerMsg::Event {
+            event: Event::Heartbeat { worker: "w1".into(), tokens_per_s: 12.5, rss_bytes: 7, in_flight: 1 },
+        };
+        assert_eq!(decode::<ServerMsg>(&encode(&hb)).unwrap(), hb);
+        let late = r#"{"event":"heartbeat","worker":"w1","tokens_per_s":12.5,"rss_bytes":7,"in_flight":1,"type":"event"}"#;
+        assert_eq!(decode::<ServerMsg>(late).unwrap(), hb);
+        let token = r#"{"text":"hi","id":3,"type":"token"}"#;
+        assert_eq!(decode::<ServerMsg>(token).unwrap(), ServerMsg::Token { id: 3, text: "hi".into() });
+        let err = r#"{"type":"error","code":"busy","message":"full"}"#;
+        assert!(matches!(decode::<ServerMsg>(err).unwrap(), ServerMsg::Error { id: None, .. }));
+        for bad in [r#"{"type":"nonsense"}"#, r#"{"id":1}"#, "{}", "[]", r#"{"type":"token","id":1}"#, "7"] {
+            assert!(decode::<ServerMsg>(bad).is_err(), "{bad} decoded");
+        }
+    }
+
     #[test]
     fn garbage_is_not_json() {
         let err = decode::<ClientMsg>("{{{").unwrap_err();

@@ -198,6 +198,23 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
     let Some(n) = state.nodes.get_mut(node) else {
         return;
     };
+    // The hot path (one per worker per heartbeat), before anything is copied.
+    if let Event::Heartbeat {
+        worker,
+        tokens_per_s,
+        rss_bytes,
+        in_flight,
+    } = &event
+    {
+        if let Some(w) = n.worker_mut(worker) {
+            w.info.tokens_per_s = *tokens_per_s;
+            w.info.rss_bytes = *rss_bytes;
+            w.info.in_flight = *in_flight;
+            w.heartbeat_at = Some(now);
+            w.tokps.push(tokens_per_s.round() as u64);
+        }
+        return;
+    }
     let name = n.name.clone();
     match event {
         Event::WorkerState { worker } => {
@@ -238,20 +255,7 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
             }
             state.push_event(&name, EventKind::State, text);
         }
-        Event::Heartbeat {
-            worker,
-            tokens_per_s,
-            rss_bytes,
-            in_flight,
-        } => {
-            if let Some(w) = n.worker_mut(&worker) {
-                w.info.tokens_per_s = tokens_per_s;
-                w.info.rss_bytes = rss_bytes;
-                w.info.in_flight = in_flight;
-                w.heartbeat_at = Some(now);
-                w.tokps.push(tokens_per_s.round() as u64);
-            }
-        }
+        Event::Heartbeat { .. } => {}
         Event::Telemetry { telemetry } => apply_telemetry(n, telemetry),
         Event::Audit { entry } => {
             let mut text = entry.action.clone();

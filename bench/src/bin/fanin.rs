@@ -146,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         prompt: args.prompt,
     };
     // The dashboard's runtime, built as `rbee-tui`'s main builds it.
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (w, h) = (args.width, args.height);
     let report = match args.backend {
         BackendChoice::Test => {

@@ -190,7 +190,8 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (s[0], s[s.len() / 2], s[s.len() - 1])
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// One thread, as `rbee-tui`'s runtime.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
