@@ -15,12 +15,27 @@ pub struct Audit {
 impl Audit {
     pub fn open(path: &Path, events: broadcast::Sender<Event>) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file: Mutex::new(file), events })
+        Ok(Self {
+            file: Mutex::new(file),
+            events,
+        })
     }
 
     /// Record one entry: written to disk before it is announced.
-    pub fn record(&self, action: &str, peer: Option<String>, worker: Option<String>, detail: impl Into<String>) {
-        let entry = AuditEntry { at: rbee_proto::now_millis(), action: action.into(), peer, worker, detail: detail.into() };
+    pub fn record(
+        &self,
+        action: &str,
+        peer: Option<String>,
+        worker: Option<String>,
+        detail: impl Into<String>,
+    ) {
+        let entry = AuditEntry {
+            at: rbee_proto::now_millis(),
+            action: action.into(),
+            peer,
+            worker,
+            detail: detail.into(),
+        };
         let mut line = serde_json::to_string(&entry).expect("audit entry serializes");
         line.push('\n');
         {

@@ -68,11 +68,18 @@ impl Running {
 
 /// Start the agent: lock the state dir, restore desired workers, listen.
 pub async fn start(opts: Options) -> anyhow::Result<Running> {
-    let Options { mut config, state_dir, worker_bin } = opts;
+    let Options {
+        mut config,
+        state_dir,
+        worker_bin,
+    } = opts;
     let state = Arc::new(statedir::StateDir::open(&state_dir)?);
     let (token, created) = state.token()?;
     if created {
-        eprintln!("rbee-agent: created session token at {} (mode 0600)", state.token_path().display());
+        eprintln!(
+            "rbee-agent: created session token at {} (mode 0600)",
+            state.token_path().display()
+        );
     }
     if config.model_dirs.is_empty() {
         config.model_dirs.push(state_dir.join("models"));
@@ -81,11 +88,16 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         let _ = std::fs::create_dir_all(d);
     }
     let config = Arc::new(config);
-    let node = config.node_name.clone().unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
     let (events, _) = broadcast::channel(1024);
     let audit = Arc::new(audit::Audit::open(&state.audit_path(), events.clone())?);
     let metrics = Arc::new(metrics::Metrics::default());
-    let collector = Arc::new(Mutex::new(telemetry::Collector::new(config.model_dirs[0].clone())));
+    let collector = Arc::new(Mutex::new(telemetry::Collector::new(
+        config.model_dirs[0].clone(),
+    )));
     let workers_stop = CancellationToken::new();
     let supervisor = supervisor::Supervisor::new(
         config.clone(),
@@ -106,7 +118,12 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         "agent_start",
         None,
         None,
-        format!("listen={addr} model_dirs={:?} worker_bin={} config={}", config.model_dirs, worker_bin.display(), serde_json::to_string(&*config).unwrap_or_default()),
+        format!(
+            "listen={addr} model_dirs={:?} worker_bin={} config={}",
+            config.model_dirs,
+            worker_bin.display(),
+            serde_json::to_string(&*config).unwrap_or_default()
+        ),
     );
     match state.load_desired() {
         Ok(desired) => supervisor.restore(desired),
@@ -166,5 +183,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         audit.flush();
         drop(state);
     });
-    Ok(Running { addr, token_path: state_dir.join("token"), stop, done })
+    Ok(Running {
+        addr,
+        token_path: state_dir.join("token"),
+        stop,
+        done,
+    })
 }

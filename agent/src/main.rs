@@ -37,12 +37,22 @@ fn default_state_dir() -> PathBuf {
 fn main() -> anyhow::Result<()> {
     // `rbee-agent --version` prints `rbee-agent X.Y.Z (protocol N)`; `rbee-tui` reads N over SSH
     // to decide whether a node's agent can be reused.
-    let version: &'static str =
-        Box::leak(format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), rbee_proto::PROTOCOL_VERSION).into_boxed_str());
-    let args = Args::from_arg_matches(&Args::command().version(version).get_matches()).unwrap_or_else(|e| e.exit());
+    let version: &'static str = Box::leak(
+        format!(
+            "{} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            rbee_proto::PROTOCOL_VERSION
+        )
+        .into_boxed_str(),
+    );
+    let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
+        .unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let mut config = match &args.config {
         Some(p) => AgentConfig::load(p)?,
@@ -55,7 +65,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(w) = args.worker_bin {
         config.worker_bin = Some(w);
     }
-    config.validate().map_err(|m| anyhow::anyhow!("invalid configuration: {m}"))?;
+    config
+        .validate()
+        .map_err(|m| anyhow::anyhow!("invalid configuration: {m}"))?;
     let worker_bin = match &config.worker_bin {
         Some(w) => w.clone(),
         None => std::env::current_exe()
@@ -63,13 +75,28 @@ fn main() -> anyhow::Result<()> {
             .with_file_name("rbee-worker"),
     };
     if !worker_bin.is_file() {
-        anyhow::bail!("worker binary {} not found; build it or pass --worker-bin", worker_bin.display());
+        anyhow::bail!(
+            "worker binary {} not found; build it or pass --worker-bin",
+            worker_bin.display()
+        );
     }
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let running = rbee_agent::start(rbee_agent::Options { config, state_dir, worker_bin }).await?;
-        eprintln!("rbee-agent: listening on ws://{} (token: {})", running.addr, running.token_path.display());
+        let running = rbee_agent::start(rbee_agent::Options {
+            config,
+            state_dir,
+            worker_bin,
+        })
+        .await?;
+        eprintln!(
+            "rbee-agent: listening on ws://{} (token: {})",
+            running.addr,
+            running.token_path.display()
+        );
         let stop = running.stop_token();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};

@@ -36,7 +36,13 @@ impl Metrics {
         m.tokens += tokens;
     }
     pub fn error(&self, kind: &str) {
-        *self.inner.lock().unwrap().errors.entry(kind.into()).or_default() += 1;
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .errors
+            .entry(kind.into())
+            .or_default() += 1;
     }
     pub fn session(&self) {
         self.inner.lock().unwrap().sessions += 1;
@@ -46,7 +52,10 @@ impl Metrics {
     pub fn render(&self, workers_by_state: &BTreeMap<String, u64>) -> String {
         let m = self.inner.lock().unwrap();
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP rbee_workers Workers by state.\n# TYPE rbee_workers gauge");
+        let _ = writeln!(
+            s,
+            "# HELP rbee_workers Workers by state.\n# TYPE rbee_workers gauge"
+        );
         for (state, n) in workers_by_state {
             let _ = writeln!(s, "rbee_workers{{state=\"{state}\"}} {n}");
         }
@@ -55,7 +64,10 @@ impl Metrics {
         let _ = writeln!(s, "# HELP rbee_inference_seconds Inference latency, request to last token.\n# TYPE rbee_inference_seconds summary\nrbee_inference_seconds_sum {}\nrbee_inference_seconds_count {}", m.infer_latency_sum, m.infer_count);
         let _ = writeln!(s, "# HELP rbee_generated_tokens_total Tokens streamed to sessions.\n# TYPE rbee_generated_tokens_total counter\nrbee_generated_tokens_total {}", m.tokens);
         let _ = writeln!(s, "# HELP rbee_sessions_total Authenticated sessions accepted.\n# TYPE rbee_sessions_total counter\nrbee_sessions_total {}", m.sessions);
-        let _ = writeln!(s, "# HELP rbee_errors_total Errors answered, by kind.\n# TYPE rbee_errors_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP rbee_errors_total Errors answered, by kind.\n# TYPE rbee_errors_total counter"
+        );
         for (kind, n) in &m.errors {
             let _ = writeln!(s, "rbee_errors_total{{kind=\"{kind}\"}} {n}");
         }

@@ -8,14 +8,24 @@ use rbee_proto::{ErrorCode, ProtoError};
 /// Resolve `path` and refuse it unless it lies inside one of `dirs`.
 pub fn check_allowed(path: &Path, dirs: &[PathBuf]) -> Result<PathBuf, ProtoError> {
     let real = path.canonicalize().map_err(|e| {
-        ProtoError::new(ErrorCode::NotFound, format!("model `{}` not found: {e}", path.display()))
+        ProtoError::new(
+            ErrorCode::NotFound,
+            format!("model `{}` not found: {e}", path.display()),
+        )
     })?;
-    let inside = dirs.iter().filter_map(|d| d.canonicalize().ok()).any(|d| real.starts_with(&d));
+    let inside = dirs
+        .iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .any(|d| real.starts_with(&d));
     if !inside {
         let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         return Err(ProtoError::new(
             ErrorCode::BadRequest,
-            format!("model `{}` is outside the model store ({})", path.display(), list.join(", ")),
+            format!(
+                "model `{}` is outside the model store ({})",
+                path.display(),
+                list.join(", ")
+            ),
         ));
     }
     Ok(real)
@@ -40,11 +50,16 @@ pub fn model_size(path: &Path) -> u64 {
 pub fn list(dirs: &[PathBuf]) -> Vec<ModelEntry> {
     let mut out = Vec::new();
     for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
         let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for p in entries {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let format = if p.is_file() && p.extension().and_then(|e| e.to_str()) == Some("gguf") {
                 "gguf"
             } else if p.is_dir() && p.join("config.json").is_file() {
@@ -68,7 +83,9 @@ pub fn list(dirs: &[PathBuf]) -> Vec<ModelEntry> {
 /// to: each `*.gguf` file as `hf:ORG/REPO:FILE`, a llama safetensors snapshot as `hf:ORG/REPO`.
 pub fn list_hf_cache(hub_dir: &Path) -> Vec<ModelEntry> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(hub_dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(hub_dir) else {
+        return out;
+    };
     let mut repos: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     repos.sort();
     for dir in repos {
@@ -80,13 +97,19 @@ pub fn list_hf_cache(hub_dir: &Path) -> Vec<ModelEntry> {
         else {
             continue;
         };
-        let Ok(commit) = std::fs::read_to_string(dir.join("refs/main")) else { continue };
+        let Ok(commit) = std::fs::read_to_string(dir.join("refs/main")) else {
+            continue;
+        };
         let snap = dir.join("snapshots").join(commit.trim());
-        let Ok(files) = std::fs::read_dir(&snap) else { continue };
+        let Ok(files) = std::fs::read_dir(&snap) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = files.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         for f in &files {
-            let Some(name) = f.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = f.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             if name.ends_with(".gguf") && f.is_file() {
                 out.push(ModelEntry {
                     name: name.trim_end_matches(".gguf").to_string(),
@@ -97,7 +120,10 @@ pub fn list_hf_cache(hub_dir: &Path) -> Vec<ModelEntry> {
             }
         }
         let weights = model_size(&snap);
-        if snap.join("config.json").is_file() && snap.join("tokenizer.json").is_file() && weights > 0 {
+        if snap.join("config.json").is_file()
+            && snap.join("tokenizer.json").is_file()
+            && weights > 0
+        {
             out.push(ModelEntry {
                 name: repo.rsplit('/').next().unwrap_or(&repo).to_string(),
                 reference: format!("hf:{repo}"),
@@ -124,9 +150,18 @@ mod tests {
         let e = check_allowed(&other.path().join("b.gguf"), &dirs).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("outside the model store"));
-        let sneaky = store.path().join("../").join(other.path().file_name().unwrap()).join("b.gguf");
+        let sneaky = store
+            .path()
+            .join("../")
+            .join(other.path().file_name().unwrap())
+            .join("b.gguf");
         assert!(check_allowed(&sneaky, &dirs).is_err());
-        assert_eq!(check_allowed(&store.path().join("zz.gguf"), &dirs).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            check_allowed(&store.path().join("zz.gguf"), &dirs)
+                .unwrap_err()
+                .code,
+            ErrorCode::NotFound
+        );
     }
 
     #[test]
@@ -140,8 +175,14 @@ mod tests {
         std::fs::write(d.join("model.safetensors"), b"123").unwrap();
         let l = list(&[store.path().into()]);
         assert_eq!(l.len(), 2);
-        assert_eq!((l[0].name.as_str(), l[0].format.as_str(), l[0].size_bytes), ("llama", "safetensors", 3));
-        assert_eq!((l[1].name.as_str(), l[1].format.as_str(), l[1].size_bytes), ("m", "gguf", 4));
+        assert_eq!(
+            (l[0].name.as_str(), l[0].format.as_str(), l[0].size_bytes),
+            ("llama", "safetensors", 3)
+        );
+        assert_eq!(
+            (l[1].name.as_str(), l[1].format.as_str(), l[1].size_bytes),
+            ("m", "gguf", 4)
+        );
     }
 
     #[test]
@@ -158,7 +199,10 @@ mod tests {
         std::fs::write(repo.join("snapshots/old/stale.gguf"), b"1").unwrap();
         let l = list_hf_cache(hub.path());
         assert_eq!(l.len(), 1, "{l:?}");
-        assert_eq!((l[0].reference.as_str(), l[0].size_bytes), ("hf:org/tiny:m.Q8_0.gguf", 5));
+        assert_eq!(
+            (l[0].reference.as_str(), l[0].size_bytes),
+            ("hf:org/tiny:m.Q8_0.gguf", 5)
+        );
         assert!(list_hf_cache(&hub.path().join("missing")).is_empty());
     }
 }

@@ -43,18 +43,33 @@ pub fn pull(model: &str, events: &broadcast::Sender<Event>) -> Result<Pulled, Pr
     let hub = match HubRef::parse(model) {
         Some(Ok(h)) => h,
         Some(Err(why)) => return Err(err(ErrorCode::BadRequest, why)),
-        None => return Err(err(ErrorCode::BadRequest, format!("`{model}` is not an hf:ORG/REPO[@REVISION][:FILE] reference"))),
+        None => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("`{model}` is not an hf:ORG/REPO[@REVISION][:FILE] reference"),
+            ))
+        }
     };
     let cache = Cache::from_env();
     let mut builder = ApiBuilder::from_cache(cache.clone()).with_progress(false);
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint);
     }
-    let api = builder.build().map_err(|e| err(ErrorCode::Internal, format!("hub client: {e}")))?;
-    let repo = Repo::with_revision(hub.repo.clone(), RepoType::Model, hub.revision().to_string());
+    let api = builder
+        .build()
+        .map_err(|e| err(ErrorCode::Internal, format!("hub client: {e}")))?;
+    let repo = Repo::with_revision(
+        hub.repo.clone(),
+        RepoType::Model,
+        hub.revision().to_string(),
+    );
     let wanted = plan(&api, &cache, &repo, &hub, model)?;
 
-    let missing: u64 = wanted.iter().filter(|w| w.cached.is_none()).map(|w| w.size).sum();
+    let missing: u64 = wanted
+        .iter()
+        .filter(|w| w.cached.is_none())
+        .map(|w| w.size)
+        .sum();
     let cache_dir = cache.path().clone();
     if missing > 0 {
         let free = free_bytes(&cache_dir);
@@ -91,7 +106,12 @@ pub fn pull(model: &str, events: &broadcast::Sender<Event>) -> Result<Pulled, Pr
         let path = api
             .repo(repo.clone())
             .download_with_progress(&w.name, &mut progress)
-            .map_err(|e| err(ErrorCode::ModelLoad, format!("{model}: downloading `{}` failed: {e}", w.name)))?;
+            .map_err(|e| {
+                err(
+                    ErrorCode::ModelLoad,
+                    format!("{model}: downloading `{}` failed: {e}", w.name),
+                )
+            })?;
         progress.done_before += w.size;
         paths.push(path);
     }
@@ -102,26 +122,48 @@ pub fn pull(model: &str, events: &broadcast::Sender<Event>) -> Result<Pulled, Pr
         Some(_) => paths[0].clone(),
         None => paths[0].parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    Ok(Pulled { path, downloaded_bytes: missing })
+    Ok(Pulled {
+        path,
+        downloaded_bytes: missing,
+    })
 }
 
 /// The files the model needs, their sizes from the hub, and which the cache already has.
-fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Result<Vec<Wanted>, ProtoError> {
+fn plan(
+    api: &Api,
+    cache: &Cache,
+    repo: &Repo,
+    hub: &HubRef,
+    model: &str,
+) -> Result<Vec<Wanted>, ProtoError> {
     let info: serde_json::Value = api
         .repo(repo.clone())
         .info_request()
         .query("blobs", "true")
         .call()
-        .map_err(|e| err(ErrorCode::NotFound, format!("{model}: the hub did not answer for {}: {e}", hub.repo)))?
+        .map_err(|e| {
+            err(
+                ErrorCode::NotFound,
+                format!("{model}: the hub did not answer for {}: {e}", hub.repo),
+            )
+        })?
         .into_json()
-        .map_err(|e| err(ErrorCode::Internal, format!("{model}: unreadable repository info: {e}")))?;
+        .map_err(|e| {
+            err(
+                ErrorCode::Internal,
+                format!("{model}: unreadable repository info: {e}"),
+            )
+        })?;
     let siblings: Vec<(String, u64)> = info["siblings"]
         .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|s| {
                     let name = s["rfilename"].as_str()?.to_string();
-                    let size = s["size"].as_u64().or_else(|| s["lfs"]["size"].as_u64()).unwrap_or(0);
+                    let size = s["size"]
+                        .as_u64()
+                        .or_else(|| s["lfs"]["size"].as_u64())
+                        .unwrap_or(0);
                     Some((name, size))
                 })
                 .collect()
@@ -131,10 +173,16 @@ fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Res
     let names: Vec<String> = match &hub.file {
         Some(f) => {
             if !f.ends_with(".gguf") {
-                return Err(err(ErrorCode::BadRequest, format!("{model}: FILE must be a .gguf file")));
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("{model}: FILE must be a .gguf file"),
+                ));
             }
             if !has(f) {
-                return Err(err(ErrorCode::NotFound, format!("{model}: {} has no file `{f}`", hub.repo)));
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!("{model}: {} has no file `{f}`", hub.repo),
+                ));
             }
             let mut v = vec![f.clone()];
             if has("tokenizer.json") {
@@ -143,9 +191,18 @@ fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Res
             v
         }
         None => {
-            let mut v: Vec<String> = ["config.json", "tokenizer.json"].iter().map(|s| s.to_string()).collect();
+            let mut v: Vec<String> = ["config.json", "tokenizer.json"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
             if let Some(missing) = v.iter().find(|n| !has(n)) {
-                return Err(err(ErrorCode::NotFound, format!("{model}: {} has no `{missing}`; is it a llama-family model?", hub.repo)));
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!(
+                        "{model}: {} has no `{missing}`; is it a llama-family model?",
+                        hub.repo
+                    ),
+                ));
             }
             let mut weights: Vec<String> = siblings
                 .iter()
@@ -154,7 +211,10 @@ fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Res
                 .filter(|n| !n.contains('/'))
                 .collect();
             if !weights.iter().any(|n| n.ends_with(".safetensors")) {
-                return Err(err(ErrorCode::NotFound, format!("{model}: {} has no *.safetensors weights", hub.repo)));
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!("{model}: {} has no *.safetensors weights", hub.repo),
+                ));
             }
             weights.sort();
             v.extend(weights);
@@ -165,7 +225,11 @@ fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Res
     Ok(names
         .into_iter()
         .map(|name| {
-            let size = siblings.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or(0);
+            let size = siblings
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| *s)
+                .unwrap_or(0);
             let cached = cache_repo.get(&name);
             Wanted { name, size, cached }
         })
@@ -177,9 +241,16 @@ fn plan(api: &Api, cache: &Cache, repo: &Repo, hub: &HubRef, model: &str) -> Res
 pub fn cached_size(model: &str) -> Option<u64> {
     let hub = HubRef::parse(model)?.ok()?;
     let cache = Cache::from_env();
-    let repo = cache.repo(Repo::with_revision(hub.repo.clone(), RepoType::Model, hub.revision().to_string()));
+    let repo = cache.repo(Repo::with_revision(
+        hub.repo.clone(),
+        RepoType::Model,
+        hub.revision().to_string(),
+    ));
     match &hub.file {
-        Some(f) => repo.get(f).and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
+        Some(f) => repo
+            .get(f)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len()),
         None => {
             let config = repo.get("config.json")?;
             Some(crate::models::model_size(config.parent()?)).filter(|s| *s > 0)
@@ -195,7 +266,9 @@ pub fn free_bytes(dir: &Path) -> u64 {
             return 0;
         }
     }
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return 0 };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
     // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
     unsafe {
         let mut s: libc::statvfs = std::mem::zeroed();

@@ -14,7 +14,9 @@ use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HttpRequest, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HttpRequest, Response,
+};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,7 +55,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: C
 
 fn token_ok(header: Option<&str>, token: &str) -> bool {
     let Some(h) = header else { return false };
-    let Some(given) = h.strip_prefix("Bearer ") else { return false };
+    let Some(given) = h.strip_prefix("Bearer ") else {
+        return false;
+    };
     given.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
@@ -64,9 +68,14 @@ async fn peek_head(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
     loop {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout")
+            })??;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
             buf.truncate(n);
@@ -76,14 +85,22 @@ async fn peek_head(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
     }
 }
 
-async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn handle_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let head = peek_head(&stream).await?;
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let _ = req.parse(&head);
     let path = req.path.unwrap_or("").to_string();
-    let is_upgrade = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let is_upgrade = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
     if path == "/metrics" && !is_upgrade {
         let auth = req
             .headers
@@ -94,8 +111,16 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
         let (status, body) = if ok {
             ("200 OK", shared.metrics.render(&shared.supervisor.states()))
         } else {
-            shared.audit.record("auth_failed", Some(peer.to_string()), None, "GET /metrics with missing or wrong token");
-            ("401 Unauthorized", "missing or wrong bearer token\n".to_string())
+            shared.audit.record(
+                "auth_failed",
+                Some(peer.to_string()),
+                None,
+                "GET /metrics with missing or wrong token",
+            );
+            (
+                "401 Unauthorized",
+                "missing or wrong bearer token\n".to_string(),
+            )
         };
         let resp = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -113,7 +138,10 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
     let auth_flag = authorized.clone();
     let cb_shared = shared.clone();
     let callback = move |req: &HttpRequest, resp: Response| -> Result<Response, ErrorResponse> {
-        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         if token_ok(auth, &cb_shared.token) {
             auth_flag.store(true, Ordering::SeqCst);
             Ok(resp)
@@ -121,7 +149,12 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
             // Recorded before the 401 goes out, so the log is complete once the client knows.
             cb_shared.metrics.error("unauthorized");
             let what = if auth.is_some() { "wrong" } else { "missing" };
-            cb_shared.audit.record("auth_failed", Some(peer.to_string()), None, format!("session with {what} token"));
+            cb_shared.audit.record(
+                "auth_failed",
+                Some(peer.to_string()),
+                None,
+                format!("session with {what} token"),
+            );
             let mut r = ErrorResponse::new(Some("missing or wrong bearer token".into()));
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             Err(r)
@@ -137,7 +170,12 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
         return Ok(());
     }
     let ws = ws?;
-    shared.audit.record("auth_ok", Some(peer.to_string()), None, "session authenticated");
+    shared.audit.record(
+        "auth_ok",
+        Some(peer.to_string()),
+        None,
+        "session authenticated",
+    );
     shared.metrics.session();
     run_session(ws, peer, shared, shutdown).await
 }
@@ -147,7 +185,12 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 /// In-flight inferences of one session: client id → (worker, worker-side id).
 type Inflight = Arc<Mutex<HashMap<RequestId, (WorkerId, u64)>>>;
 
-async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run_session(
+    ws: Ws,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (mut sink, mut source) = ws.split();
     // Handshake: the first frame must be Hello with our protocol version.
     let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, source.next()).await;
@@ -155,26 +198,48 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
         Ok(Some(Ok(Message::Text(t)))) => decode::<ClientMsg>(&t),
         _ => return Ok(()),
     };
-    let refuse = |code: ErrorCode, message: String| encode(&ServerMsg::Error { id: None, code, message });
+    let refuse = |code: ErrorCode, message: String| {
+        encode(&ServerMsg::Error {
+            id: None,
+            code,
+            message,
+        })
+    };
     match hello {
-        Ok(ClientMsg::Hello { protocol_version, client }) if protocol_version == PROTOCOL_VERSION => {
+        Ok(ClientMsg::Hello {
+            protocol_version,
+            client,
+        }) if protocol_version == PROTOCOL_VERSION => {
             tracing::info!(%peer, %client, "session started");
         }
-        Ok(ClientMsg::Hello { protocol_version, .. }) => {
+        Ok(ClientMsg::Hello {
+            protocol_version, ..
+        }) => {
             let msg = format!("version mismatch: client speaks protocol {protocol_version}, agent speaks protocol {PROTOCOL_VERSION}");
             shared.metrics.error("version_mismatch");
-            shared.audit.record("session_refused", Some(peer.to_string()), None, msg.clone());
-            sink.send(Message::text(refuse(ErrorCode::VersionMismatch, msg))).await?;
+            shared
+                .audit
+                .record("session_refused", Some(peer.to_string()), None, msg.clone());
+            sink.send(Message::text(refuse(ErrorCode::VersionMismatch, msg)))
+                .await?;
             let _ = sink.close().await;
             return Ok(());
         }
         Ok(_) => {
-            sink.send(Message::text(refuse(ErrorCode::BadFrame, "the first frame must be hello".into()))).await?;
+            sink.send(Message::text(refuse(
+                ErrorCode::BadFrame,
+                "the first frame must be hello".into(),
+            )))
+            .await?;
             let _ = sink.close().await;
             return Ok(());
         }
         Err(e) => {
-            sink.send(Message::text(refuse(ErrorCode::BadFrame, format!("bad hello: {}", e.message)))).await?;
+            sink.send(Message::text(refuse(
+                ErrorCode::BadFrame,
+                format!("bad hello: {}", e.message),
+            )))
+            .await?;
             let _ = sink.close().await;
             return Ok(());
         }
@@ -209,7 +274,14 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                let _ = out_tx.send(ServerMsg::Error { id: None, code: ErrorCode::BadFrame, message: "binary frames are not part of the protocol; send JSON text".into() }).await;
+                let _ = out_tx
+                    .send(ServerMsg::Error {
+                        id: None,
+                        code: ErrorCode::BadFrame,
+                        message: "binary frames are not part of the protocol; send JSON text"
+                            .into(),
+                    })
+                    .await;
                 continue;
             }
             Message::Close(_) => break,
@@ -218,19 +290,37 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
         let (id, deadline, body) = match decode::<ClientMsg>(&text) {
             Ok(ClientMsg::Request { id, deadline, body }) => (id, deadline, body),
             Ok(ClientMsg::Hello { .. }) => {
-                let _ = out_tx.send(ServerMsg::Error { id: None, code: ErrorCode::BadFrame, message: "hello was already received".into() }).await;
+                let _ = out_tx
+                    .send(ServerMsg::Error {
+                        id: None,
+                        code: ErrorCode::BadFrame,
+                        message: "hello was already received".into(),
+                    })
+                    .await;
                 continue;
             }
             Err(e) => {
                 shared.metrics.error("bad_frame");
-                let _ = out_tx.send(ServerMsg::Error { id: e.id, code: ErrorCode::BadFrame, message: e.message }).await;
+                let _ = out_tx
+                    .send(ServerMsg::Error {
+                        id: e.id,
+                        code: ErrorCode::BadFrame,
+                        message: e.message,
+                    })
+                    .await;
                 continue;
             }
         };
         if let Some(d) = deadline {
             if rbee_proto::now_millis() >= d {
                 shared.metrics.error("deadline_exceeded");
-                let _ = out_tx.send(ServerMsg::Error { id: Some(id), code: ErrorCode::DeadlineExceeded, message: "deadline already passed when the request arrived".into() }).await;
+                let _ = out_tx
+                    .send(ServerMsg::Error {
+                        id: Some(id),
+                        code: ErrorCode::DeadlineExceeded,
+                        message: "deadline already passed when the request arrived".into(),
+                    })
+                    .await;
                 continue;
             }
         }
@@ -238,14 +328,32 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
             subscribed.store(true, Ordering::SeqCst);
             // Start from the truth: the current workers and the latest telemetry.
             for w in shared.supervisor.list() {
-                let _ = out_tx.send(ServerMsg::Event { event: Event::WorkerState { worker: w } }).await;
+                let _ = out_tx
+                    .send(ServerMsg::Event {
+                        event: Event::WorkerState { worker: w },
+                    })
+                    .await;
             }
             let t = shared.telemetry.borrow().clone();
-            let _ = out_tx.send(ServerMsg::Event { event: Event::Telemetry { telemetry: t } }).await;
-            let _ = out_tx.send(ServerMsg::Reply { id, body: Reply::Subscribed }).await;
+            let _ = out_tx
+                .send(ServerMsg::Event {
+                    event: Event::Telemetry { telemetry: t },
+                })
+                .await;
+            let _ = out_tx
+                .send(ServerMsg::Reply {
+                    id,
+                    body: Reply::Subscribed,
+                })
+                .await;
             continue;
         }
-        let (shared, out, inflight, peer) = (shared.clone(), out_tx.clone(), inflight.clone(), peer_s.clone());
+        let (shared, out, inflight, peer) = (
+            shared.clone(),
+            out_tx.clone(),
+            inflight.clone(),
+            peer_s.clone(),
+        );
         tokio::spawn(async move {
             let result = handle_request(&shared, &out, &inflight, &peer, id, deadline, body).await;
             match result {
@@ -255,7 +363,13 @@ async fn run_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>, shutdown: Ca
                 Ok(None) => {}
                 Err(e) => {
                     shared.metrics.error(e.code.as_str());
-                    let _ = out.send(ServerMsg::Error { id: Some(id), code: e.code, message: e.message }).await;
+                    let _ = out
+                        .send(ServerMsg::Error {
+                            id: Some(id),
+                            code: e.code,
+                            message: e.message,
+                        })
+                        .await;
                 }
             }
         });
@@ -281,14 +395,22 @@ async fn handle_request(
 ) -> Result<Option<Reply>, ProtoError> {
     let sup = &shared.supervisor;
     Ok(Some(match body {
-        Request::Ping => Reply::Pong { agent_time: rbee_proto::now_millis() },
+        Request::Ping => Reply::Pong {
+            agent_time: rbee_proto::now_millis(),
+        },
         Request::ListModels => {
             let mut models = crate::models::list(&shared.config.model_dirs);
-            models.extend(crate::models::list_hf_cache(hf_hub::Cache::from_env().path()));
+            models.extend(crate::models::list_hf_cache(
+                hf_hub::Cache::from_env().path(),
+            ));
             Reply::Models { models }
         }
-        Request::ListWorkers => Reply::Workers { workers: sup.list() },
-        Request::Spawn(spec) => Reply::Spawned { worker: sup.spawn(spec, Some(peer.into()))? },
+        Request::ListWorkers => Reply::Workers {
+            workers: sup.list(),
+        },
+        Request::Spawn(spec) => Reply::Spawned {
+            worker: sup.spawn(spec, Some(peer.into()))?,
+        },
         Request::Kill { worker } => {
             sup.kill(&worker, Some(peer.into())).await?;
             Reply::Killed { worker }
@@ -297,7 +419,10 @@ async fn handle_request(
             sup.restart(&worker, Some(peer.into())).await?;
             Reply::Restarted { worker }
         }
-        Request::TailLog { worker, lines } => Reply::Log { lines: sup.tail_log(&worker, lines.min(10_000))?, worker },
+        Request::TailLog { worker, lines } => Reply::Log {
+            lines: sup.tail_log(&worker, lines.min(10_000))?,
+            worker,
+        },
         Request::Status => Reply::Status {
             status: NodeStatus {
                 node: shared.node.clone(),
@@ -306,8 +431,21 @@ async fn handle_request(
                 workers: sup.list(),
             },
         },
-        Request::Infer { worker, model, prompt, params } => {
-            let (w, req) = sup.infer(out.clone(), id, worker.as_deref(), model.as_deref(), prompt, params, deadline)?;
+        Request::Infer {
+            worker,
+            model,
+            prompt,
+            params,
+        } => {
+            let (w, req) = sup.infer(
+                out.clone(),
+                id,
+                worker.as_deref(),
+                model.as_deref(),
+                prompt,
+                params,
+                deadline,
+            )?;
             let mut map = inflight.lock().unwrap();
             if map.len() > 256 {
                 map.retain(|_, (w, r)| sup.is_pending(w, *r));
@@ -319,12 +457,19 @@ async fn handle_request(
             let target = inflight.lock().unwrap().get(&request).cloned();
             match target {
                 Some((w, req)) if sup.cancel(&w, req) => Reply::Cancelled { request },
-                _ => return Err(ProtoError::new(ErrorCode::NotFound, format!("no request {request} in flight on this session"))),
+                _ => {
+                    return Err(ProtoError::new(
+                        ErrorCode::NotFound,
+                        format!("no request {request} in flight on this session"),
+                    ))
+                }
             }
         }
         Request::Subscribe => Reply::Subscribed,
         Request::Pull { model } => {
-            shared.audit.record("pull", Some(peer.into()), None, model.clone());
+            shared
+                .audit
+                .record("pull", Some(peer.into()), None, model.clone());
             let events = shared.events.clone();
             let m = model.clone();
             let pulled = tokio::task::spawn_blocking(move || crate::pull::pull(&m, &events))
@@ -332,11 +477,25 @@ async fn handle_request(
                 .map_err(|e| ProtoError::new(ErrorCode::Internal, format!("pull task: {e}")))?;
             match pulled {
                 Ok(p) => {
-                    shared.audit.record("pulled", Some(peer.into()), None, format!("{model} -> {}", p.path.display()));
-                    Reply::Pulled { model, path: p.path.display().to_string(), downloaded_bytes: p.downloaded_bytes }
+                    shared.audit.record(
+                        "pulled",
+                        Some(peer.into()),
+                        None,
+                        format!("{model} -> {}", p.path.display()),
+                    );
+                    Reply::Pulled {
+                        model,
+                        path: p.path.display().to_string(),
+                        downloaded_bytes: p.downloaded_bytes,
+                    }
                 }
                 Err(e) => {
-                    shared.audit.record("pull_failed", Some(peer.into()), None, format!("{model}: {}", e.message));
+                    shared.audit.record(
+                        "pull_failed",
+                        Some(peer.into()),
+                        None,
+                        format!("{model}: {}", e.message),
+                    );
                     return Err(e);
                 }
             }

@@ -14,13 +14,23 @@ pub enum StateError {
     #[error("another rbee-agent{pid} already uses state dir {dir}; stop it first or pick another --state-dir")]
     Locked { dir: PathBuf, pid: String },
     #[error("state dir {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("desired-state file {path} is corrupt ({reason}); it was kept as {kept}")]
-    Corrupt { path: PathBuf, reason: String, kept: PathBuf },
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        kept: PathBuf,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io { path: path.into(), source }
+    move |source| StateError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// Holds the exclusive lock for as long as the agent lives.
@@ -62,12 +72,19 @@ impl StateDir {
             let pid = pid.trim();
             return Err(StateError::Locked {
                 dir: root.into(),
-                pid: if pid.is_empty() { String::new() } else { format!(" (pid {pid})") },
+                pid: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
             });
         }
         lock.set_len(0).map_err(io(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io(&lock_path))?;
-        Ok(Self { root: root.into(), _lock: lock })
+        Ok(Self {
+            root: root.into(),
+            _lock: lock,
+        })
     }
 
     pub fn token_path(&self) -> PathBuf {
@@ -97,7 +114,10 @@ impl StateDir {
             }
         }
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| StateError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        getrandom::fill(&mut bytes).map_err(|e| StateError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         write_atomic(&path, token.as_bytes(), 0o600)?;
         Ok((token, true))
@@ -114,7 +134,11 @@ impl StateDir {
         serde_json::from_str(&text).map_err(|e| {
             let kept = path.with_extension(format!("corrupt-{}", rbee_proto::now_millis()));
             let _ = std::fs::rename(&path, &kept);
-            StateError::Corrupt { path: path.clone(), reason: e.to_string(), kept }
+            StateError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+                kept,
+            }
         })
     }
 
@@ -171,7 +195,11 @@ mod tests {
         let (t2, created) = s.token().unwrap();
         assert!(!created);
         assert_eq!(t1, t2);
-        let mode = std::fs::metadata(s.token_path()).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(s.token_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
     }
 
@@ -182,7 +210,11 @@ mod tests {
         let d = Desired {
             workers: vec![DesiredWorker {
                 id: "w1".into(),
-                spec: SpawnSpec { model: "m.gguf".into(), device: "cpu".into(), threads: None },
+                spec: SpawnSpec {
+                    model: "m.gguf".into(),
+                    device: "cpu".into(),
+                    threads: None,
+                },
             }],
         };
         s.save_desired(&d).unwrap();

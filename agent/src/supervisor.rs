@@ -13,7 +13,10 @@ use rbee_proto::frame::{decode_line, encode};
 use rbee_proto::policy::{AfterFailure, CircuitBreaker};
 use rbee_proto::session::{Event, Reply, ServerMsg, SpawnSpec, WorkerInfo};
 use rbee_proto::worker::{FromWorker, ToWorker};
-use rbee_proto::{ErrorCode, ProtoError, RequestId, SamplingParams, UnixMillis, WorkerId, WorkerState, PROTOCOL_VERSION};
+use rbee_proto::{
+    ErrorCode, ProtoError, RequestId, SamplingParams, UnixMillis, WorkerId, WorkerState,
+    PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -128,7 +131,13 @@ impl Supervisor {
     fn persist(&self) {
         let workers = self.workers.lock().unwrap();
         let desired = Desired {
-            workers: workers.values().map(|s| DesiredWorker { id: s.id.clone(), spec: s.spec.clone() }).collect(),
+            workers: workers
+                .values()
+                .map(|s| DesiredWorker {
+                    id: s.id.clone(),
+                    spec: s.spec.clone(),
+                })
+                .collect(),
         };
         drop(workers);
         if let Err(e) = self.state.save_desired(&desired) {
@@ -141,10 +150,17 @@ impl Supervisor {
         let device = spec.device.trim();
         let gpu_index = if device == "cpu" {
             None
-        } else if let Some(n) = device.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()).or((device == "cuda").then_some(0)) {
+        } else if let Some(n) = device
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .or((device == "cuda").then_some(0))
+        {
             Some(n)
         } else {
-            return Err(err(ErrorCode::BadRequest, format!("device `{device}` is not cpu or cuda:N")));
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("device `{device}` is not cpu or cuda:N"),
+            ));
         };
         let size = if spec.model.starts_with("hf:") {
             if let Some(Err(why)) = rbee_proto::types::HubRef::parse(&spec.model) {
@@ -162,41 +178,70 @@ impl Supervisor {
             None => {
                 let free = c.available_memory();
                 if size > 0 && need > free {
-                    return Err(err(ErrorCode::InsufficientMemory, format!(
-                        "model needs {} plus {} headroom but only {} of RAM is free",
-                        human_bytes(size), human_bytes(self.cfg.admission_headroom_bytes), human_bytes(free)
-                    )));
+                    return Err(err(
+                        ErrorCode::InsufficientMemory,
+                        format!(
+                            "model needs {} plus {} headroom but only {} of RAM is free",
+                            human_bytes(size),
+                            human_bytes(self.cfg.admission_headroom_bytes),
+                            human_bytes(free)
+                        ),
+                    ));
                 }
             }
             Some(i) => {
                 if !c.has_gpu() {
                     return Err(err(ErrorCode::BadRequest, format!("no GPU on this node (NVIDIA driver not available); cannot use {device}")));
                 }
-                let free = c.gpu_free_bytes(i).ok_or_else(|| err(ErrorCode::BadRequest, format!("GPU {i} does not exist on this node")))?;
+                let free = c.gpu_free_bytes(i).ok_or_else(|| {
+                    err(
+                        ErrorCode::BadRequest,
+                        format!("GPU {i} does not exist on this node"),
+                    )
+                })?;
                 if size > 0 && need > free {
-                    return Err(err(ErrorCode::InsufficientMemory, format!(
-                        "model needs {} plus {} headroom but GPU {i} has {} free",
-                        human_bytes(size), human_bytes(self.cfg.admission_headroom_bytes), human_bytes(free)
-                    )));
+                    return Err(err(
+                        ErrorCode::InsufficientMemory,
+                        format!(
+                            "model needs {} plus {} headroom but GPU {i} has {} free",
+                            human_bytes(size),
+                            human_bytes(self.cfg.admission_headroom_bytes),
+                            human_bytes(free)
+                        ),
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    pub fn spawn(self: &Arc<Self>, spec: SpawnSpec, peer: Option<String>) -> Result<WorkerInfo, ProtoError> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        spec: SpawnSpec,
+        peer: Option<String>,
+    ) -> Result<WorkerInfo, ProtoError> {
         if self.shutdown.is_cancelled() {
             return Err(err(ErrorCode::ShuttingDown, "agent is shutting down"));
         }
         if let Err(e) = self.admit(&spec) {
             self.metrics.error(e.code.as_str());
-            self.audit.record("spawn_refused", peer, None, format!("{}: {}", spec.model, e.message));
+            self.audit.record(
+                "spawn_refused",
+                peer,
+                None,
+                format!("{}: {}", spec.model, e.message),
+            );
             return Err(e);
         }
         let id = format!("w{}", self.next_worker.fetch_add(1, Ordering::SeqCst));
         let slot = self.start_slot(id.clone(), spec.clone());
         self.persist();
-        self.audit.record("spawn", peer, Some(id), format!("model={} device={}", spec.model, spec.device));
+        self.audit.record(
+            "spawn",
+            peer,
+            Some(id),
+            format!("model={} device={}", spec.model, spec.device),
+        );
         let info = slot.info.lock().unwrap().clone();
         Ok(info)
     }
@@ -231,13 +276,18 @@ impl Supervisor {
         self.workers.lock().unwrap().insert(id, slot.clone());
         let me = self.clone();
         let s = slot.clone();
-        self.tracker.spawn(async move { me.supervise(s, ctl_rx).await });
+        self.tracker
+            .spawn(async move { me.supervise(s, ctl_rx).await });
         slot
     }
 
     fn snapshot(slot: &WorkerSlot) -> WorkerInfo {
         let mut info = slot.info.lock().unwrap().clone();
-        info.heartbeat_age_ms = slot.last_heartbeat.lock().unwrap().map(|t| t.elapsed().as_millis() as u64);
+        info.heartbeat_age_ms = slot
+            .last_heartbeat
+            .lock()
+            .unwrap()
+            .map(|t| t.elapsed().as_millis() as u64);
         info.in_flight = slot.pending.lock().unwrap().len() as u32;
         info
     }
@@ -247,11 +297,18 @@ impl Supervisor {
             let mut info = slot.info.lock().unwrap();
             f(&mut info);
         }
-        let _ = self.events.send(Event::WorkerState { worker: Self::snapshot(slot) });
+        let _ = self.events.send(Event::WorkerState {
+            worker: Self::snapshot(slot),
+        });
     }
 
     pub fn list(&self) -> Vec<WorkerInfo> {
-        self.workers.lock().unwrap().values().map(|s| Self::snapshot(s)).collect()
+        self.workers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| Self::snapshot(s))
+            .collect()
     }
 
     pub fn pids(&self) -> HashMap<u32, WorkerId> {
@@ -283,7 +340,8 @@ impl Supervisor {
     pub fn states(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         for s in self.workers.lock().unwrap().values() {
-            *m.entry(s.info.lock().unwrap().state.to_string()).or_default() += 1;
+            *m.entry(s.info.lock().unwrap().state.to_string())
+                .or_default() += 1;
         }
         m
     }
@@ -294,7 +352,12 @@ impl Supervisor {
             .unwrap()
             .get(id)
             .cloned()
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("no worker `{id}` on this node")))
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("no worker `{id}` on this node"),
+                )
+            })
     }
 
     pub async fn kill(&self, id: &str, peer: Option<String>) -> Result<(), ProtoError> {
@@ -305,14 +368,27 @@ impl Supervisor {
         }
         self.workers.lock().unwrap().remove(id);
         self.persist();
-        self.audit.record("kill", peer, Some(id.into()), format!("model={}", slot.spec.model));
+        self.audit.record(
+            "kill",
+            peer,
+            Some(id.into()),
+            format!("model={}", slot.spec.model),
+        );
         Ok(())
     }
 
     pub async fn restart(&self, id: &str, peer: Option<String>) -> Result<(), ProtoError> {
         let slot = self.slot(id)?;
-        slot.control.send(Control::Restart).await.map_err(|_| err(ErrorCode::WorkerGone, format!("worker `{id}` is stopping")))?;
-        self.audit.record("restart", peer, Some(id.into()), "restart requested by operator");
+        slot.control
+            .send(Control::Restart)
+            .await
+            .map_err(|_| err(ErrorCode::WorkerGone, format!("worker `{id}` is stopping")))?;
+        self.audit.record(
+            "restart",
+            peer,
+            Some(id.into()),
+            "restart requested by operator",
+        );
         Ok(())
     }
 
@@ -340,7 +416,10 @@ impl Supervisor {
                 let s = self.slot(w)?;
                 let state = s.info.lock().unwrap().state;
                 if !state.is_serving() {
-                    return Err(err(ErrorCode::Busy, format!("worker `{w}` is {state}, not ready")));
+                    return Err(err(
+                        ErrorCode::Busy,
+                        format!("worker `{w}` is {state}, not ready"),
+                    ));
                 }
                 s
             }
@@ -350,37 +429,72 @@ impl Supervisor {
                     .values()
                     .filter(|s| {
                         let info = s.info.lock().unwrap();
-                        let name_match = info.summary.as_ref().map(|x| x.name == m).unwrap_or(false);
-                        info.state.is_serving() && (s.spec.model == m || name_match || Path::new(&s.spec.model).file_name().and_then(|f| f.to_str()) == Some(m))
+                        let name_match =
+                            info.summary.as_ref().map(|x| x.name == m).unwrap_or(false);
+                        info.state.is_serving()
+                            && (s.spec.model == m
+                                || name_match
+                                || Path::new(&s.spec.model)
+                                    .file_name()
+                                    .and_then(|f| f.to_str())
+                                    == Some(m))
                     })
                     .cloned()
                     .collect();
                 candidates
                     .into_iter()
                     .min_by_key(|s| s.pending.lock().unwrap().len())
-                    .ok_or_else(|| err(ErrorCode::NotFound, format!("no ready worker serves `{m}` on this node")))?
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::NotFound,
+                            format!("no ready worker serves `{m}` on this node"),
+                        )
+                    })?
             }
-            (None, None) => return Err(err(ErrorCode::BadRequest, "infer needs `worker` or `model`")),
+            (None, None) => {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "infer needs `worker` or `model`",
+                ))
+            }
         };
-        let stdin = slot
-            .stdin
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| err(ErrorCode::WorkerGone, format!("worker `{}` is not running", slot.id)))?;
+        let stdin = slot.stdin.lock().unwrap().clone().ok_or_else(|| {
+            err(
+                ErrorCode::WorkerGone,
+                format!("worker `{}` is not running", slot.id),
+            )
+        })?;
         let req = self.next_request.fetch_add(1, Ordering::SeqCst);
-        slot.pending.lock().unwrap().insert(req, PendingInfer { client_id, out, started: Instant::now(), tokens: 0 });
-        let frame = encode(&ToWorker::Generate { id: req, prompt, params, deadline });
+        slot.pending.lock().unwrap().insert(
+            req,
+            PendingInfer {
+                client_id,
+                out,
+                started: Instant::now(),
+                tokens: 0,
+            },
+        );
+        let frame = encode(&ToWorker::Generate {
+            id: req,
+            prompt,
+            params,
+            deadline,
+        });
         if stdin.try_send(frame).is_err() {
             slot.pending.lock().unwrap().remove(&req);
-            return Err(err(ErrorCode::Busy, format!("worker `{}` is not accepting requests", slot.id)));
+            return Err(err(
+                ErrorCode::Busy,
+                format!("worker `{}` is not accepting requests", slot.id),
+            ));
         }
         self.update(&slot, |i| i.state = WorkerState::Busy);
         Ok((slot.id.clone(), req))
     }
 
     pub fn cancel(&self, worker: &str, req: u64) -> bool {
-        let Ok(slot) = self.slot(worker) else { return false };
+        let Ok(slot) = self.slot(worker) else {
+            return false;
+        };
         if !slot.pending.lock().unwrap().contains_key(&req) {
             return false;
         }
@@ -392,7 +506,9 @@ impl Supervisor {
     }
 
     pub fn is_pending(&self, worker: &str, req: u64) -> bool {
-        self.slot(worker).map(|s| s.pending.lock().unwrap().contains_key(&req)).unwrap_or(false)
+        self.slot(worker)
+            .map(|s| s.pending.lock().unwrap().contains_key(&req))
+            .unwrap_or(false)
     }
 
     /// Stop every worker (they stay in the desired state) and wait for their tasks.
@@ -404,13 +520,19 @@ impl Supervisor {
 
     fn command(&self, spec: &SpawnSpec) -> Command {
         let mut cmd = Command::new(&self.worker_bin);
-        cmd.arg("--model").arg(&spec.model).arg("--device").arg(&spec.device);
-        cmd.arg("--heartbeat-ms").arg(self.cfg.heartbeat_ms.to_string());
+        cmd.arg("--model")
+            .arg(&spec.model)
+            .arg("--device")
+            .arg(&spec.device);
+        cmd.arg("--heartbeat-ms")
+            .arg(self.cfg.heartbeat_ms.to_string());
         cmd.arg("--queue").arg(self.cfg.worker_queue.to_string());
         if let Some(t) = spec.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.kill_on_drop(true);
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL this child when
@@ -452,7 +574,8 @@ impl Supervisor {
                     continue;
                 }
                 OutcomeKind::LoadFailed => {
-                    self.audit.record("load_failed", None, Some(slot.id.clone()), reason.clone());
+                    self.audit
+                        .record("load_failed", None, Some(slot.id.clone()), reason.clone());
                     self.update(&slot, |i| {
                         i.state = WorkerState::Failed;
                         i.pid = None;
@@ -491,22 +614,40 @@ impl Supervisor {
                             }
                             restarts += 1;
                             self.metrics.restart();
-                            self.audit.record("auto_restart", None, Some(slot.id.clone()), format!("attempt {restarts} after: {reason}"));
+                            self.audit.record(
+                                "auto_restart",
+                                None,
+                                Some(slot.id.clone()),
+                                format!("attempt {restarts} after: {reason}"),
+                            );
                             self.update(&slot, |i| i.restarts = restarts);
                             continue;
                         }
                         AfterFailure::BreakerOpen => {
                             let msg = format!(
                                 "circuit breaker open: {} failures within {} s; last: {reason}",
-                                self.cfg.restart.breaker_failures, self.cfg.restart.breaker_window_secs
+                                self.cfg.restart.breaker_failures,
+                                self.cfg.restart.breaker_window_secs
                             );
-                            self.audit.record("breaker_open", None, Some(slot.id.clone()), msg.clone());
-                            self.update(&slot, |i| { i.state = WorkerState::Failed; i.detail = msg; });
+                            self.audit.record(
+                                "breaker_open",
+                                None,
+                                Some(slot.id.clone()),
+                                msg.clone(),
+                            );
+                            self.update(&slot, |i| {
+                                i.state = WorkerState::Failed;
+                                i.detail = msg;
+                            });
                         }
                         AfterFailure::GiveUp => {
                             let msg = format!("gave up after {restarts} restarts; last: {reason}");
-                            self.audit.record("gave_up", None, Some(slot.id.clone()), msg.clone());
-                            self.update(&slot, |i| { i.state = WorkerState::Failed; i.detail = msg; });
+                            self.audit
+                                .record("gave_up", None, Some(slot.id.clone()), msg.clone());
+                            self.update(&slot, |i| {
+                                i.state = WorkerState::Failed;
+                                i.detail = msg;
+                            });
                         }
                     }
                 }
@@ -543,7 +684,10 @@ impl Supervisor {
         let mut child = match self.command(&slot.spec).spawn() {
             Ok(c) => c,
             Err(e) => {
-                return Outcome::crashed(format!("cannot start {}: {e}", self.worker_bin.display()));
+                return Outcome::crashed(format!(
+                    "cannot start {}: {e}",
+                    self.worker_bin.display()
+                ));
             }
         };
         let pid = child.id();
@@ -553,7 +697,9 @@ impl Supervisor {
         let mut stdin = child.stdin.take().expect("piped");
 
         let (in_tx, mut in_rx) = mpsc::channel::<String>(self.cfg.worker_queue * 2 + 16);
-        let _ = in_tx.try_send(encode(&ToWorker::Hello { protocol_version: PROTOCOL_VERSION }));
+        let _ = in_tx.try_send(encode(&ToWorker::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        }));
         *slot.stdin.lock().unwrap() = Some(in_tx.clone());
         let writer = tokio::spawn(async move {
             while let Some(mut line) = in_rx.recv().await {
@@ -563,11 +709,17 @@ impl Supervisor {
                 }
             }
         });
-        let log_task = tokio::spawn(collect_log(slot.clone(), self.state.log_path(&slot.id), stderr));
+        let log_task = tokio::spawn(collect_log(
+            slot.clone(),
+            self.state.log_path(&slot.id),
+            stderr,
+        ));
 
         let mut lines = ByteLines::new(stdout);
         let hb_limit = Duration::from_millis(self.cfg.heartbeat_ms * 2);
-        let mut watchdog = tokio::time::interval(Duration::from_millis((self.cfg.heartbeat_ms / 4).clamp(20, 500)));
+        let mut watchdog = tokio::time::interval(Duration::from_millis(
+            (self.cfg.heartbeat_ms / 4).clamp(20, 500),
+        ));
         let mut load_error: Option<String> = None;
         let mut hung: Option<String> = None;
         let mut stop: Option<(Option<oneshot::Sender<()>>, bool)> = None; // (ack, restart?)
@@ -614,7 +766,10 @@ impl Supervisor {
         // Drain frames already written (tokens, a final error) before declaring the end.
         while stdout_open {
             match tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await {
-                Ok(Ok(Some(line))) => self.on_frame(slot, &line, spawned_at, &mut load_error).await,
+                Ok(Ok(Some(line))) => {
+                    self.on_frame(slot, &line, spawned_at, &mut load_error)
+                        .await
+                }
                 _ => stdout_open = false,
             }
         }
@@ -628,21 +783,46 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         // Every request still waiting on this worker ends with an error now.
-        let gone: Vec<PendingInfer> = slot.pending.lock().unwrap().drain().map(|(_, p)| p).collect();
+        let gone: Vec<PendingInfer> = slot
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for p in gone {
-            let _ = p.out.send(ServerMsg::Error {
-                id: Some(p.client_id),
-                code: if stop.is_some() { ErrorCode::ShuttingDown } else { ErrorCode::WorkerGone },
-                message: format!("worker `{}` ended: {status_text}", slot.id),
-            }).await;
+            let _ = p
+                .out
+                .send(ServerMsg::Error {
+                    id: Some(p.client_id),
+                    code: if stop.is_some() {
+                        ErrorCode::ShuttingDown
+                    } else {
+                        ErrorCode::WorkerGone
+                    },
+                    message: format!("worker `{}` ended: {status_text}", slot.id),
+                })
+                .await;
         }
         match stop {
-            Some((ack, true)) => { drop(ack); Outcome { kind: OutcomeKind::RestartRequested, reason: format!("restarted by operator ({status_text})") } }
-            Some((ack, false)) => Outcome { kind: OutcomeKind::Stopped(ack), reason: format!("stopped ({status_text})") },
+            Some((ack, true)) => {
+                drop(ack);
+                Outcome {
+                    kind: OutcomeKind::RestartRequested,
+                    reason: format!("restarted by operator ({status_text})"),
+                }
+            }
+            Some((ack, false)) => Outcome {
+                kind: OutcomeKind::Stopped(ack),
+                reason: format!("stopped ({status_text})"),
+            },
             None => {
                 let code = status.as_ref().ok().and_then(|s| s.code());
                 if let (Some(EXIT_MODEL_LOAD), Some(msg)) = (code, load_error.clone()) {
-                    Outcome { kind: OutcomeKind::LoadFailed, reason: msg }
+                    Outcome {
+                        kind: OutcomeKind::LoadFailed,
+                        reason: msg,
+                    }
                 } else if let Some(h) = hung {
                     Outcome::crashed(h)
                 } else {
@@ -653,10 +833,16 @@ impl Supervisor {
     }
 
     /// Ask the worker to exit, then force it after the grace period.
-    async fn stop_child(&self, child: &mut Child, stdin: &mpsc::Sender<String>) -> std::io::Result<std::process::ExitStatus> {
+    async fn stop_child(
+        &self,
+        child: &mut Child,
+        stdin: &mpsc::Sender<String>,
+    ) -> std::io::Result<std::process::ExitStatus> {
         let _ = stdin.try_send(encode(&ToWorker::Shutdown));
         kill_group(child, libc::SIGTERM);
-        match tokio::time::timeout(Duration::from_millis(self.cfg.stop_grace_ms), child.wait()).await {
+        match tokio::time::timeout(Duration::from_millis(self.cfg.stop_grace_ms), child.wait())
+            .await
+        {
             Ok(s) => s,
             Err(_) => {
                 kill_group(child, libc::SIGKILL);
@@ -665,7 +851,13 @@ impl Supervisor {
         }
     }
 
-    async fn on_frame(&self, slot: &Arc<WorkerSlot>, line: &[u8], spawned_at: Instant, load_error: &mut Option<String>) {
+    async fn on_frame(
+        &self,
+        slot: &Arc<WorkerSlot>,
+        line: &[u8],
+        spawned_at: Instant,
+        load_error: &mut Option<String>,
+    ) {
         let msg = match decode_line::<FromWorker>(line) {
             Ok(m) => m,
             Err(e) => {
@@ -675,8 +867,12 @@ impl Supervisor {
             }
         };
         match msg {
-            FromWorker::Hello { protocol_version, .. } if protocol_version != PROTOCOL_VERSION => {
-                let msg = format!("worker speaks protocol {protocol_version}, agent speaks {PROTOCOL_VERSION}");
+            FromWorker::Hello {
+                protocol_version, ..
+            } if protocol_version != PROTOCOL_VERSION => {
+                let msg = format!(
+                    "worker speaks protocol {protocol_version}, agent speaks {PROTOCOL_VERSION}"
+                );
                 *load_error = Some(msg.clone());
                 self.update(slot, |i| i.detail = msg);
             }
@@ -694,16 +890,30 @@ impl Supervisor {
                     i.summary = Some(model.clone());
                     i.detail.clear();
                 });
-                let _ = self.events.send(Event::WorkerReady { worker: slot.id.clone(), model, spawn_to_ready_ms: ms });
+                let _ = self.events.send(Event::WorkerReady {
+                    worker: slot.id.clone(),
+                    model,
+                    spawn_to_ready_ms: ms,
+                });
             }
-            FromWorker::Heartbeat { in_flight, last_tokens_per_s, rss_bytes, .. } => {
+            FromWorker::Heartbeat {
+                in_flight,
+                last_tokens_per_s,
+                rss_bytes,
+                ..
+            } => {
                 *slot.last_heartbeat.lock().unwrap() = Some(Instant::now());
                 {
                     let mut i = slot.info.lock().unwrap();
                     i.tokens_per_s = last_tokens_per_s;
                     i.rss_bytes = rss_bytes;
                 }
-                let _ = self.events.send(Event::Heartbeat { worker: slot.id.clone(), tokens_per_s: last_tokens_per_s, rss_bytes, in_flight });
+                let _ = self.events.send(Event::Heartbeat {
+                    worker: slot.id.clone(),
+                    tokens_per_s: last_tokens_per_s,
+                    rss_bytes,
+                    in_flight,
+                });
             }
             FromWorker::Token { id, text } => {
                 let target = slot.pending.lock().unwrap().get_mut(&id).map(|p| {
@@ -712,29 +922,61 @@ impl Supervisor {
                 });
                 if let Some((out, client_id)) = target {
                     // Awaiting applies backpressure to this worker's stdout; tokens are never dropped.
-                    let _ = out.send(ServerMsg::Token { id: client_id, text }).await;
+                    let _ = out
+                        .send(ServerMsg::Token {
+                            id: client_id,
+                            text,
+                        })
+                        .await;
                 }
             }
-            FromWorker::Done { id, finish_reason, usage } => {
+            FromWorker::Done {
+                id,
+                finish_reason,
+                usage,
+            } => {
                 let p = slot.pending.lock().unwrap().remove(&id);
                 if let Some(p) = p {
-                    self.metrics.infer_done(p.started.elapsed().as_secs_f64(), p.tokens);
-                    let _ = p.out.send(ServerMsg::Reply {
-                        id: p.client_id,
-                        body: Reply::InferDone { worker: slot.id.clone(), finish_reason, usage },
-                    }).await;
+                    self.metrics
+                        .infer_done(p.started.elapsed().as_secs_f64(), p.tokens);
+                    let _ = p
+                        .out
+                        .send(ServerMsg::Reply {
+                            id: p.client_id,
+                            body: Reply::InferDone {
+                                worker: slot.id.clone(),
+                                finish_reason,
+                                usage,
+                            },
+                        })
+                        .await;
                 }
                 self.settle(slot);
             }
-            FromWorker::Error { id: Some(id), code, message } => {
+            FromWorker::Error {
+                id: Some(id),
+                code,
+                message,
+            } => {
                 let p = slot.pending.lock().unwrap().remove(&id);
                 if let Some(p) = p {
                     self.metrics.error(code.as_str());
-                    let _ = p.out.send(ServerMsg::Error { id: Some(p.client_id), code, message }).await;
+                    let _ = p
+                        .out
+                        .send(ServerMsg::Error {
+                            id: Some(p.client_id),
+                            code,
+                            message,
+                        })
+                        .await;
                 }
                 self.settle(slot);
             }
-            FromWorker::Error { id: None, code, message } => {
+            FromWorker::Error {
+                id: None,
+                code,
+                message,
+            } => {
                 if code == ErrorCode::ModelLoad || code == ErrorCode::VersionMismatch {
                     *load_error = Some(message.clone());
                 }
@@ -767,7 +1009,10 @@ struct Outcome {
 
 impl Outcome {
     fn crashed(reason: String) -> Self {
-        Self { kind: OutcomeKind::Crashed, reason }
+        Self {
+            kind: OutcomeKind::Crashed,
+            reason,
+        }
     }
 }
 
@@ -784,29 +1029,44 @@ fn describe_status(s: &std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}{}", match sig {
-            9 => " (SIGKILL)",
-            15 => " (SIGTERM)",
-            11 => " (SIGSEGV)",
-            6 => " (SIGABRT)",
-            _ => "",
-        }),
+        (None, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            match sig {
+                9 => " (SIGKILL)",
+                15 => " (SIGTERM)",
+                11 => " (SIGSEGV)",
+                6 => " (SIGABRT)",
+                _ => "",
+            }
+        ),
         _ => "unknown exit".into(),
     }
 }
 
 fn proc_rss(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    s.split_whitespace().nth(1)?.parse::<u64>().ok().map(|p| p * 4096)
+    s.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|p| p * 4096)
 }
 
 /// Keep a worker's stderr: the last lines in memory, everything on disk (rotated at 8 MiB).
 async fn collect_log(slot: Arc<WorkerSlot>, path: PathBuf, stderr: tokio::process::ChildStderr) {
     const MAX: u64 = 8 << 20;
-    if std::fs::metadata(&path).map(|m| m.len() > MAX).unwrap_or(false) {
+    if std::fs::metadata(&path)
+        .map(|m| m.len() > MAX)
+        .unwrap_or(false)
+    {
         let _ = std::fs::rename(&path, path.with_extension("log.1"));
     }
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await
+        .ok();
     let mut lines = ByteLines::new(stderr);
     while let Ok(Some(line)) = lines.next_line().await {
         let line = String::from_utf8_lossy(&line).into_owned();
@@ -832,7 +1092,10 @@ struct ByteLines<R> {
 
 impl<R: tokio::io::AsyncRead + Unpin> ByteLines<R> {
     fn new(r: R) -> Self {
-        Self { reader: BufReader::new(r), buf: Vec::new() }
+        Self {
+            reader: BufReader::new(r),
+            buf: Vec::new(),
+        }
     }
 
     /// The next line without its newline; `None` at end of stream.

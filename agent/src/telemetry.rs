@@ -15,7 +15,8 @@ pub struct Collector {
 impl Collector {
     /// `store` is the model store whose disk's free space is reported.
     pub fn new(store: PathBuf) -> Self {
-        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("no GPU: NVIDIA driver not available ({e})"));
+        let nvml = nvml_wrapper::Nvml::init()
+            .map_err(|e| format!("no GPU: NVIDIA driver not available ({e})"));
         match &nvml {
             Ok(_) => tracing::info!("NVML initialised"),
             Err(e) => tracing::info!("{e}; serving on CPU"),
@@ -23,7 +24,12 @@ impl Collector {
         let mut sys = System::new();
         sys.refresh_cpu_usage();
         sys.refresh_memory();
-        Self { sys, disks: Disks::new_with_refreshed_list(), nvml, store }
+        Self {
+            sys,
+            disks: Disks::new_with_refreshed_list(),
+            nvml,
+            store,
+        }
     }
 
     pub fn has_gpu(&self) -> bool {
@@ -45,7 +51,10 @@ impl Collector {
     /// Free bytes on the disk holding the model store.
     pub fn disk_free(&mut self) -> u64 {
         self.disks.refresh(true);
-        let store = self.store.canonicalize().unwrap_or_else(|_| self.store.clone());
+        let store = self
+            .store
+            .canonicalize()
+            .unwrap_or_else(|_| self.store.clone());
         self.disks
             .list()
             .iter()
@@ -82,7 +91,10 @@ impl Collector {
     }
 }
 
-fn gpus(nvml: &nvml_wrapper::Nvml, workers: &HashMap<u32, String>) -> Result<Vec<GpuTelemetry>, nvml_wrapper::error::NvmlError> {
+fn gpus(
+    nvml: &nvml_wrapper::Nvml,
+    workers: &HashMap<u32, String>,
+) -> Result<Vec<GpuTelemetry>, nvml_wrapper::error::NvmlError> {
     use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
     use nvml_wrapper::enums::device::UsedGpuMemory;
     let count = nvml.device_count()?;
@@ -110,7 +122,10 @@ fn gpus(nvml: &nvml_wrapper::Nvml, workers: &HashMap<u32, String>) -> Result<Vec
             mem_used_bytes: mem.used,
             utilization_percent: dev.utilization_rates().map(|u| u.gpu).unwrap_or(0),
             temperature_c: dev.temperature(TemperatureSensor::Gpu).unwrap_or(0),
-            power_watts: dev.power_usage().map(|mw| mw as f32 / 1000.0).unwrap_or(0.0),
+            power_watts: dev
+                .power_usage()
+                .map(|mw| mw as f32 / 1000.0)
+                .unwrap_or(0.0),
             processes,
         });
     }

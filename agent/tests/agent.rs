@@ -20,39 +20,79 @@ fn agent_with(config: &str) -> (tempfile::TempDir, AgentProc) {
 }
 
 fn spec() -> SpawnSpec {
-    SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) }
+    SpawnSpec {
+        model: model_path().display().to_string(),
+        device: "cpu".into(),
+        threads: Some(1),
+    }
 }
 
 async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
     let (c, ev) = agent.connect().await;
-    assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+    assert_eq!(
+        c.request(Request::Subscribe, None).await.unwrap(),
+        Reply::Subscribed
+    );
     (c, ev)
 }
 
 /// Wait for a WorkerState event of `id` matching `pred`.
-async fn wait_worker(ev: &mut mpsc::Receiver<Incoming>, id: &str, limit: Duration, pred: impl Fn(&WorkerInfo) -> bool) -> WorkerInfo {
+async fn wait_worker(
+    ev: &mut mpsc::Receiver<Incoming>,
+    id: &str,
+    limit: Duration,
+    pred: impl Fn(&WorkerInfo) -> bool,
+) -> WorkerInfo {
     let fut = async {
         loop {
             match ev.recv().await {
-                Some(Incoming::Event(Event::WorkerState { worker })) if worker.id == id && pred(&worker) => return worker,
+                Some(Incoming::Event(Event::WorkerState { worker }))
+                    if worker.id == id && pred(&worker) =>
+                {
+                    return worker
+                }
                 Some(Incoming::Closed(r)) => panic!("session closed while waiting: {r}"),
                 None => panic!("session closed while waiting"),
                 _ => {}
             }
         }
     };
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| panic!("timed out waiting for worker {id}"))
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for worker {id}"))
 }
 
 async fn spawn_ready(c: &Client, ev: &mut mpsc::Receiver<Incoming>) -> WorkerInfo {
-    let Reply::Spawned { worker } = c.request(Request::Spawn(spec()), None).await.unwrap() else { panic!() };
-    wait_worker(ev, &worker.id, Duration::from_secs(60), |w| w.state == WorkerState::Ready).await
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec()), None).await.unwrap() else {
+        panic!()
+    };
+    wait_worker(ev, &worker.id, Duration::from_secs(60), |w| {
+        w.state == WorkerState::Ready
+    })
+    .await
 }
 
-async fn infer_text(c: &Client, worker: &str, prompt: &str, max_tokens: u32) -> (String, u32, Reply) {
-    let params = SamplingParams { temperature: 0.0, max_tokens, ..Default::default() };
+async fn infer_text(
+    c: &Client,
+    worker: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> (String, u32, Reply) {
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ..Default::default()
+    };
     let mut s = c
-        .start(Request::Infer { worker: Some(worker.into()), model: None, prompt: prompt.into(), params }, None)
+        .start(
+            Request::Infer {
+                worker: Some(worker.into()),
+                model: None,
+                prompt: prompt.into(),
+                params,
+            },
+            None,
+        )
         .await
         .unwrap();
     let mut text = String::new();
@@ -80,33 +120,84 @@ fn audit(agent: &AgentProc) -> String {
 async fn spawn_ready_infer_streams_tokens_and_kill() {
     let (_d, agent) = agent_with(FAST);
     let (c, mut ev) = subscribed(&agent).await;
-    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else { panic!() };
-    assert!(models.iter().any(|m| m.format == "gguf" && m.size_bytes > 50_000_000), "{models:?}");
+    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        models
+            .iter()
+            .any(|m| m.format == "gguf" && m.size_bytes > 50_000_000),
+        "{models:?}"
+    );
     let w = spawn_ready(&c, &mut ev).await;
     let summary = w.summary.clone().expect("ready worker reports its model");
     assert_eq!(summary.architecture, "llama");
     assert!(summary.context_length >= 2048);
     let (text, pieces, done) = infer_text(&c, &w.id, "The capital of France is", 16).await;
-    assert!(pieces >= 8, "tokens must stream one by one, got {pieces} pieces: {text:?}");
+    assert!(
+        pieces >= 8,
+        "tokens must stream one by one, got {pieces} pieces: {text:?}"
+    );
     assert!(text.contains("Paris"), "{text:?}");
-    let Reply::InferDone { usage, .. } = done else { panic!("{done:?}") };
+    let Reply::InferDone { usage, .. } = done else {
+        panic!("{done:?}")
+    };
     assert_eq!(usage.generated_tokens, 16);
     // Same request, same text.
     let (again, _, _) = infer_text(&c, &w.id, "The capital of France is", 16).await;
     assert_eq!(text, again);
     // Infer by model name picks the ready worker.
-    let params = SamplingParams { temperature: 0.0, max_tokens: 4, ..Default::default() };
-    let file = model_path().file_name().unwrap().to_str().unwrap().to_string();
-    let r = c.request(Request::Infer { worker: None, model: Some(file), prompt: "Hi".into(), params }, None).await.unwrap();
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 4,
+        ..Default::default()
+    };
+    let file = model_path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .request(
+            Request::Infer {
+                worker: None,
+                model: Some(file),
+                prompt: "Hi".into(),
+                params,
+            },
+            None,
+        )
+        .await
+        .unwrap();
     assert!(matches!(r, Reply::InferDone { .. }), "{r:?}");
 
     let pid = w.pid.unwrap();
-    assert_eq!(c.request(Request::Kill { worker: w.id.clone() }, None).await.unwrap(), Reply::Killed { worker: w.id.clone() });
-    rbee_testkit::wait_for(Duration::from_secs(5), "worker to exit", || (!alive(pid)).then_some(()));
-    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else { panic!() };
+    assert_eq!(
+        c.request(
+            Request::Kill {
+                worker: w.id.clone()
+            },
+            None
+        )
+        .await
+        .unwrap(),
+        Reply::Killed {
+            worker: w.id.clone()
+        }
+    );
+    rbee_testkit::wait_for(Duration::from_secs(5), "worker to exit", || {
+        (!alive(pid)).then_some(())
+    });
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
+        panic!()
+    };
     assert!(workers.is_empty());
     let log = audit(&agent);
-    assert!(log.contains("\"spawn\"") && log.contains("\"kill\""), "{log}");
+    assert!(
+        log.contains("\"spawn\"") && log.contains("\"kill\""),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -114,9 +205,21 @@ async fn cancel_stops_generation_and_metrics_count_it() {
     let (_d, agent) = agent_with(FAST);
     let (c, mut ev) = subscribed(&agent).await;
     let w = spawn_ready(&c, &mut ev).await;
-    let params = SamplingParams { temperature: 0.0, max_tokens: 2000, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 2000,
+        ..Default::default()
+    };
     let mut s = c
-        .start(Request::Infer { worker: Some(w.id.clone()), model: None, prompt: "Count: 1, 2, 3, 4, 5, 6, 7,".into(), params }, None)
+        .start(
+            Request::Infer {
+                worker: Some(w.id.clone()),
+                model: None,
+                prompt: "Count: 1, 2, 3, 4, 5, 6, 7,".into(),
+                params,
+            },
+            None,
+        )
         .await
         .unwrap();
     let mut n = 0;
@@ -128,7 +231,11 @@ async fn cancel_stops_generation_and_metrics_count_it() {
     }
     s.cancel().await.unwrap();
     let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Streamed::Token(_) => n += 1,
             other => break other,
         }
@@ -137,12 +244,27 @@ async fn cancel_stops_generation_and_metrics_count_it() {
         Streamed::Error(e) => assert_eq!(e.code, ErrorCode::Cancelled),
         other => panic!("expected cancelled, got {other:?}"),
     }
-    assert!(n < 200, "generation should stop promptly after cancel, got {n} tokens");
+    assert!(
+        n < 200,
+        "generation should stop promptly after cancel, got {n} tokens"
+    );
     // A deadline that passes mid-generation stops it too.
-    let params = SamplingParams { temperature: 0.0, max_tokens: 2000, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 2000,
+        ..Default::default()
+    };
     let deadline = rbee_proto::now_millis() + 300;
     let e = c
-        .request(Request::Infer { worker: Some(w.id.clone()), model: None, prompt: "Count: 1, 2, 3, 4, 5, 6, 7,".into(), params }, Some(deadline))
+        .request(
+            Request::Infer {
+                worker: Some(w.id.clone()),
+                model: None,
+                prompt: "Count: 1, 2, 3, 4, 5, 6, 7,".into(),
+                params,
+            },
+            Some(deadline),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::DeadlineExceeded, "{e}");
@@ -150,7 +272,10 @@ async fn cancel_stops_generation_and_metrics_count_it() {
     let body = http_get(&agent, "/metrics", Some(&agent.token)).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("rbee_workers{state=\"ready\"} 1"), "{body}");
-    assert!(body.contains("rbee_errors_total{kind=\"cancelled\"} 1"), "{body}");
+    assert!(
+        body.contains("rbee_errors_total{kind=\"cancelled\"} 1"),
+        "{body}"
+    );
     let body = http_get(&agent, "/metrics", None).await;
     assert!(body.starts_with("HTTP/1.1 401"), "{body}");
 }
@@ -159,8 +284,12 @@ async fn http_get(agent: &AgentProc, path: &str, token: Option<&str>) -> String 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = agent.url.trim_start_matches("ws://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes()).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -173,10 +302,26 @@ async fn killed_worker_restarts_with_backoff_then_breaker_trips() {
     let w = spawn_ready(&c, &mut ev).await;
     let first_pid = w.pid.unwrap();
     unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
-    let crashed = wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| i.state == WorkerState::Crashed).await;
-    assert!(crashed.last_exit.as_deref().unwrap_or("").contains("SIGKILL"), "{crashed:?}");
-    wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| i.state == WorkerState::BackingOff).await;
-    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| i.state == WorkerState::Ready).await;
+    let crashed = wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| {
+        i.state == WorkerState::Crashed
+    })
+    .await;
+    assert!(
+        crashed
+            .last_exit
+            .as_deref()
+            .unwrap_or("")
+            .contains("SIGKILL"),
+        "{crashed:?}"
+    );
+    wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| {
+        i.state == WorkerState::BackingOff
+    })
+    .await;
+    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| {
+        i.state == WorkerState::Ready
+    })
+    .await;
     assert_eq!(back.restarts, 1);
     assert_ne!(back.pid, Some(first_pid));
 
@@ -197,8 +342,18 @@ async fn killed_worker_restarts_with_backoff_then_breaker_trips() {
     assert!(failed.detail.contains("circuit breaker open"), "{failed:?}");
     assert!(audit(&agent).contains("\"breaker_open\""));
     // The operator restarts it by hand.
-    c.request(Request::Restart { worker: w.id.clone() }, None).await.unwrap();
-    wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| i.state == WorkerState::Ready).await;
+    c.request(
+        Request::Restart {
+            worker: w.id.clone(),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| {
+        i.state == WorkerState::Ready
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -209,10 +364,25 @@ async fn hung_worker_is_detected_killed_and_restarted() {
     let pid = w.pid.unwrap();
     // A stopped process sends no heartbeats: exactly what a hung worker looks like.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-    let crashed = wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| i.state == WorkerState::Crashed).await;
-    assert!(crashed.last_exit.as_deref().unwrap_or("").starts_with("hung: no heartbeat"), "{crashed:?}");
-    rbee_testkit::wait_for(Duration::from_secs(5), "hung worker to be gone", || (!alive(pid)).then_some(()));
-    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| i.state == WorkerState::Ready).await;
+    let crashed = wait_worker(&mut ev, &w.id, Duration::from_secs(10), |i| {
+        i.state == WorkerState::Crashed
+    })
+    .await;
+    assert!(
+        crashed
+            .last_exit
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("hung: no heartbeat"),
+        "{crashed:?}"
+    );
+    rbee_testkit::wait_for(Duration::from_secs(5), "hung worker to be gone", || {
+        (!alive(pid)).then_some(())
+    });
+    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| {
+        i.state == WorkerState::Ready
+    })
+    .await;
     assert_eq!(back.restarts, 1);
 }
 
@@ -233,7 +403,11 @@ async fn desired_workers_survive_an_agent_restart_and_no_worker_outlives_its_age
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already uses state dir"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already uses state dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // SIGTERM: graceful; the worker goes with it.
     let st = agent.signal_and_wait(libc::SIGTERM);
@@ -245,12 +419,19 @@ async fn desired_workers_survive_an_agent_restart_and_no_worker_outlives_its_age
     // Restart: the desired worker comes back with the same id.
     let mut agent = AgentProc::start(&state, &[]);
     let (c, mut ev) = subscribed(&agent).await;
-    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| i.state == WorkerState::Ready).await;
+    let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| {
+        i.state == WorkerState::Ready
+    })
+    .await;
     assert_eq!(back.model, w.model);
     let pid2 = back.pid.unwrap();
     drop(c);
 
     // SIGKILL: the agent cannot clean up, the kernel still takes the worker down.
     agent.signal_and_wait(libc::SIGKILL);
-    rbee_testkit::wait_for(Duration::from_secs(5), "worker to die with its agent", || (!alive(pid2)).then_some(()));
+    rbee_testkit::wait_for(
+        Duration::from_secs(5),
+        "worker to die with its agent",
+        || (!alive(pid2)).then_some(()),
+    );
 }

@@ -32,7 +32,11 @@ fn agent_with(config: &str, extra: &[&str]) -> (tempfile::TempDir, AgentProc) {
 }
 
 fn spec() -> SpawnSpec {
-    SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) }
+    SpawnSpec {
+        model: model_path().display().to_string(),
+        device: "cpu".into(),
+        threads: Some(1),
+    }
 }
 
 /// The error an agent answered with; panics on anything else.
@@ -44,28 +48,51 @@ fn agent_error<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ProtoError {
 }
 
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 /// A fresh session is accepted and answers `list_workers` and `ping`.
 async fn still_serving(agent: &AgentProc) -> Vec<WorkerInfo> {
     let (c, _ev) = bounded("connect", agent.connect()).await;
-    assert!(matches!(bounded("ping", c.request(Request::Ping, None)).await.unwrap(), Reply::Pong { .. }));
-    let Reply::Workers { workers } = bounded("list", c.request(Request::ListWorkers, None)).await.unwrap() else { panic!() };
+    assert!(matches!(
+        bounded("ping", c.request(Request::Ping, None))
+            .await
+            .unwrap(),
+        Reply::Pong { .. }
+    ));
+    let Reply::Workers { workers } = bounded("list", c.request(Request::ListWorkers, None))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     workers
 }
 
 async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
     let (c, ev) = agent.connect().await;
-    assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+    assert_eq!(
+        c.request(Request::Subscribe, None).await.unwrap(),
+        Reply::Subscribed
+    );
     (c, ev)
 }
 
-async fn wait_worker(ev: &mut mpsc::Receiver<Incoming>, id: &str, pred: impl Fn(&WorkerInfo) -> bool) -> WorkerInfo {
+async fn wait_worker(
+    ev: &mut mpsc::Receiver<Incoming>,
+    id: &str,
+    pred: impl Fn(&WorkerInfo) -> bool,
+) -> WorkerInfo {
     bounded(&format!("worker {id}"), async {
         loop {
             match ev.recv().await {
-                Some(Incoming::Event(Event::WorkerState { worker })) if worker.id == id && pred(&worker) => return worker,
+                Some(Incoming::Event(Event::WorkerState { worker }))
+                    if worker.id == id && pred(&worker) =>
+                {
+                    return worker
+                }
                 Some(Incoming::Closed(r)) => panic!("session closed while waiting: {r}"),
                 None => panic!("session closed while waiting"),
                 _ => {}
@@ -76,20 +103,37 @@ async fn wait_worker(ev: &mut mpsc::Receiver<Incoming>, id: &str, pred: impl Fn(
 }
 
 async fn spawn_ready(c: &Client, ev: &mut mpsc::Receiver<Incoming>, spec: SpawnSpec) -> WorkerInfo {
-    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else { panic!() };
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+        panic!()
+    };
     wait_worker(ev, &worker.id, |w| w.state == WorkerState::Ready).await
 }
 
 fn infer(worker: &str, prompt: &str, max_tokens: u32) -> Request {
-    let params = SamplingParams { temperature: 0.0, max_tokens, ..Default::default() };
-    Request::Infer { worker: Some(worker.into()), model: None, prompt: prompt.into(), params }
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens,
+        ..Default::default()
+    };
+    Request::Infer {
+        worker: Some(worker.into()),
+        model: None,
+        prompt: prompt.into(),
+        params,
+    }
 }
 
 /// The worker still generates: a short inference ends with `infer_done`.
 async fn worker_answers(c: &Client, worker: &str) {
-    let r = bounded("infer", c.request(infer(worker, "The capital of France is", 4), None)).await;
+    let r = bounded(
+        "infer",
+        c.request(infer(worker, "The capital of France is", 4), None),
+    )
+    .await;
     match r {
-        Ok(Reply::InferDone { worker: w, usage, .. }) => {
+        Ok(Reply::InferDone {
+            worker: w, usage, ..
+        }) => {
             assert_eq!(w, worker);
             assert_eq!(usage.generated_tokens, 4);
         }
@@ -116,7 +160,9 @@ async fn raw_upgrade(agent: &AgentProc, auth: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = agent.url.trim_start_matches("ws://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
     );
@@ -126,12 +172,16 @@ async fn raw_upgrade(agent: &AgentProc, auth: Option<&str>) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// An authenticated WebSocket with no handshake done: for frames `Client` cannot send.
 async fn raw_ws(agent: &AgentProc) -> RawWs {
     let mut req = agent.url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", agent.token).parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", agent.token).parse().unwrap(),
+    );
     tokio_tungstenite::connect_async(req).await.unwrap().0
 }
 
@@ -157,13 +207,24 @@ fn audit(agent: &AgentProc) -> String {
 #[tokio::test]
 async fn wrong_token_gets_401_and_an_audit_line() {
     let (_d, agent) = agent_with("", &[]);
-    let e = Client::connect(&agent.url, "not-the-token", "t").await.err().expect("must be refused");
+    let e = Client::connect(&agent.url, "not-the-token", "t")
+        .await
+        .err()
+        .expect("must be refused");
     assert!(matches!(e, ClientError::Unauthorized { .. }), "{e}");
-    assert_eq!(e.to_string(), format!("agent at {} refused the token (HTTP 401)", agent.url));
+    assert_eq!(
+        e.to_string(),
+        format!("agent at {} refused the token (HTTP 401)", agent.url)
+    );
     let resp = raw_upgrade(&agent, Some("Bearer also-wrong")).await;
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     assert!(resp.ends_with("missing or wrong bearer token"), "{resp}");
-    assert_eq!(audit(&agent).matches("session with wrong token").count(), 2, "{}", audit(&agent));
+    assert_eq!(
+        audit(&agent).matches("session with wrong token").count(),
+        2,
+        "{}",
+        audit(&agent)
+    );
     still_serving(&agent).await;
 }
 
@@ -176,10 +237,17 @@ async fn missing_token_gets_401_and_an_audit_line() {
     // A scheme other than Bearer is as good as none.
     let resp = raw_upgrade(&agent, Some(&format!("Basic {}", agent.token))).await;
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
-    let e = Client::connect(&agent.url, "", "t").await.err().expect("must be refused");
+    let e = Client::connect(&agent.url, "", "t")
+        .await
+        .err()
+        .expect("must be refused");
     assert!(matches!(e, ClientError::Unauthorized { .. }), "{e}");
     let log = audit(&agent);
-    assert_eq!(log.matches("session with missing token").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("session with missing token").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(log.matches("\"auth_failed\"").count(), 3, "{log}");
     still_serving(&agent).await;
 }
@@ -189,9 +257,16 @@ async fn missing_token_gets_401_and_an_audit_line() {
 #[tokio::test]
 async fn version_mismatch_names_both_versions() {
     let (_d, agent) = agent_with("", &[]);
-    let e = agent_error(Client::connect_with_version(&agent.url, &agent.token, "t", 999).await.map(|_| ()));
+    let e = agent_error(
+        Client::connect_with_version(&agent.url, &agent.token, "t", 999)
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(e.code, ErrorCode::VersionMismatch);
-    assert_eq!(e.message, "version mismatch: client speaks protocol 999, agent speaks protocol 1");
+    assert_eq!(
+        e.message,
+        "version mismatch: client speaks protocol 999, agent speaks protocol 1"
+    );
     assert!(audit(&agent).contains("\"session_refused\""));
     still_serving(&agent).await;
 }
@@ -200,12 +275,17 @@ async fn version_mismatch_names_both_versions() {
 async fn first_frame_must_be_hello() {
     let (_d, agent) = agent_with("", &[]);
     let mut ws = raw_ws(&agent).await;
-    ws.send(Message::text(r#"{"type":"request","id":1,"op":"ping"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"request","id":1,"op":"ping"}"#))
+        .await
+        .unwrap();
     let v = raw_next(&mut ws).await.expect("an error frame");
     assert_eq!(v["type"], "error");
     assert_eq!(v["code"], "bad_frame");
     assert_eq!(v["message"], "the first frame must be hello");
-    assert!(raw_next(&mut ws).await.is_none(), "the agent closes the session");
+    assert!(
+        raw_next(&mut ws).await.is_none(),
+        "the agent closes the session"
+    );
     still_serving(&agent).await;
 }
 
@@ -218,9 +298,15 @@ async fn malformed_json_is_a_bad_frame() {
     c.send_raw("{this is not json").await.unwrap();
     let e = next_session_error(&mut ev).await;
     assert_eq!(e.code, ErrorCode::BadFrame);
-    assert_eq!(e.message, "not JSON: key must be a string at line 1 column 2");
+    assert_eq!(
+        e.message,
+        "not JSON: key must be a string at line 1 column 2"
+    );
     // The same session goes on.
-    assert!(matches!(c.request(Request::Ping, None).await.unwrap(), Reply::Pong { .. }));
+    assert!(matches!(
+        c.request(Request::Ping, None).await.unwrap(),
+        Reply::Pong { .. }
+    ));
     still_serving(&agent).await;
 }
 
@@ -228,18 +314,46 @@ async fn malformed_json_is_a_bad_frame() {
 async fn binary_frame_is_refused() {
     let (_d, agent) = agent_with("", &[]);
     let mut ws = raw_ws(&agent).await;
-    ws.send(Message::text(r#"{"type":"hello","protocol_version":1,"client":"raw"}"#)).await.unwrap();
+    ws.send(Message::text(
+        r#"{"type":"hello","protocol_version":1,"client":"raw"}"#,
+    ))
+    .await
+    .unwrap();
     assert_eq!(raw_next(&mut ws).await.unwrap()["type"], "welcome");
-    ws.send(Message::binary(br#"{"type":"request","id":1,"op":"ping"}"#.to_vec())).await.unwrap();
+    ws.send(Message::binary(
+        br#"{"type":"request","id":1,"op":"ping"}"#.to_vec(),
+    ))
+    .await
+    .unwrap();
     let v = raw_next(&mut ws).await.unwrap();
-    assert_eq!((v["code"].as_str(), v["id"].is_null()), (Some("bad_frame"), true), "{v}");
-    assert_eq!(v["message"], "binary frames are not part of the protocol; send JSON text");
+    assert_eq!(
+        (v["code"].as_str(), v["id"].is_null()),
+        (Some("bad_frame"), true),
+        "{v}"
+    );
+    assert_eq!(
+        v["message"],
+        "binary frames are not part of the protocol; send JSON text"
+    );
     // A second hello is refused too, and the session still answers requests.
-    ws.send(Message::text(r#"{"type":"hello","protocol_version":1,"client":"raw"}"#)).await.unwrap();
-    assert_eq!(raw_next(&mut ws).await.unwrap()["message"], "hello was already received");
-    ws.send(Message::text(r#"{"type":"request","id":2,"op":"ping"}"#)).await.unwrap();
+    ws.send(Message::text(
+        r#"{"type":"hello","protocol_version":1,"client":"raw"}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        raw_next(&mut ws).await.unwrap()["message"],
+        "hello was already received"
+    );
+    ws.send(Message::text(r#"{"type":"request","id":2,"op":"ping"}"#))
+        .await
+        .unwrap();
     let v = raw_next(&mut ws).await.unwrap();
-    assert_eq!((v["type"].as_str(), v["id"].as_u64(), v["reply"].as_str()), (Some("reply"), Some(2), Some("pong")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_u64(), v["reply"].as_str()),
+        (Some("reply"), Some(2), Some("pong")),
+        "{v}"
+    );
     still_serving(&agent).await;
 }
 
@@ -247,7 +361,10 @@ async fn binary_frame_is_refused() {
 async fn oversized_frame_is_refused_and_not_executed() {
     let (_d, agent) = agent_with("", &[]);
     let (c, mut ev) = agent.connect().await;
-    let big = format!(r#"{{"type":"request","id":5,"op":"ping","pad":"{}"}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"type":"request","id":5,"op":"ping","pad":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
     let mut rx = c.watch_id(5);
     c.send_raw(&big).await.unwrap();
     // The refusal carries the request's id, so the request that was too big is answered.
@@ -256,12 +373,27 @@ async fn oversized_frame_is_refused_and_not_executed() {
         other => panic!("expected an error for request 5, got {other:?}"),
     };
     assert_eq!(e.code, ErrorCode::BadFrame);
-    assert_eq!(e.message, format!("frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}", big.len()));
+    assert_eq!(
+        e.message,
+        format!(
+            "frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES}",
+            big.len()
+        )
+    );
     // Nothing ran: a later request on the same session is answered, and id 5 got nothing else.
-    assert!(matches!(c.request(Request::Ping, None).await.unwrap(), Reply::Pong { .. }));
-    assert!(rx.try_recv().is_err(), "an oversized frame must not be executed");
+    assert!(matches!(
+        c.request(Request::Ping, None).await.unwrap(),
+        Reply::Pong { .. }
+    ));
+    assert!(
+        rx.try_recv().is_err(),
+        "an oversized frame must not be executed"
+    );
     // One without an id is refused on the session's error channel.
-    let big = format!(r#"{{"type":"request","op":"ping","pad":"{}"}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"type":"request","op":"ping","pad":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
     c.send_raw(&big).await.unwrap();
     let e = next_session_error(&mut ev).await;
     assert_eq!(e.code, ErrorCode::BadFrame);
@@ -274,22 +406,37 @@ async fn unknown_request_type_is_a_bad_frame_under_its_id() {
     let (_d, agent) = agent_with("", &[]);
     let (c, _ev) = agent.connect().await;
     let mut rx = c.watch_id(4242);
-    c.send_raw(r#"{"type":"request","id":4242,"op":"launch_rockets"}"#).await.unwrap();
+    c.send_raw(r#"{"type":"request","id":4242,"op":"launch_rockets"}"#)
+        .await
+        .unwrap();
     match bounded("error for 4242", rx.recv()).await {
         Some(Streamed::Error(e)) => {
             assert_eq!(e.code, ErrorCode::BadFrame);
-            assert!(e.message.starts_with("unknown variant `launch_rockets`, expected one of `list_models`, `spawn`"), "{}", e.message);
+            assert!(
+                e.message.starts_with(
+                    "unknown variant `launch_rockets`, expected one of `list_models`, `spawn`"
+                ),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected an error for id 4242, got {other:?}"),
     }
     // An unknown op of nearly a frame is answered under its id too, with a short message.
     let op = "z".repeat(MAX_FRAME_BYTES - 100);
     let mut rx = c.watch_id(4243);
-    c.send_raw(&format!(r#"{{"type":"request","id":4243,"op":"{op}"}}"#)).await.unwrap();
+    c.send_raw(&format!(r#"{{"type":"request","id":4243,"op":"{op}"}}"#))
+        .await
+        .unwrap();
     match bounded("error for 4243", rx.recv()).await {
         Some(Streamed::Error(e)) => {
             assert_eq!(e.code, ErrorCode::BadFrame);
-            assert!(e.message.starts_with("unknown variant `zzz") && e.message.ends_with("… (truncated)"), "{}", &e.message[..60]);
+            assert!(
+                e.message.starts_with("unknown variant `zzz")
+                    && e.message.ends_with("… (truncated)"),
+                "{}",
+                &e.message[..60]
+            );
         }
         other => panic!("expected an error for id 4243, got {other:?}"),
     }
@@ -304,16 +451,33 @@ async fn unknown_worker_id_is_not_found() {
     let (c, _ev) = agent.connect().await;
     let want = "no worker `w999` on this node";
     for req in [
-        Request::Kill { worker: "w999".into() },
-        Request::Restart { worker: "w999".into() },
-        Request::TailLog { worker: "w999".into(), lines: 10 },
+        Request::Kill {
+            worker: "w999".into(),
+        },
+        Request::Restart {
+            worker: "w999".into(),
+        },
+        Request::TailLog {
+            worker: "w999".into(),
+            lines: 10,
+        },
         infer("w999", "hi", 1),
     ] {
         let e = agent_error(c.request(req.clone(), None).await);
-        assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotFound, want), "{req:?}");
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::NotFound, want),
+            "{req:?}"
+        );
     }
     let e = agent_error(c.request(Request::Cancel { request: 77 }, None).await);
-    assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotFound, "no request 77 in flight on this session"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            ErrorCode::NotFound,
+            "no request 77 in flight on this session"
+        )
+    );
     assert!(still_serving(&agent).await.is_empty());
 }
 
@@ -322,32 +486,77 @@ async fn model_path_outside_the_store_is_refused() {
     let (_d, agent) = agent_with("", &[]);
     let (c, _ev) = agent.connect().await;
     let store = model_dir().display().to_string();
-    let spawn = |model: String| Request::Spawn(SpawnSpec { model, device: "cpu".into(), threads: None });
+    let spawn = |model: String| {
+        Request::Spawn(SpawnSpec {
+            model,
+            device: "cpu".into(),
+            threads: None,
+        })
+    };
     let e = agent_error(c.request(spawn("/etc/passwd".into()), None).await);
     assert_eq!(e.code, ErrorCode::BadRequest);
-    assert!(e.message.starts_with("model `/etc/passwd` is outside the model store ("), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with("model `/etc/passwd` is outside the model store ("),
+        "{}",
+        e.message
+    );
     assert!(e.message.contains(&store), "{}", e.message);
     // `..` does not climb out of the store.
     let sneaky = format!("{store}/../../../../../../etc/passwd");
     let e = agent_error(c.request(spawn(sneaky.clone()), None).await);
     assert_eq!(e.code, ErrorCode::BadRequest);
-    assert!(e.message.starts_with(&format!("model `{sneaky}` is outside the model store")), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with(&format!("model `{sneaky}` is outside the model store")),
+        "{}",
+        e.message
+    );
     // A file that is not there is not found.
     let e = agent_error(c.request(spawn(format!("{store}/nope.gguf")), None).await);
     assert_eq!(e.code, ErrorCode::NotFound);
-    assert!(e.message.starts_with(&format!("model `{store}/nope.gguf` not found: ")), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with(&format!("model `{store}/nope.gguf` not found: ")),
+        "{}",
+        e.message
+    );
     // And a device that does not exist is refused before anything starts.
-    let e = agent_error(c.request(Request::Spawn(SpawnSpec { device: "tpu".into(), ..spec() }), None).await);
-    assert_eq!((e.code, e.message.as_str()), (ErrorCode::BadRequest, "device `tpu` is not cpu or cuda:N"));
+    let e = agent_error(
+        c.request(
+            Request::Spawn(SpawnSpec {
+                device: "tpu".into(),
+                ..spec()
+            }),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::BadRequest, "device `tpu` is not cpu or cuda:N")
+    );
     assert!(audit(&agent).matches("\"spawn_refused\"").count() >= 4);
-    assert!(still_serving(&agent).await.is_empty(), "nothing was spawned");
+    assert!(
+        still_serving(&agent).await.is_empty(),
+        "nothing was spawned"
+    );
 }
 
 #[tokio::test]
 async fn gpu_that_is_not_there_is_refused() {
     let (_d, agent) = agent_with("", &[]);
     let (c, _ev) = agent.connect().await;
-    let e = agent_error(c.request(Request::Spawn(SpawnSpec { device: "cuda:99".into(), ..spec() }), None).await);
+    let e = agent_error(
+        c.request(
+            Request::Spawn(SpawnSpec {
+                device: "cuda:99".into(),
+                ..spec()
+            }),
+            None,
+        )
+        .await,
+    );
     assert_eq!(e.code, ErrorCode::BadRequest);
     // Which of the two depends on the machine: no NVIDIA driver at all, or fewer GPUs than 100.
     assert!(
@@ -356,7 +565,10 @@ async fn gpu_that_is_not_there_is_refused() {
         "{}",
         e.message
     );
-    assert!(still_serving(&agent).await.is_empty(), "nothing was spawned");
+    assert!(
+        still_serving(&agent).await.is_empty(),
+        "nothing was spawned"
+    );
 }
 
 #[tokio::test]
@@ -368,7 +580,14 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
     let (_d, agent) = agent_with(FAST, &["--model-dir", store.path().to_str().unwrap()]);
     let (c, mut ev) = subscribed(&agent).await;
     let Reply::Spawned { worker } = c
-        .request(Request::Spawn(SpawnSpec { model: corrupt.display().to_string(), device: "cpu".into(), threads: Some(1) }), None)
+        .request(
+            Request::Spawn(SpawnSpec {
+                model: corrupt.display().to_string(),
+                device: "cpu".into(),
+                threads: Some(1),
+            }),
+            None,
+        )
         .await
         .unwrap()
     else {
@@ -377,14 +596,32 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
     let failed = wait_worker(&mut ev, &worker.id, |w| w.state == WorkerState::Failed).await;
     // A corrupt file is not retried: no restart, and the worker's own load error is shown.
     assert_eq!(failed.restarts, 0, "{failed:?}");
-    assert!(!failed.detail.is_empty() && failed.last_exit.as_deref() == Some(failed.detail.as_str()), "{failed:?}");
-    let want = format!("corrupt or unreadable model {}: tensor `", corrupt.display());
+    assert!(
+        !failed.detail.is_empty() && failed.last_exit.as_deref() == Some(failed.detail.as_str()),
+        "{failed:?}"
+    );
+    let want = format!(
+        "corrupt or unreadable model {}: tensor `",
+        corrupt.display()
+    );
     assert!(failed.detail.starts_with(&want), "{failed:?}");
-    assert!(failed.detail.ends_with(&format!("but the file has {} bytes (truncated?)", bytes.len() / 2)), "{failed:?}");
+    assert!(
+        failed.detail.ends_with(&format!(
+            "but the file has {} bytes (truncated?)",
+            bytes.len() / 2
+        )),
+        "{failed:?}"
+    );
     assert!(audit(&agent).contains("\"load_failed\""));
     // Inference on it is refused with its state named.
     let e = agent_error(c.request(infer(&worker.id, "hi", 1), None).await);
-    assert_eq!((e.code, e.message), (ErrorCode::Busy, format!("worker `{}` is failed, not ready", worker.id)));
+    assert_eq!(
+        (e.code, e.message),
+        (
+            ErrorCode::Busy,
+            format!("worker `{}` is failed, not ready", worker.id)
+        )
+    );
     // The agent keeps serving: a good worker next to it loads and answers.
     let good = spawn_ready(&c, &mut ev, spec()).await;
     worker_answers(&c, &good.id).await;
@@ -402,7 +639,9 @@ async fn prompt_over_the_context_is_refused_and_the_worker_keeps_serving() {
     assert_eq!(e.code, ErrorCode::PromptTooLong);
     assert!(e.message.starts_with("prompt has "), "{}", e.message);
     assert!(
-        e.message.ends_with(&format!("tokens but the context holds {context} (and at least one must be generated)")),
+        e.message.ends_with(&format!(
+            "tokens but the context holds {context} (and at least one must be generated)"
+        )),
         "{}",
         e.message
     );
@@ -416,13 +655,25 @@ async fn deadline_already_passed_is_refused_before_the_worker_sees_it() {
     let (c, mut ev) = subscribed(&agent).await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     let past = rbee_proto::now_millis() - 1000;
-    for req in [infer(&w.id, "The capital of France is", 4), Request::ListWorkers] {
+    for req in [
+        infer(&w.id, "The capital of France is", 4),
+        Request::ListWorkers,
+    ] {
         let e = agent_error(c.request(req, Some(past)).await);
-        assert_eq!((e.code, e.message.as_str()), (ErrorCode::DeadlineExceeded, "deadline already passed when the request arrived"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                ErrorCode::DeadlineExceeded,
+                "deadline already passed when the request arrived"
+            )
+        );
     }
     worker_answers(&c, &w.id).await;
     let workers = still_serving(&agent).await;
-    assert_eq!((workers[0].state, workers[0].in_flight), (WorkerState::Ready, 0));
+    assert_eq!(
+        (workers[0].state, workers[0].in_flight),
+        (WorkerState::Ready, 0)
+    );
 }
 
 #[tokio::test]
@@ -431,17 +682,37 @@ async fn full_queue_answers_busy_at_once() {
     let (c, mut ev) = subscribed(&agent).await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     let long = || {
-        let params = SamplingParams { temperature: 0.0, max_tokens: 4000, ignore_eos: true, ..Default::default() };
-        Request::Infer { worker: Some(w.id.clone()), model: None, prompt: "Count: 1, 2, 3,".into(), params }
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: 4000,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        Request::Infer {
+            worker: Some(w.id.clone()),
+            model: None,
+            prompt: "Count: 1, 2, 3,".into(),
+            params,
+        }
     };
     // One running (its first token has arrived), one queued: the queue of one is full.
     let mut running = c.start(long(), None).await.unwrap();
-    assert!(matches!(bounded("first token", running.next()).await, Some(Streamed::Token(_))));
+    assert!(matches!(
+        bounded("first token", running.next()).await,
+        Some(Streamed::Token(_))
+    ));
     let queued = c.start(long(), None).await.unwrap();
     let t = std::time::Instant::now();
     let e = agent_error(bounded("busy", c.request(long(), None)).await);
-    assert_eq!((e.code, e.message.as_str()), (ErrorCode::Busy, "worker queue is full; retry later"));
-    assert!(t.elapsed() < Duration::from_secs(5), "busy must be answered at once, took {:?}", t.elapsed());
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::Busy, "worker queue is full; retry later")
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "busy must be answered at once, took {:?}",
+        t.elapsed()
+    );
     // Nothing already accepted is lost: both end, cancelled by us.
     for s in [&running, &queued] {
         s.cancel().await.unwrap();
@@ -483,13 +754,20 @@ async fn garbage_on_worker_stdout_is_skipped() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let agent = start_agent_with_worker_bin(&dir.path().join("state"), &wrapper);
     let (c, mut ev) = subscribed(&agent).await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     worker_answers(&c, &w.id).await;
     let metrics = http_get(&agent, "/metrics").await;
-    assert!(metrics.contains("rbee_errors_total{kind=\"bad_worker_frame\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("rbee_errors_total{kind=\"bad_worker_frame\"} 3"),
+        "{metrics}"
+    );
     assert_eq!(still_serving(&agent).await[0].restarts, 0);
 }
 
@@ -515,19 +793,35 @@ fn start_agent_with_worker_bin(state_dir: &Path, worker_bin: &Path) -> AgentProc
         if let Ok(Some(st)) = child.try_wait() {
             panic!("rbee-agent exited early with {st}");
         }
-        std::fs::read_to_string(state_dir.join("agent.addr")).ok().filter(|s| !s.is_empty())
+        std::fs::read_to_string(state_dir.join("agent.addr"))
+            .ok()
+            .filter(|s| !s.is_empty())
     });
-    let token = std::fs::read_to_string(state_dir.join("token")).unwrap().trim().to_string();
-    AgentProc { child, state_dir: state_dir.into(), url: format!("ws://{addr}"), token }
+    let token = std::fs::read_to_string(state_dir.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    AgentProc {
+        child,
+        state_dir: state_dir.into(),
+        url: format!("ws://{addr}"),
+        token,
+    }
 }
 
 async fn http_get(agent: &AgentProc, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = agent.url.trim_start_matches("ws://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", agent.token).as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            agent.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out

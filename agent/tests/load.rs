@@ -30,15 +30,27 @@ const RSS_GROWTH_LIMIT: u64 = 48 << 20;
 /// Error codes a correct agent may answer under this load.
 const EXPECTED_ERRORS: &[&str] = &["busy", "worker_gone", "shutting_down"];
 
-type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     kb * 1024
 }
 
@@ -99,19 +111,34 @@ fn op_name(r: &Request) -> &'static str {
 
 async fn open(agent: &AgentProc, name: &str) -> RawWs {
     let mut req = agent.url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", agent.token).parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", agent.token).parse().unwrap(),
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let hello = ClientMsg::Hello { protocol_version: PROTOCOL_VERSION, client: name.into() };
+    let hello = ClientMsg::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client: name.into(),
+    };
     ws.send(Message::text(encode(&hello))).await.unwrap();
     match ws.next().await {
-        Some(Ok(Message::Text(t))) => assert!(matches!(decode::<ServerMsg>(&t), Ok(ServerMsg::Welcome { .. })), "{t}"),
+        Some(Ok(Message::Text(t))) => assert!(
+            matches!(decode::<ServerMsg>(&t), Ok(ServerMsg::Welcome { .. })),
+            "{t}"
+        ),
         other => panic!("no welcome: {other:?}"),
     }
     ws
 }
 
 /// One session: keep `DEPTH` requests in flight until `until`, then drain and check every id.
-async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, stable: Vec<String>) -> Tally {
+async fn session(
+    agent: &AgentProc,
+    idx: u64,
+    until: Instant,
+    spawner: bool,
+    stable: Vec<String>,
+) -> Tally {
     let mut ws = open(agent, &format!("load-{idx}")).await;
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (idx + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut t = Tally::default();
@@ -122,7 +149,12 @@ async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, sta
     let mut spawning = false;
     // After a `busy`, this session leaves the workers alone for a moment (as a client should).
     let mut infer_after = Instant::now();
-    let model_file = model_path().file_name().unwrap().to_str().unwrap().to_string();
+    let model_file = model_path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let drain_limit = until + Duration::from_secs(90);
     loop {
         let sending = Instant::now() < until;
@@ -133,17 +165,41 @@ async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, sta
             let roll = rng.below(100);
             let body = if spawner && mine.is_none() && !spawning {
                 spawning = true;
-                Request::Spawn(SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) })
-            } else if spawner && mine.as_ref().is_some_and(|(_, at)| at.elapsed() > SPAWN_LIFETIME) {
-                Request::Kill { worker: mine.take().unwrap().0 }
+                Request::Spawn(SpawnSpec {
+                    model: model_path().display().to_string(),
+                    device: "cpu".into(),
+                    threads: Some(1),
+                })
+            } else if spawner
+                && mine
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() > SPAWN_LIFETIME)
+            {
+                Request::Kill {
+                    worker: mine.take().unwrap().0,
+                }
             } else if roll < 60 && Instant::now() >= infer_after {
-                let params = SamplingParams { temperature: 0.0, max_tokens: 1 + rng.below(6) as u32, ..Default::default() };
+                let params = SamplingParams {
+                    temperature: 0.0,
+                    max_tokens: 1 + rng.below(6) as u32,
+                    ..Default::default()
+                };
                 let prompt = format!("Item {}: the capital of France is", rng.below(1000));
                 // By model (any ready worker, including ones being killed) or a stable worker by id.
                 if roll % 2 == 0 {
-                    Request::Infer { worker: None, model: Some(model_file.clone()), prompt, params }
+                    Request::Infer {
+                        worker: None,
+                        model: Some(model_file.clone()),
+                        prompt,
+                        params,
+                    }
                 } else {
-                    Request::Infer { worker: Some(stable[roll as usize % stable.len()].clone()), model: None, prompt, params }
+                    Request::Infer {
+                        worker: Some(stable[roll as usize % stable.len()].clone()),
+                        model: None,
+                        prompt,
+                        params,
+                    }
                 }
             } else if roll < 75 {
                 Request::ListWorkers
@@ -152,20 +208,33 @@ async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, sta
             } else if roll < 95 {
                 Request::Ping
             } else {
-                Request::TailLog { worker: stable[0].clone(), lines: 5 }
+                Request::TailLog {
+                    worker: stable[0].clone(),
+                    lines: 5,
+                }
             };
             let id = next_id;
             next_id += 1;
             outstanding.insert(id, op_name(&body));
             t.sent += 1;
-            ws.send(Message::text(encode(&ClientMsg::Request { id, deadline: None, body }))).await.unwrap();
+            ws.send(Message::text(encode(&ClientMsg::Request {
+                id,
+                deadline: None,
+                body,
+            })))
+            .await
+            .unwrap();
         }
         let frame = match tokio::time::timeout_at(drain_limit.into(), ws.next()).await {
             Err(_) => {
-                t.violations.push(format!("session {idx}: {} requests never answered: {outstanding:?}", outstanding.len()));
+                t.violations.push(format!(
+                    "session {idx}: {} requests never answered: {outstanding:?}",
+                    outstanding.len()
+                ));
                 break;
             }
-            Ok(Some(Ok(Message::Text(text)))) => decode::<ServerMsg>(&text).unwrap_or_else(|e| panic!("undecodable frame {e}: {text}")),
+            Ok(Some(Ok(Message::Text(text)))) => decode::<ServerMsg>(&text)
+                .unwrap_or_else(|e| panic!("undecodable frame {e}: {text}")),
             Ok(Some(Ok(_))) => continue,
             Ok(other) => panic!("session {idx} ended: {other:?}"),
         };
@@ -173,21 +242,38 @@ async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, sta
             ServerMsg::Token { id, .. } => {
                 t.tokens += 1;
                 if !outstanding.contains_key(&id) {
-                    t.violations.push(format!("session {idx}: token for id {id} which is not in flight"));
+                    t.violations.push(format!(
+                        "session {idx}: token for id {id} which is not in flight"
+                    ));
                 }
                 continue;
             }
             ServerMsg::Reply { id, body } => (id, Ok(body)),
-            ServerMsg::Error { id: Some(id), code, message } => (id, Err((code, message))),
-            ServerMsg::Error { id: None, code, message } => {
-                t.violations.push(format!("session {idx}: error without id: {code}: {message}"));
+            ServerMsg::Error {
+                id: Some(id),
+                code,
+                message,
+            } => (id, Err((code, message))),
+            ServerMsg::Error {
+                id: None,
+                code,
+                message,
+            } => {
+                t.violations.push(format!(
+                    "session {idx}: error without id: {code}: {message}"
+                ));
                 continue;
             }
             ServerMsg::Event { .. } | ServerMsg::Welcome { .. } => continue,
         };
         let Some(op) = outstanding.remove(&id) else {
-            let what = if done.contains(&id) { "second final" } else { "final for an id never sent" };
-            t.violations.push(format!("session {idx}: {what} for id {id}"));
+            let what = if done.contains(&id) {
+                "second final"
+            } else {
+                "final for an id never sent"
+            };
+            t.violations
+                .push(format!("session {idx}: {what} for id {id}"));
             continue;
         };
         done.insert(id);
@@ -208,7 +294,9 @@ async fn session(agent: &AgentProc, idx: u64, until: Instant, spawner: bool, sta
                     infer_after = Instant::now() + BUSY_PAUSE;
                 }
                 if !EXPECTED_ERRORS.contains(&code.as_str()) {
-                    t.violations.push(format!("session {idx}: unexpected error for {op} {id}: {code}: {message}"));
+                    t.violations.push(format!(
+                        "session {idx}: unexpected error for {op} {id}: {code}: {message}"
+                    ));
                 }
                 *t.errors.entry(format!("{op}:{code}")).or_default() += 1;
                 t.samples.entry(format!("{op}:{code}")).or_insert(message);
@@ -242,23 +330,41 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let sessions = env_or("RBEE_LOAD_SESSIONS", 16);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, "telemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n").unwrap();
-    let agent = AgentProc::start(&dir.path().join("state"), &["--config", cfg.to_str().unwrap()]);
+    std::fs::write(
+        &cfg,
+        "telemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n",
+    )
+    .unwrap();
+    let agent = AgentProc::start(
+        &dir.path().join("state"),
+        &["--config", cfg.to_str().unwrap()],
+    );
     let pid = agent.pid();
 
     // Two stable workers that live through the whole run.
     let (c, mut ev) = agent.connect().await;
-    assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+    assert_eq!(
+        c.request(Request::Subscribe, None).await.unwrap(),
+        Reply::Subscribed
+    );
     let mut stable = Vec::new();
     for _ in 0..2 {
-        let spec = SpawnSpec { model: model_path().display().to_string(), device: "cpu".into(), threads: Some(1) };
-        let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else { panic!() };
+        let spec = SpawnSpec {
+            model: model_path().display().to_string(),
+            device: "cpu".into(),
+            threads: Some(1),
+        };
+        let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+            panic!()
+        };
         stable.push(worker.id);
     }
     let mut ready = HashSet::new();
     tokio::time::timeout(Duration::from_secs(120), async {
         while ready.len() < stable.len() {
-            if let Some(rbee_proto::client::Incoming::Event(Event::WorkerState { worker })) = ev.recv().await {
+            if let Some(rbee_proto::client::Incoming::Event(Event::WorkerState { worker })) =
+                ev.recv().await
+            {
                 if worker.state == WorkerState::Ready {
                     ready.insert(worker.id);
                 }
@@ -291,7 +397,9 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     for idx in 0..sessions {
         let (agent, stable) = (agent.clone(), stable.clone());
         // One session in eight also spawns and kills workers of its own (each spawn loads a model).
-        tasks.push(tokio::spawn(async move { session(&agent, idx, until, idx % 8 == 0, stable).await }));
+        tasks.push(tokio::spawn(async move {
+            session(&agent, idx, until, idx % 8 == 0, stable).await
+        }));
     }
     let mut total = Tally::default();
     for t in tasks {
@@ -302,18 +410,34 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let peak = peak.await.unwrap();
 
     // Clean up what the spawners left, then nothing but the stable workers may remain.
-    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else { panic!() };
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
+        panic!()
+    };
     for w in workers.iter().filter(|w| !stable.contains(&w.id)) {
-        c.request(Request::Kill { worker: w.id.clone() }, None).await.unwrap();
+        c.request(
+            Request::Kill {
+                worker: w.id.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
     }
-    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else { panic!() };
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
+        panic!()
+    };
     let mut ids: Vec<_> = workers.iter().map(|w| w.id.clone()).collect();
     ids.sort();
     let mut want = stable.clone();
     want.sort();
     assert_eq!(ids, want, "only the stable workers remain");
     // Busy is not hung: the stable workers were never restarted.
-    assert!(workers.iter().all(|w| w.state == WorkerState::Ready && w.in_flight == 0 && w.restarts == 0), "{workers:?}");
+    assert!(
+        workers
+            .iter()
+            .all(|w| w.state == WorkerState::Ready && w.in_flight == 0 && w.restarts == 0),
+        "{workers:?}"
+    );
     let stable_pids: HashSet<u32> = workers.iter().filter_map(|w| w.pid).collect();
     wait_for(Duration::from_secs(10), "killed workers to exit", || {
         (children_of(pid).into_iter().collect::<HashSet<_>>() == stable_pids).then_some(())
@@ -334,13 +458,38 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     println!("load: ok by op {:?}", total.ok);
     println!("load: errors by op:code {:?}", total.errors);
     println!("load: error messages {:?}", total.samples);
-    println!("load: agent RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB", mb(rss_before), mb(peak), mb(rss_after));
+    println!(
+        "load: agent RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+        mb(rss_before),
+        mb(peak),
+        mb(rss_after)
+    );
 
-    assert!(total.violations.is_empty(), "{} violations, first: {:#?}", total.violations.len(), &total.violations[..total.violations.len().min(10)]);
-    assert_eq!(total.finals, total.sent, "every request gets exactly one final frame");
-    assert!(elapsed < Duration::from_secs(secs + 60), "draining took too long: {elapsed:?}");
-    assert!(total.ok.get("infer").copied().unwrap_or(0) >= 4, "too few successful inferences: {:?}", total.ok);
-    assert!(total.ok.get("spawn").copied().unwrap_or(0) >= 1 && total.ok.get("kill").copied().unwrap_or(0) >= 1, "{:?}", total.ok);
+    assert!(
+        total.violations.is_empty(),
+        "{} violations, first: {:#?}",
+        total.violations.len(),
+        &total.violations[..total.violations.len().min(10)]
+    );
+    assert_eq!(
+        total.finals, total.sent,
+        "every request gets exactly one final frame"
+    );
+    assert!(
+        elapsed < Duration::from_secs(secs + 60),
+        "draining took too long: {elapsed:?}"
+    );
+    assert!(
+        total.ok.get("infer").copied().unwrap_or(0) >= 4,
+        "too few successful inferences: {:?}",
+        total.ok
+    );
+    assert!(
+        total.ok.get("spawn").copied().unwrap_or(0) >= 1
+            && total.ok.get("kill").copied().unwrap_or(0) >= 1,
+        "{:?}",
+        total.ok
+    );
     assert!(
         rss_after <= rss_before + RSS_GROWTH_LIMIT,
         "agent RSS grew from {:.1} MiB to {:.1} MiB (limit +{:.0} MiB)",

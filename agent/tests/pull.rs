@@ -48,7 +48,11 @@ fn start_hub(files: Vec<(&'static str, &'static str, Blob)>) -> Hub {
     Hub { url, served }
 }
 
-fn serve(mut conn: TcpStream, files: &[(&str, &str, Blob)], served: &AtomicU64) -> std::io::Result<()> {
+fn serve(
+    mut conn: TcpStream,
+    files: &[(&str, &str, Blob)],
+    served: &AtomicU64,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -69,19 +73,37 @@ fn serve(mut conn: TcpStream, files: &[(&str, &str, Blob)], served: &AtomicU64) 
         Blob::Advertised(n) => *n,
     };
     let path = path.split('?').next().unwrap();
-    if let Some(repo) = path.strip_prefix("/api/models/").and_then(|p| p.split("/revision/").next()) {
+    if let Some(repo) = path
+        .strip_prefix("/api/models/")
+        .and_then(|p| p.split("/revision/").next())
+    {
         let siblings: Vec<String> = files
             .iter()
             .filter(|(r, _, _)| *r == repo)
             .map(|(_, name, b)| format!(r#"{{"rfilename":"{name}","size":{}}}"#, size(b)))
             .collect();
         if siblings.is_empty() {
-            return respond(&mut conn, "404 Not Found", &[], b"{\"error\":\"Repository not found\"}");
+            return respond(
+                &mut conn,
+                "404 Not Found",
+                &[],
+                b"{\"error\":\"Repository not found\"}",
+            );
         }
-        let body = format!(r#"{{"sha":"{COMMIT}","siblings":[{}]}}"#, siblings.join(","));
-        return respond(&mut conn, "200 OK", &[("Content-Type", "application/json".into())], body.as_bytes());
+        let body = format!(
+            r#"{{"sha":"{COMMIT}","siblings":[{}]}}"#,
+            siblings.join(",")
+        );
+        return respond(
+            &mut conn,
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            body.as_bytes(),
+        );
     }
-    let found = files.iter().find(|(r, name, _)| path == format!("/{r}/resolve/main/{name}"));
+    let found = files
+        .iter()
+        .find(|(r, name, _)| path == format!("/{r}/resolve/main/{name}"));
     let Some((_, name, blob)) = found else {
         return respond(&mut conn, "404 Not Found", &[], b"not found");
     };
@@ -99,7 +121,14 @@ fn serve(mut conn: TcpStream, files: &[(&str, &str, Blob)], served: &AtomicU64) 
     let body: Vec<u8> = match blob {
         Blob::Bytes(v) => v[start as usize..=end as usize].to_vec(),
         Blob::Advertised(_) if end - start < 16 => vec![0; (end - start + 1) as usize],
-        Blob::Advertised(_) => return respond(&mut conn, "500 Internal Server Error", &[], b"never downloaded"),
+        Blob::Advertised(_) => {
+            return respond(
+                &mut conn,
+                "500 Internal Server Error",
+                &[],
+                b"never downloaded",
+            )
+        }
     };
     if end > start {
         served.fetch_add(body.len() as u64, Ordering::SeqCst);
@@ -107,8 +136,16 @@ fn serve(mut conn: TcpStream, files: &[(&str, &str, Blob)], served: &AtomicU64) 
     respond(&mut conn, "206 Partial Content", &headers, &body)
 }
 
-fn respond(conn: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+fn respond(
+    conn: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -125,13 +162,20 @@ fn agent_on(hub: &Hub, hf_home: &std::path::Path, state: &std::path::Path) -> Ag
     AgentProc::start_with_env(
         state,
         &[],
-        &[("HF_ENDPOINT", hub.url.as_str()), ("HF_HOME", hf_home.to_str().unwrap()), ("HF_HUB_OFFLINE", "0")],
+        &[
+            ("HF_ENDPOINT", hub.url.as_str()),
+            ("HF_HOME", hf_home.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "0"),
+        ],
     )
 }
 
 async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
     let (c, ev) = agent.connect().await;
-    assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+    assert_eq!(
+        c.request(Request::Subscribe, None).await.unwrap(),
+        Reply::Subscribed
+    );
     (c, ev)
 }
 
@@ -146,20 +190,50 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     let reference = format!("hf:test-org/smol:{GGUF}");
 
     // Not pulled yet: the catalog does not offer it.
-    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else { panic!() };
-    assert!(models.iter().all(|m| m.reference != reference), "{models:?}");
+    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        models.iter().all(|m| m.reference != reference),
+        "{models:?}"
+    );
 
-    let reply = c.request(Request::Pull { model: reference.clone() }, None).await.unwrap();
-    let Reply::Pulled { model, path, downloaded_bytes } = reply else { panic!("{reply:?}") };
+    let reply = c
+        .request(
+            Request::Pull {
+                model: reference.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let Reply::Pulled {
+        model,
+        path,
+        downloaded_bytes,
+    } = reply
+    else {
+        panic!("{reply:?}")
+    };
     assert_eq!(model, reference);
     assert_eq!(downloaded_bytes, bytes.len() as u64);
     assert!(path.starts_with(hf_home.to_str().unwrap()), "{path}");
-    assert_eq!(std::fs::read(&path).unwrap().len(), bytes.len(), "the cached file is the whole model");
+    assert_eq!(
+        std::fs::read(&path).unwrap().len(),
+        bytes.len(),
+        "the cached file is the whole model"
+    );
 
     // Progress arrived as events, monotonic, ending at the total.
     let mut seen = Vec::new();
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), ev.recv()).await {
-        if let Incoming::Event(Event::PullProgress { model, downloaded_bytes, total_bytes, .. }) = m {
+        if let Incoming::Event(Event::PullProgress {
+            model,
+            downloaded_bytes,
+            total_bytes,
+            ..
+        }) = m
+        {
             assert_eq!(model, reference);
             assert_eq!(total_bytes, bytes.len() as u64);
             seen.push(downloaded_bytes);
@@ -170,19 +244,44 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     assert_eq!(*seen.last().unwrap(), bytes.len() as u64);
 
     // Now it is in the catalog, and a second pull downloads nothing.
-    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else { panic!() };
-    let entry = models.iter().find(|m| m.reference == reference).unwrap_or_else(|| panic!("{models:?}"));
-    assert_eq!((entry.format.as_str(), entry.size_bytes), ("gguf", bytes.len() as u64));
+    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
+        panic!()
+    };
+    let entry = models
+        .iter()
+        .find(|m| m.reference == reference)
+        .unwrap_or_else(|| panic!("{models:?}"));
+    assert_eq!(
+        (entry.format.as_str(), entry.size_bytes),
+        ("gguf", bytes.len() as u64)
+    );
     let before = hub.served.load(Ordering::SeqCst);
-    let Reply::Pulled { downloaded_bytes, .. } = c.request(Request::Pull { model: reference.clone() }, None).await.unwrap() else {
+    let Reply::Pulled {
+        downloaded_bytes, ..
+    } = c
+        .request(
+            Request::Pull {
+                model: reference.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     assert_eq!(downloaded_bytes, 0);
     assert_eq!(hub.served.load(Ordering::SeqCst), before);
 
     // A worker spawned on the hf: reference loads it from the cache and generates.
-    let spec = SpawnSpec { model: reference.clone(), device: "cpu".into(), threads: Some(1) };
-    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else { panic!() };
+    let spec = SpawnSpec {
+        model: reference.clone(),
+        device: "cpu".into(),
+        threads: Some(1),
+    };
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+        panic!()
+    };
     let ready = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match ev.recv().await {
@@ -200,9 +299,21 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     .await
     .expect("worker ready");
     assert_eq!(ready.model, reference);
-    let params = SamplingParams { temperature: 0.0, max_tokens: 8, ..Default::default() };
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 8,
+        ..Default::default()
+    };
     let mut s = c
-        .start(Request::Infer { worker: Some(worker.id.clone()), model: None, prompt: "The capital of France is".into(), params }, None)
+        .start(
+            Request::Infer {
+                worker: Some(worker.id.clone()),
+                model: None,
+                prompt: "The capital of France is".into(),
+                params,
+            },
+            None,
+        )
         .await
         .unwrap();
     let mut text = String::new();
@@ -221,30 +332,82 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_that_does_not_fit_on_disk_is_refused_before_any_byte() {
-    let hub = start_hub(vec![("test-org/huge", "huge.gguf", Blob::Advertised(1 << 60))]);
+    let hub = start_hub(vec![(
+        "test-org/huge",
+        "huge.gguf",
+        Blob::Advertised(1 << 60),
+    )]);
     let dir = tempfile::tempdir().unwrap();
     let hf_home = dir.path().join("hf");
     let agent = agent_on(&hub, &hf_home, &dir.path().join("state"));
     let (c, _ev) = subscribed(&agent).await;
 
-    let e = c.request(Request::Pull { model: "hf:test-org/huge:huge.gguf".into() }, None).await.unwrap_err();
-    let ClientError::Agent(e) = e else { panic!("{e:?}") };
+    let e = c
+        .request(
+            Request::Pull {
+                model: "hf:test-org/huge:huge.gguf".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Agent(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.code, ErrorCode::InsufficientDisk);
-    assert!(e.message.starts_with("hf:test-org/huge:huge.gguf needs 1048576.0 TiB to download but only "), "{}", e.message);
+    assert!(
+        e.message
+            .starts_with("hf:test-org/huge:huge.gguf needs 1048576.0 TiB to download but only "),
+        "{}",
+        e.message
+    );
     assert!(e.message.contains("free in"), "{}", e.message);
     assert_eq!(hub.served.load(Ordering::SeqCst), 0, "nothing downloaded");
 
     // Unknown repo and unknown file: NotFound naming them. The agent keeps serving.
-    let e = c.request(Request::Pull { model: "hf:test-org/nothing:x.gguf".into() }, None).await.unwrap_err();
-    let ClientError::Agent(e) = e else { panic!("{e:?}") };
+    let e = c
+        .request(
+            Request::Pull {
+                model: "hf:test-org/nothing:x.gguf".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Agent(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
     assert!(e.message.contains("test-org/nothing"), "{}", e.message);
-    let e = c.request(Request::Pull { model: "hf:test-org/huge:other.gguf".into() }, None).await.unwrap_err();
-    let ClientError::Agent(e) = e else { panic!("{e:?}") };
+    let e = c
+        .request(
+            Request::Pull {
+                model: "hf:test-org/huge:other.gguf".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Agent(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.code, ErrorCode::NotFound);
     assert!(e.message.contains("no file `other.gguf`"), "{}", e.message);
-    let e = c.request(Request::Pull { model: "hf:bad".into() }, None).await.unwrap_err();
-    let ClientError::Agent(e) = e else { panic!("{e:?}") };
+    let e = c
+        .request(
+            Request::Pull {
+                model: "hf:bad".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    let ClientError::Agent(e) = e else {
+        panic!("{e:?}")
+    };
     assert_eq!(e.code, ErrorCode::BadRequest);
-    assert!(matches!(c.request(Request::Ping, None).await.unwrap(), Reply::Pong { .. }));
+    assert!(matches!(
+        c.request(Request::Ping, None).await.unwrap(),
+        Reply::Pong { .. }
+    ));
 }

@@ -119,7 +119,12 @@ pub async fn run<B: Backend>(
     for (i, target) in targets.into_iter().enumerate() {
         let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
         effect_txs.push(etx);
-        sessions.spawn(rbee_tui::session::run_node(i, target, action_tx.clone(), erx));
+        sessions.spawn(rbee_tui::session::run_node(
+            i,
+            target,
+            action_tx.clone(),
+            erx,
+        ));
     }
     drop(action_tx);
 
@@ -243,7 +248,11 @@ fn count(r: &mut DashReport, action: &Action) {
 
 /// Go to the chosen screen with the keys an operator would press, once node 0 knows its
 /// workers. Returns whether it is there.
-fn open_screen(state: &mut State, screen: ScreenChoice, dispatch: &impl Fn(&mut State, Action)) -> bool {
+fn open_screen(
+    state: &mut State,
+    screen: ScreenChoice,
+    dispatch: &impl Fn(&mut State, Action),
+) -> bool {
     if state.nodes.first().is_none_or(|n| n.workers.is_empty()) {
         return false;
     }
@@ -268,10 +277,9 @@ fn open_screen(state: &mut State, screen: ScreenChoice, dispatch: &impl Fn(&mut 
 /// If no prompt is streaming, start one on the current node: `p` (opens the pane on "any ready
 /// worker" of the node), the text, Enter.
 fn prompt_again(state: &mut State, dispatch: &impl Fn(&mut State, Action)) {
-    let serving = state
-        .nodes
-        .get(state.current_node())
-        .is_some_and(|n| n.conn == Conn::Connected && n.workers.iter().any(|w| w.info.state.is_serving()));
+    let serving = state.nodes.get(state.current_node()).is_some_and(|n| {
+        n.conn == Conn::Connected && n.workers.iter().any(|w| w.info.state.is_serving())
+    });
     if !serving {
         return;
     }
@@ -360,6 +368,10 @@ mod tests {
         assert!(r.prompt_tokens > 5, "{r:?}");
         assert!(!r.frames.is_empty());
         assert!(r.screen.contains("Nodes (3)"), "{}", r.screen);
-        assert!(r.screen.contains("gpu-node-000") || r.screen.contains("n0"), "{}", r.screen);
+        assert!(
+            r.screen.contains("gpu-node-000") || r.screen.contains("n0"),
+            "{}",
+            r.screen
+        );
     }
 }

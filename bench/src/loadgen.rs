@@ -30,8 +30,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rbee_proto::frame::{decode, encode};
 use rbee_proto::session::{
-    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply,
-    Request, ServerMsg, Telemetry, WorkerInfo,
+    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
+    ServerMsg, Telemetry, WorkerInfo,
 };
 use rbee_proto::{
     now_millis, ErrorCode, FinishReason, ModelSummary, RequestId, Usage, WorkerState,
@@ -53,9 +53,21 @@ pub const AGENT_VERSION: &str = concat!("loadgen/", env!("CARGO_PKG_VERSION"));
 const SESSION_QUEUE: usize = 64;
 
 const MODELS: [(&str, &str, u64); 3] = [
-    ("/models/Llama-3.1-8B-Instruct-Q4_K_M.gguf", "llama", 4_920_000_000),
-    ("/models/Qwen2.5-7B-Instruct-Q8_0.gguf", "qwen2", 8_100_000_000),
-    ("/models/Mistral-7B-Instruct-v0.3-Q5_K_M.gguf", "llama", 5_140_000_000),
+    (
+        "/models/Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+        "llama",
+        4_920_000_000,
+    ),
+    (
+        "/models/Qwen2.5-7B-Instruct-Q8_0.gguf",
+        "qwen2",
+        8_100_000_000,
+    ),
+    (
+        "/models/Mistral-7B-Instruct-v0.3-Q5_K_M.gguf",
+        "llama",
+        5_140_000_000,
+    ),
 ];
 const WORDS: [&str; 8] = [
     " the", " bees", " hum", " over", " a", " quiet", " field", ".",
@@ -290,7 +302,9 @@ impl Agent {
                     index: g as u32,
                     name: "NVIDIA H100 80GB HBM3".into(),
                     mem_total_bytes: 80 << 30,
-                    mem_used_bytes: ours + (600 << 20) + (sim.range(0.0, 1.0) * (256 << 20) as f64) as u64,
+                    mem_used_bytes: ours
+                        + (600 << 20)
+                        + (sim.range(0.0, 1.0) * (256 << 20) as f64) as u64,
                     utilization_percent: sim.range(80.0, 100.0) as u32,
                     temperature_c: sim.range(58.0, 74.0) as u32,
                     power_watts: sim.range(480.0, 690.0) as f32,
@@ -319,7 +333,11 @@ impl Agent {
             let busy = w.state == WorkerState::Busy;
             let event = Event::Heartbeat {
                 worker: w.id.clone(),
-                tokens_per_s: if busy { (tps * jitter * 10.0).round() / 10.0 } else { 0.0 },
+                tokens_per_s: if busy {
+                    (tps * jitter * 10.0).round() / 10.0
+                } else {
+                    0.0
+                },
                 rss_bytes: w.rss_bytes,
                 in_flight: busy as u32,
             };
@@ -360,7 +378,11 @@ impl Agent {
         }
         w.state = state;
         w.in_flight = (state == WorkerState::Busy) as u32;
-        w.tokens_per_s = if state == WorkerState::Busy { self.cfg.tokens_per_s } else { 0.0 };
+        w.tokens_per_s = if state == WorkerState::Busy {
+            self.cfg.tokens_per_s
+        } else {
+            0.0
+        };
         if state == WorkerState::Crashed {
             w.last_exit = Some("signal 9 (SIGKILL): out of memory".into());
             w.pid = None;
@@ -380,7 +402,10 @@ impl Agent {
             gone |= tx.send(batch.clone()).await.is_err();
         }
         if gone {
-            self.subscribers.lock().unwrap().retain(|tx| !tx.is_closed());
+            self.subscribers
+                .lock()
+                .unwrap()
+                .retain(|tx| !tx.is_closed());
         }
     }
 }
@@ -400,8 +425,8 @@ async fn simulate(agent: Arc<Agent>) {
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let every = |secs: f64| ((secs * cfg.tokens_per_s).round() as u64).max(1);
     let telemetry_every = every(1.0 / cfg.telemetry_hz);
-    let state_every = (!cfg.state_change_every.is_zero())
-        .then(|| every(cfg.state_change_every.as_secs_f64()));
+    let state_every =
+        (!cfg.state_change_every.is_zero()).then(|| every(cfg.state_change_every.as_secs_f64()));
     let offset = agent.index as u64 * 7919;
     let mut n: u64 = 0;
     loop {
@@ -466,8 +491,10 @@ async fn serve(stream: TcpStream, agent: Arc<Agent>) {
         }
     };
     // The real agent's read buffer (see `rbee_proto::WS_READ_BUFFER_BYTES`).
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(rbee_proto::WS_READ_BUFFER_BYTES);
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await else {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(rbee_proto::WS_READ_BUFFER_BYTES);
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await
+    else {
         return;
     };
     agent.counters.sessions.fetch_add(1, Ordering::Relaxed);
@@ -741,9 +768,15 @@ mod tests {
         assert!(lg.urls.iter().all(|u| u.starts_with("ws://127.0.0.1:")));
 
         let bad = Client::connect(&lg.urls[0], "wrong", "test").await;
-        assert!(matches!(bad, Err(ClientError::Unauthorized { .. })), "{:?}", bad.err());
+        assert!(
+            matches!(bad, Err(ClientError::Unauthorized { .. })),
+            "{:?}",
+            bad.err()
+        );
 
-        let (client, mut events) = Client::connect(&lg.urls[1], "s3cret", "test").await.unwrap();
+        let (client, mut events) = Client::connect(&lg.urls[1], "s3cret", "test")
+            .await
+            .unwrap();
         assert_eq!(client.node, "gpu-node-001");
         let Reply::Workers { workers } = client.request(Request::ListWorkers, None).await.unwrap()
         else {

@@ -50,9 +50,7 @@ fn rusage(who: libc::c_int) -> CpuTime {
 /// A `VmXxx:` line of `/proc/self/status`, in bytes (e.g. `VmHWM`: peak resident set).
 pub fn proc_status_bytes(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.split(':').next() == Some(key))?;
+    let line = text.lines().find(|l| l.split(':').next() == Some(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -88,7 +88,10 @@ impl Stream {
     }
 
     pub async fn cancel(&self) -> Result<(), ClientError> {
-        self.client.request(Request::Cancel { request: self.id }, None).await.map(|_| ())
+        self.client
+            .request(Request::Cancel { request: self.id }, None)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -101,7 +104,8 @@ impl Drop for Stream {
 /// The error for a failed WebSocket upgrade: 401 means the token was refused.
 /// The client side's WebSocket settings: library defaults but for the read buffer.
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER_BYTES)
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
 }
 
 fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientError {
@@ -109,14 +113,21 @@ fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientE
         tokio_tungstenite::tungstenite::Error::Http(resp) if resp.status() == 401 => {
             ClientError::Unauthorized { url: url.into() }
         }
-        e => ClientError::Connect { url: url.into(), reason: e.to_string() },
+        e => ClientError::Connect {
+            url: url.into(),
+            reason: e.to_string(),
+        },
     }
 }
 
 impl Client {
     /// Connect to `url` (ws://HOST:PORT) with a bearer token and complete the handshake.
     /// `events` receives everything not addressed to a request.
-    pub async fn connect(url: &str, token: &str, client_name: &str) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
+    pub async fn connect(
+        url: &str,
+        token: &str,
+        client_name: &str,
+    ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
         Self::connect_with_version(url, token, client_name, PROTOCOL_VERSION).await
     }
 
@@ -129,9 +140,16 @@ impl Client {
     ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
         let mut req = url
             .into_client_request()
-            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
-        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|e| {
+            ClientError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            }
+        })?;
         req.headers_mut().insert("authorization", auth);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false)
             .await
@@ -152,9 +170,16 @@ impl Client {
     {
         let mut req = url
             .into_client_request()
-            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
-        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .map_err(|e| ClientError::Connect { url: url.into(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|e| {
+            ClientError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            }
+        })?;
         req.headers_mut().insert("authorization", auth);
         let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
             .await
@@ -173,26 +198,47 @@ impl Client {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut source) = ws.split();
-        let hello = ClientMsg::Hello { protocol_version: version, client: client_name.into() };
+        let hello = ClientMsg::Hello {
+            protocol_version: version,
+            client: client_name.into(),
+        };
         sink.send(Message::text(encode(&hello)))
             .await
-            .map_err(|e| ClientError::Handshake { url: url.into(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Handshake {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
         let (agent_version, node) = loop {
             let msg = source.next().await.ok_or_else(|| ClientError::Handshake {
                 url: url.into(),
                 reason: "connection closed before welcome".into(),
             })?;
-            let msg = msg.map_err(|e| ClientError::Handshake { url: url.into(), reason: e.to_string() })?;
+            let msg = msg.map_err(|e| ClientError::Handshake {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
             let Message::Text(text) = msg else { continue };
             match decode::<ServerMsg>(&text) {
-                Ok(ServerMsg::Welcome { agent_version, node, .. }) => break (agent_version, node),
+                Ok(ServerMsg::Welcome {
+                    agent_version,
+                    node,
+                    ..
+                }) => break (agent_version, node),
                 Ok(ServerMsg::Error { code, message, .. }) => {
                     return Err(ClientError::Agent(ProtoError::new(code, message)))
                 }
                 Ok(other) => {
-                    return Err(ClientError::Handshake { url: url.into(), reason: format!("unexpected {other:?}") })
+                    return Err(ClientError::Handshake {
+                        url: url.into(),
+                        reason: format!("unexpected {other:?}"),
+                    })
                 }
-                Err(e) => return Err(ClientError::Handshake { url: url.into(), reason: e.message }),
+                Err(e) => {
+                    return Err(ClientError::Handshake {
+                        url: url.into(),
+                        reason: e.message,
+                    })
+                }
             }
         };
 
@@ -210,10 +256,16 @@ impl Client {
         let pending_r = pending.clone();
         tokio::spawn(async move {
             let reason = loop {
-                let Some(msg) = source.next().await else { break "connection closed".to_string() };
+                let Some(msg) = source.next().await else {
+                    break "connection closed".to_string();
+                };
                 let text = match msg {
                     Ok(Message::Text(t)) => t,
-                    Ok(Message::Close(c)) => break c.map(|c| c.reason.to_string()).unwrap_or_else(|| "closed by agent".into()),
+                    Ok(Message::Close(c)) => {
+                        break c
+                            .map(|c| c.reason.to_string())
+                            .unwrap_or_else(|| "closed by agent".into())
+                    }
                     Ok(_) => continue,
                     Err(e) => break e.to_string(),
                 };
@@ -227,9 +279,19 @@ impl Client {
                 let (id, item) = match msg {
                     ServerMsg::Token { id, text } => (id, Streamed::Token(text)),
                     ServerMsg::Reply { id, body } => (id, Streamed::Reply(body)),
-                    ServerMsg::Error { id: Some(id), code, message } => (id, Streamed::Error(ProtoError::new(code, message))),
-                    ServerMsg::Error { id: None, code, message } => {
-                        let _ = ev_tx.send(Incoming::Error(ProtoError::new(code, message))).await;
+                    ServerMsg::Error {
+                        id: Some(id),
+                        code,
+                        message,
+                    } => (id, Streamed::Error(ProtoError::new(code, message))),
+                    ServerMsg::Error {
+                        id: None,
+                        code,
+                        message,
+                    } => {
+                        let _ = ev_tx
+                            .send(Incoming::Error(ProtoError::new(code, message)))
+                            .await;
                         continue;
                     }
                     ServerMsg::Event { event } => {
@@ -249,25 +311,54 @@ impl Client {
             // Wake every waiter: their session is gone.
             let waiters: Vec<_> = pending_r.lock().unwrap().drain().collect();
             for (_, tx) in waiters {
-                let _ = tx.send(Streamed::Error(ProtoError::new(ErrorCode::Internal, format!("session closed: {reason}")))).await;
+                let _ = tx
+                    .send(Streamed::Error(ProtoError::new(
+                        ErrorCode::Internal,
+                        format!("session closed: {reason}"),
+                    )))
+                    .await;
             }
             let _ = ev_tx.send(Incoming::Closed(reason)).await;
         });
-        Ok((Client { out: out_tx, pending, next_id: Arc::new(AtomicU64::new(1)), agent_version, node }, ev_rx))
+        Ok((
+            Client {
+                out: out_tx,
+                pending,
+                next_id: Arc::new(AtomicU64::new(1)),
+                agent_version,
+                node,
+            },
+            ev_rx,
+        ))
     }
 
     /// Start a request; the returned stream yields its tokens and final reply.
-    pub async fn start(&self, body: Request, deadline: Option<UnixMillis>) -> Result<Stream, ClientError> {
+    pub async fn start(
+        &self,
+        body: Request,
+        deadline: Option<UnixMillis>,
+    ) -> Result<Stream, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         self.pending.lock().unwrap().insert(id, tx);
         let frame = encode(&ClientMsg::Request { id, deadline, body });
-        self.out.send(Message::text(frame)).await.map_err(|_| ClientError::Closed)?;
-        Ok(Stream { id, rx, client: self.clone() })
+        self.out
+            .send(Message::text(frame))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Stream {
+            id,
+            rx,
+            client: self.clone(),
+        })
     }
 
     /// Send a request and wait for its reply (tokens, if any, are discarded).
-    pub async fn request(&self, body: Request, deadline: Option<UnixMillis>) -> Result<Reply, ClientError> {
+    pub async fn request(
+        &self,
+        body: Request,
+        deadline: Option<UnixMillis>,
+    ) -> Result<Reply, ClientError> {
         let mut s = self.start(body, deadline).await?;
         loop {
             match s.next().await {
@@ -281,7 +372,10 @@ impl Client {
 
     /// Send raw text as one frame (for tests of the agent's handling of bad input).
     pub async fn send_raw(&self, text: &str) -> Result<(), ClientError> {
-        self.out.send(Message::text(text.to_string())).await.map_err(|_| ClientError::Closed)
+        self.out
+            .send(Message::text(text.to_string()))
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Register interest in replies to a raw frame with this id.

@@ -9,7 +9,10 @@ use crate::policy::RestartPolicy;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -57,22 +60,32 @@ impl Default for AgentConfig {
 
 impl AgentConfig {
     pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid { path: path.into(), message: one_line(&e, text) })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            message: one_line(&e, text),
+        })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
         Ok(cfg)
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(path, &text)
     }
 
     /// Checks serde cannot express; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("key `listen`: `{}` is not an address like 127.0.0.1:7733", self.listen));
+            return Err(format!(
+                "key `listen`: `{}` is not an address like 127.0.0.1:7733",
+                self.listen
+            ));
         }
         if self.heartbeat_ms < 50 {
             return Err("key `heartbeat_ms`: must be at least 50".into());
@@ -83,8 +96,12 @@ impl AgentConfig {
         if self.worker_queue == 0 {
             return Err("key `worker_queue`: must be at least 1".into());
         }
-        if self.restart.initial_backoff_ms == 0 || self.restart.max_backoff_ms < self.restart.initial_backoff_ms {
-            return Err("key `restart.max_backoff_ms`: must be ≥ `restart.initial_backoff_ms` > 0".into());
+        if self.restart.initial_backoff_ms == 0
+            || self.restart.max_backoff_ms < self.restart.initial_backoff_ms
+        {
+            return Err(
+                "key `restart.max_backoff_ms`: must be ≥ `restart.initial_backoff_ms` > 0".into(),
+            );
         }
         Ok(())
     }
@@ -135,12 +152,21 @@ impl NodeConfig {
         match &self.ssh {
             Some(addr) => {
                 if has_url {
-                    return Err("key `url`/`token_file`: not used with `ssh` (the token is read over SSH)".into());
+                    return Err(
+                        "key `url`/`token_file`: not used with `ssh` (the token is read over SSH)"
+                            .into(),
+                    );
                 }
-                SshAddr::parse(addr).map(|_| ()).map_err(|m| format!("key `ssh`: {m}"))
+                SshAddr::parse(addr)
+                    .map(|_| ())
+                    .map_err(|m| format!("key `ssh`: {m}"))
             }
             None => {
-                if self.identity.is_some() || self.remote_dir.is_some() || !self.model_dirs.is_empty() || self.ephemeral {
+                if self.identity.is_some()
+                    || self.remote_dir.is_some()
+                    || !self.model_dirs.is_empty()
+                    || self.ephemeral
+                {
                     return Err("key `ssh`: missing; `identity`, `remote_dir`, `model_dirs` and `ephemeral` need it".into());
                 }
                 if self.url.is_empty() {
@@ -172,7 +198,9 @@ impl SshAddr {
             return Err(format!("`{s}`: bad user name"));
         }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
             match after.strip_prefix(':') {
                 Some(p) => (h, Some(p)),
                 None if after.is_empty() => (h, None),
@@ -190,9 +218,17 @@ impl SshAddr {
         }
         let port = match port {
             None => 22,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
         };
-        Ok(Self { user: user.into(), host: host.into(), port })
+        Ok(Self {
+            user: user.into(),
+            host: host.into(),
+            port,
+        })
     }
 }
 
@@ -215,8 +251,10 @@ pub struct TuiConfig {
 
 impl TuiConfig {
     pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid { path: path.into(), message: one_line(&e, text) })?;
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            message: one_line(&e, text),
+        })?;
         let mut seen = std::collections::HashSet::new();
         for (i, n) in cfg.nodes.iter().enumerate() {
             if let Err(m) = n.validate() {
@@ -278,7 +316,8 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named() {
-        let e = AgentConfig::from_toml("a.toml".as_ref(), "[restart]\nmax_restarts = \"many\"").unwrap_err();
+        let e = AgentConfig::from_toml("a.toml".as_ref(), "[restart]\nmax_restarts = \"many\"")
+            .unwrap_err();
         assert!(e.to_string().contains("max_restarts"), "{e}");
     }
 
@@ -307,10 +346,15 @@ mod tests {
             ("[[nodes]]\nname='b'\nssh='me@gpu-b:x'\n", "`ssh`"),
             ("[[nodes]]\nname='b'\nssh='me@h'\nurl='ws://x'\n", "`url`"),
             ("[[nodes]]\nname='b'\nurl='ws://x'\n", "`token_file`"),
-            ("[[nodes]]\nname='b'\nurl='ws://x'\ntoken_file='t'\nephemeral=true\n", "`ssh`"),
+            (
+                "[[nodes]]\nname='b'\nurl='ws://x'\ntoken_file='t'\nephemeral=true\n",
+                "`ssh`",
+            ),
             ("[[nodes]]\nname='b'\nssh='me@h'\nport=3\n", "port"),
         ] {
-            let e = TuiConfig::from_toml("t.toml".as_ref(), t).unwrap_err().to_string();
+            let e = TuiConfig::from_toml("t.toml".as_ref(), t)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key), "{t}: {e}");
         }
     }
@@ -318,7 +362,10 @@ mod tests {
     #[test]
     fn ssh_addr_forms() {
         let a = SshAddr::parse("root@10.0.0.2").unwrap();
-        assert_eq!((a.user.as_str(), a.host.as_str(), a.port), ("root", "10.0.0.2", 22));
+        assert_eq!(
+            (a.user.as_str(), a.host.as_str(), a.port),
+            ("root", "10.0.0.2", 22)
+        );
         let a = SshAddr::parse("u@[::1]:2200").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 2200));
         assert_eq!(a.to_string(), "u@[::1]:2200");

@@ -32,7 +32,10 @@ impl RestartPolicy {
     /// Delay before restart number `attempt` (0-based): initial × 2^attempt, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u64.checked_shl(attempt.min(63)).unwrap_or(u64::MAX);
-        let ms = self.initial_backoff_ms.saturating_mul(factor).min(self.max_backoff_ms);
+        let ms = self
+            .initial_backoff_ms
+            .saturating_mul(factor)
+            .min(self.max_backoff_ms);
         Duration::from_millis(ms)
     }
 }
@@ -56,7 +59,12 @@ pub enum AfterFailure {
 
 impl CircuitBreaker {
     /// Record a failure at `now` and decide, given how many restarts happened already.
-    pub fn on_failure(&mut self, policy: &RestartPolicy, restarts: u32, now: Instant) -> AfterFailure {
+    pub fn on_failure(
+        &mut self,
+        policy: &RestartPolicy,
+        restarts: u32,
+        now: Instant,
+    ) -> AfterFailure {
         let window = Duration::from_secs(policy.breaker_window_secs);
         self.failures.push_back(now);
         while let Some(&first) = self.failures.front() {
@@ -95,26 +103,53 @@ mod tests {
 
     #[test]
     fn breaker_opens_on_the_nth_failure_in_window() {
-        let p = RestartPolicy { breaker_failures: 3, breaker_window_secs: 60, ..Default::default() };
+        let p = RestartPolicy {
+            breaker_failures: 3,
+            breaker_window_secs: 60,
+            ..Default::default()
+        };
         let mut b = CircuitBreaker::default();
         let t0 = Instant::now();
-        assert_eq!(b.on_failure(&p, 0, t0), AfterFailure::RestartIn(Duration::from_secs(1)));
-        assert_eq!(b.on_failure(&p, 1, t0 + Duration::from_secs(1)), AfterFailure::RestartIn(Duration::from_secs(2)));
-        assert_eq!(b.on_failure(&p, 2, t0 + Duration::from_secs(2)), AfterFailure::BreakerOpen);
+        assert_eq!(
+            b.on_failure(&p, 0, t0),
+            AfterFailure::RestartIn(Duration::from_secs(1))
+        );
+        assert_eq!(
+            b.on_failure(&p, 1, t0 + Duration::from_secs(1)),
+            AfterFailure::RestartIn(Duration::from_secs(2))
+        );
+        assert_eq!(
+            b.on_failure(&p, 2, t0 + Duration::from_secs(2)),
+            AfterFailure::BreakerOpen
+        );
     }
 
     #[test]
     fn old_failures_leave_the_window() {
-        let p = RestartPolicy { breaker_failures: 2, breaker_window_secs: 10, ..Default::default() };
+        let p = RestartPolicy {
+            breaker_failures: 2,
+            breaker_window_secs: 10,
+            ..Default::default()
+        };
         let mut b = CircuitBreaker::default();
         let t0 = Instant::now();
-        assert!(matches!(b.on_failure(&p, 0, t0), AfterFailure::RestartIn(_)));
-        assert!(matches!(b.on_failure(&p, 1, t0 + Duration::from_secs(11)), AfterFailure::RestartIn(_)));
+        assert!(matches!(
+            b.on_failure(&p, 0, t0),
+            AfterFailure::RestartIn(_)
+        ));
+        assert!(matches!(
+            b.on_failure(&p, 1, t0 + Duration::from_secs(11)),
+            AfterFailure::RestartIn(_)
+        ));
     }
 
     #[test]
     fn restart_budget_is_finite() {
-        let p = RestartPolicy { max_restarts: 2, breaker_failures: 100, ..Default::default() };
+        let p = RestartPolicy {
+            max_restarts: 2,
+            breaker_failures: 100,
+            ..Default::default()
+        };
         let mut b = CircuitBreaker::default();
         assert_eq!(b.on_failure(&p, 2, Instant::now()), AfterFailure::GiveUp);
     }

@@ -13,7 +13,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    Hello { protocol_version: u32, client: String },
+    Hello {
+        protocol_version: u32,
+        client: String,
+    },
     Request {
         id: RequestId,
         #[serde(default)]
@@ -30,8 +33,12 @@ pub enum Request {
     /// Models this node can serve now.
     ListModels,
     Spawn(SpawnSpec),
-    Kill { worker: WorkerId },
-    Restart { worker: WorkerId },
+    Kill {
+        worker: WorkerId,
+    },
+    Restart {
+        worker: WorkerId,
+    },
     ListWorkers,
     Infer {
         /// A specific worker; if absent, any ready worker of `model`.
@@ -44,9 +51,14 @@ pub enum Request {
         params: SamplingParams,
     },
     /// Cancel an earlier request of this session.
-    Cancel { request: RequestId },
+    Cancel {
+        request: RequestId,
+    },
     /// Last `lines` lines of a worker's stderr.
-    TailLog { worker: WorkerId, lines: usize },
+    TailLog {
+        worker: WorkerId,
+        lines: usize,
+    },
     /// Start receiving `Event`s (worker states, heartbeats, telemetry, audit).
     Subscribe,
     /// Node summary: telemetry and workers.
@@ -55,7 +67,9 @@ pub enum Request {
     Ping,
     /// Download an `hf:ORG/REPO[@REVISION][:FILE]` model into the node's Hugging Face cache, with
     /// `PullProgress` events while it runs. Refused up front when it does not fit on disk.
-    Pull { model: String },
+    Pull {
+        model: String,
+    },
 }
 
 /// What to run: a model reference as `rbee-worker --model` accepts, on a device.
@@ -77,7 +91,11 @@ fn default_device() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
-    Welcome { protocol_version: u32, agent_version: String, node: String },
+    Welcome {
+        protocol_version: u32,
+        agent_version: String,
+        node: String,
+    },
     Reply {
         id: RequestId,
         #[serde(flatten)]
@@ -85,7 +103,11 @@ pub enum ServerMsg {
     },
     /// Streamed text of an `Infer`.
     Token { id: RequestId, text: String },
-    Error { id: Option<RequestId>, code: ErrorCode, message: String },
+    Error {
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    },
     Event {
         #[serde(flatten)]
         event: Event,
@@ -144,22 +166,38 @@ mod server_msg_de {
     /// The fields of variant `kind`, from whatever holds the rest of the frame.
     fn variant<'de, D: Deserializer<'de>>(kind: Kind, d: D) -> Result<ServerMsg, D::Error> {
         Ok(match kind {
-            Kind::Event => ServerMsg::Event { event: Event::deserialize(d)? },
+            Kind::Event => ServerMsg::Event {
+                event: Event::deserialize(d)?,
+            },
             Kind::Token => {
                 let f = TokenFields::deserialize(d)?;
-                ServerMsg::Token { id: f.id, text: f.text }
+                ServerMsg::Token {
+                    id: f.id,
+                    text: f.text,
+                }
             }
             Kind::Reply => {
                 let f = ReplyFields::deserialize(d)?;
-                ServerMsg::Reply { id: f.id, body: f.body }
+                ServerMsg::Reply {
+                    id: f.id,
+                    body: f.body,
+                }
             }
             Kind::Error => {
                 let f = ErrorFields::deserialize(d)?;
-                ServerMsg::Error { id: f.id, code: f.code, message: f.message }
+                ServerMsg::Error {
+                    id: f.id,
+                    code: f.code,
+                    message: f.message,
+                }
             }
             Kind::Welcome => {
                 let f = WelcomeFields::deserialize(d)?;
-                ServerMsg::Welcome { protocol_version: f.protocol_version, agent_version: f.agent_version, node: f.node }
+                ServerMsg::Welcome {
+                    protocol_version: f.protocol_version,
+                    agent_version: f.agent_version,
+                    node: f.node,
+                }
             }
         })
     }
@@ -187,7 +225,9 @@ mod server_msg_de {
             while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
                 rest.insert(k, v);
             }
-            let tag = rest.remove("type").ok_or_else(|| de::Error::missing_field("type"))?;
+            let tag = rest
+                .remove("type")
+                .ok_or_else(|| de::Error::missing_field("type"))?;
             let kind = Kind::deserialize(tag).map_err(de::Error::custom)?;
             variant(kind, serde_json::Value::Object(rest)).map_err(de::Error::custom)
         }
@@ -203,20 +243,47 @@ mod server_msg_de {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Models { models: Vec<ModelEntry> },
-    Spawned { worker: WorkerInfo },
-    Killed { worker: WorkerId },
-    Restarted { worker: WorkerId },
-    Workers { workers: Vec<WorkerInfo> },
+    Models {
+        models: Vec<ModelEntry>,
+    },
+    Spawned {
+        worker: WorkerInfo,
+    },
+    Killed {
+        worker: WorkerId,
+    },
+    Restarted {
+        worker: WorkerId,
+    },
+    Workers {
+        workers: Vec<WorkerInfo>,
+    },
     /// End of an `Infer` stream.
-    InferDone { worker: WorkerId, finish_reason: FinishReason, usage: Usage },
-    Cancelled { request: RequestId },
-    Log { worker: WorkerId, lines: Vec<String> },
+    InferDone {
+        worker: WorkerId,
+        finish_reason: FinishReason,
+        usage: Usage,
+    },
+    Cancelled {
+        request: RequestId,
+    },
+    Log {
+        worker: WorkerId,
+        lines: Vec<String>,
+    },
     Subscribed,
-    Status { status: NodeStatus },
-    Pong { agent_time: UnixMillis },
+    Status {
+        status: NodeStatus,
+    },
+    Pong {
+        agent_time: UnixMillis,
+    },
     /// End of a `Pull`: the files are in the cache; `downloaded_bytes` is 0 when all were there.
-    Pulled { model: String, path: String, downloaded_bytes: u64 },
+    Pulled {
+        model: String,
+        path: String,
+        downloaded_bytes: u64,
+    },
 }
 
 /// A model file or directory the node can serve.
@@ -258,14 +325,37 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    WorkerState { worker: WorkerInfo },
-    WorkerReady { worker: WorkerId, model: ModelSummary, spawn_to_ready_ms: u64 },
-    Heartbeat { worker: WorkerId, tokens_per_s: f64, rss_bytes: u64, in_flight: u32 },
-    Telemetry { telemetry: Telemetry },
-    Audit { entry: AuditEntry },
-    Log { worker: WorkerId, line: String },
+    WorkerState {
+        worker: WorkerInfo,
+    },
+    WorkerReady {
+        worker: WorkerId,
+        model: ModelSummary,
+        spawn_to_ready_ms: u64,
+    },
+    Heartbeat {
+        worker: WorkerId,
+        tokens_per_s: f64,
+        rss_bytes: u64,
+        in_flight: u32,
+    },
+    Telemetry {
+        telemetry: Telemetry,
+    },
+    Audit {
+        entry: AuditEntry,
+    },
+    Log {
+        worker: WorkerId,
+        line: String,
+    },
     /// A model pull moving on: bytes of all its missing files so far, out of their total.
-    PullProgress { model: String, file: String, downloaded_bytes: u64, total_bytes: u64 },
+    PullProgress {
+        model: String,
+        file: String,
+        downloaded_bytes: u64,
+        total_bytes: u64,
+    },
 }
 
 /// One node's resources at one moment.

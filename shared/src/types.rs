@@ -153,7 +153,8 @@ impl HubRef {
     /// `None` when `s` does not start with `hf:`; `Some(Err(why))` when it does but is malformed.
     pub fn parse(s: &str) -> Option<Result<HubRef, String>> {
         let rest = s.strip_prefix("hf:")?;
-        let bad = || format!("invalid model reference `{s}`: expected hf:ORG/REPO[@REVISION][:FILE]");
+        let bad =
+            || format!("invalid model reference `{s}`: expected hf:ORG/REPO[@REVISION][:FILE]");
         let (repo_rev, file) = match rest.split_once(':') {
             Some((a, f)) if !f.is_empty() => (a, Some(f.to_string())),
             Some(_) => return Some(Err(bad())),
@@ -168,7 +169,11 @@ impl HubRef {
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
             return Some(Err(bad()));
         }
-        Some(Ok(HubRef { repo: repo.to_string(), revision, file }))
+        Some(Ok(HubRef {
+            repo: repo.to_string(),
+            revision,
+            file,
+        }))
     }
 
     /// The revision asked for, `main` by default.

@@ -9,7 +9,9 @@ use crate::{ErrorCode, ModelSummary, RequestId, SamplingParams, UnixMillis, Usag
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
     /// Must be the first frame; the worker refuses anything else until versions agree.
-    Hello { protocol_version: u32 },
+    Hello {
+        protocol_version: u32,
+    },
     Generate {
         id: RequestId,
         prompt: String,
@@ -19,7 +21,9 @@ pub enum ToWorker {
         #[serde(default)]
         deadline: Option<UnixMillis>,
     },
-    Cancel { id: RequestId },
+    Cancel {
+        id: RequestId,
+    },
     /// Finish the current token, end every request with an error, exit 0.
     Shutdown,
 }
@@ -47,7 +51,15 @@ pub enum FromWorker {
     /// A piece of generated text; concatenating every `Token` of a request gives its full text.
     Token { id: RequestId, text: String },
     /// The request finished normally.
-    Done { id: RequestId, finish_reason: crate::FinishReason, usage: Usage },
+    Done {
+        id: RequestId,
+        finish_reason: crate::FinishReason,
+        usage: Usage,
+    },
     /// The request (or, with `id: None`, a frame that had no usable id) failed.
-    Error { id: Option<RequestId>, code: ErrorCode, message: String },
+    Error {
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    },
 }

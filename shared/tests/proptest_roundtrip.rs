@@ -6,11 +6,14 @@
 use proptest::prelude::*;
 use rbee_proto::frame::{decode, decode_line, encode, FrameError};
 use rbee_proto::session::{
-    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request, ServerMsg, SpawnSpec,
-    Telemetry, WorkerInfo,
+    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
+    ServerMsg, SpawnSpec, Telemetry, WorkerInfo,
 };
 use rbee_proto::worker::{FromWorker, ToWorker};
-use rbee_proto::{ErrorCode, FinishReason, ModelSummary, ProtoError, SamplingParams, Usage, WorkerState, MAX_FRAME_BYTES};
+use rbee_proto::{
+    ErrorCode, FinishReason, ModelSummary, ProtoError, SamplingParams, Usage, WorkerState,
+    MAX_FRAME_BYTES,
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 // ---------------------------------------------------------------- leaves
@@ -43,7 +46,9 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
-fn opt<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
+fn opt<T: std::fmt::Debug + Clone>(
+    s: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Option<T>> {
     prop::option::of(s)
 }
 
@@ -76,7 +81,12 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn finish_reason() -> impl Strategy<Value = FinishReason> {
-    prop_oneof![Just(FinishReason::Eos), Just(FinishReason::Length), Just(FinishReason::Stop), Just(FinishReason::ContextFull)]
+    prop_oneof![
+        Just(FinishReason::Eos),
+        Just(FinishReason::Length),
+        Just(FinishReason::Stop),
+        Just(FinishReason::ContextFull)
+    ]
 }
 
 fn worker_state() -> impl Strategy<Value = WorkerState> {
@@ -186,10 +196,17 @@ fn request() -> BoxedStrategy<Request> {
         worker_id().prop_map(|worker| Request::Kill { worker }),
         worker_id().prop_map(|worker| Request::Restart { worker }),
         Just(Request::ListWorkers),
-        (opt(worker_id()), opt(text()), text(), sampling())
-            .prop_map(|(worker, model, prompt, params)| Request::Infer { worker, model, prompt, params }),
+        (opt(worker_id()), opt(text()), text(), sampling()).prop_map(
+            |(worker, model, prompt, params)| Request::Infer {
+                worker,
+                model,
+                prompt,
+                params
+            }
+        ),
         any::<u64>().prop_map(|request| Request::Cancel { request }),
-        (worker_id(), any::<usize>()).prop_map(|(worker, lines)| Request::TailLog { worker, lines }),
+        (worker_id(), any::<usize>())
+            .prop_map(|(worker, lines)| Request::TailLog { worker, lines }),
         Just(Request::Subscribe),
         Just(Request::Status),
         Just(Request::Ping),
@@ -200,8 +217,12 @@ fn request() -> BoxedStrategy<Request> {
 
 fn client_msg() -> BoxedStrategy<ClientMsg> {
     prop_oneof![
-        (any::<u32>(), text()).prop_map(|(protocol_version, client)| ClientMsg::Hello { protocol_version, client }),
-        (any::<u64>(), opt(any::<u64>()), request()).prop_map(|(id, deadline, body)| ClientMsg::Request { id, deadline, body }),
+        (any::<u32>(), text()).prop_map(|(protocol_version, client)| ClientMsg::Hello {
+            protocol_version,
+            client
+        }),
+        (any::<u64>(), opt(any::<u64>()), request())
+            .prop_map(|(id, deadline, body)| ClientMsg::Request { id, deadline, body }),
     ]
     .boxed()
 }
@@ -213,14 +234,23 @@ fn reply() -> BoxedStrategy<Reply> {
         worker_id().prop_map(|worker| Reply::Killed { worker }),
         worker_id().prop_map(|worker| Reply::Restarted { worker }),
         list(worker_info()).prop_map(|workers| Reply::Workers { workers }),
-        (worker_id(), finish_reason(), usage())
-            .prop_map(|(worker, finish_reason, usage)| Reply::InferDone { worker, finish_reason, usage }),
+        (worker_id(), finish_reason(), usage()).prop_map(|(worker, finish_reason, usage)| {
+            Reply::InferDone {
+                worker,
+                finish_reason,
+                usage,
+            }
+        }),
         any::<u64>().prop_map(|request| Reply::Cancelled { request }),
         (worker_id(), list(text())).prop_map(|(worker, lines)| Reply::Log { worker, lines }),
         Just(Reply::Subscribed),
         node_status().prop_map(|status| Reply::Status { status }),
         any::<u64>().prop_map(|agent_time| Reply::Pong { agent_time }),
-        (text(), text(), any::<u64>()).prop_map(|(model, path, downloaded_bytes)| Reply::Pulled { model, path, downloaded_bytes }),
+        (text(), text(), any::<u64>()).prop_map(|(model, path, downloaded_bytes)| Reply::Pulled {
+            model,
+            path,
+            downloaded_bytes
+        }),
     ]
     .boxed()
 }
@@ -228,27 +258,51 @@ fn reply() -> BoxedStrategy<Reply> {
 fn event() -> BoxedStrategy<Event> {
     prop_oneof![
         worker_info().prop_map(|worker| Event::WorkerState { worker }),
-        (worker_id(), model_summary(), any::<u64>())
-            .prop_map(|(worker, model, spawn_to_ready_ms)| Event::WorkerReady { worker, model, spawn_to_ready_ms }),
-        (worker_id(), f64_(), any::<u64>(), any::<u32>())
-            .prop_map(|(worker, tokens_per_s, rss_bytes, in_flight)| Event::Heartbeat { worker, tokens_per_s, rss_bytes, in_flight }),
+        (worker_id(), model_summary(), any::<u64>()).prop_map(
+            |(worker, model, spawn_to_ready_ms)| Event::WorkerReady {
+                worker,
+                model,
+                spawn_to_ready_ms
+            }
+        ),
+        (worker_id(), f64_(), any::<u64>(), any::<u32>()).prop_map(
+            |(worker, tokens_per_s, rss_bytes, in_flight)| Event::Heartbeat {
+                worker,
+                tokens_per_s,
+                rss_bytes,
+                in_flight
+            }
+        ),
         telemetry().prop_map(|telemetry| Event::Telemetry { telemetry }),
         audit_entry().prop_map(|entry| Event::Audit { entry }),
         (worker_id(), text()).prop_map(|(worker, line)| Event::Log { worker, line }),
-        (text(), text(), any::<u64>(), any::<u64>()).prop_map(|(model, file, downloaded_bytes, total_bytes)| {
-            Event::PullProgress { model, file, downloaded_bytes, total_bytes }
-        }),
+        (text(), text(), any::<u64>(), any::<u64>()).prop_map(
+            |(model, file, downloaded_bytes, total_bytes)| {
+                Event::PullProgress {
+                    model,
+                    file,
+                    downloaded_bytes,
+                    total_bytes,
+                }
+            }
+        ),
     ]
     .boxed()
 }
 
 fn server_msg() -> BoxedStrategy<ServerMsg> {
     prop_oneof![
-        (any::<u32>(), text(), text())
-            .prop_map(|(protocol_version, agent_version, node)| ServerMsg::Welcome { protocol_version, agent_version, node }),
+        (any::<u32>(), text(), text()).prop_map(|(protocol_version, agent_version, node)| {
+            ServerMsg::Welcome {
+                protocol_version,
+                agent_version,
+                node,
+            }
+        }),
         (any::<u64>(), reply()).prop_map(|(id, body)| ServerMsg::Reply { id, body }),
         (any::<u64>(), text()).prop_map(|(id, text)| ServerMsg::Token { id, text }),
-        (opt(any::<u64>()), error_code(), text()).prop_map(|(id, code, message)| ServerMsg::Error { id, code, message }),
+        (opt(any::<u64>()), error_code(), text())
+            .prop_map(|(id, code, message)| ServerMsg::Error { id, code, message }),
         event().prop_map(|event| ServerMsg::Event { event }),
     ]
     .boxed()
@@ -259,8 +313,14 @@ fn server_msg() -> BoxedStrategy<ServerMsg> {
 fn to_worker() -> BoxedStrategy<ToWorker> {
     prop_oneof![
         any::<u32>().prop_map(|protocol_version| ToWorker::Hello { protocol_version }),
-        (any::<u64>(), text(), sampling(), opt(any::<u64>()))
-            .prop_map(|(id, prompt, params, deadline)| ToWorker::Generate { id, prompt, params, deadline }),
+        (any::<u64>(), text(), sampling(), opt(any::<u64>())).prop_map(
+            |(id, prompt, params, deadline)| ToWorker::Generate {
+                id,
+                prompt,
+                params,
+                deadline
+            }
+        ),
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         Just(ToWorker::Shutdown),
     ]
@@ -269,22 +329,42 @@ fn to_worker() -> BoxedStrategy<ToWorker> {
 
 fn from_worker() -> BoxedStrategy<FromWorker> {
     prop_oneof![
-        (any::<u32>(), any::<u32>()).prop_map(|(protocol_version, pid)| FromWorker::Hello { protocol_version, pid }),
+        (any::<u32>(), any::<u32>()).prop_map(|(protocol_version, pid)| FromWorker::Hello {
+            protocol_version,
+            pid
+        }),
         (text(), f32_()).prop_map(|(stage, progress)| FromWorker::Loading { stage, progress }),
         model_summary().prop_map(|model| FromWorker::Ready { model }),
-        (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), f64_(), any::<u64>()).prop_map(
-            |(seq, in_flight, queued, tokens_generated, last_tokens_per_s, rss_bytes)| FromWorker::Heartbeat {
-                seq,
-                in_flight,
-                queued,
-                tokens_generated,
-                last_tokens_per_s,
-                rss_bytes,
-            }
-        ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            f64_(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(seq, in_flight, queued, tokens_generated, last_tokens_per_s, rss_bytes)| {
+                    FromWorker::Heartbeat {
+                        seq,
+                        in_flight,
+                        queued,
+                        tokens_generated,
+                        last_tokens_per_s,
+                        rss_bytes,
+                    }
+                }
+            ),
         (any::<u64>(), text()).prop_map(|(id, text)| FromWorker::Token { id, text }),
-        (any::<u64>(), finish_reason(), usage()).prop_map(|(id, finish_reason, usage)| FromWorker::Done { id, finish_reason, usage }),
-        (opt(any::<u64>()), error_code(), text()).prop_map(|(id, code, message)| FromWorker::Error { id, code, message }),
+        (any::<u64>(), finish_reason(), usage()).prop_map(|(id, finish_reason, usage)| {
+            FromWorker::Done {
+                id,
+                finish_reason,
+                usage,
+            }
+        }),
+        (opt(any::<u64>()), error_code(), text())
+            .prop_map(|(id, code, message)| FromWorker::Error { id, code, message }),
     ]
     .boxed()
 }
@@ -311,7 +391,11 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Request::Pull { .. } => {}
     }
     match s {
-        ServerMsg::Welcome { .. } | ServerMsg::Reply { .. } | ServerMsg::Token { .. } | ServerMsg::Error { .. } | ServerMsg::Event { .. } => {}
+        ServerMsg::Welcome { .. }
+        | ServerMsg::Reply { .. }
+        | ServerMsg::Token { .. }
+        | ServerMsg::Error { .. }
+        | ServerMsg::Event { .. } => {}
     }
     match p {
         Reply::Models { .. }
@@ -341,7 +425,10 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
 #[allow(dead_code)]
 fn covers_worker(t: &ToWorker, f: &FromWorker, c: ErrorCode) {
     match t {
-        ToWorker::Hello { .. } | ToWorker::Generate { .. } | ToWorker::Cancel { .. } | ToWorker::Shutdown => {}
+        ToWorker::Hello { .. }
+        | ToWorker::Generate { .. }
+        | ToWorker::Cancel { .. }
+        | ToWorker::Shutdown => {}
     }
     match f {
         FromWorker::Hello { .. }
@@ -374,13 +461,16 @@ fn covers_worker(t: &ToWorker, f: &FromWorker, c: ErrorCode) {
 // ---------------------------------------------------------------- properties
 
 /// encode → decode gives the same value, and the frame is one line.
-fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: &T) -> Result<(), TestCaseError> {
+fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    msg: &T,
+) -> Result<(), TestCaseError> {
     let frame = encode(msg);
     prop_assert!(!frame.contains('\n'), "a frame must be one line: {frame}");
     let back: T = decode(&frame).map_err(|e| TestCaseError::fail(format!("{e} for {frame}")))?;
     prop_assert_eq!(&back, msg);
     // And as a worker stdout line, with the newline cut off as the agent does.
-    let back: T = decode_line(frame.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e} for {frame}")))?;
+    let back: T = decode_line(frame.as_bytes())
+        .map_err(|e| TestCaseError::fail(format!("{e} for {frame}")))?;
     prop_assert_eq!(&back, msg);
     Ok(())
 }
@@ -389,7 +479,8 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg
 fn check_error(text: &str, r: Result<impl Sized, FrameError>) -> Result<(), TestCaseError> {
     if let Err(e) = r {
         if let Some(id) = e.id {
-            let v: serde_json::Value = serde_json::from_str(text).expect("an id is only recovered from JSON");
+            let v: serde_json::Value =
+                serde_json::from_str(text).expect("an id is only recovered from JSON");
             prop_assert_eq!(v.get("id").and_then(|v| v.as_u64()), Some(id));
         }
         prop_assert!(e.message.len() <= rbee_proto::frame::MAX_ERROR_MESSAGE_BYTES + 64);
@@ -469,20 +560,33 @@ proptest! {
 
 #[test]
 fn frames_over_the_limit_are_refused_before_parsing() {
-    let text = format!(r#"{{"type":"token","id":1,"text":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES));
+    let text = format!(
+        r#"{{"type":"token","id":1,"text":"{}"}}"#,
+        "a".repeat(MAX_FRAME_BYTES)
+    );
     let e = decode::<FromWorker>(&text).unwrap_err();
     assert!(e.message.contains("exceeds the limit"), "{}", e.message);
     let e = decode_line::<FromWorker>(text.as_bytes()).unwrap_err();
     assert!(e.message.contains("exceeds the limit"), "{}", e.message);
     // Just under the limit is fine.
-    let text = format!(r#"{{"type":"token","id":1,"text":"{}"}}"#, "a".repeat(MAX_FRAME_BYTES - 40));
+    let text = format!(
+        r#"{{"type":"token","id":1,"text":"{}"}}"#,
+        "a".repeat(MAX_FRAME_BYTES - 40)
+    );
     assert!(decode::<FromWorker>(&text).is_ok());
 }
 
 #[test]
 fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
     let text = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    assert!(decode::<ClientMsg>(&text).unwrap_err().message.starts_with("not JSON"));
-    let text = format!(r#"{{"type":"request","id":3,"op":"ping","x":{}{}}}"#, "{\"a\":".repeat(50_000), "}".repeat(50_000));
+    assert!(decode::<ClientMsg>(&text)
+        .unwrap_err()
+        .message
+        .starts_with("not JSON"));
+    let text = format!(
+        r#"{{"type":"request","id":3,"op":"ping","x":{}{}}}"#,
+        "{\"a\":".repeat(50_000),
+        "}".repeat(50_000)
+    );
     assert!(decode::<ClientMsg>(&text).is_err());
 }

@@ -11,19 +11,30 @@ use tokio::sync::mpsc;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     // target/<profile>/deps/<test> → target/<profile>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
     dir
 }
 
 /// Path of a workspace binary; panics with a hint if it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built; run `cargo build --workspace` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built; run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The real small model (SmolLM2-135M-Instruct Q4_1), fetched by `assets/fetch-model.sh`.
@@ -31,7 +42,11 @@ pub fn model_path() -> PathBuf {
     let p = std::env::var_os("RBEE_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("assets/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(p.is_file(), "test model {} missing; run assets/fetch-model.sh", p.display());
+    assert!(
+        p.is_file(),
+        "test model {} missing; run assets/fetch-model.sh",
+        p.display()
+    );
     p
 }
 
@@ -47,7 +62,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -73,7 +91,13 @@ impl AgentProc {
 
     /// Start an agent listening on `listen`, run through `prefix` (e.g. `["ip", "netns", "exec",
     /// NS]`, which execs the agent so its pid is the child's); waits until it listens.
-    pub fn start_in(prefix: &[&str], listen: &str, state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> AgentProc {
+    pub fn start_in(
+        prefix: &[&str],
+        listen: &str,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let _ = std::fs::remove_file(state_dir.join("agent.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -88,7 +112,10 @@ impl AgentProc {
             }
             None => Command::new(bin("rbee-agent")),
         };
-        cmd.arg("--listen").arg(listen).arg("--state-dir").arg(state_dir);
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--state-dir")
+            .arg(state_dir);
         cmd.arg("--model-dir").arg(model_dir());
         cmd.arg("--worker-bin").arg(bin("rbee-worker"));
         cmd.args(extra);
@@ -98,12 +125,25 @@ impl AgentProc {
         let mut child = cmd.spawn().expect("start rbee-agent");
         let addr = wait_for(Duration::from_secs(20), "agent to listen", || {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("rbee-agent exited early with {st}; log: {}", read_log(state_dir));
+                panic!(
+                    "rbee-agent exited early with {st}; log: {}",
+                    read_log(state_dir)
+                );
             }
-            std::fs::read_to_string(state_dir.join("agent.addr")).ok().filter(|s| !s.is_empty())
+            std::fs::read_to_string(state_dir.join("agent.addr"))
+                .ok()
+                .filter(|s| !s.is_empty())
         });
-        let token = std::fs::read_to_string(state_dir.join("token")).unwrap().trim().to_string();
-        AgentProc { child, state_dir: state_dir.into(), url: format!("ws://{addr}"), token }
+        let token = std::fs::read_to_string(state_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        AgentProc {
+            child,
+            state_dir: state_dir.into(),
+            url: format!("ws://{addr}"),
+            token,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -111,7 +151,9 @@ impl AgentProc {
     }
 
     pub async fn connect(&self) -> (Client, mpsc::Receiver<Incoming>) {
-        Client::connect(&self.url, &self.token, "test").await.expect("connect to agent")
+        Client::connect(&self.url, &self.token, "test")
+            .await
+            .expect("connect to agent")
     }
 
     /// Send a signal and wait for the process to exit.
@@ -140,7 +182,12 @@ impl Drop for AgentProc {
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -149,10 +196,21 @@ pub fn alive(pid: u32) -> bool {
 pub fn children_of(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) && fields.first() != Some(&"Z") {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+            && fields.first() != Some(&"Z")
+        {
             out.push(pid);
         }
     }

@@ -60,7 +60,11 @@ const GOOD_WORKERS: usize = 2;
 const NODES: usize = 2;
 
 fn sh(cmd: &str) -> std::process::Output {
-    Command::new("sh").arg("-c").arg(cmd).output().expect("run sh")
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh")
 }
 
 /// A network namespace joined to ours by a veth pair (10.215.X.1 here, 10.215.X.2 there).
@@ -77,26 +81,47 @@ impl Netns {
         let x = (id as usize * 8 + index) % 250 + 1;
         let name = format!("rbee-chaos-{id}-{index}");
         let (host_if, node_if) = (format!("rch{id}-{index}"), format!("rcn{id}-{index}"));
-        let _ = sh(&format!("ip netns del {name} 2>/dev/null; ip link del {host_if} 2>/dev/null"));
+        let _ = sh(&format!(
+            "ip netns del {name} 2>/dev/null; ip link del {host_if} 2>/dev/null"
+        ));
         let out = sh(&format!(
             "set -e; ip netns add {name}; ip link add {host_if} type veth peer name {node_if}; \
              ip link set {node_if} netns {name}; ip addr add 10.215.{x}.1/30 dev {host_if}; ip link set {host_if} up; \
              ip netns exec {name} ip addr add 10.215.{x}.2/30 dev {node_if}; \
              ip netns exec {name} ip link set {node_if} up; ip netns exec {name} ip link set lo up"
         ));
-        let ns = Netns { name, host_if, node_ip: format!("10.215.{x}.2") };
-        assert!(out.status.success(), "network namespace setup failed (needs root and iproute2): {}", String::from_utf8_lossy(&out.stderr));
+        let ns = Netns {
+            name,
+            host_if,
+            node_ip: format!("10.215.{x}.2"),
+        };
+        assert!(
+            out.status.success(),
+            "network namespace setup failed (needs root and iproute2): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ns
     }
 
     fn pids(&self) -> Vec<u32> {
         let out = sh(&format!("ip netns pids {}", self.name));
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     fn link(&self, up: bool) {
-        let out = sh(&format!("ip link set {} {}", self.host_if, if up { "up" } else { "down" }));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = sh(&format!(
+            "ip link set {} {}",
+            self.host_if,
+            if up { "up" } else { "down" }
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -106,7 +131,10 @@ impl Drop for Netns {
             // SAFETY: processes inside this test's own namespace.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = sh(&format!("ip netns del {}; ip link del {} 2>/dev/null; true", self.name, self.host_if));
+        let _ = sh(&format!(
+            "ip netns del {}; ip link del {} 2>/dev/null; true",
+            self.name, self.host_if
+        ));
     }
 }
 
@@ -136,7 +164,13 @@ enum Fault {
     CrashAtLoad,
 }
 
-const ALL: [Fault; 5] = [Fault::KillWorker, Fault::HangWorker, Fault::KillAgent, Fault::LinkFlap, Fault::CrashAtLoad];
+const ALL: [Fault; 5] = [
+    Fault::KillWorker,
+    Fault::HangWorker,
+    Fault::KillAgent,
+    Fault::LinkFlap,
+    Fault::CrashAtLoad,
+];
 
 /// The dashboard, headless: the real session task and the real `update`, as `app::event_loop`
 /// runs them (minus the terminal).
@@ -152,9 +186,21 @@ impl Dashboard {
         let targets: Vec<NodeTarget> = nodes
             .into_iter()
             .enumerate()
-            .map(|(i, (url, token_file))| NodeTarget::Remote(NodeConfig { name: format!("chaos{i}"), url, token_file, ..Default::default() }))
+            .map(|(i, (url, token_file))| {
+                NodeTarget::Remote(NodeConfig {
+                    name: format!("chaos{i}"),
+                    url,
+                    token_file,
+                    ..Default::default()
+                })
+            })
             .collect();
-        let mut state = State::new(targets.iter().map(|t| NodeState::new(t.name(), t.display_url())).collect());
+        let mut state = State::new(
+            targets
+                .iter()
+                .map(|t| NodeState::new(t.name(), t.display_url()))
+                .collect(),
+        );
         state.now = now_millis();
         let state = Arc::new(Mutex::new(state));
         let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
@@ -162,7 +208,12 @@ impl Dashboard {
         let mut txs = Vec::new();
         for (i, target) in targets.into_iter().enumerate() {
             let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-            tasks.push(tokio::spawn(rbee_tui::session::run_node(i, target, action_tx.clone(), effect_rx)));
+            tasks.push(tokio::spawn(rbee_tui::session::run_node(
+                i,
+                target,
+                action_tx.clone(),
+                effect_rx,
+            )));
             txs.push(effect_tx);
         }
         drop(action_tx);
@@ -183,12 +234,19 @@ impl Dashboard {
             }
         });
         tasks.push(driver);
-        Dashboard { state, effects: txs, tasks }
+        Dashboard {
+            state,
+            effects: txs,
+            tasks,
+        }
     }
 
     /// Ask node `node`'s agent something through the dashboard's session (as a key would).
     async fn request(&self, node: usize, request: Request) {
-        self.effects[node].send(Effect::Request { node, request }).await.expect("dashboard session alive");
+        self.effects[node]
+            .send(Effect::Request { node, request })
+            .await
+            .expect("dashboard session alive");
     }
 }
 
@@ -237,14 +295,35 @@ impl Node {
         let bytes = std::fs::read(model_path()).unwrap();
         std::fs::write(bad_dir.join("truncated.gguf"), &bytes[..bytes.len() / 3]).unwrap();
         let ns = Netns::new(index);
-        Node { index, want: Expect::default(), audit: String::new(), agent: None, ns, state_dir: dir.path().join("state"), config, bad_dir, _dir: dir }
+        Node {
+            index,
+            want: Expect::default(),
+            audit: String::new(),
+            agent: None,
+            ns,
+            state_dir: dir.path().join("state"),
+            config,
+            bad_dir,
+            _dir: dir,
+        }
     }
 
     fn start_agent(&mut self) {
         let prefix = ["ip", "netns", "exec", self.ns.name.as_str()];
         let listen = format!("{}:{PORT}", self.ns.node_ip);
-        let extra = ["--config", self.config.to_str().unwrap(), "--model-dir", self.bad_dir.to_str().unwrap()];
-        self.agent = Some(AgentProc::start_in(&prefix, &listen, &self.state_dir, &extra, &[]));
+        let extra = [
+            "--config",
+            self.config.to_str().unwrap(),
+            "--model-dir",
+            self.bad_dir.to_str().unwrap(),
+        ];
+        self.agent = Some(AgentProc::start_in(
+            &prefix,
+            &listen,
+            &self.state_dir,
+            &extra,
+            &[],
+        ));
     }
 
     fn agent(&self) -> &AgentProc {
@@ -268,22 +347,32 @@ impl Node {
         self.ns
             .pids()
             .into_iter()
-            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "rbee-worker") && alive(*p))
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "rbee-worker")
+                    && alive(*p)
+            })
             .collect()
     }
 }
 
 async fn client(url: &str, token: &str) -> Result<Client, String> {
-    let (c, _events) = tokio::time::timeout(Duration::from_secs(3), Client::connect(url, token, "chaos"))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let (c, _events) =
+        tokio::time::timeout(Duration::from_secs(3), Client::connect(url, token, "chaos"))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
     Ok(c)
 }
 
 async fn list_workers(url: &str, token: &str) -> Result<Vec<WorkerInfo>, String> {
     let c = client(url, token).await?;
-    match tokio::time::timeout(Duration::from_secs(3), c.request(Request::ListWorkers, None)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        c.request(Request::ListWorkers, None),
+    )
+    .await
+    {
         Ok(Ok(Reply::Workers { workers })) => Ok(workers),
         other => Err(format!("ListWorkers: {other:?}")),
     }
@@ -291,7 +380,12 @@ async fn list_workers(url: &str, token: &str) -> Result<Vec<WorkerInfo>, String>
 
 fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// One look at the truth, the dashboard and /proc; `Err` says what does not agree yet.
@@ -300,7 +394,12 @@ async fn check(node: &Node, dash: &Dashboard) -> Result<(), String> {
     let agent = node.agent();
     let truth = list_workers(&node.url(), &agent.token).await?;
     let by_id: BTreeMap<&str, &WorkerInfo> = truth.iter().map(|w| (w.id.as_str(), w)).collect();
-    let want_ids: BTreeSet<&str> = want.good.keys().chain(want.broken.iter()).map(|s| s.as_str()).collect();
+    let want_ids: BTreeSet<&str> = want
+        .good
+        .keys()
+        .chain(want.broken.iter())
+        .map(|s| s.as_str())
+        .collect();
     let have_ids: BTreeSet<&str> = by_id.keys().copied().collect();
     if want_ids != have_ids {
         return Err(format!("agent has workers {have_ids:?}, want {want_ids:?}"));
@@ -323,7 +422,10 @@ async fn check(node: &Node, dash: &Dashboard) -> Result<(), String> {
         if w.state != WorkerState::Failed || w.pid.is_some() {
             return Err(format!("{id} (corrupt model): {w:?}"));
         }
-        assert_eq!(w.restarts, 0, "a worker that cannot load must not be restarted: {w:?}");
+        assert_eq!(
+            w.restarts, 0,
+            "a worker that cannot load must not be restarted: {w:?}"
+        );
     }
     // /proc: the agent's live workers are its children, and there is no other worker process.
     let agent_pid = agent.pid();
@@ -331,11 +433,16 @@ async fn check(node: &Node, dash: &Dashboard) -> Result<(), String> {
     let procs: BTreeSet<u32> = node.worker_procs().into_iter().collect();
     for p in &procs {
         if ppid(*p) != Some(agent_pid) {
-            return Err(format!("orphan: rbee-worker {p} has parent {:?}, agent is {agent_pid}", ppid(*p)));
+            return Err(format!(
+                "orphan: rbee-worker {p} has parent {:?}, agent is {agent_pid}",
+                ppid(*p)
+            ));
         }
     }
     if procs != truth_pids {
-        return Err(format!("worker processes {procs:?}, agent reports {truth_pids:?}"));
+        return Err(format!(
+            "worker processes {procs:?}, agent reports {truth_pids:?}"
+        ));
     }
     let children: BTreeSet<u32> = children_of(agent_pid).into_iter().collect();
     // The dashboard, through its own session.
@@ -346,7 +453,9 @@ async fn check(node: &Node, dash: &Dashboard) -> Result<(), String> {
     }
     let dash_ids: BTreeSet<&str> = n.workers.iter().map(|w| w.info.id.as_str()).collect();
     if dash_ids != have_ids {
-        return Err(format!("dashboard shows {dash_ids:?}, agent has {have_ids:?}"));
+        return Err(format!(
+            "dashboard shows {dash_ids:?}, agent has {have_ids:?}"
+        ));
     }
     for w in &n.workers {
         let t = by_id[w.info.id.as_str()];
@@ -379,7 +488,10 @@ async fn converge(nodes: &[Node], dash: &Dashboard, what: &str) -> Duration {
         return t0.elapsed();
     }
     let (i, e) = last;
-    panic!("after {what}: node {i}: no convergence within {CONVERGE:?}: {e}\nagent log tail:\n{}", tail(&nodes[i].agent().log(), 30));
+    panic!(
+        "after {what}: node {i}: no convergence within {CONVERGE:?}: {e}\nagent log tail:\n{}",
+        tail(&nodes[i].agent().log(), 30)
+    );
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -393,21 +505,40 @@ fn audit_grew(node: &mut Node, want: &[(&str, Option<&str>)], what: &str) {
     let before = std::mem::take(&mut node.audit);
     let after = node.audit();
     let what = format!("{what}, node {}", node.index);
-    assert!(after.starts_with(&before), "after {what}: audit log lost or rewrote lines ({} → {} bytes)", before.len(), after.len());
+    assert!(
+        after.starts_with(&before),
+        "after {what}: audit log lost or rewrote lines ({} → {} bytes)",
+        before.len(),
+        after.len()
+    );
     let new: Vec<serde_json::Value> = after[before.len()..]
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("after {what}: torn audit line {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("after {what}: torn audit line {l:?}: {e}"))
+        })
         .collect();
     for (action, worker) in want {
-        let found = new.iter().any(|e| e["action"] == *action && worker.is_none_or(|w| e["worker"] == w));
-        assert!(found, "after {what}: no `{action}` audit line for {worker:?} among {new:?}");
+        let found = new
+            .iter()
+            .any(|e| e["action"] == *action && worker.is_none_or(|w| e["worker"] == w));
+        assert!(
+            found,
+            "after {what}: no `{action}` audit line for {worker:?} among {new:?}"
+        );
     }
     node.audit = after;
 }
 
 async fn spawn(node: &Node, model: &Path) -> String {
-    let c = client(&node.url(), &node.agent().token).await.expect("client");
-    let spec = SpawnSpec { model: model.display().to_string(), device: "cpu".into(), threads: Some(1) };
+    let c = client(&node.url(), &node.agent().token)
+        .await
+        .expect("client");
+    let spec = SpawnSpec {
+        model: model.display().to_string(),
+        device: "cpu".into(),
+        threads: Some(1),
+    };
     match c.request(Request::Spawn(spec), None).await {
         Ok(Reply::Spawned { worker }) => worker.id,
         other => panic!("spawn: {other:?}"),
@@ -429,13 +560,23 @@ fn on_failure(want: &mut Expect, id: &str) -> &'static str {
 }
 
 fn pick_ready(rng: &mut Rng, want: &Expect) -> String {
-    let ready: Vec<&String> = want.good.keys().filter(|id| !want.tripped.contains(*id)).collect();
+    let ready: Vec<&String> = want
+        .good
+        .keys()
+        .filter(|id| !want.tripped.contains(*id))
+        .collect();
     ready[rng.below(ready.len())].clone()
 }
 
 async fn pid_of(node: &Node, id: &str) -> u32 {
-    let workers = list_workers(&node.url(), &node.agent().token).await.expect("list workers");
-    workers.iter().find(|w| w.id == id).and_then(|w| w.pid).unwrap_or_else(|| panic!("{id} has no pid"))
+    let workers = list_workers(&node.url(), &node.agent().token)
+        .await
+        .expect("list workers");
+    workers
+        .iter()
+        .find(|w| w.id == id)
+        .and_then(|w| w.pid)
+        .unwrap_or_else(|| panic!("{id} has no pid"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +593,12 @@ async fn chaos() {
     for node in &mut nodes {
         tokio::task::block_in_place(|| node.start_agent());
     }
-    let dash = Dashboard::start(nodes.iter().map(|n| (n.url(), n.state_dir.join("token"))).collect());
+    let dash = Dashboard::start(
+        nodes
+            .iter()
+            .map(|n| (n.url(), n.state_dir.join("token")))
+            .collect(),
+    );
     let model = model_path();
     for node in &mut nodes {
         for _ in 0..GOOD_WORKERS {
@@ -465,7 +611,15 @@ async fn chaos() {
     let t = converge(&nodes, &dash, "setup").await;
     for node in &mut nodes {
         let broken = node.want.broken.first().cloned().unwrap();
-        audit_grew(node, &[("agent_start", None), ("spawn", None), ("load_failed", Some(&broken))], "setup");
+        audit_grew(
+            node,
+            &[
+                ("agent_start", None),
+                ("spawn", None),
+                ("load_failed", Some(&broken)),
+            ],
+            "setup",
+        );
     }
     println!("chaos: setup converged in {t:?}");
 
@@ -499,7 +653,11 @@ async fn chaos() {
             Fault::KillWorker | Fault::HangWorker => {
                 let id = pick_ready(&mut rng, &nodes[k].want);
                 let pid = pid_of(&nodes[k], &id).await;
-                let sig = if fault == Fault::KillWorker { libc::SIGKILL } else { libc::SIGSTOP };
+                let sig = if fault == Fault::KillWorker {
+                    libc::SIGKILL
+                } else {
+                    libc::SIGSTOP
+                };
                 // SAFETY: a worker of this test's agent.
                 unsafe { libc::kill(pid as i32, sig) };
                 lines.push((on_failure(&mut nodes[k].want, &id), Some(id.clone())));
@@ -513,9 +671,11 @@ async fn chaos() {
                 old.signal_and_wait(libc::SIGKILL);
                 drop(old);
                 // Even after kill -9 no worker outlives its agent.
-                rbee_testkit::wait_for(Duration::from_secs(5), "workers to die with their agent", || {
-                    old_workers.iter().all(|p| !alive(*p)).then_some(())
-                });
+                rbee_testkit::wait_for(
+                    Duration::from_secs(5),
+                    "workers to die with their agent",
+                    || old_workers.iter().all(|p| !alive(*p)).then_some(()),
+                );
                 tokio::task::block_in_place(|| node.start_agent());
                 // A fresh agent restores every desired worker, with fresh counters and breakers.
                 for v in node.want.good.values_mut() {
@@ -537,8 +697,15 @@ async fn chaos() {
                     None => None,
                 };
                 node.ns.link(false);
-                let cut = tokio::time::timeout(Duration::from_millis(500), list_workers(&node.url(), &node.agent().token)).await;
-                assert!(!matches!(cut, Ok(Ok(_))), "after {what}: the node still answers with the link down");
+                let cut = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    list_workers(&node.url(), &node.agent().token),
+                )
+                .await;
+                assert!(
+                    !matches!(cut, Ok(Ok(_))),
+                    "after {what}: the node still answers with the link down"
+                );
                 if let (Some(id), Some(pid)) = (&victim, victim_pid) {
                     // SAFETY: a worker of this test's agent.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -557,16 +724,30 @@ async fn chaos() {
                 // Stays failed: no restart for a model that cannot load (3 × the longest backoff).
                 let hold = Instant::now();
                 while hold.elapsed() < Duration::from_millis(1500) {
-                    let ws = list_workers(&node.url(), &node.agent().token).await.unwrap();
+                    let ws = list_workers(&node.url(), &node.agent().token)
+                        .await
+                        .unwrap();
                     let w = ws.iter().find(|w| w.id == id).unwrap();
-                    assert!(w.state == WorkerState::Failed && w.restarts == 0, "after {what}: corrupt worker came back: {w:?}");
+                    assert!(
+                        w.state == WorkerState::Failed && w.restarts == 0,
+                        "after {what}: corrupt worker came back: {w:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                audit_grew(node, &[("spawn", Some(&id)), ("load_failed", Some(&id))], &what);
+                audit_grew(
+                    node,
+                    &[("spawn", Some(&id)), ("load_failed", Some(&id))],
+                    &what,
+                );
                 // The operator removes it.
                 let c = client(&node.url(), &node.agent().token).await.unwrap();
                 injected = Instant::now();
-                assert_eq!(c.request(Request::Kill { worker: id.clone() }, None).await.unwrap(), Reply::Killed { worker: id.clone() });
+                assert_eq!(
+                    c.request(Request::Kill { worker: id.clone() }, None)
+                        .await
+                        .unwrap(),
+                    Reply::Killed { worker: id.clone() }
+                );
                 node.want.broken.remove(&id);
                 lines.push(("kill", Some(id)));
             }
@@ -574,13 +755,15 @@ async fn chaos() {
         converge(&nodes, &dash, &what).await;
         let t = injected.elapsed();
         worst = worst.max(t);
-        let want_lines: Vec<(&str, Option<&str>)> = lines.iter().map(|(a, w)| (*a, w.as_deref())).collect();
+        let want_lines: Vec<(&str, Option<&str>)> =
+            lines.iter().map(|(a, w)| (*a, w.as_deref())).collect();
         audit_grew(&mut nodes[k], &want_lines, &what);
         // The operator restarts a worker whose breaker opened, through the dashboard's session.
         let tripped: Vec<String> = nodes[k].want.tripped.iter().cloned().collect();
         for id in tripped {
             trips += 1;
-            dash.request(k, Request::Restart { worker: id.clone() }).await;
+            dash.request(k, Request::Restart { worker: id.clone() })
+                .await;
             nodes[k].want.tripped.remove(&id);
             *nodes[k].want.good.get_mut(&id).unwrap() = (0, 0);
             let t = converge(&nodes, &dash, &format!("{what}: operator restart of {id}")).await;
@@ -601,15 +784,26 @@ async fn chaos() {
         started.elapsed().as_secs_f64()
     );
     for f in ALL {
-        assert!(survived.get(&f).copied().unwrap_or(0) >= 1, "fault {f:?} never ran");
+        assert!(
+            survived.get(&f).copied().unwrap_or(0) >= 1,
+            "fault {f:?} never ran"
+        );
     }
     // Nothing left behind once the agents stop.
     for node in &mut nodes {
         let mut agent = node.agent.take().unwrap();
         let workers = children_of(agent.pid());
         agent.signal_and_wait(libc::SIGTERM);
-        assert!(workers.iter().all(|p| !alive(*p)), "node {}: workers outlived their agent", node.index);
-        assert!(node.audit().starts_with(&node.audit), "node {}: audit log lost lines at shutdown", node.index);
+        assert!(
+            workers.iter().all(|p| !alive(*p)),
+            "node {}: workers outlived their agent",
+            node.index
+        );
+        assert!(
+            node.audit().starts_with(&node.audit),
+            "node {}: audit log lost lines at shutdown",
+            node.index
+        );
     }
     drop(dash);
 }

@@ -67,7 +67,10 @@ fn install_panic_hook() {
 
 /// Run the dashboard over `targets` until the operator quits; then stop the agents of SSH nodes
 /// added as ephemeral (other agents are daemons and keep running).
-pub async fn run_dashboard(targets: Vec<NodeTarget>, config: std::path::PathBuf) -> Result<(), TuiError> {
+pub async fn run_dashboard(
+    targets: Vec<NodeTarget>,
+    config: std::path::PathBuf,
+) -> Result<(), TuiError> {
     let mut ephemeral: Vec<_> = targets
         .iter()
         .filter_map(|t| match t {
@@ -125,7 +128,8 @@ async fn event_loop(
         task_node.insert(handle.id(), i);
     }
     // SSH nodes added with `:add` report here once brought up (or why not).
-    let (added_tx, mut added_rx) = mpsc::channel::<Result<rbee_proto::config::NodeConfig, String>>(4);
+    let (added_tx, mut added_rx) =
+        mpsc::channel::<Result<rbee_proto::config::NodeConfig, String>>(4);
 
     // A polite kill or a closed terminal ends the dashboard like `q`, so the terminal is restored.
     let mut term = signal(SignalKind::terminate()).map_err(TuiError::Terminal)?;
@@ -146,23 +150,40 @@ async fn event_loop(
             tokio::spawn(async move {
                 let name = req.node.name.clone();
                 let asked = req.clone();
-                let failed = match crate::ssh::add_node(&config, req, crate::session::CONNECT_TIMEOUT).await {
-                    Ok((node, _)) => {
-                        let _ = tx.send(Ok(node)).await;
-                        return;
-                    }
-                    Err(TuiError::Ssh { node, source }) => match *source {
-                        // A key nobody trusted yet: ask the operator, showing its fingerprint.
-                        crate::ssh::SshError::HostKeyUnknown { host, algo, fingerprint } => {
-                            let key = format!("{algo} {fingerprint}");
-                            let _ = actions.send(Action::HostKeyUnknown { req: asked, host, key }).await;
+                let failed =
+                    match crate::ssh::add_node(&config, req, crate::session::CONNECT_TIMEOUT).await
+                    {
+                        Ok((node, _)) => {
+                            let _ = tx.send(Ok(node)).await;
                             return;
                         }
-                        other => TuiError::Ssh { node, source: Box::new(other) },
-                    },
-                    Err(e) => e,
-                };
-                let _ = tx.send(Err(format!("adding {name} failed: {failed}"))).await;
+                        Err(TuiError::Ssh { node, source }) => match *source {
+                            // A key nobody trusted yet: ask the operator, showing its fingerprint.
+                            crate::ssh::SshError::HostKeyUnknown {
+                                host,
+                                algo,
+                                fingerprint,
+                            } => {
+                                let key = format!("{algo} {fingerprint}");
+                                let _ = actions
+                                    .send(Action::HostKeyUnknown {
+                                        req: asked,
+                                        host,
+                                        key,
+                                    })
+                                    .await;
+                                return;
+                            }
+                            other => TuiError::Ssh {
+                                node,
+                                source: Box::new(other),
+                            },
+                        },
+                        Err(e) => e,
+                    };
+                let _ = tx
+                    .send(Err(format!("adding {name} failed: {failed}")))
+                    .await;
             });
         }
     };

@@ -296,10 +296,11 @@ async fn nodes(path: &Path, cmd: NodesCmd, timeout: Duration, out: Out) -> Resul
                 model_dirs,
                 ..Default::default()
             };
-            node.validate().map_err(|message| rbee_proto::config::ConfigError::Invalid {
-                path: path.into(),
-                message: format!("node `{name}`: {message}"),
-            })?;
+            node.validate()
+                .map_err(|message| rbee_proto::config::ConfigError::Invalid {
+                    path: path.into(),
+                    message: format!("node `{name}`: {message}"),
+                })?;
             // Refuse a duplicate before touching the node.
             cf.clone().add_node(node.clone())?;
             let up = crate::ssh::bring_up(&node, accept_new_host_key, timeout).await?;
@@ -371,7 +372,12 @@ async fn nodes(path: &Path, cmd: NodesCmd, timeout: Duration, out: Out) -> Resul
                     Some(addr) => vec![
                         n.name.clone(),
                         format!("ssh://{addr}"),
-                        if n.ephemeral { "(over ssh, ephemeral)" } else { "(over ssh)" }.to_string(),
+                        if n.ephemeral {
+                            "(over ssh, ephemeral)"
+                        } else {
+                            "(over ssh)"
+                        }
+                        .to_string(),
                     ],
                     None => vec![
                         n.name.clone(),
@@ -544,10 +550,17 @@ fn first_error<T>(
 // models
 
 /// `models pull`: the request, with the node's progress events shown while it runs.
-async fn pull(target: &NodeTarget, model: String, timeout: Duration, out: Out) -> Result<(), TuiError> {
+async fn pull(
+    target: &NodeTarget,
+    model: String,
+    timeout: Duration,
+    out: Out,
+) -> Result<(), TuiError> {
     let mut s = open(target, timeout).await?;
     s.ask(Request::Subscribe, timeout).await?;
-    let request = Request::Pull { model: model.clone() };
+    let request = Request::Pull {
+        model: model.clone(),
+    };
     let what = describe(&request);
     let fut = s.client.request(request, deadline_in(timeout));
     tokio::pin!(fut);

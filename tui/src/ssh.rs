@@ -101,7 +101,11 @@ pub enum SshError {
         detail: String,
     },
     #[error("{what} on {host}: no answer within {secs} s")]
-    Timeout { host: String, what: String, secs: u64 },
+    Timeout {
+        host: String,
+        what: String,
+        secs: u64,
+    },
     #[error("ssh: {0}")]
     Ssh(#[from] russh::Error),
 }
@@ -161,11 +165,17 @@ impl client::Handler for Trust {
         let label = host_label(&self.host, self.port);
         let key = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
-            PublicKeyOrCertificate::Certificate(_) => return Err(SshError::HostCertificate { host: label }),
+            PublicKeyOrCertificate::Certificate(_) => {
+                return Err(SshError::HostCertificate { host: label })
+            }
         };
         let kh_err = |(path, reason)| SshError::KnownHosts { path, reason };
         let algo = key.algorithm().as_str().to_string();
-        match self.known_hosts.check(&self.host, self.port, key).map_err(kh_err)? {
+        match self
+            .known_hosts
+            .check(&self.host, self.port, key)
+            .map_err(kh_err)?
+        {
             Verdict::Known => Ok(true),
             Verdict::Changed { file, line } => Err(SshError::HostKeyChanged {
                 host: label,
@@ -175,7 +185,9 @@ impl client::Handler for Trust {
                 line,
             }),
             Verdict::Unknown if self.accept_new => {
-                self.known_hosts.learn(&self.host, self.port, key).map_err(kh_err)?;
+                self.known_hosts
+                    .learn(&self.host, self.port, key)
+                    .map_err(kh_err)?;
                 tracing::info!(host = %label, fingerprint = %fingerprint(key), file = %self.known_hosts.own_file.display(), "accepted new host key");
                 *self.learned.lock().unwrap() = Some(fingerprint(key));
                 Ok(true)
@@ -220,7 +232,11 @@ impl Output {
             (None, Some(sig)) => format!("killed by {sig}"),
             (None, None) => "no exit status".to_string(),
         };
-        let err = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>();
+        let err = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>();
         let tail = err[err.len().saturating_sub(3)..].join(" | ");
         if tail.is_empty() {
             how
@@ -242,8 +258,18 @@ impl SshConn {
         )
         .await
         {
-            Err(_) => return Err(SshError::Unreachable { target, reason: format!("no answer within {secs} s") }),
-            Ok(Err(e)) => return Err(SshError::Unreachable { target, reason: e.to_string() }),
+            Err(_) => {
+                return Err(SshError::Unreachable {
+                    target,
+                    reason: format!("no answer within {secs} s"),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(SshError::Unreachable {
+                    target,
+                    reason: e.to_string(),
+                })
+            }
             Ok(Ok(s)) => s,
         };
         let _ = socket.set_nodelay(true);
@@ -262,18 +288,32 @@ impl SshConn {
             learned: learned.clone(),
         };
         let fut = async {
-            let mut handle = client::connect_stream(config, socket, trust).await.map_err(|e| match e {
-                SshError::Ssh(e) => SshError::Unreachable { target: target.clone(), reason: format!("SSH handshake failed: {e}") },
-                other => other,
-            })?;
+            let mut handle = client::connect_stream(config, socket, trust)
+                .await
+                .map_err(|e| match e {
+                    SshError::Ssh(e) => SshError::Unreachable {
+                        target: target.clone(),
+                        reason: format!("SSH handshake failed: {e}"),
+                    },
+                    other => other,
+                })?;
             authenticate(&mut handle, opts, &host).await?;
             Ok::<_, SshError>(handle)
         };
         let handle = tokio::time::timeout(SSH_CONNECT_TIMEOUT, fut)
             .await
-            .map_err(|_| SshError::Timeout { host: host.clone(), what: "SSH handshake".into(), secs })??;
+            .map_err(|_| SshError::Timeout {
+                host: host.clone(),
+                what: "SSH handshake".into(),
+                secs,
+            })??;
         let learned_host_key = learned.lock().unwrap().take();
-        Ok(Self { handle: Arc::new(handle), host, target: opts.addr.to_string(), learned_host_key })
+        Ok(Self {
+            handle: Arc::new(handle),
+            host,
+            target: opts.addr.to_string(),
+            learned_host_key,
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -299,14 +339,21 @@ impl SshConn {
                 }
             }
             let _ = ch.eof().await;
-            let mut out = Output { status: None, signal: None, stdout: String::new(), stderr: String::new() };
+            let mut out = Output {
+                status: None,
+                signal: None,
+                stdout: String::new(),
+                stderr: String::new(),
+            };
             let (mut so, mut se) = (Vec::new(), Vec::new());
             while let Some(msg) = ch.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => so.extend_from_slice(&data),
                     ChannelMsg::ExtendedData { data, ext: 1 } => se.extend_from_slice(&data),
                     ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                    ChannelMsg::ExitSignal { signal_name, .. } => out.signal = Some(format!("{signal_name:?}")),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        out.signal = Some(format!("{signal_name:?}"))
+                    }
                     _ => {}
                 }
             }
@@ -319,18 +366,24 @@ impl SshConn {
             }
             Ok(out)
         };
-        tokio::time::timeout(limit, fut).await.map_err(|_| SshError::Timeout {
-            host: self.host.clone(),
-            what: what.into(),
-            secs: limit.as_secs(),
-        })?
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: self.host.clone(),
+                what: what.into(),
+                secs: limit.as_secs(),
+            })?
     }
 
     /// `exec` that must succeed; its stdout as `key=value` pairs.
     async fn exec_kv(&self, what: &str, script: &str) -> Result<KeyValues, SshError> {
         let out = self.exec(what, script, None, SSH_COMMAND_TIMEOUT).await?;
         if !out.success() {
-            return Err(SshError::Remote { host: self.host.clone(), what: what.into(), detail: out.failure() });
+            return Err(SshError::Remote {
+                host: self.host.clone(),
+                what: what.into(),
+                detail: out.failure(),
+            });
         }
         Ok(KeyValues::parse(&out.stdout))
     }
@@ -341,7 +394,10 @@ impl SshConn {
             .handle
             .channel_open_direct_tcpip("127.0.0.1", u32::from(port), "127.0.0.1", 0)
             .await?;
-        Ok(Tunnel { inner: ch.into_stream(), _ssh: self.handle.clone() })
+        Ok(Tunnel {
+            inner: ch.into_stream(),
+            _ssh: self.handle.clone(),
+        })
     }
 
     /// Close the connection politely.
@@ -360,13 +416,21 @@ pub struct Tunnel {
 }
 
 impl AsyncRead for Tunnel {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -383,7 +447,11 @@ impl AsyncWrite for Tunnel {
 // authentication
 
 /// The node's identity file, else every ssh-agent key, else the usual `~/.ssh/id_*` files.
-async fn authenticate(handle: &mut Handle<Trust>, opts: &SshOptions, host: &str) -> Result<(), SshError> {
+async fn authenticate(
+    handle: &mut Handle<Trust>,
+    opts: &SshOptions,
+    host: &str,
+) -> Result<(), SshError> {
     let user = opts.addr.user.clone();
     let mut tried: Vec<String> = Vec::new();
     // An explicit identity is the only key tried, directly or (when it is encrypted) through the
@@ -395,7 +463,11 @@ async fn authenticate(handle: &mut Handle<Trust>, opts: &SshOptions, host: &str)
                 if try_key(handle, &user, key).await? {
                     return Ok(());
                 }
-                return Err(SshError::AuthRefused { user, host: host.into(), tried: format!("key {}", path.display()) });
+                return Err(SshError::AuthRefused {
+                    user,
+                    host: host.into(),
+                    tried: format!("key {}", path.display()),
+                });
             }
             Err(russh::keys::Error::KeyIsEncrypted) => {
                 let public = path.with_extension("pub");
@@ -404,7 +476,12 @@ async fn authenticate(handle: &mut Handle<Trust>, opts: &SshOptions, host: &str)
                     reason: format!("it is encrypted and its public half {} is unreadable ({e}); load it into ssh-agent", public.display()),
                 })?);
             }
-            Err(e) => return Err(SshError::Identity { path: path.clone(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(SshError::Identity {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            }
         }
     }
     match AgentClient::connect_env().await {
@@ -412,15 +489,25 @@ async fn authenticate(handle: &mut Handle<Trust>, opts: &SshOptions, host: &str)
             let ids = agent.request_identities().await.unwrap_or_default();
             for id in ids {
                 let key = id.public_key().into_owned();
-                if only_agent_key.as_ref().is_some_and(|k| k.key_data() != key.key_data()) {
+                if only_agent_key
+                    .as_ref()
+                    .is_some_and(|k| k.key_data() != key.key_data())
+                {
                     continue;
                 }
                 if matches!(id, russh::keys::agent::AgentIdentity::Certificate { .. }) {
                     continue;
                 }
-                let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
+                let hash = if key.algorithm().is_rsa() {
+                    handle.best_supported_rsa_hash().await?.flatten()
+                } else {
+                    None
+                };
                 tried.push(format!("ssh-agent key {}", fingerprint(&key)));
-                match handle.authenticate_publickey_with(user.clone(), key, hash, &mut agent).await {
+                match handle
+                    .authenticate_publickey_with(user.clone(), key, hash, &mut agent)
+                    .await
+                {
                     Ok(r) if r.success() => return Ok(()),
                     Ok(_) => {}
                     Err(e) => tracing::warn!("ssh-agent could not sign: {e}"),
@@ -456,12 +543,24 @@ async fn authenticate(handle: &mut Handle<Trust>, opts: &SshOptions, host: &str)
     Err(SshError::AuthRefused {
         user,
         host: host.into(),
-        tried: if tried.is_empty() { "no keys: pass --identity FILE or start ssh-agent".into() } else { tried.join(", ") },
+        tried: if tried.is_empty() {
+            "no keys: pass --identity FILE or start ssh-agent".into()
+        } else {
+            tried.join(", ")
+        },
     })
 }
 
-async fn try_key(handle: &mut Handle<Trust>, user: &str, key: russh::keys::PrivateKey) -> Result<bool, SshError> {
-    let hash = if key.algorithm().is_rsa() { handle.best_supported_rsa_hash().await?.flatten() } else { None };
+async fn try_key(
+    handle: &mut Handle<Trust>,
+    user: &str,
+    key: russh::keys::PrivateKey,
+) -> Result<bool, SshError> {
+    let hash = if key.algorithm().is_rsa() {
+        handle.best_supported_rsa_hash().await?.flatten()
+    } else {
+        None
+    };
     let r = handle
         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
         .await?;
@@ -508,33 +607,64 @@ pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAge
     let host = conn.host().to_string();
     let rd = opts.remote_dir.as_deref();
     let probe = conn.exec_kv("probe", &remote::probe_script(rd)).await?;
-    let dir = probe.get("dir").unwrap_or("~/.local/share/rbee").to_string();
+    let dir = probe
+        .get("dir")
+        .unwrap_or("~/.local/share/rbee")
+        .to_string();
     if probe.get("os") != Some("Linux") {
         return Err(SshError::Remote {
             host,
             what: "probe".into(),
-            detail: format!("rbee-agent runs on Linux; the node says `{}`", probe.get("os").unwrap_or("?")),
+            detail: format!(
+                "rbee-agent runs on Linux; the node says `{}`",
+                probe.get("os").unwrap_or("?")
+            ),
         });
     }
-    let current = probe.get("bin").is_some() && probe.get("version").and_then(remote::protocol_of) == Some(PROTOCOL_VERSION);
+    let current = probe.get("bin").is_some()
+        && probe.get("version").and_then(remote::protocol_of) == Some(PROTOCOL_VERSION);
     if current {
-        if let (Some(pid), Some(addr), Some(token)) = (probe.get("pid"), probe.get("addr"), probe.get("token")) {
+        if let (Some(pid), Some(addr), Some(token)) =
+            (probe.get("pid"), probe.get("addr"), probe.get("token"))
+        {
             if let (Ok(pid), Some(addr)) = (pid.parse(), parse_addr(addr)) {
                 tracing::info!(%host, pid, "reusing the node's agent");
-                return Ok(RemoteAgent { pid, addr, token: token.into(), installed: false, started: false, dir });
+                return Ok(RemoteAgent {
+                    pid,
+                    addr,
+                    token: token.into(),
+                    installed: false,
+                    started: false,
+                    dir,
+                });
             }
         }
     } else {
         install(conn, opts, &probe, &dir).await?;
     }
     let bin = format!("{dir}/bin/rbee-agent");
-    let bin = if current { probe.get("bin").unwrap_or(&bin).to_string() } else { bin };
+    let bin = if current {
+        probe.get("bin").unwrap_or(&bin).to_string()
+    } else {
+        bin
+    };
     let out = conn
-        .exec("starting rbee-agent", &remote::start_script(rd, &bin, &opts.model_dirs, !current), None, SSH_COMMAND_TIMEOUT)
+        .exec(
+            "starting rbee-agent",
+            &remote::start_script(rd, &bin, &opts.model_dirs, !current),
+            None,
+            SSH_COMMAND_TIMEOUT,
+        )
         .await?;
     let kv = KeyValues::parse(&out.stdout);
     if kv.get("failed").is_some() || kv.get("timeout").is_some() {
-        let tail = kv.all("log").iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
+        let tail = kv
+            .all("log")
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
         return Err(SshError::AgentFailed {
             host,
             log: kv.get("log_file").unwrap_or("agent.log").to_string(),
@@ -548,17 +678,35 @@ pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAge
         });
     }
     if !out.success() {
-        let detail = kv.get("error").map(String::from).unwrap_or_else(|| out.failure());
-        return Err(SshError::Remote { host, what: "starting rbee-agent".into(), detail });
+        let detail = kv
+            .get("error")
+            .map(String::from)
+            .unwrap_or_else(|| out.failure());
+        return Err(SshError::Remote {
+            host,
+            what: "starting rbee-agent".into(),
+            detail,
+        });
     }
     let pid: Option<u32> = kv.get("pid").and_then(|p| p.parse().ok());
     let addr = kv.get("addr").and_then(parse_addr);
     let (Some(pid), Some(addr), Some(token)) = (pid, addr, kv.get("token")) else {
-        return Err(SshError::Remote { host, what: "starting rbee-agent".into(), detail: format!("unexpected answer: {}", out.stdout.trim()) });
+        return Err(SshError::Remote {
+            host,
+            what: "starting rbee-agent".into(),
+            detail: format!("unexpected answer: {}", out.stdout.trim()),
+        });
     };
     let started = kv.get("started").is_some_and(|s| s == pid.to_string());
     tracing::info!(%host, pid, installed = !current, started, "node agent up");
-    Ok(RemoteAgent { pid, addr, token: token.into(), installed: !current, started, dir })
+    Ok(RemoteAgent {
+        pid,
+        addr,
+        token: token.into(),
+        installed: !current,
+        started,
+        dir,
+    })
 }
 
 fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
@@ -568,14 +716,29 @@ fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
 }
 
 /// Check the node can run our binaries and has room for them, then upload them.
-async fn install(conn: &SshConn, opts: &SshOptions, probe: &KeyValues, dir: &str) -> Result<(), SshError> {
+async fn install(
+    conn: &SshConn,
+    opts: &SshOptions,
+    probe: &KeyValues,
+    dir: &str,
+) -> Result<(), SshError> {
     let host = conn.host().to_string();
     let remote_arch = probe.get("arch").unwrap_or("unknown");
     let local = std::env::consts::ARCH;
     if remote::normalize_arch(remote_arch) != local {
-        return Err(SshError::ArchMismatch { host, remote: remote_arch.into(), local: local.into(), dir: dir.into() });
+        return Err(SshError::ArchMismatch {
+            host,
+            remote: remote_arch.into(),
+            local: local.into(),
+            dir: dir.into(),
+        });
     }
-    if cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")) && probe.get("avx2") != Some("1") {
+    if cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) && probe.get("avx2") != Some("1")
+    {
         return Err(SshError::ArchMismatch {
             host,
             remote: "x86_64 without AVX2/FMA".into(),
@@ -593,41 +756,73 @@ async fn install(conn: &SshConn, opts: &SshOptions, probe: &KeyValues, dir: &str
         if free * 1024 < need_with_room {
             return Err(SshError::NoSpace {
                 host,
-                detail: format!("{} needs {} MiB, {} MiB free", dir, need_with_room >> 20, (free * 1024) >> 20),
+                detail: format!(
+                    "{} needs {} MiB, {} MiB free",
+                    dir,
+                    need_with_room >> 20,
+                    (free * 1024) >> 20
+                ),
             });
         }
     }
     for (path, name) in &bins {
         upload(conn, opts, path, name).await?;
     }
-    let out = conn.exec("rbee-agent --version", &remote::version_script(opts.remote_dir.as_deref()), None, SSH_COMMAND_TIMEOUT).await?;
+    let out = conn
+        .exec(
+            "rbee-agent --version",
+            &remote::version_script(opts.remote_dir.as_deref()),
+            None,
+            SSH_COMMAND_TIMEOUT,
+        )
+        .await?;
     let line = out.stdout.lines().next().unwrap_or("").to_string();
     if !out.success() || remote::protocol_of(&line) != Some(PROTOCOL_VERSION) {
         return Err(SshError::Remote {
             host,
             what: "running the uploaded rbee-agent".into(),
-            detail: if out.success() { format!("it says `{line}`, expected protocol {PROTOCOL_VERSION}") } else { out.failure() },
+            detail: if out.success() {
+                format!("it says `{line}`, expected protocol {PROTOCOL_VERSION}")
+            } else {
+                out.failure()
+            },
         });
     }
     Ok(())
 }
 
-async fn upload(conn: &SshConn, opts: &SshOptions, path: &Path, name: &str) -> Result<(), SshError> {
+async fn upload(
+    conn: &SshConn,
+    opts: &SshOptions,
+    path: &Path,
+    name: &str,
+) -> Result<(), SshError> {
     let host = conn.host().to_string();
-    let file = tokio::fs::File::open(path).await.map_err(|_| SshError::LocalBinary { path: path.into() })?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|_| SshError::LocalBinary { path: path.into() })?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     // Generous: 60 s plus 1 s per 4 MiB.
     let limit = Duration::from_secs(60 + (size >> 22));
     let t0 = std::time::Instant::now();
     let out = conn
-        .exec(&format!("uploading {name}"), &remote::upload_script(opts.remote_dir.as_deref(), name, size), Some(file), limit)
+        .exec(
+            &format!("uploading {name}"),
+            &remote::upload_script(opts.remote_dir.as_deref(), name, size),
+            Some(file),
+            limit,
+        )
         .await?;
     if !out.success() {
         let detail = out.failure();
         if detail.contains("No space left") || detail.contains("quota exceeded") {
             return Err(SshError::NoSpace { host, detail });
         }
-        return Err(SshError::Remote { host, what: format!("uploading {name}"), detail });
+        return Err(SshError::Remote {
+            host,
+            what: format!("uploading {name}"),
+            detail,
+        });
     }
     tracing::info!(%host, name, size, ms = t0.elapsed().as_millis() as u64, "uploaded");
     Ok(())
@@ -647,8 +842,15 @@ pub struct BroughtUp {
 
 /// Connect to an SSH node, bring its agent up and check a session works: what `nodes add` does
 /// before it records the node.
-pub async fn bring_up(node: &NodeConfig, accept_new_host_key: bool, timeout: Duration) -> Result<BroughtUp, TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
+pub async fn bring_up(
+    node: &NodeConfig,
+    accept_new_host_key: bool,
+    timeout: Duration,
+) -> Result<BroughtUp, TuiError> {
+    let err = |source| TuiError::Ssh {
+        node: node.name.clone(),
+        source: Box::new(source),
+    };
     let mut opts = SshOptions::from_node(node).map_err(err)?;
     opts.accept_new_host_key = accept_new_host_key;
     let conn = SshConn::open(&opts).await.map_err(err)?;
@@ -671,7 +873,10 @@ pub async fn connect_node(
     node: &NodeConfig,
     timeout: Duration,
 ) -> Result<(Client, mpsc::Receiver<Incoming>, String), TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
+    let err = |source| TuiError::Ssh {
+        node: node.name.clone(),
+        source: Box::new(source),
+    };
     let opts = SshOptions::from_node(node).map_err(err)?;
     let conn = SshConn::open(&opts).await.map_err(err)?;
     let agent = ensure_agent(&conn, &opts).await.map_err(err)?;
@@ -687,12 +892,27 @@ async fn session(
     let tunnel = conn
         .tunnel(agent.addr.port())
         .await
-        .map_err(|source| TuiError::Ssh { node: node.into(), source: Box::new(source) })?;
+        .map_err(|source| TuiError::Ssh {
+            node: node.into(),
+            source: Box::new(source),
+        })?;
     let url = format!("ws://{}", agent.addr);
     let shown = format!("ssh://{} → {}", conn.target, agent.addr);
-    match tokio::time::timeout(timeout, Client::connect_stream(tunnel, &url, &agent.token, crate::session::CLIENT_NAME)).await {
-        Err(_) => Err(TuiError::ConnectTimeout { node: node.into(), url: shown, secs: timeout.as_secs() }),
-        Ok(Err(source)) => Err(TuiError::Connect { node: node.into(), source }),
+    match tokio::time::timeout(
+        timeout,
+        Client::connect_stream(tunnel, &url, &agent.token, crate::session::CLIENT_NAME),
+    )
+    .await
+    {
+        Err(_) => Err(TuiError::ConnectTimeout {
+            node: node.into(),
+            url: shown,
+            secs: timeout.as_secs(),
+        }),
+        Ok(Err(source)) => Err(TuiError::Connect {
+            node: node.into(),
+            source,
+        }),
         Ok(Ok((client, incoming))) => Ok((client, incoming, shown)),
     }
 }
@@ -709,12 +929,22 @@ impl AddNodeRequest {
     /// [--remote-dir DIR] [--model-dir DIR]…`, as after `:add`.
     pub fn parse(words: &[&str]) -> Result<Self, String> {
         const USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR]";
-        let (Some(name), Some(ssh)) = (words.first(), words.get(1)) else { return Err(USAGE.into()) };
-        let mut node = NodeConfig { name: name.to_string(), ssh: Some(ssh.to_string()), ..Default::default() };
+        let (Some(name), Some(ssh)) = (words.first(), words.get(1)) else {
+            return Err(USAGE.into());
+        };
+        let mut node = NodeConfig {
+            name: name.to_string(),
+            ssh: Some(ssh.to_string()),
+            ..Default::default()
+        };
         let mut accept = false;
         let mut rest = words[2..].iter();
         while let Some(w) = rest.next() {
-            let mut value = |flag: &str| rest.next().map(|v| v.to_string()).ok_or_else(|| format!("{flag} needs a value; {USAGE}"));
+            let mut value = |flag: &str| {
+                rest.next()
+                    .map(|v| v.to_string())
+                    .ok_or_else(|| format!("{flag} needs a value; {USAGE}"))
+            };
             match *w {
                 "--accept-new-host-key" => accept = true,
                 "--ephemeral" => node.ephemeral = true,
@@ -725,13 +955,20 @@ impl AddNodeRequest {
             }
         }
         node.validate()?;
-        Ok(Self { node, accept_new_host_key: accept })
+        Ok(Self {
+            node,
+            accept_new_host_key: accept,
+        })
     }
 }
 
 /// Bring the requested node up and, when that worked, record it in the config file at `config`:
 /// what `nodes add --ssh` does, for the dashboard.
-pub async fn add_node(config: &Path, req: AddNodeRequest, timeout: Duration) -> Result<(NodeConfig, BroughtUp), TuiError> {
+pub async fn add_node(
+    config: &Path,
+    req: AddNodeRequest,
+    timeout: Duration,
+) -> Result<(NodeConfig, BroughtUp), TuiError> {
     // Refuse a duplicate before touching the node.
     crate::config::ConfigFile::load(config)?.add_node(req.node.clone())?;
     let up = bring_up(&req.node, req.accept_new_host_key, timeout).await?;
@@ -753,16 +990,25 @@ pub struct Stopped {
 
 /// Stop the node's agent and its workers and check they are gone.
 pub async fn stop_node(node: &NodeConfig) -> Result<Stopped, TuiError> {
-    let err = |source| TuiError::Ssh { node: node.name.clone(), source: Box::new(source) };
+    let err = |source| TuiError::Ssh {
+        node: node.name.clone(),
+        source: Box::new(source),
+    };
     let opts = SshOptions::from_node(node).map_err(err)?;
     let conn = SshConn::open(&opts).await.map_err(err)?;
     let kv = conn
-        .exec_kv("stopping rbee-agent", &remote::stop_script(opts.remote_dir.as_deref()))
+        .exec_kv(
+            "stopping rbee-agent",
+            &remote::stop_script(opts.remote_dir.as_deref()),
+        )
         .await
         .map_err(err)?;
     conn.close().await;
     if kv.get("running") == Some("0") {
-        return Ok(Stopped { pid: None, workers: vec![] });
+        return Ok(Stopped {
+            pid: None,
+            workers: vec![],
+        });
     }
     let left = kv.pids("left");
     if !left.is_empty() {
@@ -772,7 +1018,10 @@ pub async fn stop_node(node: &NodeConfig) -> Result<Stopped, TuiError> {
             detail: format!("processes still alive after SIGKILL: {left:?}"),
         }));
     }
-    Ok(Stopped { pid: kv.get("pid").and_then(|p| p.parse().ok()), workers: kv.pids("workers") })
+    Ok(Stopped {
+        pid: kv.get("pid").and_then(|p| p.parse().ok()),
+        workers: kv.pids("workers"),
+    })
 }
 
 /// Stop the agents of ephemeral nodes (the dashboard is quitting). Reports to the log and, if
@@ -788,7 +1037,11 @@ pub async fn stop_ephemeral(nodes: &[NodeConfig]) {
             Ok(Ok(s)) => {
                 tracing::info!(node = %n.name, ?s, "stopped ephemeral node");
                 if let Some(pid) = s.pid {
-                    say(format!("stopped ephemeral node {} (agent pid {pid}, {} workers)", n.name, s.workers.len()));
+                    say(format!(
+                        "stopped ephemeral node {} (agent pid {pid}, {} workers)",
+                        n.name,
+                        s.workers.len()
+                    ));
                 }
             }
             Ok(Err(e)) => {
@@ -810,15 +1063,33 @@ mod tests {
 
     #[test]
     fn add_request_parses_flags_and_refuses_junk() {
-        let r = AddNodeRequest::parse(&["gpu", "me@h:2222", "--identity", "/k", "--ephemeral", "--accept-new-host-key", "--model-dir", "/m"]).unwrap();
+        let r = AddNodeRequest::parse(&[
+            "gpu",
+            "me@h:2222",
+            "--identity",
+            "/k",
+            "--ephemeral",
+            "--accept-new-host-key",
+            "--model-dir",
+            "/m",
+        ])
+        .unwrap();
         assert!(r.accept_new_host_key);
         assert_eq!(r.node.ssh.as_deref(), Some("me@h:2222"));
         assert_eq!(r.node.identity.as_deref(), Some(Path::new("/k")));
         assert!(r.node.ephemeral);
         assert_eq!(r.node.model_dirs, vec!["/m".to_string()]);
-        assert!(AddNodeRequest::parse(&["gpu"]).unwrap_err().contains("usage"));
-        assert!(AddNodeRequest::parse(&["gpu", "nohost"]).unwrap_err().contains("`ssh`"));
-        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--identity"]).unwrap_err().contains("needs a value"));
-        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--bogus"]).unwrap_err().contains("unknown option"));
+        assert!(AddNodeRequest::parse(&["gpu"])
+            .unwrap_err()
+            .contains("usage"));
+        assert!(AddNodeRequest::parse(&["gpu", "nohost"])
+            .unwrap_err()
+            .contains("`ssh`"));
+        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--identity"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(AddNodeRequest::parse(&["gpu", "me@h", "--bogus"])
+            .unwrap_err()
+            .contains("unknown option"));
     }
 }

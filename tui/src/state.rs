@@ -270,10 +270,20 @@ impl Screen {
 /// An action waiting for `y`. One mechanism for every "are you sure?".
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
-    Kill { node: NodeIdx, worker: WorkerId },
-    Restart { node: NodeIdx, worker: WorkerId },
+    Kill {
+        node: NodeIdx,
+        worker: WorkerId,
+    },
+    Restart {
+        node: NodeIdx,
+        worker: WorkerId,
+    },
     /// `:add` met a host key it does not know: trust it (`key` is "ALGO SHA256:…") and go on?
-    TrustHostKey { req: crate::ssh::AddNodeRequest, host: String, key: String },
+    TrustHostKey {
+        req: crate::ssh::AddNodeRequest,
+        host: String,
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

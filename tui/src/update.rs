@@ -280,13 +280,23 @@ fn on_event(state: &mut State, node: NodeIdx, event: Event) {
                 w.push_log(line);
             }
         }
-        Event::PullProgress { model, file, downloaded_bytes, total_bytes } => {
+        Event::PullProgress {
+            model,
+            file,
+            downloaded_bytes,
+            total_bytes,
+        } => {
             n.pulls.retain(|p| p.model != model);
             if file.is_empty() && downloaded_bytes >= total_bytes {
                 let text = format!("pulled {model} ({})", crate::view::fmt_bytes(total_bytes));
                 state.push_event(&name, EventKind::State, text);
             } else {
-                n.pulls.push(PullView { model, file, downloaded_bytes, total_bytes });
+                n.pulls.push(PullView {
+                    model,
+                    file,
+                    downloaded_bytes,
+                    total_bytes,
+                });
             }
         }
     }
@@ -763,7 +773,10 @@ fn submit_spawn(state: &mut State) -> Vec<Effect> {
 fn confirmed(state: &mut State, p: Pending) -> Vec<Effect> {
     let (node, request, verb) = match p {
         Pending::TrustHostKey { mut req, host, key } => {
-            state.flash(format!("trusting {key} for {host}; adding {} over SSH…", req.node.name));
+            state.flash(format!(
+                "trusting {key} for {host}; adding {} over SSH…",
+                req.node.name
+            ));
             req.accept_new_host_key = true;
             state.add_node = Some(req);
             return Vec::new();

@@ -1175,11 +1175,20 @@ fn render_confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
 }
 
 /// The host-key question: what the node presented, where rbee will remember it, and y/n.
-fn render_trust(req: &crate::ssh::AddNodeRequest, host: &str, key: &str, f: &mut Frame, area: Rect) {
+fn render_trust(
+    req: &crate::ssh::AddNodeRequest,
+    host: &str,
+    key: &str,
+    f: &mut Frame,
+    area: Rect,
+) {
     let lines = [
         format!("{host} presents a host key nobody has trusted yet:"),
         key.to_string(),
-        format!("Trust it and add node {}? (kept in rbee's known_hosts)", req.node.name),
+        format!(
+            "Trust it and add node {}? (kept in rbee's known_hosts)",
+            req.node.name
+        ),
     ];
     let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(40) as u16 + 6;
     let r = popup_area(area, width.max(40), 8);
@@ -1190,7 +1199,8 @@ fn render_trust(req: &crate::ssh::AddNodeRequest, host: &str, key: &str, f: &mut
     text.push(Line::from(lines[2].clone()).centered());
     text.push(Line::from(mode_hints(Mode::Confirm)).centered());
     f.render_widget(
-        Paragraph::new(text).block(block(" Trust host key? ").border_style(Style::new().fg(Color::Yellow))),
+        Paragraph::new(text)
+            .block(block(" Trust host key? ").border_style(Style::new().fg(Color::Yellow))),
         r,
     );
 }
@@ -1254,7 +1264,10 @@ fn render_spawn(state: &State, d: &SpawnDialog, f: &mut Frame, area: Rect) {
 /// `hf:ORG/REPO:FILE` shortened to what identifies it on one line: the file, else the repo.
 fn short_ref(model: &str) -> &str {
     let rest = model.strip_prefix("hf:").unwrap_or(model);
-    rest.rsplit_once(':').map(|(_, f)| f).or_else(|| rest.rsplit_once('/').map(|(_, r)| r)).unwrap_or(rest)
+    rest.rsplit_once(':')
+        .map(|(_, f)| f)
+        .or_else(|| rest.rsplit_once('/').map(|(_, r)| r))
+        .unwrap_or(rest)
 }
 
 pub fn no_gpu_text(status: &str) -> String {

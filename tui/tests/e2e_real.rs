@@ -57,7 +57,13 @@ impl Run {
             self.stdout
         );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "`{}`: one line on stderr, got {:?}", self.what, self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "`{}`: one line on stderr, got {:?}",
+            self.what,
+            self.stderr
+        );
         assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
         assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
     }
@@ -66,8 +72,12 @@ impl Run {
 /// Run `cmd` to completion, killing it (and failing the test) after `limit`.
 fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
     let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -94,13 +104,25 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
     let Some(status) = status else {
         panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
     };
-    Run { what, status, stdout, stderr }
+    Run {
+        what,
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Environment every `rbee-tui` run gets: nothing inherited that could point it elsewhere, and a
 /// local agent (should anything fall back to it) confined to this test's temp dir.
 fn tui_env(cmd: &mut Command, local_state: &Path) {
-    for var in ["RUST_LOG", "RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_LOCAL_STATE", "RBEE_AGENT_BIN", "RBEE_MODEL_DIR"] {
+    for var in [
+        "RUST_LOG",
+        "RBEE_CONFIG",
+        "RBEE_LOG_FILE",
+        "RBEE_LOCAL_STATE",
+        "RBEE_AGENT_BIN",
+        "RBEE_MODEL_DIR",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("RBEE_LOCAL_STATE", local_state)
@@ -124,27 +146,47 @@ fn subcommands_against_a_real_agent() {
         cmd.arg("--config").arg(&cfg).args(args);
         tui_env(&mut cmd, &local_state);
         let r = run_bounded(cmd, Duration::from_secs(120));
-        eprintln!("[{:>5.1}s] rbee-tui {} → {}", t0.elapsed().as_secs_f64(), args.join(" "), r.status);
+        eprintln!(
+            "[{:>5.1}s] rbee-tui {} → {}",
+            t0.elapsed().as_secs_f64(),
+            args.join(" "),
+            r.status
+        );
         r
     };
     let token_file = state.join("token");
 
     // nodes add / list
-    let r = tui(&["nodes", "add", "n1", "--url", &agent.url, "--token-file", token_file.to_str().unwrap()]);
+    let r = tui(&[
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
     assert!(r.ok().stdout.contains("added node n1"), "{}", r.stdout);
     let nodes = tui(&["nodes", "list", "--json"]).json();
     let nodes = nodes.as_array().expect("nodes list is an array");
     assert_eq!(nodes.len(), 1, "{nodes:?}");
     assert_eq!(nodes[0]["name"], "n1");
     assert_eq!(nodes[0]["url"], agent.url.as_str());
-    assert_eq!(Path::new(nodes[0]["token_file"].as_str().unwrap()), token_file);
+    assert_eq!(
+        Path::new(nodes[0]["token_file"].as_str().unwrap()),
+        token_file
+    );
 
     // models list: the real gguf, with its reference and size.
     let models = tui(&["models", "list", "--json"]).json();
     let models = models.as_array().expect("models list is an array");
     let gguf = models
         .iter()
-        .find(|m| m["name"].as_str().is_some_and(|n| n.contains("SmolLM2-135M-Instruct")))
+        .find(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("SmolLM2-135M-Instruct"))
+        })
         .unwrap_or_else(|| panic!("the test model is not listed: {models:?}"));
     assert_eq!(gguf["node"], "n1");
     let size = std::fs::metadata(model_path()).unwrap().len();
@@ -154,9 +196,23 @@ fn subcommands_against_a_real_agent() {
 
     // workers spawn --wait: the id on stdout, exit 0 once ready.
     let model = model_path();
-    let r = tui(&["--timeout", "90", "workers", "spawn", "--node", "n1", "--model", model.to_str().unwrap(), "--wait"]);
+    let r = tui(&[
+        "--timeout",
+        "90",
+        "workers",
+        "spawn",
+        "--node",
+        "n1",
+        "--model",
+        model.to_str().unwrap(),
+        "--wait",
+    ]);
     let id = r.ok().stdout.trim().to_string();
-    assert!(!id.is_empty() && !id.contains(char::is_whitespace), "one id on stdout, got {:?}", r.stdout);
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "one id on stdout, got {:?}",
+        r.stdout
+    );
 
     // workers list: ready, with a pid that is the agent's child.
     let workers = tui(&["workers", "list", "--json"]).json();
@@ -169,17 +225,36 @@ fn subcommands_against_a_real_agent() {
     assert_eq!(w["node"], "n1", "{w}");
     let pid = w["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {w}")) as u32;
     assert!(alive(pid), "worker pid {pid} is not running");
-    assert!(children_of(agent.pid()).contains(&pid), "worker {pid} is not a child of the agent");
+    assert!(
+        children_of(agent.pid()).contains(&pid),
+        "worker {pid} is not a child of the agent"
+    );
 
     // infer: greedy, the model knows this one.
     let r = tui(&[
-        "infer", "--node", "n1", "--worker", &id, "--prompt", "The capital of France is",
-        "--max-tokens", "8", "--temperature", "0",
+        "infer",
+        "--node",
+        "n1",
+        "--worker",
+        &id,
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
     ]);
     r.ok();
-    assert!(r.stdout.contains("Paris"), "stdout: {:?}\nstderr: {}", r.stdout, r.stderr);
     assert!(
-        r.stderr.lines().any(|l| l.starts_with(&format!("usage: worker={id} "))),
+        r.stdout.contains("Paris"),
+        "stdout: {:?}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("usage: worker={id} "))),
         "no usage line: {}",
         r.stderr
     );
@@ -189,16 +264,35 @@ fn subcommands_against_a_real_agent() {
     let node = &st["nodes"][0];
     assert_eq!(node["name"], "n1", "{st}");
     assert_eq!(node["state"], "connected", "{st}");
-    let listed = node["workers"].as_array().unwrap_or_else(|| panic!("no workers: {st}"));
-    assert!(listed.iter().any(|w| w["id"] == id.as_str() && w["state"] == "ready"), "{st}");
+    let listed = node["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers: {st}"));
+    assert!(
+        listed
+            .iter()
+            .any(|w| w["id"] == id.as_str() && w["state"] == "ready"),
+        "{st}"
+    );
 
     // workers kill: the process goes away and the agent forgets it.
     let r = tui(&["workers", "kill", &id]);
-    assert!(r.ok().stdout.contains(&format!("killed {id} on n1")), "{}", r.stdout);
-    wait_for(Duration::from_secs(20), "killed worker's process to end", || (!alive(pid)).then_some(()));
+    assert!(
+        r.ok().stdout.contains(&format!("killed {id} on n1")),
+        "{}",
+        r.stdout
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "killed worker's process to end",
+        || (!alive(pid)).then_some(()),
+    );
     let workers = tui(&["workers", "list", "--json"]).json();
     assert!(
-        !workers.as_array().unwrap().iter().any(|w| w["id"] == id.as_str()),
+        !workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == id.as_str()),
         "{id} still listed after kill: {workers}"
     );
 
@@ -213,7 +307,11 @@ fn subcommands_against_a_real_agent() {
     assert_eq!(nodes.as_array().map(Vec::len), Some(0), "{nodes}");
     tui(&["nodes", "rm", "n1"]).fails_with("n1");
 
-    assert!(alive(agent.pid()), "the agent died during the test; log:\n{}", agent.log());
+    assert!(
+        alive(agent.pid()),
+        "the agent died during the test; log:\n{}",
+        agent.log()
+    );
     eprintln!("subcommands test took {:.1}s", t0.elapsed().as_secs_f64());
 }
 
@@ -286,7 +384,11 @@ impl Drop for Tmux {
         if std::thread::panicking() {
             eprintln!("last captured screen:\n{}", self.last.borrow());
         }
-        let _ = self.cmd(&["kill-server"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = self
+            .cmd(&["kill-server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -328,7 +430,10 @@ impl Drop for LocalAgentGuard {
 }
 
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The workers-table row of `id` (`│›w1   SmolLM2…  cpu  ready …│`), if shown.
@@ -345,7 +450,10 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
     let version = Command::new("tmux").arg("-V").output();
     match &version {
-        Ok(o) if o.status.success() => step(&format!("using {}", String::from_utf8_lossy(&o.stdout).trim())),
+        Ok(o) if o.status.success() => step(&format!(
+            "using {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        )),
         _ => panic!(
             "this test drives the dashboard in a real terminal and needs `tmux` on PATH \
              (apt-get install tmux); `tmux -V` gave {version:?}"
@@ -359,9 +467,17 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     let tmux_conf = dir.path().join("tmux.conf");
     // No status line (the whole 120×36 is the dashboard's); a finished pane stays, to be captured.
     std::fs::write(&tmux_conf, "set -g status off\nset -g remain-on-exit on\n").unwrap();
-    let _agent = LocalAgentGuard { state_dir: local_state.clone() };
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let tmux = Tmux { socket: format!("rbee-e2e-{}-{nanos}", std::process::id()), last: Default::default() };
+    let _agent = LocalAgentGuard {
+        state_dir: local_state.clone(),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let tmux = Tmux {
+        socket: format!("rbee-e2e-{}-{nanos}", std::process::id()),
+        last: Default::default(),
+    };
 
     let agent_bin = bin("rbee-agent");
     let env = [
@@ -370,7 +486,14 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         format!("RBEE_MODEL_DIR={}", model_dir().display()),
         "RUST_LOG=info".to_string(),
     ];
-    let mut new = tmux.cmd(&["-f", tmux_conf.to_str().unwrap(), "new-session", "-d", "-s", SESSION]);
+    let mut new = tmux.cmd(&[
+        "-f",
+        tmux_conf.to_str().unwrap(),
+        "new-session",
+        "-d",
+        "-s",
+        SESSION,
+    ]);
     new.args(["-x", &COLS.to_string(), "-y", &ROWS.to_string()]);
     // The start directory has no ./assets/models, so the model dir is RBEE_MODEL_DIR alone.
     new.arg("-c").arg(dir.path());
@@ -381,9 +504,21 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     // around the dashboard records its exit status: tmux 3.3 sometimes leaves a finished pane's
     // process unreaped (a zombie, `pane_dead_status` empty), so tmux cannot be asked for it.
     let exit_file = dir.path().join("exit-status");
-    new.args(["sh", "-c", r#""$@"; echo $? > "$0""#]).arg(&exit_file);
-    new.arg(TUI).arg("--config").arg(&cfg).arg("--log-file").arg(&log_file);
-    for var in ["RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_LOCAL_STATE", "RBEE_AGENT_BIN", "RBEE_MODEL_DIR", "TMUX"] {
+    new.args(["sh", "-c", r#""$@"; echo $? > "$0""#])
+        .arg(&exit_file);
+    new.arg(TUI)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--log-file")
+        .arg(&log_file);
+    for var in [
+        "RBEE_CONFIG",
+        "RBEE_LOG_FILE",
+        "RBEE_LOCAL_STATE",
+        "RBEE_AGENT_BIN",
+        "RBEE_MODEL_DIR",
+        "TMUX",
+    ] {
         new.env_remove(var);
     }
     new.env("TERM", "xterm-256color");
@@ -392,11 +527,17 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
 
     // First run: no nodes configured, so it starts the local agent and connects to it.
     let screen = tmux.wait_screen(Duration::from_secs(40), "the local node to connect", |s| {
-        s.lines().any(|l| l.contains("local") && l.contains("● connected"))
+        s.lines()
+            .any(|l| l.contains("local") && l.contains("● connected"))
     });
     assert!(screen.contains("1/1 up"), "{screen}");
-    assert!(!cfg.exists(), "the dashboard must not write a config on its own");
-    let agent_pid = _agent.pid().unwrap_or_else(|| panic!("no agent holds {}/agent.lock", local_state.display()));
+    assert!(
+        !cfg.exists(),
+        "the dashboard must not write a config on its own"
+    );
+    let agent_pid = _agent
+        .pid()
+        .unwrap_or_else(|| panic!("no agent holds {}/agent.lock", local_state.display()));
     assert!(alive(agent_pid));
     assert_eq!(comm(agent_pid), "rbee-agent");
     step(&format!("local agent pid {agent_pid} connected"));
@@ -409,20 +550,34 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
 
     // Spawn dialog: the real model from the model dir, on cpu.
     tmux.keys(&["s"]);
-    let screen = tmux.wait_screen(Duration::from_secs(10), "the spawn dialog with the model", |s| {
-        s.contains("Spawn on local") && s.lines().any(|l| l.contains("model") && l.contains("‹ SmolLM2-135M-Instruct"))
-    });
-    assert!(screen.lines().any(|l| l.contains("device") && l.contains("‹ cpu ›")), "{screen}");
+    let screen = tmux.wait_screen(
+        Duration::from_secs(10),
+        "the spawn dialog with the model",
+        |s| {
+            s.contains("Spawn on local")
+                && s.lines()
+                    .any(|l| l.contains("model") && l.contains("‹ SmolLM2-135M-Instruct"))
+        },
+    );
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("device") && l.contains("‹ cpu ›")),
+        "{screen}"
+    );
     // Pick the model: step through the (one-entry) list and land on it again.
     tmux.keys(&["Right"]);
     let screen = tmux.wait_screen(Duration::from_secs(5), "the model still picked", |s| {
-        s.lines().any(|l| l.contains("‹ SmolLM2-135M-Instruct") && l.contains("1/1"))
+        s.lines()
+            .any(|l| l.contains("‹ SmolLM2-135M-Instruct") && l.contains("1/1"))
     });
     assert!(screen.contains("count"), "{screen}");
     tmux.keys(&["Enter"]);
-    let screen = tmux.wait_screen(Duration::from_secs(10), "the spawn to be acknowledged", |s| {
-        s.contains("spawned ") && !s.contains("Spawn on local")
-    });
+    let screen = tmux.wait_screen(
+        Duration::from_secs(10),
+        "the spawn to be acknowledged",
+        |s| s.contains("spawned ") && !s.contains("Spawn on local"),
+    );
     let id = screen
         .split("spawned ")
         .nth(1)
@@ -431,43 +586,73 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         .to_string();
     step(&format!("spawned {id}"));
 
-    let screen = tmux.wait_screen(Duration::from_secs(90), "the worker row to show ready", |s| {
-        worker_row(s, &id).is_some_and(|r| r.contains(" ready "))
-    });
+    let screen = tmux.wait_screen(
+        Duration::from_secs(90),
+        "the worker row to show ready",
+        |s| worker_row(s, &id).is_some_and(|r| r.contains(" ready ")),
+    );
     assert!(screen.contains("Workers (1)"), "{screen}");
-    let workers: Vec<u32> = children_of(agent_pid).into_iter().filter(|p| comm(*p) == "rbee-worker").collect();
-    assert_eq!(workers.len(), 1, "one rbee-worker child of the agent, got {workers:?}");
+    let workers: Vec<u32> = children_of(agent_pid)
+        .into_iter()
+        .filter(|p| comm(*p) == "rbee-worker")
+        .collect();
+    assert_eq!(
+        workers.len(),
+        1,
+        "one rbee-worker child of the agent, got {workers:?}"
+    );
     let worker_pid = workers[0];
     step(&format!("{id} ready (pid {worker_pid})"));
 
     // Prompt it.
     tmux.keys(&["p"]);
-    tmux.wait_screen(Duration::from_secs(5), "the prompt pane", |s| s.contains(&format!("Prompt → {id} on local")));
+    tmux.wait_screen(Duration::from_secs(5), "the prompt pane", |s| {
+        s.contains(&format!("Prompt → {id} on local"))
+    });
     let prompt = "The capital of France is";
     tmux.type_text(prompt);
-    tmux.wait_screen(Duration::from_secs(5), "the typed prompt", |s| s.contains(&format!("> {prompt}")));
+    tmux.wait_screen(Duration::from_secs(5), "the typed prompt", |s| {
+        s.contains(&format!("> {prompt}"))
+    });
     tmux.keys(&["Enter"]);
     let finished = |s: &str| {
-        s.lines().find(|l| l.contains(&format!("Prompt → {id} on local"))).is_some_and(|title| {
-            !title.contains("streaming") && [" · eos", " · length", " · stop", " · contextfull"].iter().any(|f| title.contains(f))
-        })
+        s.lines()
+            .find(|l| l.contains(&format!("Prompt → {id} on local")))
+            .is_some_and(|title| {
+                !title.contains("streaming")
+                    && [" · eos", " · length", " · stop", " · contextfull"]
+                        .iter()
+                        .any(|f| title.contains(f))
+            })
     };
     // Under load the whole answer can take long: once a few tokens are on screen, `Esc` cancels
     // the rest (the pane's cancel key), and the title must say so.
     let title_tokens = |s: &str| -> u32 {
         s.lines()
             .find(|l| l.contains(&format!("Prompt → {id} on local")))
-            .and_then(|t| t.split(" · ").find_map(|seg| seg.trim().strip_suffix(" tok")).and_then(|n| n.parse().ok()))
+            .and_then(|t| {
+                t.split(" · ")
+                    .find_map(|seg| seg.trim().strip_suffix(" tok"))
+                    .and_then(|n| n.parse().ok())
+            })
             .unwrap_or(0)
     };
-    let screen = tmux.wait_screen(Duration::from_secs(60), "tokens to stream", |s| finished(s) || title_tokens(s) >= 8);
+    let screen = tmux.wait_screen(Duration::from_secs(60), "tokens to stream", |s| {
+        finished(s) || title_tokens(s) >= 8
+    });
     let screen = if finished(&screen) {
         screen
     } else {
         tmux.keys(&["Escape"]);
-        tmux.wait_screen(Duration::from_secs(20), "the cancelled generation to stop", |s| {
-            finished(s) || s.lines().any(|l| l.contains("Prompt →") && l.contains("cancelled"))
-        })
+        tmux.wait_screen(
+            Duration::from_secs(20),
+            "the cancelled generation to stop",
+            |s| {
+                finished(s)
+                    || s.lines()
+                        .any(|l| l.contains("Prompt →") && l.contains("cancelled"))
+            },
+        )
     };
     assert!(!screen.contains("error:"), "{screen}");
     let title = screen.lines().find(|l| l.contains("Prompt →")).unwrap();
@@ -491,44 +676,80 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         .map(|l| l.trim_matches(|c: char| c == '│' || c.is_whitespace()))
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(!answer.trim().is_empty(), "no generated text on screen:\n{screen}");
+    assert!(
+        !answer.trim().is_empty(),
+        "no generated text on screen:\n{screen}"
+    );
     step(&format!("generated {tokens} tokens: {:?}", answer.trim()));
 
     // Close the pane, then kill the worker through the confirm popup.
     tmux.keys(&["Escape"]);
-    tmux.wait_screen(Duration::from_secs(5), "the prompt pane to close", |s| !s.contains("Prompt →"));
+    tmux.wait_screen(Duration::from_secs(5), "the prompt pane to close", |s| {
+        !s.contains("Prompt →")
+    });
     tmux.keys(&["x"]);
-    let screen = tmux.wait_screen(Duration::from_secs(5), "the kill confirmation", |s| s.contains("Kill?"));
+    let screen = tmux.wait_screen(Duration::from_secs(5), "the kill confirmation", |s| {
+        s.contains("Kill?")
+    });
     assert!(screen.contains(&format!("Kill worker {id}")), "{screen}");
     tmux.keys(&["y"]);
     tmux.wait_screen(Duration::from_secs(20), "the worker row to go", |s| {
         s.contains("Workers (0)") && worker_row(s, &id).is_none_or(|r| r.contains("exited"))
     });
-    wait_for(Duration::from_secs(20), "the killed worker's process to end", || (!alive(worker_pid)).then_some(()));
+    wait_for(
+        Duration::from_secs(20),
+        "the killed worker's process to end",
+        || (!alive(worker_pid)).then_some(()),
+    );
     step(&format!("{id} killed"));
 
     // Quit: the dashboard's process ends, cleanly.
     tmux.keys(&["q"]);
-    let status = wait_for(Duration::from_secs(10), "the dashboard to quit on q", || {
-        std::fs::read_to_string(&exit_file).ok().filter(|s| s.ends_with('\n'))
-    });
-    assert_eq!(status.trim(), "0", "the dashboard's exit status; the screen:\n{}", tmux.capture());
+    let status = wait_for(
+        Duration::from_secs(10),
+        "the dashboard to quit on q",
+        || {
+            std::fs::read_to_string(&exit_file)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+        },
+    );
+    assert_eq!(
+        status.trim(),
+        "0",
+        "the dashboard's exit status; the screen:\n{}",
+        tmux.capture()
+    );
     step("dashboard quit");
 
     // The agent outlives the dashboard; stop it the documented way (pid in agent.lock).
-    assert!(alive(agent_pid), "the local agent must outlive the dashboard");
+    assert!(
+        alive(agent_pid),
+        "the local agent must outlive the dashboard"
+    );
     assert_eq!(_agent.pid(), Some(agent_pid));
     let kids: Vec<u32> = children_of(agent_pid);
     // SAFETY: signalling the agent this test's dashboard started.
     unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
-    wait_for(Duration::from_secs(20), "the local agent to stop on SIGTERM", || (!alive(agent_pid)).then_some(()));
+    wait_for(
+        Duration::from_secs(20),
+        "the local agent to stop on SIGTERM",
+        || (!alive(agent_pid)).then_some(()),
+    );
     for pid in kids.iter().copied().chain([worker_pid]) {
-        wait_for(Duration::from_secs(10), &format!("process {pid} ({}) to end", comm(pid)), || (!alive(pid)).then_some(()));
+        wait_for(
+            Duration::from_secs(10),
+            &format!("process {pid} ({}) to end", comm(pid)),
+            || (!alive(pid)).then_some(()),
+        );
     }
     let log = std::fs::read_to_string(&log_file).unwrap_or_default();
     assert!(log.contains("dashboard starting"), "tui log: {log}");
     let agent_log = _agent.log();
-    assert!(!agent_log.is_empty(), "the started agent logs to agent.log in its state dir");
+    assert!(
+        !agent_log.is_empty(),
+        "the started agent logs to agent.log in its state dir"
+    );
     step("agent stopped; no worker left");
 }
 
@@ -542,7 +763,12 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     use rbee_tui::session::{run_node, SILENT_LIMIT};
     use tokio::sync::mpsc;
 
-    async fn next<T>(rx: &mut mpsc::Receiver<Action>, limit: Duration, what: &str, f: impl Fn(&Action) -> Option<T>) -> T {
+    async fn next<T>(
+        rx: &mut mpsc::Receiver<Action>,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Action) -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let a = tokio::time::timeout_at(deadline, rx.recv())
@@ -568,25 +794,51 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     let (_etx, erx) = mpsc::channel(16);
     let task = tokio::spawn(run_node(0, target, atx, erx));
     let connected = |a: &Action| matches!(a, Action::Connected { .. }).then_some(());
-    next(&mut arx, Duration::from_secs(20), "the first connection", connected).await;
+    next(
+        &mut arx,
+        Duration::from_secs(20),
+        "the first connection",
+        connected,
+    )
+    .await;
     // Fully serving (subscribed, pinging) before the freeze.
-    next(&mut arx, Duration::from_secs(20), "a latency measurement", |a| matches!(a, Action::Latency { .. }).then_some(())).await;
+    next(
+        &mut arx,
+        Duration::from_secs(20),
+        "a latency measurement",
+        |a| matches!(a, Action::Latency { .. }).then_some(()),
+    )
+    .await;
 
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     let frozen_at = Instant::now();
-    let reason = next(&mut arx, SILENT_LIMIT + Duration::from_secs(10), "the session to notice", |a| match a {
-        Action::Disconnected { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
+    let reason = next(
+        &mut arx,
+        SILENT_LIMIT + Duration::from_secs(10),
+        "the session to notice",
+        |a| match a {
+            Action::Disconnected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        },
+    )
     .await;
     let noticed = frozen_at.elapsed();
     assert!(reason.contains("no answer from the agent"), "{reason}");
-    assert!(noticed >= SILENT_LIMIT - Duration::from_secs(3), "dropped after {noticed:?}, before the limit: {reason}");
+    assert!(
+        noticed >= SILENT_LIMIT - Duration::from_secs(3),
+        "dropped after {noticed:?}, before the limit: {reason}"
+    );
 
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
-    next(&mut arx, Duration::from_secs(60), "the session to come back", connected).await;
+    next(
+        &mut arx,
+        Duration::from_secs(60),
+        "the session to come back",
+        connected,
+    )
+    .await;
     assert!(alive(agent.pid()));
     task.abort();
 }

@@ -108,7 +108,13 @@ fn node_detail_pull_in_progress_then_done_80x24() {
     // Complete: the gauge goes, an event says so.
     update(&mut s, progress(400 << 20, ""));
     assert!(s.nodes[1].pulls.is_empty());
-    assert!(s.events.iter().any(|e| e.text.contains("pulled hf:org/tiny:tiny.Q8_0.gguf")), "{:?}", s.events);
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.text.contains("pulled hf:org/tiny:tiny.Q8_0.gguf")),
+        "{:?}",
+        s.events
+    );
     assert!(!draw(&s, 80, 24).contains("pull tiny"));
 }
 
@@ -288,7 +294,10 @@ fn trust_host_key_80x24() {
         key: "ssh-ed25519 SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c".into(),
     }));
     let screen = draw(&s, 80, 24);
-    assert!(screen.contains("SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c"), "the whole fingerprint is shown:\n{screen}");
+    assert!(
+        screen.contains("SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c"),
+        "the whole fingerprint is shown:\n{screen}"
+    );
     insta::assert_snapshot!(screen);
 }
 

@@ -48,14 +48,26 @@ impl Run {
 
     fn json(&self) -> Value {
         self.ok();
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
     }
 
     /// Failed with exactly one `rbee-tui: …` line on stderr, which contains every needle.
     fn fails_with(&self, needles: &[&str]) -> String {
-        assert!(!self.status.success(), "`{}` should have failed; stdout: {}", self.what, self.stdout);
+        assert!(
+            !self.status.success(),
+            "`{}` should have failed; stdout: {}",
+            self.what,
+            self.stdout
+        );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "`{}`: one line on stderr, got {:?}", self.what, self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "`{}`: one line on stderr, got {:?}",
+            self.what,
+            self.stderr
+        );
         assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
         for n in needles {
             assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
@@ -66,8 +78,12 @@ impl Run {
 
 fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
     let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -93,7 +109,12 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
     let Some(status) = status else {
         panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
     };
-    Run { what, status, stdout, stderr }
+    Run {
+        what,
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 fn sh(cmd: &str) -> Run {
@@ -105,7 +126,8 @@ fn sh(cmd: &str) -> Run {
 /// A new ed25519 key pair at `path` and `path.pub`.
 fn keygen(path: &Path) {
     let mut c = Command::new("ssh-keygen");
-    c.args(["-q", "-t", "ed25519", "-N", "", "-C", "rbee-test", "-f"]).arg(path);
+    c.args(["-q", "-t", "ed25519", "-N", "", "-C", "rbee-test", "-f"])
+        .arg(path);
     run_bounded(c, Duration::from_secs(30)).ok();
 }
 
@@ -118,7 +140,11 @@ fn fingerprint(pub_file: &Path) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,7 +159,14 @@ struct Sshd {
 impl Sshd {
     /// Serve `listen` (`IP:PORT`) with `host_key`, accepting the keys in `authorized_keys`; inside
     /// network namespace `netns` when given.
-    fn start(dir: &Path, listen: SocketAddr, host_key: &Path, authorized_keys: &Path, netns: Option<&str>, extra: &str) -> Sshd {
+    fn start(
+        dir: &Path,
+        listen: SocketAddr,
+        host_key: &Path,
+        authorized_keys: &Path,
+        netns: Option<&str>,
+        extra: &str,
+    ) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let name = format!("sshd-{}", listen.port());
         let config = dir.join(format!("{name}.config"));
@@ -162,11 +195,18 @@ impl Sshd {
             None => Command::new(SSHD),
         };
         cmd.arg("-D").arg("-e").arg("-f").arg(&config);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
-        let mut child = cmd.spawn().expect("start sshd (apt-get install openssh-server)");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd
+            .spawn()
+            .expect("start sshd (apt-get install openssh-server)");
         wait_for(Duration::from_secs(20), "sshd to listen", || {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!("sshd exited with {st}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "sshd exited with {st}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             TcpStream::connect_timeout(&listen, Duration::from_millis(200)).ok()
         });
@@ -212,7 +252,16 @@ impl World {
         keygen(&host_key);
         let authorized_keys = dir.join("authorized_keys");
         std::fs::copy(key.with_extension("pub"), &authorized_keys).unwrap();
-        World { config: dir.join("tui.toml"), _tmp: tmp, dir, home, key, authorized_keys, host_key, env: vec![] }
+        World {
+            config: dir.join("tui.toml"),
+            _tmp: tmp,
+            dir,
+            home,
+            key,
+            authorized_keys,
+            host_key,
+            env: vec![],
+        }
     }
 
     fn sshd(&self, listen: SocketAddr, netns: Option<&str>) -> Sshd {
@@ -221,13 +270,32 @@ impl World {
 
     /// With extra `sshd_config` lines.
     fn sshd_with(&self, listen: SocketAddr, netns: Option<&str>, extra: &str) -> Sshd {
-        Sshd::start(&self.dir, listen, &self.host_key, &self.authorized_keys, netns, extra)
+        Sshd::start(
+            &self.dir,
+            listen,
+            &self.host_key,
+            &self.authorized_keys,
+            netns,
+            extra,
+        )
     }
 
     fn tui(&self, args: &[&str]) -> Run {
         let mut cmd = Command::new(TUI);
-        cmd.arg("--config").arg(&self.config).arg("--timeout").arg("120").args(args);
-        for var in ["RUST_LOG", "RBEE_CONFIG", "RBEE_LOG_FILE", "RBEE_KNOWN_HOSTS", "XDG_CONFIG_HOME", "SSH_AUTH_SOCK", "RBEE_MODEL_DIR"] {
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--timeout")
+            .arg("120")
+            .args(args);
+        for var in [
+            "RUST_LOG",
+            "RBEE_CONFIG",
+            "RBEE_LOG_FILE",
+            "RBEE_KNOWN_HOSTS",
+            "XDG_CONFIG_HOME",
+            "SSH_AUTH_SOCK",
+            "RBEE_MODEL_DIR",
+        ] {
             cmd.env_remove(var);
         }
         cmd.env("HOME", &self.home)
@@ -243,13 +311,27 @@ impl World {
     /// `nodes add NAME --ssh ADDR --remote-dir DIR --model-dir <test models>` plus `extra`.
     fn add(&self, name: &str, ssh: &str, remote: &Path, extra: &[&str]) -> Run {
         let model_dir = model_path().parent().unwrap().to_str().unwrap().to_string();
-        let mut args = vec!["nodes", "add", name, "--ssh", ssh, "--remote-dir", remote.to_str().unwrap(), "--model-dir", &model_dir];
+        let mut args = vec![
+            "nodes",
+            "add",
+            name,
+            "--ssh",
+            ssh,
+            "--remote-dir",
+            remote.to_str().unwrap(),
+            "--model-dir",
+            &model_dir,
+        ];
         args.extend_from_slice(extra);
         self.tui(&args)
     }
 
     fn nodes(&self) -> Vec<Value> {
-        self.tui(&["nodes", "list", "--json"]).json().as_array().unwrap().clone()
+        self.tui(&["nodes", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     fn own_known_hosts(&self) -> PathBuf {
@@ -277,8 +359,12 @@ impl Drop for NodeGuard {
 fn procs_with(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains(needle) && alive(pid) {
             out.push(pid);
@@ -299,18 +385,43 @@ fn workers_of(remote: &Path) -> Vec<u32> {
 /// Spawn the test model on `node`, wait until ready, then generate 8 tokens; returns the worker pid.
 fn spawn_and_infer(w: &World, node: &str) -> u32 {
     let model = model_path();
-    let worker = w.tui(&["workers", "spawn", "--node", node, "--model", model.to_str().unwrap(), "--wait", "--json"]).json();
+    let worker = w
+        .tui(&[
+            "workers",
+            "spawn",
+            "--node",
+            node,
+            "--model",
+            model.to_str().unwrap(),
+            "--wait",
+            "--json",
+        ])
+        .json();
     assert_eq!(worker["state"], "ready", "{worker}");
     let pid = worker["pid"].as_u64().unwrap() as u32;
     let r = w
         .tui(&[
-            "infer", "--node", node, "--model", "SmolLM2-135M-Instruct.Q4_1.gguf", "--prompt", "The capital of France is",
-            "--max-tokens", "8", "--temperature", "0", "--ignore-eos", "--json",
+            "infer",
+            "--node",
+            node,
+            "--model",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
         ])
         .json();
     assert_eq!(r["usage"]["generated_tokens"], 8, "{r}");
     assert!(!r["text"].as_str().unwrap().trim().is_empty(), "{r}");
-    assert!(r["client"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["client"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
     pid
 }
 
@@ -332,31 +443,54 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
 
     // Unknown host key: refused with the fingerprint ssh-keygen computes; nothing recorded or started.
     let fp = fingerprint(&w.host_key.with_extension("pub"));
-    w.add("n1", &addr, &remote, &["--identity", key]).fails_with(&["is not known", &fp, "--accept-new-host-key"]);
+    w.add("n1", &addr, &remote, &["--identity", key])
+        .fails_with(&["is not known", &fp, "--accept-new-host-key"]);
     assert!(w.nodes().is_empty());
-    assert!(!remote.join("bin").exists(), "nothing installed before the host is trusted");
+    assert!(
+        !remote.join("bin").exists(),
+        "nothing installed before the host is trusted"
+    );
 
     // Accepted: recorded in rbee's own known_hosts, agent installed and started.
     let t0 = Instant::now();
-    let first = w.add("n1", &addr, &remote, &["--identity", key, "--accept-new-host-key", "--json"]).json();
+    let first = w
+        .add(
+            "n1",
+            &addr,
+            &remote,
+            &["--identity", key, "--accept-new-host-key", "--json"],
+        )
+        .json();
     eprintln!("cold bring-up took {:?}", t0.elapsed());
     assert_eq!(first["host_key_learned"], fp.as_str(), "{first}");
     assert_eq!(first["agent"]["installed"], true, "{first}");
     assert_eq!(first["agent"]["started"], true, "{first}");
     let pid = first["agent"]["pid"].as_u64().unwrap() as u32;
     assert!(alive(pid));
-    assert_eq!(agents_of(&remote), vec![pid], "one agent, from the installed binary");
+    assert_eq!(
+        agents_of(&remote),
+        vec![pid],
+        "one agent, from the installed binary"
+    );
     assert!(remote.join("bin/rbee-worker").is_file());
     let addr_file = std::fs::read_to_string(remote.join("agent/agent.addr")).unwrap();
-    assert!(addr_file.trim().starts_with("127.0.0.1:"), "agent listens on loopback only: {addr_file}");
+    assert!(
+        addr_file.trim().starts_with("127.0.0.1:"),
+        "agent listens on loopback only: {addr_file}"
+    );
     let kh = std::fs::read_to_string(w.own_known_hosts()).unwrap();
-    assert!(kh.contains(&format!("[127.0.0.1]:{port} ssh-ed25519 ")), "{kh}");
+    assert!(
+        kh.contains(&format!("[127.0.0.1]:{port} ssh-ed25519 ")),
+        "{kh}"
+    );
     let nodes = w.nodes();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["ssh"], addr.as_str());
 
     // Second bring-up (the host key is known now): the running agent is reused.
-    let second = w.add("n1b", &addr, &remote, &["--identity", key, "--json"]).json();
+    let second = w
+        .add("n1b", &addr, &remote, &["--identity", key, "--json"])
+        .json();
     assert_eq!(second["agent"]["installed"], false, "{second}");
     assert_eq!(second["agent"]["started"], false, "{second}");
     assert_eq!(second["agent"]["pid"].as_u64(), Some(pid as u64));
@@ -364,12 +498,22 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
 
     // Spawn and infer through the tunnel on the real model.
     let worker = spawn_and_infer(&w, "n1");
-    assert!(children_of(pid).contains(&worker), "the worker is the node agent's child");
+    assert!(
+        children_of(pid).contains(&worker),
+        "the worker is the node agent's child"
+    );
 
     // Stop: agent and worker gone, and reported.
     let stopped = w.tui(&["nodes", "stop", "n1", "--json"]).json();
     assert_eq!(stopped["agent_pid"].as_u64(), Some(pid as u64), "{stopped}");
-    assert!(stopped["worker_pids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(worker as u64)), "{stopped}");
+    assert!(
+        stopped["worker_pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_u64() == Some(worker as u64)),
+        "{stopped}"
+    );
     assert!(!alive(pid) && !alive(worker));
     assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty());
     w.tui(&["nodes", "stop", "n1"]).ok();
@@ -378,8 +522,13 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     // restores the worker the operator asked for.
     let spawn_list = |node: &str| {
         let mut cmd = Command::new(TUI);
-        cmd.arg("--config").arg(&w.config).args(["workers", "list", "--json", "--node", node]);
-        cmd.env("HOME", &w.home).env_remove("SSH_AUTH_SOCK").env_remove("XDG_CONFIG_HOME").env_remove("RBEE_KNOWN_HOSTS");
+        cmd.arg("--config")
+            .arg(&w.config)
+            .args(["workers", "list", "--json", "--node", node]);
+        cmd.env("HOME", &w.home)
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("RBEE_KNOWN_HOSTS");
         cmd.env("RBEE_AGENT_BIN", bin("rbee-agent"));
         cmd
     };
@@ -393,10 +542,17 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     b.json();
     let agents = agents_of(&remote);
     assert_eq!(agents.len(), 1, "two concurrent bring-ups left {agents:?}");
-    wait_for(Duration::from_secs(60), "the desired worker to come back", || (!workers_of(&remote).is_empty()).then_some(()));
+    wait_for(
+        Duration::from_secs(60),
+        "the desired worker to come back",
+        || (!workers_of(&remote).is_empty()).then_some(()),
+    );
     let stopped = w.tui(&["nodes", "stop", "n1b", "--json"]).json();
     assert_eq!(stopped["agent_pid"].as_u64(), Some(agents[0] as u64));
-    assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty(), "nothing left after stop");
+    assert!(
+        agents_of(&remote).is_empty() && workers_of(&remote).is_empty(),
+        "nothing left after stop"
+    );
     assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
 
@@ -417,16 +573,35 @@ fn changed_host_key_is_refused_and_a_failing_agent_is_reported() {
     keygen(&old_key);
     let old_pub = std::fs::read_to_string(old_key.with_extension("pub")).unwrap();
     let user_kh = w.home.join(".ssh/known_hosts");
-    std::fs::write(&user_kh, format!("# first line is a comment\n[127.0.0.1]:{port} {old_pub}")).unwrap();
+    std::fs::write(
+        &user_kh,
+        format!("# first line is a comment\n[127.0.0.1]:{port} {old_pub}"),
+    )
+    .unwrap();
     {
         let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
         let fp = fingerprint(&w.host_key.with_extension("pub"));
-        for extra in [&["--identity", key][..], &["--identity", key, "--accept-new-host-key"][..]] {
-            w.add("n", &addr, &remote, extra).fails_with(&["HOST KEY OF", "HAS CHANGED", &fp, "line 2 of", ".ssh/known_hosts"]);
+        for extra in [
+            &["--identity", key][..],
+            &["--identity", key, "--accept-new-host-key"][..],
+        ] {
+            w.add("n", &addr, &remote, extra).fails_with(&[
+                "HOST KEY OF",
+                "HAS CHANGED",
+                &fp,
+                "line 2 of",
+                ".ssh/known_hosts",
+            ]);
         }
         assert!(w.nodes().is_empty());
-        assert!(!w.own_known_hosts().exists(), "a changed key is never recorded");
-        assert!(!remote.exists(), "nothing done on a host that failed the key check");
+        assert!(
+            !w.own_known_hosts().exists(),
+            "a changed key is never recorded"
+        );
+        assert!(
+            !remote.exists(),
+            "nothing done on a host that failed the key check"
+        );
     }
     // The same host presenting the recorded key: trusted through ~/.ssh/known_hosts alone. The
     // node's agent config is broken, so the agent exits at once and its log says why.
@@ -436,10 +611,17 @@ fn changed_host_key_is_refused_and_a_failing_agent_is_reported() {
     let _sshd = w2.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
     std::fs::create_dir_all(&remote).unwrap();
     std::fs::write(remote.join("agent.toml"), "heartbeat_msec = 3\n").unwrap();
-    w2.add("n", &addr, &remote, &["--identity", key]).fails_with(&["rbee-agent failed to start", "agent.log", "heartbeat_msec"]);
+    w2.add("n", &addr, &remote, &["--identity", key])
+        .fails_with(&["rbee-agent failed to start", "agent.log", "heartbeat_msec"]);
     assert!(agents_of(&remote).is_empty());
-    assert!(remote.join("bin/rbee-agent").is_file(), "installed before the start failed");
-    assert!(w2.nodes().is_empty(), "a node whose bring-up failed is not recorded");
+    assert!(
+        remote.join("bin/rbee-agent").is_file(),
+        "installed before the start failed"
+    );
+    assert!(
+        w2.nodes().is_empty(),
+        "a node whose bring-up failed is not recorded"
+    );
 }
 
 /// Wrong key, unreachable host, unreadable identity, a full disk and a node of another
@@ -455,34 +637,83 @@ fn wrong_key_unreachable_full_disk_and_other_arch_are_one_line_errors() {
 
     let stranger = w.dir.join("stranger");
     keygen(&stranger);
-    w.add("n", &addr, &remote, &["--identity", stranger.to_str().unwrap(), "--accept-new-host-key"])
-        .fails_with(&["authentication as `root` refused", "stranger"]);
+    w.add(
+        "n",
+        &addr,
+        &remote,
+        &[
+            "--identity",
+            stranger.to_str().unwrap(),
+            "--accept-new-host-key",
+        ],
+    )
+    .fails_with(&["authentication as `root` refused", "stranger"]);
 
     let closed = free_port();
-    w.add("n", &format!("root@127.0.0.1:{closed}"), &remote, &["--identity", w.key.to_str().unwrap()])
-        .fails_with(&["cannot reach 127.0.0.1:", "refused"]);
+    w.add(
+        "n",
+        &format!("root@127.0.0.1:{closed}"),
+        &remote,
+        &["--identity", w.key.to_str().unwrap()],
+    )
+    .fails_with(&["cannot reach 127.0.0.1:", "refused"]);
 
-    w.add("n", &addr, &remote, &["--identity", w.dir.join("missing-key").to_str().unwrap()])
-        .fails_with(&["cannot use identity", "missing-key"]);
+    w.add(
+        "n",
+        &addr,
+        &remote,
+        &["--identity", w.dir.join("missing-key").to_str().unwrap()],
+    )
+    .fails_with(&["cannot use identity", "missing-key"]);
 
     // A node dir on a 1 MiB filesystem.
     std::fs::create_dir_all(&remote).unwrap();
     let _mount = Mount::tmpfs(&remote, "1m");
-    w.add("n", &addr, &remote, &["--identity", w.key.to_str().unwrap()]).fails_with(&["no space to install rbee-agent", "MiB free"]);
+    w.add(
+        "n",
+        &addr,
+        &remote,
+        &["--identity", w.key.to_str().unwrap()],
+    )
+    .fails_with(&["no space to install rbee-agent", "MiB free"]);
     assert!(w.nodes().is_empty());
     assert!(agents_of(&remote).is_empty());
 
     // A node whose `uname -m` says riscv64 (a `uname` first on the sessions' PATH).
     let fake = w.dir.join("fakebin");
     std::fs::create_dir_all(&fake).unwrap();
-    std::fs::write(fake.join("uname"), "#!/bin/sh\ncase \"$1\" in -m) echo riscv64 ;; *) exec /bin/uname \"$@\" ;; esac\n").unwrap();
+    std::fs::write(
+        fake.join("uname"),
+        "#!/bin/sh\ncase \"$1\" in -m) echo riscv64 ;; *) exec /bin/uname \"$@\" ;; esac\n",
+    )
+    .unwrap();
     sh(&format!("chmod +x {}/uname", fake.display())).ok();
     let port2 = free_port();
-    let _riscv = w.sshd_with(SocketAddr::from(([127, 0, 0, 1], port2)), None, &format!("SetEnv PATH={}:/usr/bin:/bin", fake.display()));
+    let _riscv = w.sshd_with(
+        SocketAddr::from(([127, 0, 0, 1], port2)),
+        None,
+        &format!("SetEnv PATH={}:/usr/bin:/bin", fake.display()),
+    );
     let remote2 = w.dir.join("node2");
-    w.add("n", &format!("root@127.0.0.1:{port2}"), &remote2, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key"])
-        .fails_with(&["remote architecture mismatch", "riscv64", std::env::consts::ARCH]);
-    assert!(!remote2.join("bin").exists(), "nothing uploaded to a node of another architecture");
+    w.add(
+        "n",
+        &format!("root@127.0.0.1:{port2}"),
+        &remote2,
+        &[
+            "--identity",
+            w.key.to_str().unwrap(),
+            "--accept-new-host-key",
+        ],
+    )
+    .fails_with(&[
+        "remote architecture mismatch",
+        "riscv64",
+        std::env::consts::ARCH,
+    ]);
+    assert!(
+        !remote2.join("bin").exists(),
+        "nothing uploaded to a node of another architecture"
+    );
 }
 
 /// Keys from a running ssh-agent authenticate when no identity is given.
@@ -495,16 +726,31 @@ fn ssh_agent_keys_authenticate() {
     let _guard = NodeGuard(remote.clone());
     let sock = w.dir.join("agent.sock");
     let mut agent = Command::new("ssh-agent");
-    agent.arg("-D").arg("-a").arg(&sock).stdout(Stdio::null()).stderr(Stdio::null());
+    agent
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let agent = KillOnDrop(agent.spawn().expect("ssh-agent"));
-    wait_for(Duration::from_secs(10), "ssh-agent socket", || sock.exists().then_some(()));
+    wait_for(Duration::from_secs(10), "ssh-agent socket", || {
+        sock.exists().then_some(())
+    });
     let mut add = Command::new("ssh-add");
     add.arg(&w.key).env("SSH_AUTH_SOCK", &sock);
     run_bounded(add, Duration::from_secs(30)).ok();
     // The key file is gone from where rbee-tui could find it: only the ssh-agent has it.
     std::fs::remove_file(&w.key).unwrap();
-    w.env.push(("SSH_AUTH_SOCK".into(), sock.to_str().unwrap().into()));
-    let up = w.add("n", &format!("root@127.0.0.1:{port}"), &remote, &["--accept-new-host-key", "--json"]).json();
+    w.env
+        .push(("SSH_AUTH_SOCK".into(), sock.to_str().unwrap().into()));
+    let up = w
+        .add(
+            "n",
+            &format!("root@127.0.0.1:{port}"),
+            &remote,
+            &["--accept-new-host-key", "--json"],
+        )
+        .json();
     assert_eq!(up["agent"]["started"], true, "{up}");
     let stopped = w.tui(&["nodes", "stop", "n", "--json"]).json();
     assert_eq!(stopped["agent_pid"], up["agent"]["pid"]);
@@ -525,30 +771,70 @@ fn node_in_a_network_namespace_across_a_veth_pair() {
     let _guard = NodeGuard(remote.clone());
     let addr = format!("root@{}", std::net::Ipv4Addr::from(node_ip));
 
-    let up = w.add("far", &addr, &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--json"]).json();
+    let up = w
+        .add(
+            "far",
+            &addr,
+            &remote,
+            &[
+                "--identity",
+                w.key.to_str().unwrap(),
+                "--accept-new-host-key",
+                "--json",
+            ],
+        )
+        .json();
     assert_eq!(up["agent"]["installed"], true, "{up}");
     let agent_addr: SocketAddr = up["agent"]["addr"].as_str().unwrap().parse().unwrap();
     assert!(agent_addr.ip().is_loopback(), "{up}");
     // From this namespace the agent's port is not there: not on our loopback, not on the veth.
-    assert!(TcpStream::connect_timeout(&agent_addr, Duration::from_millis(500)).is_err(), "agent port visible outside its namespace");
+    assert!(
+        TcpStream::connect_timeout(&agent_addr, Duration::from_millis(500)).is_err(),
+        "agent port visible outside its namespace"
+    );
     let on_veth = SocketAddr::from((node_ip, agent_addr.port()));
-    assert!(TcpStream::connect_timeout(&on_veth, Duration::from_millis(500)).is_err(), "agent port exposed on the network");
+    assert!(
+        TcpStream::connect_timeout(&on_veth, Duration::from_millis(500)).is_err(),
+        "agent port exposed on the network"
+    );
     let kh = std::fs::read_to_string(w.own_known_hosts()).unwrap();
-    assert!(kh.starts_with(&format!("{} ssh-ed25519 ", std::net::Ipv4Addr::from(node_ip))), "port 22 is written bare: {kh}");
+    assert!(
+        kh.starts_with(&format!(
+            "{} ssh-ed25519 ",
+            std::net::Ipv4Addr::from(node_ip)
+        )),
+        "port 22 is written bare: {kh}"
+    );
 
     let worker = spawn_and_infer(&w, "far");
     let status = w.tui(&["status", "--json"]).json();
     assert_eq!(status["nodes"][0]["state"], "connected", "{status}");
-    assert!(status["nodes"][0]["url"].as_str().unwrap().starts_with("ssh://"), "{status}");
+    assert!(
+        status["nodes"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh://"),
+        "{status}"
+    );
 
     let stopped = w.tui(&["nodes", "stop", "far", "--json"]).json();
-    assert!(stopped["worker_pids"].as_array().unwrap().iter().any(|p| p.as_u64() == Some(worker as u64)), "{stopped}");
+    assert!(
+        stopped["worker_pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_u64() == Some(worker as u64)),
+        "{stopped}"
+    );
     assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty());
     assert!(ns.pids().iter().all(|p| !workers_of(&remote).contains(p)));
 }
 
 /// The next `Connected` (its url) or `Disconnected` (its reason) from a session task.
-async fn next(arx: &mut tokio::sync::mpsc::Receiver<rbee_tui::action::Action>, want: &str) -> String {
+async fn next(
+    arx: &mut tokio::sync::mpsc::Receiver<rbee_tui::action::Action>,
+    want: &str,
+) -> String {
     use rbee_tui::action::Action;
     tokio::time::timeout(Duration::from_secs(90), async {
         loop {
@@ -573,20 +859,42 @@ fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
     let sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
     let remote = w.dir.join("node");
     let _guard = NodeGuard(remote.clone());
-    let up = w.add("n", &format!("root@127.0.0.1:{port}"), &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--json"]).json();
+    let up = w
+        .add(
+            "n",
+            &format!("root@127.0.0.1:{port}"),
+            &remote,
+            &[
+                "--identity",
+                w.key.to_str().unwrap(),
+                "--accept-new-host-key",
+                "--json",
+            ],
+        )
+        .json();
     let pid = up["agent"]["pid"].as_u64().unwrap() as u32;
 
     // This process reads the same known-hosts file the CLI wrote, and has no ssh-agent.
     std::env::set_var("RBEE_KNOWN_HOSTS", w.own_known_hosts());
     std::env::remove_var("SSH_AUTH_SOCK");
-    let target = rbee_tui::config::ConfigFile::load(&w.config).unwrap().select_one(Some("n")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let target = rbee_tui::config::ConfigFile::load(&w.config)
+        .unwrap()
+        .select_one(Some("n"))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let (atx, mut arx) = tokio::sync::mpsc::channel(1024);
         let (etx, erx) = tokio::sync::mpsc::channel(16);
         let task = tokio::spawn(rbee_tui::session::run_node(0, target, atx, erx));
         let url = next(&mut arx, "connected").await;
-        assert!(url.starts_with(&format!("ssh://root@127.0.0.1:{port} → 127.0.0.1:")), "{url}");
+        assert!(
+            url.starts_with(&format!("ssh://root@127.0.0.1:{port} → 127.0.0.1:")),
+            "{url}"
+        );
         // Cut every SSH connection: sshd's per-connection processes die, the listener stays.
         let conns = children_of(sshd.child.id());
         assert!(!conns.is_empty(), "no sshd connection process");
@@ -598,9 +906,16 @@ fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
         eprintln!("dropped: {reason}");
         next(&mut arx, "connected").await;
         drop(etx);
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("session task ends with the dashboard").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("session task ends with the dashboard")
+            .unwrap();
     });
-    assert_eq!(agents_of(&remote), vec![pid], "the same agent served both sessions");
+    assert_eq!(
+        agents_of(&remote),
+        vec![pid],
+        "the same agent served both sessions"
+    );
     w.tui(&["nodes", "stop", "n"]).ok();
 }
 
@@ -613,14 +928,32 @@ fn quitting_the_dashboard_stops_ephemeral_nodes() {
     let remote = w.dir.join("node");
     let _guard = NodeGuard(remote.clone());
     let up = w
-        .add("eph", &format!("root@127.0.0.1:{port}"), &remote, &["--identity", w.key.to_str().unwrap(), "--accept-new-host-key", "--ephemeral", "--json"])
+        .add(
+            "eph",
+            &format!("root@127.0.0.1:{port}"),
+            &remote,
+            &[
+                "--identity",
+                w.key.to_str().unwrap(),
+                "--accept-new-host-key",
+                "--ephemeral",
+                "--json",
+            ],
+        )
         .json();
     let pid = up["agent"]["pid"].as_u64().unwrap() as u32;
     assert!(w.tui(&["nodes", "list"]).ok().stdout.contains("ephemeral"));
     // A second, ordinary node (its own rbee dir on the same host) whose agent must survive.
     let remote2 = w.dir.join("node2");
     let _guard2 = NodeGuard(remote2.clone());
-    let keep = w.add("keep", &format!("root@127.0.0.1:{port}"), &remote2, &["--identity", w.key.to_str().unwrap(), "--json"]).json();
+    let keep = w
+        .add(
+            "keep",
+            &format!("root@127.0.0.1:{port}"),
+            &remote2,
+            &["--identity", w.key.to_str().unwrap(), "--json"],
+        )
+        .json();
     let keep_pid = keep["agent"]["pid"].as_u64().unwrap() as u32;
 
     // The dashboard in a real terminal: a tmux server on a private socket.
@@ -635,35 +968,62 @@ fn quitting_the_dashboard_stops_ephemeral_nodes() {
         cfg = w.config.display(),
     );
     let mut tmux = Command::new("tmux");
-    tmux.arg("-S").arg(&sock).args(["new-session", "-d", "-x", "120", "-y", "40", &dash]);
+    tmux.arg("-S")
+        .arg(&sock)
+        .args(["new-session", "-d", "-x", "120", "-y", "40", &dash]);
     tmux.env_remove("TMUX").env_remove("SSH_AUTH_SOCK");
     run_bounded(tmux, Duration::from_secs(30)).ok();
     struct TmuxGuard(PathBuf);
     impl Drop for TmuxGuard {
         fn drop(&mut self) {
-            let _ = Command::new("tmux").arg("-S").arg(&self.0).arg("kill-server").stderr(Stdio::null()).status();
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(&self.0)
+                .arg("kill-server")
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _tmux = TmuxGuard(sock);
-    wait_for(Duration::from_secs(60), "the dashboard to connect to both nodes", || {
-        let l = std::fs::read_to_string(&log).ok()?;
-        let connected = l.lines().filter(|l| l.contains(" connected")).collect::<Vec<_>>();
-        (connected.iter().any(|l| l.contains("eph")) && connected.iter().any(|l| l.contains("keep"))).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "the dashboard to connect to both nodes",
+        || {
+            let l = std::fs::read_to_string(&log).ok()?;
+            let connected = l
+                .lines()
+                .filter(|l| l.contains(" connected"))
+                .collect::<Vec<_>>();
+            (connected.iter().any(|l| l.contains("eph"))
+                && connected.iter().any(|l| l.contains("keep")))
+            .then_some(())
+        },
+    );
     // The rbee-tui process itself (not the shell tmux started it with).
     let dashboard = wait_for(Duration::from_secs(10), "the dashboard process", || {
         procs_with(&format!("{TUI} --config {}", w.config.display()))
             .into_iter()
-            .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == Path::new(TUI)))
+            .find(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == Path::new(TUI))
+            })
     });
     assert!(alive(pid), "the agent runs while the dashboard does");
     // A polite kill ends the dashboard like `q`.
     // SAFETY: the dashboard this test started.
     unsafe { libc::kill(dashboard as i32, libc::SIGTERM) };
-    wait_for(Duration::from_secs(60), "the dashboard to exit", || (!alive(dashboard)).then_some(()));
-    assert!(!alive(pid), "the ephemeral node's agent was stopped on exit; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    wait_for(Duration::from_secs(60), "the dashboard to exit", || {
+        (!alive(dashboard)).then_some(())
+    });
+    assert!(
+        !alive(pid),
+        "the ephemeral node's agent was stopped on exit; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(agents_of(&remote).is_empty());
-    assert!(alive(keep_pid), "an ordinary node's agent is a daemon and keeps running");
+    assert!(
+        alive(keep_pid),
+        "an ordinary node's agent is a daemon and keeps running"
+    );
     w.tui(&["nodes", "stop", "keep"]).ok();
     assert!(!alive(keep_pid));
 }
@@ -678,7 +1038,11 @@ fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
     let remote = w.dir.join("node");
     let _guard = NodeGuard(remote.clone());
     // One node that is never reachable, so no local agent is started.
-    std::fs::write(&w.config, "[[nodes]]\nname = 'nowhere'\nurl = 'ws://127.0.0.1:1'\ntoken_file = '/nonexistent'\n").unwrap();
+    std::fs::write(
+        &w.config,
+        "[[nodes]]\nname = 'nowhere'\nurl = 'ws://127.0.0.1:1'\ntoken_file = '/nonexistent'\n",
+    )
+    .unwrap();
     let log = w.dir.join("tui.log");
     let sock = w.dir.join("tmux.sock");
     let dash = format!(
@@ -691,19 +1055,31 @@ fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
     );
     let tmux = |args: &[&str]| {
         let mut c = Command::new("tmux");
-        c.arg("-S").arg(&sock).args(args).env_remove("TMUX").env_remove("SSH_AUTH_SOCK");
+        c.arg("-S")
+            .arg(&sock)
+            .args(args)
+            .env_remove("TMUX")
+            .env_remove("SSH_AUTH_SOCK");
         run_bounded(c, Duration::from_secs(30))
     };
     tmux(&["new-session", "-d", "-x", "160", "-y", "40", &dash]).ok();
     struct TmuxGuard(PathBuf);
     impl Drop for TmuxGuard {
         fn drop(&mut self) {
-            let _ = Command::new("tmux").arg("-S").arg(&self.0).arg("kill-server").stderr(Stdio::null()).status();
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(&self.0)
+                .arg("kill-server")
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _tmux = TmuxGuard(sock.clone());
     wait_for(Duration::from_secs(30), "the dashboard to start", || {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains("dashboard starting")).map(|_| ())
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("dashboard starting"))
+            .map(|_| ())
     });
     let command = format!(
         ":add far root@127.0.0.1:{port} --identity {} --remote-dir {} --model-dir {}",
@@ -718,18 +1094,33 @@ fn dashboard_add_command_brings_up_and_follows_an_ssh_node() {
         let s = tmux(&["capture-pane", "-p"]).stdout;
         s.contains("Trust host key?").then_some(s)
     });
-    assert!(screen.contains("SHA256:") && screen.contains("add node far"), "{screen}");
-    assert!(w.nodes().len() == 1, "nothing is recorded before the key is trusted");
+    assert!(
+        screen.contains("SHA256:") && screen.contains("add node far"),
+        "{screen}"
+    );
+    assert!(
+        w.nodes().len() == 1,
+        "nothing is recorded before the key is trusted"
+    );
     tmux(&["send-keys", "y"]).ok();
-    wait_for(Duration::from_secs(120), "the dashboard's session to the added node", || {
-        let l = std::fs::read_to_string(&log).ok()?;
-        l.lines().any(|l| l.contains(" connected") && l.contains("far")).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(120),
+        "the dashboard's session to the added node",
+        || {
+            let l = std::fs::read_to_string(&log).ok()?;
+            l.lines()
+                .any(|l| l.contains(" connected") && l.contains("far"))
+                .then_some(())
+        },
+    );
     let nodes = w.nodes();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert_eq!(nodes[1]["name"], "far");
     let trusted = std::fs::read_to_string(w.own_known_hosts()).unwrap_or_default();
-    assert!(trusted.contains(&format!("[127.0.0.1]:{port}")), "the trusted key is remembered: {trusted:?}");
+    assert!(
+        trusted.contains(&format!("[127.0.0.1]:{port}")),
+        "the trusted key is remembered: {trusted:?}"
+    );
     assert_eq!(nodes[1]["ssh"], format!("root@127.0.0.1:{port}").as_str());
     assert_eq!(agents_of(&remote).len(), 1);
     let screen = wait_for(Duration::from_secs(10), "the node on screen", || {
@@ -760,7 +1151,11 @@ struct Mount(PathBuf);
 
 impl Mount {
     fn tmpfs(at: &Path, size: &str) -> Mount {
-        sh(&format!("mount -t tmpfs -o size={size} rbee-test {}", at.display())).ok();
+        sh(&format!(
+            "mount -t tmpfs -o size={size} rbee-test {}",
+            at.display()
+        ))
+        .ok();
         Mount(at.to_path_buf())
     }
 }
@@ -784,7 +1179,11 @@ impl Netns {
         let x = (id % 250) as u8 + 1;
         let name = format!("rbee-ssh-{id}");
         let (host_if, node_if) = (format!("rbh{id}"), format!("rbn{id}"));
-        let ns = Netns { name: name.clone(), host_if: host_if.clone(), node_ip: [10, 213, x, 2] };
+        let ns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            node_ip: [10, 213, x, 2],
+        };
         sh(&format!(
             "set -e; ip netns add {name}; ip link add {host_if} type veth peer name {node_if}; \
              ip link set {node_if} netns {name}; ip addr add 10.213.{x}.1/30 dev {host_if}; ip link set {host_if} up; \
@@ -796,7 +1195,11 @@ impl Netns {
     }
 
     fn pids(&self) -> Vec<u32> {
-        sh(&format!("ip netns pids {}", self.name)).stdout.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+        sh(&format!("ip netns pids {}", self.name))
+            .stdout
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 }
 
@@ -806,6 +1209,9 @@ impl Drop for Netns {
             // SAFETY: processes inside this test's own namespace.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = sh(&format!("ip netns del {}; ip link del {} 2>/dev/null; true", self.name, self.host_if));
+        let _ = sh(&format!(
+            "ip netns del {}; ip link del {} 2>/dev/null; true",
+            self.name, self.host_if
+        ));
     }
 }

@@ -896,14 +896,27 @@ fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
     };
     let mut s = on_node();
     assert!(update(&mut s, asked()).is_empty());
-    assert!(matches!(s.popup, Some(Popup::Confirm(Pending::TrustHostKey { .. }))), "{:?}", s.popup);
+    assert!(
+        matches!(s.popup, Some(Popup::Confirm(Pending::TrustHostKey { .. }))),
+        "{:?}",
+        s.popup
+    );
     assert!(press(&mut s, ch('n')).is_empty());
-    assert!(s.popup.is_none() && s.add_node.is_none(), "n refuses the key and adds nothing");
+    assert!(
+        s.popup.is_none() && s.add_node.is_none(),
+        "n refuses the key and adds nothing"
+    );
 
     update(&mut s, asked());
-    assert!(press(&mut s, ch('y')).is_empty(), "trusting sends nothing to any agent");
+    assert!(
+        press(&mut s, ch('y')).is_empty(),
+        "trusting sends nothing to any agent"
+    );
     let retry = s.add_node.take().expect("y retries the add");
-    assert!(retry.accept_new_host_key, "the retry accepts the key it showed");
+    assert!(
+        retry.accept_new_host_key,
+        "the retry accepts the key it showed"
+    );
     assert_eq!(retry.node, req.node);
     assert!(s.popup.is_none());
 }

@@ -14,7 +14,12 @@ pub struct Detokenizer<'t> {
 
 impl<'t> Detokenizer<'t> {
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
-        Self { tokenizer, tokens: Vec::new(), prev_index: 0, current_index: 0 }
+        Self {
+            tokenizer,
+            tokens: Vec::new(),
+            prev_index: 0,
+            current_index: 0,
+        }
     }
 
     fn decode(&self, tokens: &[u32]) -> String {
@@ -46,8 +51,12 @@ impl<'t> Detokenizer<'t> {
         self.prev_index = self.tokens.len();
         self.current_index = self.tokens.len();
         if text.len() > prev_text.len() && text.is_char_boundary(prev_text.len()) {
-            Some(text[prev_text.len()..].trim_end_matches('\u{FFFD}').to_string())
-                .filter(|s| !s.is_empty())
+            Some(
+                text[prev_text.len()..]
+                    .trim_end_matches('\u{FFFD}')
+                    .to_string(),
+            )
+            .filter(|s| !s.is_empty())
         } else {
             None
         }
@@ -71,18 +80,32 @@ pub struct StopFeed {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     pub fn feed(&mut self, text: &str) -> StopFeed {
         if self.stops.is_empty() {
-            return StopFeed { emit: text.to_string(), stopped: false };
+            return StopFeed {
+                emit: text.to_string(),
+                stopped: false,
+            };
         }
         self.pending.push_str(text);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let emit = self.pending[..pos].to_string();
             self.pending.clear();
-            return StopFeed { emit, stopped: true };
+            return StopFeed {
+                emit,
+                stopped: true,
+            };
         }
         // Hold back the longest suffix that is a prefix of some stop sequence.
         let mut hold = 0;
@@ -96,7 +119,10 @@ impl StopMatcher {
         let cut = self.pending.len() - hold;
         let emit = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        StopFeed { emit, stopped: false }
+        StopFeed {
+            emit,
+            stopped: false,
+        }
     }
 
     /// Text held back when generation ends for another reason.
@@ -112,10 +138,34 @@ mod tests {
     #[test]
     fn stop_sequence_split_across_feeds() {
         let mut m = StopMatcher::new(&["\n\nUser:".to_string()]);
-        assert_eq!(m.feed("Hello"), StopFeed { emit: "Hello".into(), stopped: false });
-        assert_eq!(m.feed(" there\n"), StopFeed { emit: " there".into(), stopped: false });
-        assert_eq!(m.feed("\nUs"), StopFeed { emit: "".into(), stopped: false });
-        assert_eq!(m.feed("er: hi"), StopFeed { emit: "".into(), stopped: true });
+        assert_eq!(
+            m.feed("Hello"),
+            StopFeed {
+                emit: "Hello".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.feed(" there\n"),
+            StopFeed {
+                emit: " there".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.feed("\nUs"),
+            StopFeed {
+                emit: "".into(),
+                stopped: false
+            }
+        );
+        assert_eq!(
+            m.feed("er: hi"),
+            StopFeed {
+                emit: "".into(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

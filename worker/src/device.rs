@@ -14,8 +14,14 @@ pub fn parse_device(spec: &str) -> Result<Device, LoadError> {
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| LoadError::Device(format!("`{spec}` is not a device; use cpu or cuda:N")))?,
-        None => return Err(LoadError::Device(format!("`{spec}` is not a device; use cpu or cuda:N"))),
+            .ok_or_else(|| {
+                LoadError::Device(format!("`{spec}` is not a device; use cpu or cuda:N"))
+            })?,
+        None => {
+            return Err(LoadError::Device(format!(
+                "`{spec}` is not a device; use cpu or cuda:N"
+            )))
+        }
     };
     if !cfg!(feature = "cuda") {
         return Err(LoadError::Device(format!(

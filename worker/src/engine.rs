@@ -39,7 +39,9 @@ impl GenerateError {
             GenerateError::PromptTooLong { .. } => ErrorCode::PromptTooLong,
             GenerateError::EmptyPrompt | GenerateError::BadParams(_) => ErrorCode::BadRequest,
             GenerateError::Interrupted(Interrupt::Cancelled, _) => ErrorCode::Cancelled,
-            GenerateError::Interrupted(Interrupt::DeadlineExceeded, _) => ErrorCode::DeadlineExceeded,
+            GenerateError::Interrupted(Interrupt::DeadlineExceeded, _) => {
+                ErrorCode::DeadlineExceeded
+            }
             GenerateError::Model(_) => ErrorCode::Internal,
         }
     }
@@ -52,11 +54,16 @@ pub struct Engine {
 
 fn sampling_for(p: &SamplingParams) -> Result<Sampling, GenerateError> {
     if !(p.temperature.is_finite() && p.temperature >= 0.0) {
-        return Err(GenerateError::BadParams(format!("temperature {} must be ≥ 0", p.temperature)));
+        return Err(GenerateError::BadParams(format!(
+            "temperature {} must be ≥ 0",
+            p.temperature
+        )));
     }
     if let Some(tp) = p.top_p {
         if !(tp > 0.0 && tp <= 1.0) {
-            return Err(GenerateError::BadParams(format!("top_p {tp} must be in (0, 1]")));
+            return Err(GenerateError::BadParams(format!(
+                "top_p {tp} must be in (0, 1]"
+            )));
         }
     }
     if p.top_k == Some(0) {
@@ -103,9 +110,15 @@ impl Engine {
             return Err(GenerateError::EmptyPrompt);
         }
         if prompt_tokens.len() >= context {
-            return Err(GenerateError::PromptTooLong { prompt: prompt_tokens.len(), context });
+            return Err(GenerateError::PromptTooLong {
+                prompt: prompt_tokens.len(),
+                context,
+            });
         }
-        let mut usage = Usage { prompt_tokens: prompt_tokens.len() as u32, ..Default::default() };
+        let mut usage = Usage {
+            prompt_tokens: prompt_tokens.len() as u32,
+            ..Default::default()
+        };
         if let Some(why) = should_stop() {
             return Err(GenerateError::Interrupted(why, usage));
         }
@@ -125,13 +138,14 @@ impl Engine {
         let mut finish;
         let mut generated = 0u32;
 
-        let finish_text = |text: &str, stops: &mut StopMatcher, emit: &mut dyn FnMut(&str)| -> bool {
-            let fed = stops.feed(text);
-            if !fed.emit.is_empty() {
-                emit(&fed.emit);
-            }
-            fed.stopped
-        };
+        let finish_text =
+            |text: &str, stops: &mut StopMatcher, emit: &mut dyn FnMut(&str)| -> bool {
+                let fed = stops.feed(text);
+                if !fed.emit.is_empty() {
+                    emit(&fed.emit);
+                }
+                fed.stopped
+            };
 
         loop {
             if generated >= params.max_tokens {
@@ -145,8 +159,12 @@ impl Engine {
             }
             let logits_adj = if (params.repeat_penalty - 1.0).abs() > f32::EPSILON {
                 let start = all_tokens.len().saturating_sub(params.repeat_last_n);
-                candle_transformers::utils::apply_repeat_penalty(&logits, params.repeat_penalty, &all_tokens[start..])
-                    .map_err(model_err)?
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    params.repeat_penalty,
+                    &all_tokens[start..],
+                )
+                .map_err(model_err)?
             } else {
                 logits.clone()
             };
@@ -170,7 +188,10 @@ impl Engine {
                 finish = FinishReason::ContextFull;
                 break;
             }
-            logits = self.model.forward(&[next], all_tokens.len() - 1).map_err(model_err)?;
+            logits = self
+                .model
+                .forward(&[next], all_tokens.len() - 1)
+                .map_err(model_err)?;
         }
         if finish != FinishReason::Stop {
             if let Some(rest) = detok.flush() {
@@ -187,9 +208,12 @@ impl Engine {
         }
         let end = Instant::now();
         usage.generated_tokens = generated;
-        usage.time_to_first_token_ms =
-            first_token_at.map(|t| (t - started).as_secs_f64() * 1e3).unwrap_or(0.0);
-        let decode_secs = first_token_at.map(|t| (end - t).as_secs_f64()).unwrap_or(0.0);
+        usage.time_to_first_token_ms = first_token_at
+            .map(|t| (t - started).as_secs_f64() * 1e3)
+            .unwrap_or(0.0);
+        let decode_secs = first_token_at
+            .map(|t| (end - t).as_secs_f64())
+            .unwrap_or(0.0);
         usage.decode_tokens_per_s = if generated > 1 && decode_secs > 0.0 {
             (generated - 1) as f64 / decode_secs
         } else {

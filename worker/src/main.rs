@@ -72,7 +72,10 @@ fn main() {
     // physical cores, not the CPUs this process may use: one thread on a 2-vCPU machine, 45
     // instead of 53 tok/s on the test model. So "all cores" (the documented default) is explicit.
     let threads = args.threads.or_else(|| {
-        let set = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0);
+        let set = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0);
         match set {
             Some(_) => None,
             None => std::thread::available_parallelism().ok().map(|n| n.get()),
@@ -83,7 +86,10 @@ fn main() {
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let code = if args.prompt.is_some() || args.export_tokenizer.is_some() {
         match one_shot(&args) {
@@ -113,7 +119,10 @@ fn params(args: &Args) -> SamplingParams {
     }
 }
 
-fn load(args: &Args, progress: &mut dyn FnMut(&str, f32)) -> Result<model::LoadedModel, model::LoadError> {
+fn load(
+    args: &Args,
+    progress: &mut dyn FnMut(&str, f32),
+) -> Result<model::LoadedModel, model::LoadError> {
     let device = device::parse_device(&args.device)?;
     let r = ModelRef::parse(&args.model)?;
     progress("resolving", 0.0);
@@ -142,7 +151,10 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let _ = writeln!(out);
     if args.json {
-        eprintln!("{}", serde_json::json!({"finish_reason": finish, "usage": usage, "peak_rss_bytes": peak_rss_bytes()}));
+        eprintln!(
+            "{}",
+            serde_json::json!({"finish_reason": finish, "usage": usage, "peak_rss_bytes": peak_rss_bytes()})
+        );
     } else {
         eprintln!(
             "{} prompt tokens ({:.1} tok/s), {} generated ({:.1} tok/s), first token after {:.0} ms, finish: {:?}",
@@ -161,9 +173,11 @@ fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<u64>().ok())
+            })
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -171,26 +185,53 @@ fn peak_rss_bytes() -> u64 {
 
 fn protocol(args: &Args) -> i32 {
     let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
-    send(&sink, &FromWorker::Hello { protocol_version: PROTOCOL_VERSION, pid: std::process::id() });
+    send(
+        &sink,
+        &FromWorker::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        },
+    );
     let loaded = load(args, &mut |stage, progress| {
-        send(&sink, &FromWorker::Loading { stage: stage.into(), progress });
+        send(
+            &sink,
+            &FromWorker::Loading {
+                stage: stage.into(),
+                progress,
+            },
+        );
     });
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(model = %args.model, "load failed: {e}");
-            send(&sink, &FromWorker::Error { id: None, code: ErrorCode::ModelLoad, message: e.to_string() });
+            send(
+                &sink,
+                &FromWorker::Error {
+                    id: None,
+                    code: ErrorCode::ModelLoad,
+                    message: e.to_string(),
+                },
+            );
             return 3;
         }
     };
     tracing::info!(model = %loaded.summary.name, device = %loaded.summary.device, "ready");
-    send(&sink, &FromWorker::Ready { model: loaded.summary.clone() });
+    send(
+        &sink,
+        &FromWorker::Ready {
+            model: loaded.summary.clone(),
+        },
+    );
     let stdin = std::io::BufReader::new(std::io::stdin());
     serve(
         Engine::new(loaded),
         stdin,
         sink,
-        ServeOptions { queue_depth: args.queue, heartbeat: Duration::from_millis(args.heartbeat_ms) },
+        ServeOptions {
+            queue_depth: args.queue,
+            heartbeat: Duration::from_millis(args.heartbeat_ms),
+        },
     );
     0
 }

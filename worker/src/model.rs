@@ -32,13 +32,21 @@ pub enum ModelRef {
     /// A local `.gguf` file or a directory with config.json, tokenizer.json and *.safetensors.
     Path(PathBuf),
     /// `hf:ORG/REPO[@REVISION][:FILE]`, resolved through the Hugging Face cache.
-    Hub { repo: String, revision: Option<String>, file: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+        file: Option<String>,
+    },
 }
 
 impl ModelRef {
     pub fn parse(s: &str) -> Result<Self, LoadError> {
         match rbee_proto::types::HubRef::parse(s) {
-            Some(Ok(h)) => Ok(ModelRef::Hub { repo: h.repo, revision: h.revision, file: h.file }),
+            Some(Ok(h)) => Ok(ModelRef::Hub {
+                repo: h.repo,
+                revision: h.revision,
+                file: h.file,
+            }),
             Some(Err(_)) => Err(LoadError::BadReference(s.into())),
             None if s.trim().is_empty() => Err(LoadError::BadReference(s.into())),
             None => Ok(ModelRef::Path(PathBuf::from(s))),
@@ -49,8 +57,15 @@ impl ModelRef {
 /// Files a model reference resolved to.
 #[derive(Debug, Clone)]
 pub enum ModelFiles {
-    Gguf { file: PathBuf, tokenizer: Option<PathBuf> },
-    Safetensors { config: PathBuf, tokenizer: PathBuf, weights: Vec<PathBuf> },
+    Gguf {
+        file: PathBuf,
+        tokenizer: Option<PathBuf>,
+    },
+    Safetensors {
+        config: PathBuf,
+        tokenizer: PathBuf,
+        weights: Vec<PathBuf>,
+    },
 }
 
 impl ModelFiles {
@@ -67,13 +82,17 @@ impl ModelFiles {
 pub fn resolve(r: &ModelRef) -> Result<ModelFiles, LoadError> {
     match r {
         ModelRef::Path(p) => resolve_path(p),
-        ModelRef::Hub { repo, revision, file } => resolve_hub(repo, revision.as_deref(), file.as_deref()),
+        ModelRef::Hub {
+            repo,
+            revision,
+            file,
+        } => resolve_hub(repo, revision.as_deref(), file.as_deref()),
     }
 }
 
 fn resolve_path(p: &Path) -> Result<ModelFiles, LoadError> {
-    let meta = std::fs::metadata(p)
-        .map_err(|e| LoadError::NotFound(format!("{}: {e}", p.display())))?;
+    let meta =
+        std::fs::metadata(p).map_err(|e| LoadError::NotFound(format!("{}: {e}", p.display())))?;
     if meta.is_file() {
         if p.extension().and_then(|e| e.to_str()) != Some("gguf") {
             return Err(LoadError::Unsupported {
@@ -81,9 +100,15 @@ fn resolve_path(p: &Path) -> Result<ModelFiles, LoadError> {
                 reason: "a model file must be .gguf (or pass a safetensors directory)".into(),
             });
         }
-        let beside = [p.with_extension("tokenizer.json"), p.with_file_name("tokenizer.json")];
+        let beside = [
+            p.with_extension("tokenizer.json"),
+            p.with_file_name("tokenizer.json"),
+        ];
         let tokenizer = beside.into_iter().find(|t| t.is_file());
-        return Ok(ModelFiles::Gguf { file: p.into(), tokenizer });
+        return Ok(ModelFiles::Gguf {
+            file: p.into(),
+            tokenizer,
+        });
     }
     let config = p.join("config.json");
     let tokenizer = p.join("tokenizer.json");
@@ -110,14 +135,24 @@ fn resolve_path(p: &Path) -> Result<ModelFiles, LoadError> {
             missing.join(", ")
         )));
     }
-    Ok(ModelFiles::Safetensors { config, tokenizer, weights })
+    Ok(ModelFiles::Safetensors {
+        config,
+        tokenizer,
+        weights,
+    })
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false)
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false)
 }
 
-fn resolve_hub(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result<ModelFiles, LoadError> {
+fn resolve_hub(
+    repo: &str,
+    revision: Option<&str>,
+    file: Option<&str>,
+) -> Result<ModelFiles, LoadError> {
     let cache = hf_hub::Cache::from_env();
     let hub_repo = hf_hub::Repo::with_revision(
         repo.to_string(),
@@ -155,7 +190,10 @@ fn resolve_hub(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result
             let tokenizer = fetch("tokenizer.json").ok();
             Ok(ModelFiles::Gguf { file, tokenizer })
         }
-        Some(f) => Err(LoadError::Unsupported { path: f.into(), reason: "FILE must be a .gguf".into() }),
+        Some(f) => Err(LoadError::Unsupported {
+            path: f.into(),
+            reason: "FILE must be a .gguf".into(),
+        }),
         None => {
             let config = fetch("config.json")?;
             let tokenizer = fetch("tokenizer.json")?;
@@ -163,20 +201,33 @@ fn resolve_hub(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result
                 Ok(w) => vec![w],
                 Err(single) => {
                     let index = fetch("model.safetensors.index.json").map_err(|_| single)?;
-                    let text = std::fs::read_to_string(&index)
-                        .map_err(|e| LoadError::Corrupt { path: index.clone(), reason: e.to_string() })?;
-                    let v: serde_json::Value = serde_json::from_str(&text)
-                        .map_err(|e| LoadError::Corrupt { path: index.clone(), reason: e.to_string() })?;
+                    let text = std::fs::read_to_string(&index).map_err(|e| LoadError::Corrupt {
+                        path: index.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| LoadError::Corrupt {
+                            path: index.clone(),
+                            reason: e.to_string(),
+                        })?;
                     let mut names: Vec<String> = v["weight_map"]
                         .as_object()
-                        .map(|m| m.values().filter_map(|x| x.as_str().map(String::from)).collect())
+                        .map(|m| {
+                            m.values()
+                                .filter_map(|x| x.as_str().map(String::from))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     names.sort();
                     names.dedup();
                     names.iter().map(|n| fetch(n)).collect::<Result<_, _>>()?
                 }
             };
-            Ok(ModelFiles::Safetensors { config, tokenizer, weights })
+            Ok(ModelFiles::Safetensors {
+                config,
+                tokenizer,
+                weights,
+            })
         }
     }
 }
@@ -184,7 +235,12 @@ fn resolve_hub(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result
 /// The network, whichever format it came from.
 pub enum Network {
     Quantized(quantized_llama::ModelWeights),
-    Llama { model: llama::Llama, cache: llama::Cache, config: llama::Config, dtype: DType },
+    Llama {
+        model: llama::Llama,
+        cache: llama::Cache,
+        config: llama::Config,
+        dtype: DType,
+    },
 }
 
 /// A model ready to generate.
@@ -211,7 +267,12 @@ impl LoadedModel {
     pub fn reset(&mut self) -> candle_core::Result<()> {
         match &mut self.network {
             Network::Quantized(m) => m.clear_kv_cache(),
-            Network::Llama { cache, config, dtype, .. } => {
+            Network::Llama {
+                cache,
+                config,
+                dtype,
+                ..
+            } => {
                 *cache = llama::Cache::new(true, *dtype, config, &self.device)?;
             }
         }
@@ -220,27 +281,45 @@ impl LoadedModel {
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> LoadError {
-    LoadError::Corrupt { path: path.into(), reason: e.to_string() }
-}
-
-/// Load resolved files onto a device. `progress` hears (stage, fraction).
-pub fn load(files: &ModelFiles, device: &Device, progress: &mut dyn FnMut(&str, f32)) -> Result<LoadedModel, LoadError> {
-    match files {
-        ModelFiles::Gguf { file, tokenizer } => load_gguf(file, tokenizer.as_deref(), device, progress),
-        ModelFiles::Safetensors { config, tokenizer, weights } => {
-            load_safetensors(config, tokenizer, weights, device, progress)
-        }
+    LoadError::Corrupt {
+        path: path.into(),
+        reason: e.to_string(),
     }
 }
 
-fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &mut dyn FnMut(&str, f32)) -> Result<LoadedModel, LoadError> {
+/// Load resolved files onto a device. `progress` hears (stage, fraction).
+pub fn load(
+    files: &ModelFiles,
+    device: &Device,
+    progress: &mut dyn FnMut(&str, f32),
+) -> Result<LoadedModel, LoadError> {
+    match files {
+        ModelFiles::Gguf { file, tokenizer } => {
+            load_gguf(file, tokenizer.as_deref(), device, progress)
+        }
+        ModelFiles::Safetensors {
+            config,
+            tokenizer,
+            weights,
+        } => load_safetensors(config, tokenizer, weights, device, progress),
+    }
+}
+
+fn load_gguf(
+    path: &Path,
+    tokenizer: Option<&Path>,
+    device: &Device,
+    progress: &mut dyn FnMut(&str, f32),
+) -> Result<LoadedModel, LoadError> {
     progress("reading header", 0.05);
-    let mut f = File::open(path).map_err(|e| LoadError::NotFound(format!("{}: {e}", path.display())))?;
+    let mut f =
+        File::open(path).map_err(|e| LoadError::NotFound(format!("{}: {e}", path.display())))?;
     let ct = gguf_file::Content::read(&mut f).map_err(|e| corrupt(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     // A truncated file is caught here, before candle reads past the end.
     for (name, info) in &ct.tensor_infos {
-        let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let bytes =
+            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let end = ct.tensor_data_offset + info.offset + bytes as u64;
         if end > file_len {
             return Err(corrupt(path, format!("tensor `{name}` ends at byte {end} but the file has {file_len} bytes (truncated?)")));
@@ -263,7 +342,12 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &
         .get("general.name")
         .and_then(|v| v.to_string().ok())
         .cloned()
-        .unwrap_or_else(|| path.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+        .unwrap_or_else(|| {
+            path.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        });
     let context_length = ct
         .metadata
         .get("llama.context_length")
@@ -294,9 +378,11 @@ fn load_gguf(path: &Path, tokenizer: Option<&Path>, device: &Device, progress: &
         // Formats without SIMD kernels in candle (Q4_1, Q5_x) are re-encoded once as Q8_0, which
         // has them; Q8_0 represents those values almost exactly and decodes several times faster.
         let (ct2, mut cursor) = requantize(&ct, &mut f, path)?;
-        quantized_llama::ModelWeights::from_gguf(ct2, &mut cursor, device).map_err(|e| corrupt(path, e))?
+        quantized_llama::ModelWeights::from_gguf(ct2, &mut cursor, device)
+            .map_err(|e| corrupt(path, e))?
     } else {
-        quantized_llama::ModelWeights::from_gguf(ct, &mut f, device).map_err(|e| corrupt(path, e))?
+        quantized_llama::ModelWeights::from_gguf(ct, &mut f, device)
+            .map_err(|e| corrupt(path, e))?
     };
     progress("ready", 1.0);
     Ok(LoadedModel {
@@ -331,7 +417,9 @@ fn requantize(
 ) -> Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>), LoadError> {
     let mut tensors = Vec::with_capacity(ct.tensor_infos.len());
     for name in ct.tensor_infos.keys() {
-        let q = ct.tensor(f, name, &Device::Cpu).map_err(|e| corrupt(path, e))?;
+        let q = ct
+            .tensor(f, name, &Device::Cpu)
+            .map_err(|e| corrupt(path, e))?;
         let q = if slow_on_cpu(q.dtype()) && q.shape().dims().last().is_some_and(|d| d % 32 == 0) {
             let dense = q.dequantize(&Device::Cpu).map_err(|e| corrupt(path, e))?;
             QTensor::quantize(&dense, GgmlDType::Q8_0).map_err(|e| corrupt(path, e))?
@@ -340,7 +428,8 @@ fn requantize(
         };
         tensors.push((name.clone(), q));
     }
-    let metadata: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut buf = std::io::Cursor::new(Vec::new());
     gguf_file::write(&mut buf, &metadata, &tensor_refs).map_err(|e| corrupt(path, e))?;
@@ -358,7 +447,8 @@ fn load_safetensors(
 ) -> Result<LoadedModel, LoadError> {
     progress("reading config", 0.05);
     let text = std::fs::read_to_string(config_path).map_err(|e| corrupt(config_path, e))?;
-    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(config_path, e))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(config_path, e))?;
     let arch = raw["architectures"][0].as_str().unwrap_or("").to_string();
     let model_type = raw["model_type"].as_str().unwrap_or("").to_string();
     if model_type != "llama" && arch != "LlamaForCausalLM" {
@@ -367,7 +457,8 @@ fn load_safetensors(
             reason: format!("architecture `{arch}` / model_type `{model_type}`; this worker serves the llama family"),
         });
     }
-    let cfg: llama::LlamaConfig = serde_json::from_value(raw.clone()).map_err(|e| corrupt(config_path, e))?;
+    let cfg: llama::LlamaConfig =
+        serde_json::from_value(raw.clone()).map_err(|e| corrupt(config_path, e))?;
     let eos_tokens = match &cfg.eos_token_id {
         Some(llama::LlamaEosToks::Single(t)) => vec![*t],
         Some(llama::LlamaEosToks::Multiple(v)) => v.clone(),
@@ -377,15 +468,23 @@ fn load_safetensors(
     let config = cfg.into_config(false);
     progress("tokenizer", 0.1);
     let tokenizer = crate::tokenizer::from_file(tokenizer_path)?;
-    let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
     progress("loading weights", 0.2);
     // SAFETY: the files are memory-mapped read-only; rbee does not modify model files while a
     // worker runs, and an external truncation would be an operator error that candle reports.
     let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
         .map_err(|e| corrupt(&weights[0], e))?;
     let model = llama::Llama::load(vb, &config).map_err(|e| corrupt(&weights[0], e))?;
-    let cache = llama::Cache::new(true, dtype, &config, device).map_err(|e| corrupt(config_path, e))?;
-    let memory_bytes: u64 = weights.iter().map(|w| std::fs::metadata(w).map(|m| m.len()).unwrap_or(0)).sum();
+    let cache =
+        llama::Cache::new(true, dtype, &config, device).map_err(|e| corrupt(config_path, e))?;
+    let memory_bytes: u64 = weights
+        .iter()
+        .map(|w| std::fs::metadata(w).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let name = config_path
         .parent()
         .and_then(|p| p.file_name())
@@ -393,7 +492,12 @@ fn load_safetensors(
         .unwrap_or_else(|| "llama".into());
     progress("ready", 1.0);
     Ok(LoadedModel {
-        network: Network::Llama { model, cache, config, dtype },
+        network: Network::Llama {
+            model,
+            cache,
+            config,
+            dtype,
+        },
         tokenizer,
         eos_tokens,
         summary: ModelSummary {
@@ -423,7 +527,11 @@ mod tests {
         );
         assert_eq!(
             ModelRef::parse("hf:a/b").unwrap(),
-            ModelRef::Hub { repo: "a/b".into(), revision: None, file: None }
+            ModelRef::Hub {
+                repo: "a/b".into(),
+                revision: None,
+                file: None
+            }
         );
         for bad in ["hf:", "hf:a", "hf:a/b/c", "hf:a/b@", "hf:a/b:", ""] {
             assert!(ModelRef::parse(bad).is_err(), "{bad}");
@@ -450,17 +558,25 @@ mod tests {
         std::fs::write(dir.path().join("hub/models--org--m/refs/main"), "abc123").unwrap();
         std::fs::write(snap.join("m.gguf"), b"x").unwrap();
         let cache = hf_hub::Cache::new(dir.path().join("hub"));
-        let repo = hf_hub::Repo::with_revision("org/m".into(), hf_hub::RepoType::Model, "main".into());
+        let repo =
+            hf_hub::Repo::with_revision("org/m".into(), hf_hub::RepoType::Model, "main".into());
         assert_eq!(cache.repo(repo).get("m.gguf"), Some(snap.join("m.gguf")));
     }
 
     #[test]
     fn missing_and_wrong_files_are_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let e = resolve(&ModelRef::Path(dir.path().join("nope.gguf"))).unwrap_err().to_string();
+        let e = resolve(&ModelRef::Path(dir.path().join("nope.gguf")))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("model not found"), "{e}");
-        let e = resolve(&ModelRef::Path(dir.path().into())).unwrap_err().to_string();
-        assert!(e.contains("missing config.json, tokenizer.json, *.safetensors"), "{e}");
+        let e = resolve(&ModelRef::Path(dir.path().into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing config.json, tokenizer.json, *.safetensors"),
+            "{e}"
+        );
         let txt = dir.path().join("m.bin");
         std::fs::write(&txt, b"hello").unwrap();
         let e = resolve(&ModelRef::Path(txt)).unwrap_err().to_string();
@@ -473,7 +589,10 @@ mod tests {
         let f = dir.path().join("bad.gguf");
         std::fs::write(&f, b"GGUF\x03\x00\x00\x00garbage").unwrap();
         let files = resolve(&ModelRef::Path(f)).unwrap();
-        let e = load(&files, &Device::Cpu, &mut |_, _| {}).err().unwrap().to_string();
+        let e = load(&files, &Device::Cpu, &mut |_, _| {})
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("corrupt or unreadable model"), "{e}");
     }
 }

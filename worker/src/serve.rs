@@ -91,7 +91,14 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
         let msg = match decode::<ToWorker>(&line) {
             Ok(m) => m,
             Err(e) => {
-                send(sink, &FromWorker::Error { id: e.id, code: ErrorCode::BadFrame, message: e.message });
+                send(
+                    sink,
+                    &FromWorker::Error {
+                        id: e.id,
+                        code: ErrorCode::BadFrame,
+                        message: e.message,
+                    },
+                );
                 continue;
             }
         };
@@ -105,19 +112,32 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
                 return;
             }
             ToWorker::Hello { .. } => {}
-            ToWorker::Generate { id, prompt, params, deadline } => {
+            ToWorker::Generate {
+                id,
+                prompt,
+                params,
+                deadline,
+            } => {
                 shared.queued_ids.lock().unwrap().insert(id);
                 shared.queued.fetch_add(1, Ordering::SeqCst);
-                match tx.try_send(Job { id, prompt, params, deadline }) {
+                match tx.try_send(Job {
+                    id,
+                    prompt,
+                    params,
+                    deadline,
+                }) {
                     Ok(()) => {}
                     Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
                         shared.queued.fetch_sub(1, Ordering::SeqCst);
                         shared.queued_ids.lock().unwrap().remove(&job.id);
-                        send(sink, &FromWorker::Error {
-                            id: Some(job.id),
-                            code: ErrorCode::Busy,
-                            message: "worker queue is full; retry later".into(),
-                        });
+                        send(
+                            sink,
+                            &FromWorker::Error {
+                                id: Some(job.id),
+                                code: ErrorCode::Busy,
+                                message: "worker queue is full; retry later".into(),
+                            },
+                        );
                     }
                 }
             }
@@ -128,11 +148,14 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
                     _ if shared.queued_ids.lock().unwrap().contains(&id) => {
                         shared.cancelled_queued.lock().unwrap().insert(id);
                     }
-                    _ => send(sink, &FromWorker::Error {
-                        id: Some(id),
-                        code: ErrorCode::NotFound,
-                        message: format!("no request {id} is running or queued"),
-                    }),
+                    _ => send(
+                        sink,
+                        &FromWorker::Error {
+                            id: Some(id),
+                            code: ErrorCode::NotFound,
+                            message: format!("no request {id} is running or queued"),
+                        },
+                    ),
                 }
             }
             ToWorker::Shutdown => break,
@@ -145,11 +168,25 @@ fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &
         shared.queued.fetch_sub(1, Ordering::SeqCst);
         shared.queued_ids.lock().unwrap().remove(&job.id);
         if shared.shutdown.load(Ordering::SeqCst) {
-            send(sink, &FromWorker::Error { id: Some(job.id), code: ErrorCode::ShuttingDown, message: "worker is stopping".into() });
+            send(
+                sink,
+                &FromWorker::Error {
+                    id: Some(job.id),
+                    code: ErrorCode::ShuttingDown,
+                    message: "worker is stopping".into(),
+                },
+            );
             continue;
         }
         if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
-            send(sink, &FromWorker::Error { id: Some(job.id), code: ErrorCode::Cancelled, message: "cancelled before it started".into() });
+            send(
+                sink,
+                &FromWorker::Error {
+                    id: Some(job.id),
+                    code: ErrorCode::Cancelled,
+                    message: "cancelled before it started".into(),
+                },
+            );
             continue;
         }
         let flag = Arc::new(AtomicBool::new(false));
@@ -168,22 +205,46 @@ fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &
         let id = job.id;
         let result = engine.generate(&job.prompt, &job.params, &stop, &mut |text| {
             shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            send(sink, &FromWorker::Token { id, text: text.to_string() });
+            send(
+                sink,
+                &FromWorker::Token {
+                    id,
+                    text: text.to_string(),
+                },
+            );
         });
         *shared.current.lock().unwrap() = None;
         shared.in_flight.store(0, Ordering::SeqCst);
         match result {
             Ok((finish_reason, usage)) => {
-                shared.last_tps_bits.store(usage.decode_tokens_per_s.to_bits(), Ordering::Relaxed);
-                send(sink, &FromWorker::Done { id, finish_reason, usage });
+                shared
+                    .last_tps_bits
+                    .store(usage.decode_tokens_per_s.to_bits(), Ordering::Relaxed);
+                send(
+                    sink,
+                    &FromWorker::Done {
+                        id,
+                        finish_reason,
+                        usage,
+                    },
+                );
             }
             Err(e) => {
-                let code = if shared.shutdown.load(Ordering::SeqCst) && matches!(e, GenerateError::Interrupted(..)) {
+                let code = if shared.shutdown.load(Ordering::SeqCst)
+                    && matches!(e, GenerateError::Interrupted(..))
+                {
                     ErrorCode::ShuttingDown
                 } else {
                     e.code()
                 };
-                send(sink, &FromWorker::Error { id: Some(id), code, message: e.to_string() });
+                send(
+                    sink,
+                    &FromWorker::Error {
+                        id: Some(id),
+                        code,
+                        message: e.to_string(),
+                    },
+                );
             }
         }
     }
@@ -203,14 +264,17 @@ fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
         }
         next = now + every;
         seq += 1;
-        send(sink, &FromWorker::Heartbeat {
-            seq,
-            in_flight: shared.in_flight.load(Ordering::SeqCst),
-            queued: shared.queued.load(Ordering::SeqCst),
-            tokens_generated: shared.tokens_generated.load(Ordering::Relaxed),
-            last_tokens_per_s: shared.last_tokens_per_s(),
-            rss_bytes: rss_bytes(),
-        });
+        send(
+            sink,
+            &FromWorker::Heartbeat {
+                seq,
+                in_flight: shared.in_flight.load(Ordering::SeqCst),
+                queued: shared.queued.load(Ordering::SeqCst),
+                tokens_generated: shared.tokens_generated.load(Ordering::Relaxed),
+                last_tokens_per_s: shared.last_tokens_per_s(),
+                rss_bytes: rss_bytes(),
+            },
+        );
     }
 }
 
@@ -218,7 +282,11 @@ fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }

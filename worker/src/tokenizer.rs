@@ -13,8 +13,7 @@ use crate::model::LoadError;
 const GGUF_TOKEN_CONTROL: i32 = 3;
 
 pub fn from_file(path: &Path) -> Result<Tokenizer, LoadError> {
-    Tokenizer::from_file(path)
-        .map_err(|e| LoadError::Tokenizer(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(path).map_err(|e| LoadError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value, LoadError> {
@@ -24,9 +23,15 @@ fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value,
 }
 
 fn strings(v: &gguf_file::Value, key: &str) -> Result<Vec<String>, LoadError> {
-    let arr = v.to_vec().map_err(|e| LoadError::Tokenizer(format!("`{key}`: {e}")))?;
+    let arr = v
+        .to_vec()
+        .map_err(|e| LoadError::Tokenizer(format!("`{key}`: {e}")))?;
     arr.iter()
-        .map(|x| x.to_string().cloned().map_err(|e| LoadError::Tokenizer(format!("`{key}`: {e}"))))
+        .map(|x| {
+            x.to_string()
+                .cloned()
+                .map_err(|e| LoadError::Tokenizer(format!("`{key}`: {e}")))
+        })
         .collect()
 }
 
@@ -53,8 +58,11 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tokenizer, LoadError> {
             .collect(),
         None => Vec::new(),
     };
-    let vocab: tokenizers::models::bpe::Vocab =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
     let merges: Vec<(String, String)> = merges
         .iter()
         .map(|m| {
@@ -106,7 +114,8 @@ pub(crate) mod tests {
         let mut tok = Tokenizer::new(bpe);
         tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
-        tok.add_special_tokens([AddedToken::from("<eos>", true)]).unwrap();
+        tok.add_special_tokens([AddedToken::from("<eos>", true)])
+            .unwrap();
         tok
     }
 
@@ -115,7 +124,10 @@ pub(crate) mod tests {
         let tok = tiny_tokenizer();
         let text = "héllo → 世界 🐝";
         let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
-        assert!(ids.len() > text.chars().count(), "multi-byte chars span several tokens");
+        assert!(
+            ids.len() > text.chars().count(),
+            "multi-byte chars span several tokens"
+        );
         let mut d = crate::detok::Detokenizer::new(&tok);
         let mut out = String::new();
         for id in ids {

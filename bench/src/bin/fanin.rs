@@ -146,7 +146,9 @@ fn main() -> anyhow::Result<()> {
         prompt: args.prompt,
     };
     // The dashboard's runtime, built as `rbee-tui`'s main builds it.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (w, h) = (args.width, args.height);
     let report = match args.backend {
         BackendChoice::Test => {
@@ -178,7 +180,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = &args.screen_out {
         std::fs::write(p, &report.screen).with_context(|| format!("writing {}", p.display()))?;
     }
-    print_report(&args, &report, offered, peak_rss, &gen_stats, &load_avg_before);
+    print_report(
+        &args,
+        &report,
+        offered,
+        peak_rss,
+        &gen_stats,
+        &load_avg_before,
+    );
     if report.connected_at_start < report.nodes {
         eprintln!(
             "fanin: warning: only {}/{} nodes were connected when measuring began",
@@ -194,7 +203,10 @@ fn random_token() -> anyhow::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn spawn_loadgen(args: &Args, token_file: &std::path::Path) -> anyhow::Result<(ChildGen, Vec<String>)> {
+fn spawn_loadgen(
+    args: &Args,
+    token_file: &std::path::Path,
+) -> anyhow::Result<(ChildGen, Vec<String>)> {
     let bin = match &args.loadgen {
         Some(p) => p.clone(),
         None => std::env::current_exe()?
@@ -219,7 +231,12 @@ fn spawn_loadgen(args: &Args, token_file: &std::path::Path) -> anyhow::Result<(C
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot start {} (build it: cargo build --release -p rbee-bench)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it: cargo build --release -p rbee-bench)",
+                bin.display()
+            )
+        })?;
     let mut stdout = BufReader::new(child.stdout.take().context("loadgen stdout")?);
     let mut urls = Vec::new();
     let mut line = String::new();
@@ -237,7 +254,11 @@ fn spawn_loadgen(args: &Args, token_file: &std::path::Path) -> anyhow::Result<(C
         }
     }
     if urls.len() != args.agents {
-        bail!("loadgen announced {} agents, wanted {}", urls.len(), args.agents);
+        bail!(
+            "loadgen announced {} agents, wanted {}",
+            urls.len(),
+            args.agents
+        );
     }
     Ok((ChildGen { child, stdout }, urls))
 }

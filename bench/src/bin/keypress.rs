@@ -57,7 +57,10 @@ enum Step {
     /// Cold: spawn dialog submitted at the instant; waiting for a serving worker.
     Spawning(Instant),
     /// Prompt sent; `Some(cold start)` when this is the prompt of a cold run.
-    Prompted { sent: Instant, cold: Option<Instant> },
+    Prompted {
+        sent: Instant,
+        cold: Option<Instant>,
+    },
     /// Waiting for the prompt to finish (cancelled after the first token).
     Finishing,
     /// Waiting for the killed worker to go.
@@ -81,7 +84,10 @@ struct Driver {
 
 impl Driver {
     fn serving(state: &State) -> bool {
-        state.nodes[0].workers.iter().any(|w| w.info.state.is_serving())
+        state.nodes[0]
+            .workers
+            .iter()
+            .any(|w| w.info.state.is_serving())
     }
 
     fn send_prompt(&self, state: &mut State, dispatch: &mut impl FnMut(&mut State, Action)) {
@@ -95,7 +101,11 @@ impl Driver {
     }
 
     /// Called after every frame; returns true when done.
-    fn after_frame(&mut self, state: &mut State, dispatch: &mut impl FnMut(&mut State, Action)) -> anyhow::Result<bool> {
+    fn after_frame(
+        &mut self,
+        state: &mut State,
+        dispatch: &mut impl FnMut(&mut State, Action),
+    ) -> anyhow::Result<bool> {
         let node = &state.nodes[0];
         if let Conn::Unreachable { reason, .. } = &node.conn {
             bail!("local agent unreachable: {reason}");
@@ -112,16 +122,25 @@ impl Driver {
                 self.start_cold(state, dispatch)?;
             }
             Step::Spawning(t0) => {
-                if let Some(w) = node.workers.iter().find(|w| w.info.state == rbee_proto::WorkerState::Failed) {
+                if let Some(w) = node
+                    .workers
+                    .iter()
+                    .find(|w| w.info.state == rbee_proto::WorkerState::Failed)
+                {
                     bail!("worker failed: {:?}", w.info.last_exit);
                 }
                 if Self::serving(state) {
-                    self.res.spawn_ready_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                    self.res
+                        .spawn_ready_ms
+                        .push(t0.elapsed().as_secs_f64() * 1e3);
                     // Select it, then prompt at once.
                     dispatch(state, key(KeyCode::Down));
                     let sent = Instant::now();
                     self.send_prompt(state, dispatch);
-                    self.step = Step::Prompted { sent, cold: Some(t0) };
+                    self.step = Step::Prompted {
+                        sent,
+                        cold: Some(t0),
+                    };
                 }
             }
             Step::Prompted { sent, cold } => {
@@ -142,7 +161,12 @@ impl Driver {
                 }
             }
             Step::Finishing => {
-                if state.prompt.as_ref().and_then(|p| p.run.as_ref()).is_some_and(|r| r.active) {
+                if state
+                    .prompt
+                    .as_ref()
+                    .and_then(|p| p.run.as_ref())
+                    .is_some_and(|r| r.active)
+                {
                     return Ok(false);
                 }
                 dispatch(state, key(KeyCode::Esc)); // close the pane
@@ -169,7 +193,11 @@ impl Driver {
         Ok(false)
     }
 
-    fn start_cold(&mut self, state: &mut State, dispatch: &mut impl FnMut(&mut State, Action)) -> anyhow::Result<()> {
+    fn start_cold(
+        &mut self,
+        state: &mut State,
+        dispatch: &mut impl FnMut(&mut State, Action),
+    ) -> anyhow::Result<()> {
         dispatch(state, key(KeyCode::Char('s')));
         if !matches!(state.popup, Some(Popup::Spawn(_))) {
             bail!("`s` did not open the spawn dialog");
@@ -200,7 +228,8 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("rbee-agent"),
     };
-    let model_dir = std::fs::canonicalize(&args.model_dir).with_context(|| format!("model dir {}", args.model_dir.display()))?;
+    let model_dir = std::fs::canonicalize(&args.model_dir)
+        .with_context(|| format!("model dir {}", args.model_dir.display()))?;
     // The dashboard's first-run path reads these; they point it at a private agent.
     std::env::set_var("RBEE_LOCAL_STATE", &state_dir);
     std::env::set_var("RBEE_AGENT_BIN", &agent_bin);
@@ -209,7 +238,10 @@ async fn main() -> anyhow::Result<()> {
     let result = measure(args).await;
 
     // Stop the agent the dashboard started (its pid is in the lock file).
-    if let Some(pid) = std::fs::read_to_string(state_dir.join("agent.lock")).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+    if let Some(pid) = std::fs::read_to_string(state_dir.join("agent.lock"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
         // SAFETY: signalling the agent this run started.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         for _ in 0..100 {
@@ -226,9 +258,18 @@ async fn main() -> anyhow::Result<()> {
     let (smin, smed, smax) = stats(&res.spawn_ready_ms);
     println!("| keypress → first token drawn | runs | min ms | median ms | max ms |");
     println!("|---|---|---|---|---|");
-    println!("| warm worker (`Enter` on the prompt) | {} | {wmin:.0} | {wmed:.0} | {wmax:.0} |", res.warm_ms.len());
-    println!("| cold spawn (`Enter` in the spawn dialog) | {} | {cmin:.0} | {cmed:.0} | {cmax:.0} |", res.cold_ms.len());
-    println!("| of which spawn → ready | {} | {smin:.0} | {smed:.0} | {smax:.0} |", res.spawn_ready_ms.len());
+    println!(
+        "| warm worker (`Enter` on the prompt) | {} | {wmin:.0} | {wmed:.0} | {wmax:.0} |",
+        res.warm_ms.len()
+    );
+    println!(
+        "| cold spawn (`Enter` in the spawn dialog) | {} | {cmin:.0} | {cmed:.0} | {cmax:.0} |",
+        res.cold_ms.len()
+    );
+    println!(
+        "| of which spawn → ready | {} | {smin:.0} | {smed:.0} | {smax:.0} |",
+        res.spawn_ready_ms.len()
+    );
     Ok(())
 }
 
@@ -238,7 +279,12 @@ async fn measure(args: Args) -> anyhow::Result<Results> {
     let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
     let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
     let effect_txs = vec![etx];
-    let session = tokio::spawn(rbee_tui::session::run_node(0, NodeTarget::Local, action_tx, erx));
+    let session = tokio::spawn(rbee_tui::session::run_node(
+        0,
+        NodeTarget::Local,
+        action_tx,
+        erx,
+    ));
     let mut terminal = Terminal::new(TestBackend::new(120, 40))?;
     let mut frame = tokio::time::interval(FRAME);
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -250,7 +296,12 @@ async fn measure(args: Args) -> anyhow::Result<Results> {
             route(state, &effect_txs, effect);
         }
     };
-    let mut driver = Driver { args, step: Step::Connect, res: Results::default(), warmed: false };
+    let mut driver = Driver {
+        args,
+        step: Step::Connect,
+        res: Results::default(),
+        warmed: false,
+    };
     let limit = tokio::time::sleep(Duration::from_secs(600));
     tokio::pin!(limit);
     loop {

@@ -14,7 +14,9 @@ use rbee_bench::measure::CpuTime;
 const MAX_SECONDS: f64 = 3600.0;
 
 #[derive(Parser, Debug)]
-#[command(about = "Fake rbee agents on loopback that push worker heartbeats, telemetry and state changes")]
+#[command(
+    about = "Fake rbee agents on loopback that push worker heartbeats, telemetry and state changes"
+)]
 struct Args {
     #[arg(long, default_value_t = 100)]
     agents: usize,

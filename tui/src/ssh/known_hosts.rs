@@ -29,20 +29,32 @@ impl KnownHosts {
                 .join("rbee")
                 .join("known_hosts"),
         };
-        Self { user_file, own_file }
+        Self {
+            user_file,
+            own_file,
+        }
     }
 
     fn files(&self) -> impl Iterator<Item = &Path> {
-        self.user_file.iter().map(PathBuf::as_path).chain(std::iter::once(self.own_file.as_path()))
+        self.user_file
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(std::iter::once(self.own_file.as_path()))
     }
 
     /// What the files say about `key` for `host:port`. A key listed in any file is known; else a
     /// listed key of the same algorithm means the key changed; else the host (or this key type)
     /// is unknown.
-    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Result<Verdict, (PathBuf, String)> {
+    pub fn check(
+        &self,
+        host: &str,
+        port: u16,
+        key: &PublicKey,
+    ) -> Result<Verdict, (PathBuf, String)> {
         let mut changed = None;
         for file in self.files() {
-            let entries = known_host_keys_path(host, port, file).map_err(|e| (file.to_path_buf(), e.to_string()))?;
+            let entries = known_host_keys_path(host, port, file)
+                .map_err(|e| (file.to_path_buf(), e.to_string()))?;
             for (line, recorded) in entries {
                 if recorded == *key {
                     return Ok(Verdict::Known);
@@ -85,7 +97,9 @@ impl KnownHosts {
 
 /// russh numbers entries without counting `#` comment lines; turn that into the file's line.
 fn file_line(file: &Path, entry: usize) -> usize {
-    let Ok(text) = std::fs::read_to_string(file) else { return entry };
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return entry;
+    };
     let mut seen = 0;
     for (i, l) in text.lines().enumerate() {
         if !l.starts_with('#') {
@@ -103,7 +117,10 @@ pub enum Verdict {
     Known,
     Unknown,
     /// A different key of the same type is recorded at `file:line`.
-    Changed { file: PathBuf, line: usize },
+    Changed {
+        file: PathBuf,
+        line: usize,
+    },
 }
 
 /// `SHA256:…`, as `ssh-keygen -l` prints it.
@@ -124,8 +141,10 @@ pub fn host_label(host: &str, port: u16) -> String {
 mod tests {
     use super::*;
 
-    const K1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-    const K2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G2sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+    const K1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const K2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G2sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
 
     fn key(s: &str) -> PublicKey {
         PublicKey::from_openssh(s).unwrap()
@@ -134,16 +153,26 @@ mod tests {
     #[test]
     fn unknown_then_learned_then_known_and_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let kh = KnownHosts { user_file: Some(dir.path().join("user")), own_file: dir.path().join("own/known_hosts") };
+        let kh = KnownHosts {
+            user_file: Some(dir.path().join("user")),
+            own_file: dir.path().join("own/known_hosts"),
+        };
         assert_eq!(kh.check("h", 2222, &key(K1)).unwrap(), Verdict::Unknown);
         kh.learn("h", 2222, &key(K1)).unwrap();
         let text = std::fs::read_to_string(&kh.own_file).unwrap();
         assert!(text.starts_with("[h]:2222 ssh-ed25519 "), "{text}");
         assert_eq!(kh.check("h", 2222, &key(K1)).unwrap(), Verdict::Known);
-        assert_eq!(kh.check("h", 22, &key(K1)).unwrap(), Verdict::Unknown, "port matters");
+        assert_eq!(
+            kh.check("h", 22, &key(K1)).unwrap(),
+            Verdict::Unknown,
+            "port matters"
+        );
         assert_eq!(
             kh.check("h", 2222, &key(K2)).unwrap(),
-            Verdict::Changed { file: kh.own_file.clone(), line: 1 }
+            Verdict::Changed {
+                file: kh.own_file.clone(),
+                line: 1
+            }
         );
     }
 
@@ -152,9 +181,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let user = dir.path().join("user");
         std::fs::write(&user, format!("# comment\nother {K2}\nh {K1}\n")).unwrap();
-        let kh = KnownHosts { user_file: Some(user.clone()), own_file: dir.path().join("own") };
+        let kh = KnownHosts {
+            user_file: Some(user.clone()),
+            own_file: dir.path().join("own"),
+        };
         assert_eq!(kh.check("h", 22, &key(K1)).unwrap(), Verdict::Known);
-        assert_eq!(kh.check("h", 22, &key(K2)).unwrap(), Verdict::Changed { file: user, line: 3 });
+        assert_eq!(
+            kh.check("h", 22, &key(K2)).unwrap(),
+            Verdict::Changed {
+                file: user,
+                line: 3
+            }
+        );
     }
 
     #[test]

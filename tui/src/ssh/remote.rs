@@ -92,7 +92,12 @@ pub fn version_script(remote_dir: Option<&str>) -> String {
 /// Start the agent unless one runs (stopping it first when `restart`), then wait for its address
 /// and token. Prints `pid=`, `addr=`, `token=` (and `started=` when this call started it), or
 /// `failed=1`/`timeout=1` with the last lines of the agent's log as `log=` lines.
-pub fn start_script(remote_dir: Option<&str>, bin: &str, model_dirs: &[String], restart: bool) -> String {
+pub fn start_script(
+    remote_dir: Option<&str>,
+    bin: &str,
+    model_dirs: &[String],
+    restart: bool,
+) -> String {
     let mut extra = String::new();
     for m in model_dirs {
         extra.push_str(&format!(" --model-dir {}", sh_quote(m)));
@@ -181,7 +186,9 @@ impl KeyValues {
         let mut m: HashMap<String, Vec<String>> = HashMap::new();
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=') {
-                m.entry(k.trim().to_string()).or_default().push(v.trim_end().to_string());
+                m.entry(k.trim().to_string())
+                    .or_default()
+                    .push(v.trim_end().to_string());
             }
         }
         Self(m)
@@ -189,7 +196,11 @@ impl KeyValues {
 
     /// The last value of `key`, if present and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.last()).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn all(&self, key: &str) -> &[String] {
@@ -198,7 +209,11 @@ impl KeyValues {
 
     pub fn pids(&self, key: &str) -> Vec<u32> {
         self.get(key)
-            .map(|v| v.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -245,7 +260,10 @@ mod tests {
                 .unwrap();
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         };
-        assert_eq!(run(None), "/home/u/.local/share/rbee|/home/u/.local/share/rbee/agent");
+        assert_eq!(
+            run(None),
+            "/home/u/.local/share/rbee|/home/u/.local/share/rbee/agent"
+        );
         assert_eq!(run(Some("~/x y")), "/home/u/x y|/home/u/x y/agent");
         assert_eq!(run(Some("rel")), "/home/u/rel|/home/u/rel/agent");
         assert_eq!(run(Some("/abs")), "/abs|/abs/agent");
