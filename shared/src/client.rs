@@ -102,6 +102,21 @@ impl Drop for Stream {
 }
 
 /// The error for a failed WebSocket upgrade: 401 means the token was refused.
+/// The upgrade request to `url`, carrying the bearer token.
+fn upgrade_request(
+    url: &str,
+    token: &str,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ClientError> {
+    let bad = |e: &dyn std::fmt::Display| ClientError::Connect {
+        url: url.into(),
+        reason: e.to_string(),
+    };
+    let mut req = url.into_client_request().map_err(|e| bad(&e))?;
+    let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|e| bad(&e))?;
+    req.headers_mut().insert("authorization", auth);
+    Ok(req)
+}
+
 /// The client side's WebSocket settings: library defaults but for the read buffer.
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -138,19 +153,7 @@ impl Client {
         client_name: &str,
         version: u32,
     ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError> {
-        let mut req = url
-            .into_client_request()
-            .map_err(|e| ClientError::Connect {
-                url: url.into(),
-                reason: e.to_string(),
-            })?;
-        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|e| {
-            ClientError::Connect {
-                url: url.into(),
-                reason: e.to_string(),
-            }
-        })?;
-        req.headers_mut().insert("authorization", auth);
+        let req = upgrade_request(url, token)?;
         let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false)
             .await
             .map_err(|e| upgrade_error(url, e))?;
@@ -168,19 +171,7 @@ impl Client {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let mut req = url
-            .into_client_request()
-            .map_err(|e| ClientError::Connect {
-                url: url.into(),
-                reason: e.to_string(),
-            })?;
-        let auth = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|e| {
-            ClientError::Connect {
-                url: url.into(),
-                reason: e.to_string(),
-            }
-        })?;
-        req.headers_mut().insert("authorization", auth);
+        let req = upgrade_request(url, token)?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
             .await
             .map_err(|e| upgrade_error(url, e))?;

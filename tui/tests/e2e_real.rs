@@ -9,108 +9,16 @@
 //!
 //! Every wait is bounded, every test has its own temp dirs, and guards stop what a test started
 //! even when it fails.
-use std::io::Read;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run::{run_bounded, Run};
 use rbee_testkit::{alive, bin, children_of, model_dir, model_path, wait_for, AgentProc};
-use serde_json::Value;
 
 const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
-
-// ---------------------------------------------------------------------------------------------
-// Running commands with a bound.
-
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &Self {
-        assert!(
-            self.status.success(),
-            "`{}` failed ({})\nstdout: {}\nstderr: {}",
-            self.what,
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        self.ok();
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
-    }
-
-    /// Failed, with exactly one `rbee-tui: …` line on stderr that contains `needle`.
-    fn fails_with(&self, needle: &str) {
-        assert!(
-            !self.status.success(),
-            "`{}` should have failed; stdout: {}",
-            self.what,
-            self.stdout
-        );
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "`{}`: one line on stderr, got {:?}",
-            self.what,
-            self.stderr
-        );
-        assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
-        assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
-    }
-}
-
-/// Run `cmd` to completion, killing it (and failing the test) after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
-    let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
-    let Some(status) = status else {
-        panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
-    };
-    Run {
-        what,
-        status,
-        stdout,
-        stderr,
-    }
-}
 
 /// Environment every `rbee-tui` run gets: nothing inherited that could point it elsewhere, and a
 /// local agent (should anything fall back to it) confined to this test's temp dir.
@@ -297,15 +205,15 @@ fn subcommands_against_a_real_agent() {
     );
 
     // Errors: one line naming the reason, non-zero exit.
-    tui(&["workers", "kill", "w999"]).fails_with("w999");
-    tui(&["infer", "--node", "nope", "--model", "x", "--prompt", "hi"]).fails_with("nope");
+    tui(&["workers", "kill", "w999"]).fails_with(&["w999"]);
+    tui(&["infer", "--node", "nope", "--model", "x", "--prompt", "hi"]).fails_with(&["nope"]);
 
     // nodes rm
     let r = tui(&["nodes", "rm", "n1"]);
     assert!(r.ok().stdout.contains("removed node n1"), "{}", r.stdout);
     let nodes = tui(&["nodes", "list", "--json"]).json();
     assert_eq!(nodes.as_array().map(Vec::len), Some(0), "{nodes}");
-    tui(&["nodes", "rm", "n1"]).fails_with("n1");
+    tui(&["nodes", "rm", "n1"]).fails_with(&["n1"]);
 
     assert!(
         alive(agent.pid()),

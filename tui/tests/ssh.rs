@@ -8,12 +8,14 @@
 //! under `~/.config/rbee` and default keys are the test's own) and no ssh-agent unless a test
 //! starts one. Every wait is bounded; guards stop sshd, the node's agent and workers, and remove
 //! network namespaces and mounts even when a test fails.
-use std::io::Read;
+mod common;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run::{run_bounded, Run};
 use rbee_testkit::{alive, bin, children_of, model_path, wait_for};
 use serde_json::Value;
 
@@ -22,100 +24,6 @@ const SSHD: &str = "/usr/sbin/sshd";
 /// Longest any one `rbee-tui` run may take (a cold bring-up uploads ~30 MB and starts an agent;
 /// the machine may be busy).
 const RUN_LIMIT: Duration = Duration::from_secs(240);
-
-// ---------------------------------------------------------------------------------------------
-// Commands with a bound.
-
-struct Run {
-    what: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &Self {
-        assert!(
-            self.status.success(),
-            "`{}` failed ({})\nstdout: {}\nstderr: {}",
-            self.what,
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        self.ok();
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("`{}`: not JSON ({e}): {}", self.what, self.stdout))
-    }
-
-    /// Failed with exactly one `rbee-tui: …` line on stderr, which contains every needle.
-    fn fails_with(&self, needles: &[&str]) -> String {
-        assert!(
-            !self.status.success(),
-            "`{}` should have failed; stdout: {}",
-            self.what,
-            self.stdout
-        );
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "`{}`: one line on stderr, got {:?}",
-            self.what,
-            self.stderr
-        );
-        assert!(lines[0].starts_with("rbee-tui: "), "{}", lines[0]);
-        for n in needles {
-            assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
-        }
-        lines[0].to_string()
-    }
-}
-
-fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
-    let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    let Some(status) = status else {
-        panic!("`{what}` did not finish within {limit:?}\nstdout: {stdout}\nstderr: {stderr}");
-    };
-    Run {
-        what,
-        status,
-        stdout,
-        stderr,
-    }
-}
 
 fn sh(cmd: &str) -> Run {
     let mut c = Command::new("sh");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_agent;
+pub mod run;
 
 use rbee_proto::session::{AuditEntry, Event, GpuTelemetry, ModelEntry, Telemetry, WorkerInfo};
 use rbee_proto::{ModelSummary, WorkerState};
