@@ -27,15 +27,6 @@ fn spec() -> SpawnSpec {
     }
 }
 
-async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
-    let (c, ev) = agent.connect().await;
-    assert_eq!(
-        c.request(Request::Subscribe, None).await.unwrap(),
-        Reply::Subscribed
-    );
-    (c, ev)
-}
-
 /// Wait for a WorkerState event of `id` matching `pred`.
 async fn wait_worker(
     ev: &mut mpsc::Receiver<Incoming>,
@@ -109,17 +100,13 @@ async fn infer_text(
     }
 }
 
-fn audit(agent: &AgentProc) -> String {
-    std::fs::read_to_string(agent.state_dir.join("audit.jsonl")).unwrap_or_default()
-}
-
 // Bad input (tokens, versions, malformed frames, unknown ids, paths outside the store, …) has its
 // own catalogue, one test per case: agent/tests/bad_input.rs.
 
 #[tokio::test]
 async fn spawn_ready_infer_streams_tokens_and_kill() {
     let (_d, agent) = agent_with(FAST);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
         panic!()
     };
@@ -193,7 +180,7 @@ async fn spawn_ready_infer_streams_tokens_and_kill() {
         panic!()
     };
     assert!(workers.is_empty());
-    let log = audit(&agent);
+    let log = agent.audit();
     assert!(
         log.contains("\"spawn\"") && log.contains("\"kill\""),
         "{log}"
@@ -203,7 +190,7 @@ async fn spawn_ready_infer_streams_tokens_and_kill() {
 #[tokio::test]
 async fn cancel_stops_generation_and_metrics_count_it() {
     let (_d, agent) = agent_with(FAST);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev).await;
     let params = SamplingParams {
         temperature: 0.0,
@@ -298,7 +285,7 @@ async fn http_get(agent: &AgentProc, path: &str, token: Option<&str>) -> String 
 #[tokio::test]
 async fn killed_worker_restarts_with_backoff_then_breaker_trips() {
     let (_d, agent) = agent_with(FAST);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev).await;
     let first_pid = w.pid.unwrap();
     unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
@@ -340,7 +327,7 @@ async fn killed_worker_restarts_with_backoff_then_breaker_trips() {
         ready = next;
     };
     assert!(failed.detail.contains("circuit breaker open"), "{failed:?}");
-    assert!(audit(&agent).contains("\"breaker_open\""));
+    assert!(agent.audit().contains("\"breaker_open\""));
     // The operator restarts it by hand.
     c.request(
         Request::Restart {
@@ -359,7 +346,7 @@ async fn killed_worker_restarts_with_backoff_then_breaker_trips() {
 #[tokio::test]
 async fn hung_worker_is_detected_killed_and_restarted() {
     let (_d, agent) = agent_with(FAST);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev).await;
     let pid = w.pid.unwrap();
     // A stopped process sends no heartbeats: exactly what a hung worker looks like.
@@ -391,7 +378,7 @@ async fn desired_workers_survive_an_agent_restart_and_no_worker_outlives_its_age
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut agent = AgentProc::start(&state, &[]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev).await;
     let pid = w.pid.unwrap();
     // A second agent on the same state dir refuses to start.
@@ -413,12 +400,12 @@ async fn desired_workers_survive_an_agent_restart_and_no_worker_outlives_its_age
     let st = agent.signal_and_wait(libc::SIGTERM);
     assert!(st.success(), "{st}");
     assert!(!alive(pid), "worker {pid} outlived its agent after SIGTERM");
-    assert!(audit(&agent).contains("\"agent_stop\""));
+    assert!(agent.audit().contains("\"agent_stop\""));
     drop(agent);
 
     // Restart: the desired worker comes back with the same id.
     let mut agent = AgentProc::start(&state, &[]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let back = wait_worker(&mut ev, &w.id, Duration::from_secs(60), |i| {
         i.state == WorkerState::Ready
     })

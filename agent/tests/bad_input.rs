@@ -71,15 +71,6 @@ async fn still_serving(agent: &AgentProc) -> Vec<WorkerInfo> {
     workers
 }
 
-async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
-    let (c, ev) = agent.connect().await;
-    assert_eq!(
-        c.request(Request::Subscribe, None).await.unwrap(),
-        Reply::Subscribed
-    );
-    (c, ev)
-}
-
 async fn wait_worker(
     ev: &mut mpsc::Receiver<Incoming>,
     id: &str,
@@ -198,10 +189,6 @@ async fn raw_next(ws: &mut RawWs) -> Option<serde_json::Value> {
     .await
 }
 
-fn audit(agent: &AgentProc) -> String {
-    std::fs::read_to_string(agent.state_dir.join("audit.jsonl")).unwrap_or_default()
-}
-
 // ------------------------------------------------------------------------------------ auth
 
 #[tokio::test]
@@ -220,10 +207,10 @@ async fn wrong_token_gets_401_and_an_audit_line() {
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     assert!(resp.ends_with("missing or wrong bearer token"), "{resp}");
     assert_eq!(
-        audit(&agent).matches("session with wrong token").count(),
+        agent.audit().matches("session with wrong token").count(),
         2,
         "{}",
-        audit(&agent)
+        agent.audit()
     );
     still_serving(&agent).await;
 }
@@ -242,7 +229,7 @@ async fn missing_token_gets_401_and_an_audit_line() {
         .err()
         .expect("must be refused");
     assert!(matches!(e, ClientError::Unauthorized { .. }), "{e}");
-    let log = audit(&agent);
+    let log = agent.audit();
     assert_eq!(
         log.matches("session with missing token").count(),
         1,
@@ -267,7 +254,7 @@ async fn version_mismatch_names_both_versions() {
         e.message,
         "version mismatch: client speaks protocol 999, agent speaks protocol 1"
     );
-    assert!(audit(&agent).contains("\"session_refused\""));
+    assert!(agent.audit().contains("\"session_refused\""));
     still_serving(&agent).await;
 }
 
@@ -536,7 +523,7 @@ async fn model_path_outside_the_store_is_refused() {
         (e.code, e.message.as_str()),
         (ErrorCode::BadRequest, "device `tpu` is not cpu or cuda:N")
     );
-    assert!(audit(&agent).matches("\"spawn_refused\"").count() >= 4);
+    assert!(agent.audit().matches("\"spawn_refused\"").count() >= 4);
     assert!(
         still_serving(&agent).await.is_empty(),
         "nothing was spawned"
@@ -578,7 +565,7 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
     let bytes = std::fs::read(model_path()).unwrap();
     std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
     let (_d, agent) = agent_with(FAST, &["--model-dir", store.path().to_str().unwrap()]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let Reply::Spawned { worker } = c
         .request(
             Request::Spawn(SpawnSpec {
@@ -612,7 +599,7 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
         )),
         "{failed:?}"
     );
-    assert!(audit(&agent).contains("\"load_failed\""));
+    assert!(agent.audit().contains("\"load_failed\""));
     // Inference on it is refused with its state named.
     let e = agent_error(c.request(infer(&worker.id, "hi", 1), None).await);
     assert_eq!(
@@ -631,7 +618,7 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
 #[tokio::test]
 async fn prompt_over_the_context_is_refused_and_the_worker_keeps_serving() {
     let (_d, agent) = agent_with(FAST, &[]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     let context = w.summary.as_ref().unwrap().context_length as usize;
     let prompt = " hello".repeat(context + 64);
@@ -652,7 +639,7 @@ async fn prompt_over_the_context_is_refused_and_the_worker_keeps_serving() {
 #[tokio::test]
 async fn deadline_already_passed_is_refused_before_the_worker_sees_it() {
     let (_d, agent) = agent_with(FAST, &[]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     let past = rbee_proto::now_millis() - 1000;
     for req in [
@@ -679,7 +666,7 @@ async fn deadline_already_passed_is_refused_before_the_worker_sees_it() {
 #[tokio::test]
 async fn full_queue_answers_busy_at_once() {
     let (_d, agent) = agent_with(&format!("{FAST}worker_queue = 1\n"), &[]);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     let long = || {
         let params = SamplingParams {
@@ -760,7 +747,7 @@ async fn garbage_on_worker_stdout_is_skipped() {
     )
     .unwrap();
     let agent = start_agent_with_worker_bin(&dir.path().join("state"), &wrapper);
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     worker_answers(&c, &w.id).await;
     let metrics = http_get(&agent, "/metrics").await;

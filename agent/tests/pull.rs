@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbee_proto::client::{Client, ClientError, Incoming};
+use rbee_proto::client::{ClientError, Incoming};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{ErrorCode, SamplingParams, WorkerState};
 use rbee_testkit::{model_path, AgentProc};
-use tokio::sync::mpsc;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -170,15 +169,6 @@ fn agent_on(hub: &Hub, hf_home: &std::path::Path, state: &std::path::Path) -> Ag
     )
 }
 
-async fn subscribed(agent: &AgentProc) -> (Client, mpsc::Receiver<Incoming>) {
-    let (c, ev) = agent.connect().await;
-    assert_eq!(
-        c.request(Request::Subscribe, None).await.unwrap(),
-        Reply::Subscribed
-    );
-    (c, ev)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     let bytes = Arc::new(std::fs::read(model_path()).unwrap());
@@ -186,7 +176,7 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     let dir = tempfile::tempdir().unwrap();
     let hf_home = dir.path().join("hf");
     let agent = agent_on(&hub, &hf_home, &dir.path().join("state"));
-    let (c, mut ev) = subscribed(&agent).await;
+    let (c, mut ev) = agent.subscribed().await;
     let reference = format!("hf:test-org/smol:{GGUF}");
 
     // Not pulled yet: the catalog does not offer it.
@@ -340,7 +330,7 @@ async fn pull_that_does_not_fit_on_disk_is_refused_before_any_byte() {
     let dir = tempfile::tempdir().unwrap();
     let hf_home = dir.path().join("hf");
     let agent = agent_on(&hub, &hf_home, &dir.path().join("state"));
-    let (c, _ev) = subscribed(&agent).await;
+    let (c, _ev) = agent.subscribed().await;
 
     let e = c
         .request(

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rbee_proto::client::{Client, Incoming};
+use rbee_proto::session::{Reply, Request};
 use tokio::sync::mpsc;
 
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`).
@@ -161,6 +162,21 @@ impl AgentProc {
         // SAFETY: signalling a child we started.
         unsafe { libc::kill(self.child.id() as i32, sig) };
         self.child.wait().unwrap()
+    }
+
+    /// A session that has subscribed to the agent's events.
+    pub async fn subscribed(&self) -> (Client, mpsc::Receiver<Incoming>) {
+        let (c, ev) = self.connect().await;
+        assert_eq!(
+            c.request(Request::Subscribe, None).await.unwrap(),
+            Reply::Subscribed
+        );
+        (c, ev)
+    }
+
+    /// The agent's audit log as it is on disk now.
+    pub fn audit(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("audit.jsonl")).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {
