@@ -671,24 +671,6 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     use rbee_tui::session::{run_node, SILENT_LIMIT};
     use tokio::sync::mpsc;
 
-    async fn next<T>(
-        rx: &mut mpsc::Receiver<Action>,
-        limit: Duration,
-        what: &str,
-        f: impl Fn(&Action) -> Option<T>,
-    ) -> T {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let a = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
-                .expect("session ended");
-            if let Some(v) = f(&a) {
-                return v;
-            }
-        }
-    }
-
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("agent-state");
     let agent = AgentProc::start(&state, &[]);
@@ -702,7 +684,7 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     let (_etx, erx) = mpsc::channel(16);
     let task = tokio::spawn(run_node(0, target, atx, erx));
     let connected = |a: &Action| matches!(a, Action::Connected { .. }).then_some(());
-    next(
+    common::next_action(
         &mut arx,
         Duration::from_secs(20),
         "the first connection",
@@ -710,7 +692,7 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     )
     .await;
     // Fully serving (subscribed, pinging) before the freeze.
-    next(
+    common::next_action(
         &mut arx,
         Duration::from_secs(20),
         "a latency measurement",
@@ -721,7 +703,7 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     let frozen_at = Instant::now();
-    let reason = next(
+    let reason = common::next_action(
         &mut arx,
         SILENT_LIMIT + Duration::from_secs(10),
         "the session to notice",
@@ -740,7 +722,7 @@ async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
 
     // SAFETY: as above.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
-    next(
+    common::next_action(
         &mut arx,
         Duration::from_secs(60),
         "the session to come back",

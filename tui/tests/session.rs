@@ -19,16 +19,7 @@ async fn next<T>(
     what: &str,
     f: impl Fn(&Action) -> Option<T>,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .expect("session ended");
-        if let Some(v) = f(&a) {
-            return v;
-        }
-    }
+    common::next_action(rx, Duration::from_secs(10), what, f).await
 }
 
 fn target(agent: &FakeAgent, dir: &std::path::Path, token: &str) -> NodeTarget {

@@ -279,3 +279,22 @@ pub fn audit(action: &str) -> Event {
 pub fn agent_event(node: usize, event: Event) -> Action {
     Action::AgentEvent { node, event }
 }
+
+/// The first action `f` accepts within `limit`, skipping the others; panics naming `what`.
+pub async fn next_action<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<Action>,
+    limit: std::time::Duration,
+    what: &str,
+    f: impl Fn(&Action) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let a = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+            .expect("session ended");
+        if let Some(v) = f(&a) {
+            return v;
+        }
+    }
+}
