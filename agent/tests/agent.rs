@@ -2,7 +2,7 @@
 //! processes on the real small model.
 use std::time::Duration;
 
-use rbee_proto::client::{Client, Incoming, Streamed};
+use rbee_client::{Client, Incoming, Streamed};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec, WorkerInfo};
 use rbee_proto::{ErrorCode, SamplingParams, WorkerState};
 use rbee_testkit::{alive, model_path, AgentProc};

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rbee_proto::client::{Client, ClientError, Incoming, Streamed};
+use rbee_client::{Client, ClientError, Incoming, Streamed};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec, WorkerInfo};
 use rbee_proto::{ErrorCode, ProtoError, SamplingParams, WorkerState, MAX_FRAME_BYTES};
 use rbee_testkit::{bin, model_dir, model_path, wait_for, AgentProc};

@@ -362,7 +362,7 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     let mut ready = HashSet::new();
     tokio::time::timeout(Duration::from_secs(120), async {
         while ready.len() < stable.len() {
-            if let Some(rbee_proto::client::Incoming::Event(Event::WorkerState { worker })) =
+            if let Some(rbee_client::Incoming::Event(Event::WorkerState { worker })) =
                 ev.recv().await
             {
                 if worker.state == WorkerState::Ready {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbee_proto::client::{ClientError, Incoming};
+use rbee_client::{ClientError, Incoming};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{ErrorCode, SamplingParams, WorkerState};
 use rbee_testkit::{model_path, AgentProc};
@@ -309,8 +309,8 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
     let mut text = String::new();
     loop {
         match s.next().await {
-            Some(rbee_proto::client::Streamed::Token(t)) => text.push_str(&t),
-            Some(rbee_proto::client::Streamed::Reply(_)) => break,
+            Some(rbee_client::Streamed::Token(t)) => text.push_str(&t),
+            Some(rbee_client::Streamed::Reply(_)) => break,
             other => panic!("unexpected {other:?}"),
         }
     }

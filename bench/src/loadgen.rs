@@ -747,7 +747,7 @@ async fn stream_tokens(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rbee_proto::client::{Client, ClientError, Incoming};
+    use rbee_client::{Client, ClientError, Incoming};
 
     fn small() -> LoadConfig {
         LoadConfig {
@@ -829,8 +829,8 @@ mod tests {
         let mut tokens = 0;
         loop {
             match s.next().await.unwrap() {
-                rbee_proto::client::Streamed::Token(_) => tokens += 1,
-                rbee_proto::client::Streamed::Reply(Reply::InferDone { usage, .. }) => {
+                rbee_client::Streamed::Token(_) => tokens += 1,
+                rbee_client::Streamed::Reply(Reply::InferDone { usage, .. }) => {
                     assert_eq!(usage.generated_tokens, 5);
                     break;
                 }

@@ -7,14 +7,24 @@ use serde::{Deserialize, Serialize};
 use crate::policy::RestartPolicy;
 
 #[derive(Debug, thiserror::Error)]
+/// Why a configuration file was not taken; each names the file and, when invalid, the key.
 pub enum ConfigError {
+    /// The file exists but could not be read.
     #[error("cannot read config {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file was read but is not valid TOML or breaks a rule.
     #[error("invalid config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
 }
 
 /// `rbee-agent` settings. Every field has a default so an empty file is valid.
@@ -30,7 +40,9 @@ pub struct AgentConfig {
     pub model_dirs: Vec<PathBuf>,
     /// Path of the `rbee-worker` binary; defaults to the one beside `rbee-agent`.
     pub worker_bin: Option<PathBuf>,
+    /// Interval of the worker heartbeats the agent asks for, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Interval of telemetry samples pushed to subscribed sessions, in milliseconds.
     pub telemetry_ms: u64,
     /// Requests queued per worker before answering `busy`.
     pub worker_queue: usize,
@@ -38,6 +50,7 @@ pub struct AgentConfig {
     pub stop_grace_ms: u64,
     /// Extra bytes required beyond the model size before admitting a spawn.
     pub admission_headroom_bytes: u64,
+    /// How crashed workers are restarted and when the breaker opens.
     pub restart: RestartPolicy,
 }
 
@@ -59,6 +72,7 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
+    /// Parse `text` (read from `path`, named in errors) and validate it.
     pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.into(),
@@ -71,6 +85,7 @@ impl AgentConfig {
         Ok(cfg)
     }
 
+    /// Read, parse and validate the file at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -112,6 +127,7 @@ impl AgentConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// The node's name as the dashboard and every command show it (unique).
     pub name: String,
     /// `ws://HOST:PORT` of the agent (URL nodes).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -184,12 +200,16 @@ impl NodeConfig {
 /// `USER@HOST[:PORT]`, with `[v6]:PORT` for IPv6 literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshAddr {
+    /// Login user on the node.
     pub user: String,
+    /// Host name or address of the node.
     pub host: String,
+    /// SSH port (22 unless `:PORT` was given).
     pub port: u16,
 }
 
 impl SshAddr {
+    /// Parse `user@host[:port]`; the error says which part is wrong.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (user, rest) = s
             .split_once('@')
@@ -246,10 +266,12 @@ impl std::fmt::Display for SshAddr {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TuiConfig {
+    /// Every node besides the implicit local one, in the order they were added.
     pub nodes: Vec<NodeConfig>,
 }
 
 impl TuiConfig {
+    /// Parse `text` (read from `path`, named in errors) and validate every node.
     pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Self, ConfigError> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.into(),
@@ -273,6 +295,7 @@ impl TuiConfig {
         Ok(cfg)
     }
 
+    /// The file's text, as `nodes add` writes it back.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")
     }

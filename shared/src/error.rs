@@ -37,6 +37,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it travels on the wire (`snake_case`).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadFrame => "bad_frame",
@@ -68,11 +69,14 @@ impl std::fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ProtoError {
+    /// The kind of failure, for programs.
     pub code: ErrorCode,
+    /// What happened and, where there is one, the fix, for people.
     pub message: String,
 }
 
 impl ProtoError {
+    /// An error of kind `code` saying `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,

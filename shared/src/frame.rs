@@ -11,6 +11,7 @@ use crate::{ErrorCode, ProtoError, RequestId, MAX_FRAME_BYTES};
 pub struct FrameError {
     /// The `id` field, when the frame was JSON with a numeric id.
     pub id: Option<RequestId>,
+    /// Why the frame was refused, naming the field where there is one.
     pub message: String,
 }
 

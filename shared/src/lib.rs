@@ -2,16 +2,19 @@
 //!
 //! Owns the wire types for the two links (agent ⇄ worker over stdio, dashboard/script ⇄ agent over
 //! WebSocket), their framing and decoding rules, the protocol version, ids, the configuration
-//! schema, and the restart/backoff policy. It must stay free of I/O: binaries do the talking,
-//! this crate only says what the words mean.
+//! schema, the restart/backoff policy, the state-dir file names and how sizes and ages are written
+//! for people. It must stay free of I/O: binaries do the talking (through `rbee-client` for agent
+//! sessions), this crate only says what the words mean.
+#![warn(missing_docs)]
 
-#[cfg(feature = "client")]
-pub mod client;
 pub mod config;
+/// Error codes and the error value every reply can carry.
 pub mod error;
+pub mod fmt;
 pub mod frame;
 pub mod policy;
 pub mod session;
+pub mod statedir;
 pub mod types;
 pub mod worker;
 

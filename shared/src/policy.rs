@@ -9,10 +9,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RestartPolicy {
+    /// Delay before the first restart, in milliseconds.
     pub initial_backoff_ms: u64,
+    /// Longest delay between restarts, in milliseconds.
     pub max_backoff_ms: u64,
+    /// Restarts after which the worker is given up.
     pub max_restarts: u32,
+    /// Failures within the window that open the breaker.
     pub breaker_failures: u32,
+    /// Length of the breaker's sliding window, in seconds.
     pub breaker_window_secs: u64,
 }
 

@@ -10,17 +10,25 @@ use crate::{
     WorkerState,
 };
 
+/// Frames a client (dashboard, script, gateway) sends to an agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
+    /// Must be the first frame; the agent answers `Welcome` or `version_mismatch`.
     Hello {
+        /// The client's [`crate::PROTOCOL_VERSION`].
         protocol_version: u32,
+        /// Who is asking (`rbee-tui 0.1.0`), for the audit log.
         client: String,
     },
+    /// One request; every answer carries its id back.
     Request {
+        /// Chosen by the client, unique within the session.
         id: RequestId,
+        /// Absolute time after which the agent abandons the request.
         #[serde(default)]
         deadline: Option<UnixMillis>,
+        /// What is asked.
         #[serde(flatten)]
         body: Request,
     },
@@ -32,31 +40,44 @@ pub enum ClientMsg {
 pub enum Request {
     /// Models this node can serve now.
     ListModels,
+    /// Start a worker; answered `Spawned` once it is launched (readiness comes as an event).
     Spawn(SpawnSpec),
+    /// Stop a worker and forget it (also from the desired state).
     Kill {
+        /// The worker to stop.
         worker: WorkerId,
     },
+    /// Stop a worker and start it again with the same spec.
     Restart {
+        /// The worker to restart.
         worker: WorkerId,
     },
+    /// Every worker of this node.
     ListWorkers,
+    /// Generate text; answered by `Token`s then `InferDone`.
     Infer {
         /// A specific worker; if absent, any ready worker of `model`.
         #[serde(default)]
         worker: Option<WorkerId>,
+        /// Model to route to when `worker` is absent.
         #[serde(default)]
         model: Option<String>,
+        /// The text to continue.
         prompt: String,
+        /// Sampling and limits.
         #[serde(default)]
         params: SamplingParams,
     },
     /// Cancel an earlier request of this session.
     Cancel {
+        /// The id of the request to cancel.
         request: RequestId,
     },
     /// Last `lines` lines of a worker's stderr.
     TailLog {
+        /// Whose log.
         worker: WorkerId,
+        /// How many of the last lines.
         lines: usize,
     },
     /// Start receiving `Event`s (worker states, heartbeats, telemetry, audit).
@@ -68,6 +89,7 @@ pub enum Request {
     /// Download an `hf:ORG/REPO[@REVISION][:FILE]` model into the node's Hugging Face cache, with
     /// `PullProgress` events while it runs. Refused up front when it does not fit on disk.
     Pull {
+        /// The `hf:` reference to fetch.
         model: String,
     },
 }
@@ -75,9 +97,12 @@ pub enum Request {
 /// What to run: a model reference as `rbee-worker --model` accepts, on a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpawnSpec {
+    /// What `rbee-worker --model` accepts: a model name, a file in a model dir, or `hf:`.
     pub model: String,
+    /// `cpu`, `cuda:N` or `metal:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// CPU threads for the worker; all it may use when absent.
     #[serde(default)]
     pub threads: Option<usize>,
 }
@@ -91,24 +116,42 @@ fn default_device() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
+    /// The agent's answer to `Hello`: versions agree.
     Welcome {
+        /// The agent's [`crate::PROTOCOL_VERSION`].
         protocol_version: u32,
+        /// The agent's release (`0.1.0`).
         agent_version: String,
+        /// The node's name as the agent knows it (its host name).
         node: String,
     },
+    /// The answer to one request.
     Reply {
+        /// The request answered.
         id: RequestId,
+        /// The answer.
         #[serde(flatten)]
         body: Reply,
     },
     /// Streamed text of an `Infer`.
-    Token { id: RequestId, text: String },
+    Token {
+        /// The `Infer` request this text belongs to.
+        id: RequestId,
+        /// Valid UTF-8, in order; concatenated they give the full answer.
+        text: String,
+    },
+    /// A request failed (or, with `id: None`, a frame that had no usable id).
     Error {
+        /// The request that failed, when there was one.
         id: Option<RequestId>,
+        /// The kind of failure, for programs.
         code: ErrorCode,
+        /// What happened, for people.
         message: String,
     },
+    /// Something that happened on the node (after `Subscribe`).
     Event {
+        /// What happened.
         #[serde(flatten)]
         event: Event,
     },
@@ -240,48 +283,75 @@ mod server_msg_de {
     }
 }
 
+/// Answers to requests, one variant per kind of request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
+    /// Answer to `ListModels`.
     Models {
+        /// Every model the node can serve.
         models: Vec<ModelEntry>,
     },
+    /// Answer to `Spawn`: the worker is launched.
     Spawned {
+        /// The new worker.
         worker: WorkerInfo,
     },
+    /// Answer to `Kill`: the worker is gone.
     Killed {
+        /// The worker stopped.
         worker: WorkerId,
     },
+    /// Answer to `Restart`.
     Restarted {
+        /// The worker restarted.
         worker: WorkerId,
     },
+    /// Answer to `ListWorkers`.
     Workers {
+        /// Every worker of the node.
         workers: Vec<WorkerInfo>,
     },
     /// End of an `Infer` stream.
     InferDone {
+        /// The worker that generated.
         worker: WorkerId,
+        /// Why generation ended.
         finish_reason: FinishReason,
+        /// Token counts and speeds.
         usage: Usage,
     },
+    /// Answer to `Cancel`.
     Cancelled {
+        /// The request that was cancelled.
         request: RequestId,
     },
+    /// Answer to `TailLog`.
     Log {
+        /// Whose log.
         worker: WorkerId,
+        /// The lines, oldest first.
         lines: Vec<String>,
     },
+    /// Answer to `Subscribe`: events follow.
     Subscribed,
+    /// Answer to `Status`.
     Status {
+        /// The node's telemetry and workers.
         status: NodeStatus,
     },
+    /// Answer to `Ping`.
     Pong {
+        /// The agent's clock when it answered.
         agent_time: UnixMillis,
     },
     /// End of a `Pull`: the files are in the cache; `downloaded_bytes` is 0 when all were there.
     Pulled {
+        /// The reference pulled.
         model: String,
+        /// Where the model now is on the node.
         path: String,
+        /// Bytes fetched by this pull.
         downloaded_bytes: u64,
     },
 }
@@ -289,10 +359,12 @@ pub enum Reply {
 /// A model file or directory the node can serve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelEntry {
+    /// The short name lists show.
     pub name: String,
     /// What `rbee-worker --model` (and `Spawn.model`) accepts.
     #[serde(rename = "ref")]
     pub reference: String,
+    /// Bytes on disk (all files of a directory model).
     pub size_bytes: u64,
     /// `gguf` or `safetensors`.
     pub format: String,
@@ -301,20 +373,31 @@ pub struct ModelEntry {
 /// A worker as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
+    /// Unique on the node for the agent's lifetime.
     pub id: WorkerId,
+    /// The model reference it was spawned with.
     pub model: String,
+    /// The device it runs on.
     pub device: String,
+    /// Where it is in its lifecycle.
     pub state: WorkerState,
+    /// Process id while a process exists.
     pub pid: Option<u32>,
+    /// Restarts after crashes so far.
     pub restarts: u32,
+    /// Why the last process ended (`exit code 1`, `killed by signal 9`, …).
     pub last_exit: Option<String>,
     /// Set once the worker reported `Ready`.
     pub summary: Option<ModelSummary>,
     /// Milliseconds since the last heartbeat (None before the first).
     pub heartbeat_age_ms: Option<u64>,
+    /// Decode speed of its last generation.
     pub tokens_per_s: f64,
+    /// Resident memory of the process.
     pub rss_bytes: u64,
+    /// GPU memory of the process (0 on CPU).
     pub vram_bytes: u64,
+    /// Requests it is working on.
     pub in_flight: u32,
     /// Loading stage and progress, or why it failed; empty when there is nothing to say.
     #[serde(default)]
@@ -325,35 +408,57 @@ pub struct WorkerInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A worker changed state (or any of its fields).
     WorkerState {
+        /// The worker as it is now.
         worker: WorkerInfo,
     },
+    /// A worker finished loading.
     WorkerReady {
+        /// The worker.
         worker: WorkerId,
+        /// What it loaded.
         model: ModelSummary,
+        /// From process start to `Ready`.
         spawn_to_ready_ms: u64,
     },
+    /// A worker's periodic proof of life.
     Heartbeat {
+        /// The worker.
         worker: WorkerId,
+        /// Decode speed of its last generation.
         tokens_per_s: f64,
+        /// Resident memory of the process.
         rss_bytes: u64,
+        /// Requests it is working on.
         in_flight: u32,
     },
+    /// A telemetry sample of the node.
     Telemetry {
+        /// The sample.
         telemetry: Telemetry,
     },
+    /// A line was appended to the audit log.
     Audit {
+        /// The line.
         entry: AuditEntry,
     },
+    /// A worker wrote a line to its log.
     Log {
+        /// The worker.
         worker: WorkerId,
+        /// The line, without its newline.
         line: String,
     },
     /// A model pull moving on: bytes of all its missing files so far, out of their total.
     PullProgress {
+        /// The reference being pulled.
         model: String,
+        /// The file downloading now.
         file: String,
+        /// Bytes fetched so far.
         downloaded_bytes: u64,
+        /// Bytes to fetch in all.
         total_bytes: u64,
     },
 }
@@ -361,51 +466,78 @@ pub enum Event {
 /// One node's resources at one moment.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Telemetry {
+    /// When the sample was taken, by the agent's clock.
     pub at: UnixMillis,
+    /// CPU use of the whole node, 0–100 × cores.
     pub cpu_percent: f32,
+    /// Physical memory.
     pub mem_total_bytes: u64,
+    /// Memory in use.
     pub mem_used_bytes: u64,
+    /// Free space where the node keeps its models.
     pub disk_free_bytes: u64,
     /// Empty with `gpu_status` explaining why when there is no usable GPU.
     pub gpus: Vec<GpuTelemetry>,
+    /// Why `gpus` is empty (no driver, no NVML), or empty when GPUs were read.
     pub gpu_status: String,
 }
 
+/// One GPU's state at one moment (NVML).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GpuTelemetry {
+    /// NVML index, as `cuda:N` names it.
     pub index: u32,
+    /// Product name.
     pub name: String,
+    /// Memory on the card.
     pub mem_total_bytes: u64,
+    /// Memory in use.
     pub mem_used_bytes: u64,
+    /// Busy share of the last sample period.
     pub utilization_percent: u32,
+    /// Core temperature.
     pub temperature_c: u32,
+    /// Power draw.
     pub power_watts: f32,
     /// GPU memory per process, with the worker id when the process is one of ours.
     pub processes: Vec<GpuProcess>,
 }
 
+/// One process holding GPU memory.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GpuProcess {
+    /// Its process id.
     pub pid: u32,
+    /// GPU memory it holds.
     pub used_bytes: u64,
+    /// The worker it is, when it is one of this agent's.
     pub worker: Option<WorkerId>,
 }
 
+/// A node's summary: who it is, its resources and its workers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// The node's name as the agent knows it.
     pub node: String,
+    /// The agent's release.
     pub agent_version: String,
+    /// Latest telemetry sample.
     pub telemetry: Telemetry,
+    /// Every worker.
     pub workers: Vec<WorkerInfo>,
 }
 
 /// One line of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// When it happened, by the agent's clock.
     pub at: UnixMillis,
     /// `auth_ok`, `auth_failed`, `spawn`, `kill`, `restart`, `breaker_open`, `config`, …
     pub action: String,
+    /// Who acted: the session's peer address, when there is one.
     pub peer: Option<String>,
+    /// The worker concerned, if any.
     pub worker: Option<WorkerId>,
+    /// Free text: the model, the reason, the numbers.
     pub detail: String,
 }

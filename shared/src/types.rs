@@ -10,6 +10,7 @@ pub type WorkerId = String;
 /// Milliseconds since the Unix epoch; used for deadlines and timestamps.
 pub type UnixMillis = u64;
 
+/// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn now_millis() -> UnixMillis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -23,14 +24,19 @@ pub fn now_millis() -> UnixMillis {
 pub struct SamplingParams {
     /// 0 means greedy (argmax).
     pub temperature: f64,
+    /// Sample only among the `k` likeliest tokens.
     pub top_k: Option<usize>,
+    /// Sample only among the likeliest tokens whose probabilities add up to `p`.
     pub top_p: Option<f64>,
     /// 1.0 disables the penalty.
     pub repeat_penalty: f32,
     /// How many of the most recent tokens the penalty looks at.
     pub repeat_last_n: usize,
+    /// Most tokens to generate.
     pub max_tokens: u32,
+    /// Generation ends before any of these strings; they are not part of the text.
     pub stop: Vec<String>,
+    /// Seed of the sampler's random numbers.
     pub seed: u64,
     /// Keep generating past end-of-sequence (fixed-length runs for benchmarks).
     pub ignore_eos: bool,
@@ -69,23 +75,32 @@ pub enum FinishReason {
 /// Counts and timings reported when a generation finishes.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Usage {
+    /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Tokens generated.
     pub generated_tokens: u32,
     /// From receiving the request to the first generated token.
     pub time_to_first_token_ms: f64,
+    /// Prompt processing speed.
     pub prompt_tokens_per_s: f64,
+    /// Generation speed after the first token.
     pub decode_tokens_per_s: f64,
+    /// Wall time of the whole request, in milliseconds.
     pub total_ms: f64,
 }
 
 /// What a loaded model is, reported in `Ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSummary {
+    /// The model's name (file stem or repository).
     pub name: String,
+    /// Model architecture as the weights name it (`llama`, …).
     pub architecture: String,
+    /// Longest context the model takes, in tokens.
     pub context_length: u32,
     /// Bytes of weights the worker holds (host or device memory).
     pub memory_bytes: u64,
+    /// The device it runs on (`cpu`, `cuda:0`, …).
     pub device: String,
 }
 
@@ -93,10 +108,15 @@ pub struct ModelSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
+    /// Process started, handshake not done yet.
     Starting,
+    /// Loading weights.
     Loading,
+    /// Serving; has room for more requests.
     Ready,
+    /// Serving; every slot and its queue are full.
     Busy,
+    /// Asked to stop; draining.
     Stopping,
     /// Stopped on purpose (kill, shutdown).
     Exited,
@@ -109,6 +129,7 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// The state as the dashboard and `--json` print it.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
@@ -144,8 +165,11 @@ impl std::fmt::Display for WorkerState {
 /// safetensors model directory (config.json, tokenizer.json, weights).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubRef {
+    /// `org/name` of the repository.
     pub repo: String,
+    /// Branch, tag or commit; `main` when absent.
     pub revision: Option<String>,
+    /// The one file to use; absent means the repository's single GGUF or its safetensors.
     pub file: Option<String>,
 }
 

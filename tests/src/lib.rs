@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbee_proto::client::{Client, Incoming};
+use rbee_client::{Client, Incoming};
 use rbee_proto::session::{Reply, Request};
 use tokio::sync::mpsc;
 

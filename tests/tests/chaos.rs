@@ -35,7 +35,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rbee_proto::client::Client;
+use rbee_client::Client;
 use rbee_proto::config::NodeConfig;
 use rbee_proto::now_millis;
 use rbee_proto::session::{Reply, Request, SpawnSpec, WorkerInfo};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand};
-use rbee_proto::client::{Client, ClientError, Incoming, Streamed};
+use rbee_client::{Client, ClientError, Incoming, Streamed};
 use rbee_proto::config::NodeConfig;
 use rbee_proto::session::{Event, NodeStatus, Reply, Request, SpawnSpec, WorkerInfo};
 use rbee_proto::{SamplingParams, WorkerState};

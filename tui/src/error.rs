@@ -2,7 +2,7 @@
 //! and its message says what failed, with which input, and what to do.
 use std::path::PathBuf;
 
-use rbee_proto::client::ClientError;
+use rbee_client::ClientError;
 use rbee_proto::config::ConfigError;
 
 use crate::local::LocalError;

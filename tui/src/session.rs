@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rbee_proto::client::{Client, Incoming, Streamed};
+use rbee_client::{Client, Incoming, Streamed};
 use rbee_proto::policy::RestartPolicy;
 use rbee_proto::session::{Reply, Request};
 use rbee_proto::{now_millis, UnixMillis};

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rbee_proto::client::{Client, Incoming};
+use rbee_client::{Client, Incoming};
 use rbee_proto::config::{NodeConfig, SshAddr};
 use rbee_proto::PROTOCOL_VERSION;
 use russh::client::{self, Handle, Msg};

@@ -1,7 +1,8 @@
-//! The async client for an agent session: authenticate, handshake, then multiplex requests over
-//! one WebSocket. Replies and tokens are routed by request id; events go to one channel.
-//!
-//! Behind the `client` feature so the protocol types stay free of I/O for those who only decode.
+//! `rbee-client`: the async client for an agent session. It authenticates, handshakes, then
+//! multiplexes requests over one WebSocket; replies and tokens are routed by request id, events go
+//! to one channel. Dashboards, scripts, the gateway, tests and benches all talk to agents through it;
+//! the wire types it speaks are `rbee_proto`'s.
+#![warn(missing_docs)]
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,27 +14,50 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{decode, encode};
-use crate::session::{ClientMsg, Event, Reply, Request, ServerMsg};
-use crate::{ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION, WS_READ_BUFFER_BYTES};
+use rbee_proto::frame::{decode, encode};
+use rbee_proto::session::{ClientMsg, Event, Reply, Request, ServerMsg};
+use rbee_proto::{
+    ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION, WS_READ_BUFFER_BYTES,
+};
 
+/// Why a session could not be opened or a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing answered at `url`, or the upgrade failed for another reason than the token.
     #[error("cannot reach agent at {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The agent's address.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The agent answered 401: wrong or missing token.
     #[error("agent at {url} refused the token (HTTP 401)")]
-    Unauthorized { url: String },
+    Unauthorized {
+        /// The agent's address.
+        url: String,
+    },
+    /// The WebSocket opened but the hello/welcome exchange failed.
     #[error("handshake with {url} failed: {0}", .reason)]
-    Handshake { url: String, reason: String },
+    Handshake {
+        /// The agent's address.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The session ended while the request waited.
     #[error("session closed")]
     Closed,
+    /// The agent answered with an error.
     #[error("{0}")]
     Agent(#[from] ProtoError),
+    /// No answer within the caller's time limit.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
 
 impl ClientError {
+    /// The protocol error code this failure maps to (for `--json` output and exit codes).
     pub fn code(&self) -> ErrorCode {
         match self {
             ClientError::Agent(e) => e.code,
@@ -46,7 +70,9 @@ impl ClientError {
 
 /// Something the session received that is not addressed to a pending request.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // moved once through a channel; a box would cost an allocation per event
 pub enum Incoming {
+    /// A node event (after `Subscribe`).
     Event(Event),
     /// An error frame that carried no request id (e.g. a frame the agent could not parse).
     Error(ProtoError),
@@ -56,9 +82,13 @@ pub enum Incoming {
 
 /// What a pending request receives.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once through a channel; a box would cost an allocation per reply
 pub enum Streamed {
+    /// A piece of generated text.
     Token(String),
+    /// The final answer.
     Reply(Reply),
+    /// The request failed.
     Error(ProtoError),
 }
 
@@ -70,12 +100,15 @@ pub struct Client {
     out: mpsc::Sender<Message>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
+    /// The agent's release, from its welcome.
     pub agent_version: String,
+    /// The node's name, from its welcome.
     pub node: String,
 }
 
 /// An in-flight streaming request (e.g. `Infer`).
 pub struct Stream {
+    /// The request's id (what `Cancel` names).
     pub id: RequestId,
     rx: mpsc::Receiver<Streamed>,
     client: Client,
@@ -87,6 +120,7 @@ impl Stream {
         self.rx.recv().await
     }
 
+    /// Ask the agent to stop this request; its stream then ends with the final reply.
     pub async fn cancel(&self) -> Result<(), ClientError> {
         self.client
             .request(Request::Cancel { request: self.id }, None)
@@ -133,6 +167,125 @@ fn upgrade_error(url: &str, e: tokio_tungstenite::tungstenite::Error) -> ClientE
             reason: e.to_string(),
         },
     }
+}
+
+/// Wait for the agent's `Welcome` (skipping non-text frames); an error frame or anything else
+/// ends the handshake with the reason.
+async fn await_welcome<S>(
+    source: &mut futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<S>>,
+    url: &str,
+) -> Result<(String, String), ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = source.next().await.ok_or_else(|| ClientError::Handshake {
+            url: url.into(),
+            reason: "connection closed before welcome".into(),
+        })?;
+        let msg = msg.map_err(|e| ClientError::Handshake {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+        let Message::Text(text) = msg else { continue };
+        match decode::<ServerMsg>(&text) {
+            Ok(ServerMsg::Welcome {
+                agent_version,
+                node,
+                ..
+            }) => return Ok((agent_version, node)),
+            Ok(ServerMsg::Error { code, message, .. }) => {
+                return Err(ClientError::Agent(ProtoError::new(code, message)))
+            }
+            Ok(other) => {
+                return Err(ClientError::Handshake {
+                    url: url.into(),
+                    reason: format!("unexpected {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(ClientError::Handshake {
+                    url: url.into(),
+                    reason: e.message,
+                })
+            }
+        }
+    }
+}
+
+/// The session's reader: route each frame to its pending request, events and id-less errors to
+/// `ev_tx`; when the connection ends, wake every waiter with the reason.
+async fn read_frames<S>(
+    mut source: futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<S>>,
+    pending_r: Pending,
+    ev_tx: mpsc::Sender<Incoming>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reason = loop {
+        let Some(msg) = source.next().await else {
+            break "connection closed".to_string();
+        };
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(c)) => {
+                break c
+                    .map(|c| c.reason.to_string())
+                    .unwrap_or_else(|| "closed by agent".into())
+            }
+            Ok(_) => continue,
+            Err(e) => break e.to_string(),
+        };
+        let msg = match decode::<ServerMsg>(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("undecodable frame from agent: {}", e.message);
+                continue;
+            }
+        };
+        let (id, item) = match msg {
+            ServerMsg::Token { id, text } => (id, Streamed::Token(text)),
+            ServerMsg::Reply { id, body } => (id, Streamed::Reply(body)),
+            ServerMsg::Error {
+                id: Some(id),
+                code,
+                message,
+            } => (id, Streamed::Error(ProtoError::new(code, message))),
+            ServerMsg::Error {
+                id: None,
+                code,
+                message,
+            } => {
+                let _ = ev_tx
+                    .send(Incoming::Error(ProtoError::new(code, message)))
+                    .await;
+                continue;
+            }
+            ServerMsg::Event { event } => {
+                if ev_tx.send(Incoming::Event(event)).await.is_err() {
+                    // Nobody listens for events; keep serving replies.
+                }
+                continue;
+            }
+            ServerMsg::Welcome { .. } => continue,
+        };
+        let tx = pending_r.lock().unwrap().get(&id).cloned();
+        if let Some(tx) = tx {
+            // Awaiting here applies backpressure: tokens are never dropped.
+            let _ = tx.send(item).await;
+        }
+    };
+    // Wake every waiter: their session is gone.
+    let waiters: Vec<_> = pending_r.lock().unwrap().drain().collect();
+    for (_, tx) in waiters {
+        let _ = tx
+            .send(Streamed::Error(ProtoError::new(
+                ErrorCode::Internal,
+                format!("session closed: {reason}"),
+            )))
+            .await;
+    }
+    let _ = ev_tx.send(Incoming::Closed(reason)).await;
 }
 
 impl Client {
@@ -199,39 +352,7 @@ impl Client {
                 url: url.into(),
                 reason: e.to_string(),
             })?;
-        let (agent_version, node) = loop {
-            let msg = source.next().await.ok_or_else(|| ClientError::Handshake {
-                url: url.into(),
-                reason: "connection closed before welcome".into(),
-            })?;
-            let msg = msg.map_err(|e| ClientError::Handshake {
-                url: url.into(),
-                reason: e.to_string(),
-            })?;
-            let Message::Text(text) = msg else { continue };
-            match decode::<ServerMsg>(&text) {
-                Ok(ServerMsg::Welcome {
-                    agent_version,
-                    node,
-                    ..
-                }) => break (agent_version, node),
-                Ok(ServerMsg::Error { code, message, .. }) => {
-                    return Err(ClientError::Agent(ProtoError::new(code, message)))
-                }
-                Ok(other) => {
-                    return Err(ClientError::Handshake {
-                        url: url.into(),
-                        reason: format!("unexpected {other:?}"),
-                    })
-                }
-                Err(e) => {
-                    return Err(ClientError::Handshake {
-                        url: url.into(),
-                        reason: e.message,
-                    })
-                }
-            }
-        };
+        let (agent_version, node) = await_welcome(&mut source, url).await?;
 
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(256);
         let (ev_tx, ev_rx) = mpsc::channel::<Incoming>(4096);
@@ -245,72 +366,7 @@ impl Client {
             let _ = sink.close().await;
         });
         let pending_r = pending.clone();
-        tokio::spawn(async move {
-            let reason = loop {
-                let Some(msg) = source.next().await else {
-                    break "connection closed".to_string();
-                };
-                let text = match msg {
-                    Ok(Message::Text(t)) => t,
-                    Ok(Message::Close(c)) => {
-                        break c
-                            .map(|c| c.reason.to_string())
-                            .unwrap_or_else(|| "closed by agent".into())
-                    }
-                    Ok(_) => continue,
-                    Err(e) => break e.to_string(),
-                };
-                let msg = match decode::<ServerMsg>(&text) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!("undecodable frame from agent: {}", e.message);
-                        continue;
-                    }
-                };
-                let (id, item) = match msg {
-                    ServerMsg::Token { id, text } => (id, Streamed::Token(text)),
-                    ServerMsg::Reply { id, body } => (id, Streamed::Reply(body)),
-                    ServerMsg::Error {
-                        id: Some(id),
-                        code,
-                        message,
-                    } => (id, Streamed::Error(ProtoError::new(code, message))),
-                    ServerMsg::Error {
-                        id: None,
-                        code,
-                        message,
-                    } => {
-                        let _ = ev_tx
-                            .send(Incoming::Error(ProtoError::new(code, message)))
-                            .await;
-                        continue;
-                    }
-                    ServerMsg::Event { event } => {
-                        if ev_tx.send(Incoming::Event(event)).await.is_err() {
-                            // Nobody listens for events; keep serving replies.
-                        }
-                        continue;
-                    }
-                    ServerMsg::Welcome { .. } => continue,
-                };
-                let tx = pending_r.lock().unwrap().get(&id).cloned();
-                if let Some(tx) = tx {
-                    // Awaiting here applies backpressure: tokens are never dropped.
-                    let _ = tx.send(item).await;
-                }
-            };
-            // Wake every waiter: their session is gone.
-            let waiters: Vec<_> = pending_r.lock().unwrap().drain().collect();
-            for (_, tx) in waiters {
-                let _ = tx
-                    .send(Streamed::Error(ProtoError::new(
-                        ErrorCode::Internal,
-                        format!("session closed: {reason}"),
-                    )))
-                    .await;
-            }
-            let _ = ev_tx.send(Incoming::Closed(reason)).await;
-        });
+        tokio::spawn(read_frames(source, pending_r, ev_tx));
         Ok((
             Client {
                 out: out_tx,
@@ -374,5 +430,41 @@ impl Client {
         let (tx, rx) = mpsc::channel(64);
         self.pending.lock().unwrap().insert(id, tx);
         rx
+    }
+}
+
+/// How long to wait before redialling an agent after `attempt` failures in a row: the policy's
+/// exponential backoff spread by ±20 % at random, so that many dashboards that lost the same agent
+/// (a restart, a network blip) do not all redial it in the same instant.
+pub fn reconnect_delay(policy: &rbee_proto::policy::RestartPolicy, attempt: u32) -> Duration {
+    use rand::Rng;
+    let nominal = policy.backoff(attempt);
+    nominal.mul_f64(rand::rng().random_range(0.8..=1.2))
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+    use rbee_proto::policy::RestartPolicy;
+
+    #[test]
+    fn reconnect_delays_spread_around_the_backoff() {
+        let policy = RestartPolicy {
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 30_000,
+            ..RestartPolicy::default()
+        };
+        let delays: Vec<u128> = (0..200)
+            .map(|_| reconnect_delay(&policy, 1).as_millis())
+            .collect();
+        assert!(
+            delays.iter().all(|d| (1600..=2400).contains(d)),
+            "{delays:?}"
+        );
+        let distinct: std::collections::HashSet<_> = delays.iter().collect();
+        assert!(
+            distinct.len() > 20,
+            "jitter spreads the redials: {distinct:?}"
+        );
     }
 }
