@@ -1,16 +1,21 @@
 //! `rbee-worker`: one process serving one model with candle.
 //!
-//! Owns model resolution and loading (GGUF, safetensors directories, `hf:` references through the
-//! Hugging Face cache), tokenization, sampling, streaming generation with cancellation, and the
-//! stdio side of the agent ⇄ worker protocol. It must not know about sessions, other workers or
-//! the network: its parent (the agent) is its whole world.
+//! Owns model loading (GGUF, safetensors directories, `hf:` references through the Hugging Face
+//! cache, all resolved by `rbee-store`), tokenization, sampling, streaming generation with
+//! cancellation, and the stdio side of the agent ⇄ worker protocol. It must not know about
+//! sessions, other workers or the network: its parent (the agent) is its whole world.
+//!
+//! - [`error`]: why a model could not be loaded.
+//! - [`load`]: reference → files → device → tokenizer and weights.
+//! - [`generate`]: the generation loop (sampling, detokenization, stop sequences, timings).
+//! - [`serve`]: the stdio protocol (reader, generator and heartbeat threads).
+#![warn(missing_docs)]
 
-pub mod detok;
-pub mod device;
-pub mod engine;
-pub mod model;
+pub mod error;
+pub mod generate;
+pub mod load;
 pub mod serve;
-pub mod tokenizer;
 
-pub use engine::{Engine, GenerateError, StopCheck};
-pub use model::{LoadError, ModelRef};
+pub use error::LoadError;
+pub use generate::{Engine, GenerateError, StopCheck};
+pub use rbee_store::ModelRef;

@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Parser;
 use rbee_proto::worker::FromWorker;
 use rbee_proto::{ErrorCode, SamplingParams, PROTOCOL_VERSION};
+use rbee_worker::load::{self, LoadedModel};
 use rbee_worker::serve::{send, serve, ServeOptions, Sink};
-use rbee_worker::{device, model, Engine, ModelRef};
+use rbee_worker::{Engine, LoadError};
 
 /// Serve one LLM with candle. With `--prompt`, generate once and print; otherwise speak the rbee
 /// worker protocol on stdin/stdout (what `rbee-agent` does with it).
@@ -119,15 +120,8 @@ fn params(args: &Args) -> SamplingParams {
     }
 }
 
-fn load(
-    args: &Args,
-    progress: &mut dyn FnMut(&str, f32),
-) -> Result<model::LoadedModel, model::LoadError> {
-    let device = device::parse_device(&args.device)?;
-    let r = ModelRef::parse(&args.model)?;
-    progress("resolving", 0.0);
-    let files = model::resolve(&r)?;
-    model::load(&files, &device, progress)
+fn load(args: &Args, progress: &mut dyn FnMut(&str, f32)) -> Result<LoadedModel, LoadError> {
+    load::load_ref(&args.model, &args.device, progress)
 }
 
 fn one_shot(args: &Args) -> anyhow::Result<()> {

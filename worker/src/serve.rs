@@ -15,11 +15,12 @@ use rbee_proto::frame::{decode, encode};
 use rbee_proto::worker::{FromWorker, ToWorker};
 use rbee_proto::{now_millis, ErrorCode, RequestId, SamplingParams, UnixMillis, PROTOCOL_VERSION};
 
-use crate::engine::{Engine, GenerateError, Interrupt};
+use crate::generate::{Engine, GenerateError, Interrupt};
 
 /// Where frames go: stdout in production, a buffer in tests.
 pub type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// Write one frame as one line and flush; a closed stdout is ignored (the reader sees EOF).
 pub fn send(sink: &Sink, msg: &FromWorker) {
     let line = encode(msg);
     let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -40,21 +41,29 @@ pub struct Shared {
     current: Mutex<Option<(RequestId, Arc<AtomicBool>)>>,
     cancelled_queued: Mutex<HashSet<RequestId>>,
     queued_ids: Mutex<HashSet<RequestId>>,
+    /// Requests waiting for the generator.
     pub queued: AtomicU32,
+    /// Requests generating now (0 or 1).
     pub in_flight: AtomicU32,
+    /// Text pieces sent since start.
     pub tokens_generated: AtomicU64,
     last_tps_bits: AtomicU64,
+    /// Set once stdin ends or `Shutdown` arrives.
     pub shutdown: AtomicBool,
 }
 
 impl Shared {
+    /// Decode speed of the last finished request.
     pub fn last_tokens_per_s(&self) -> f64 {
         f64::from_bits(self.last_tps_bits.load(Ordering::Relaxed))
     }
 }
 
+/// How the protocol loop behaves.
 pub struct ServeOptions {
+    /// Requests that may wait before new ones are answered `busy`.
     pub queue_depth: usize,
+    /// Period of `Heartbeat` frames.
     pub heartbeat: Duration,
 }
 
@@ -117,137 +126,140 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
                 prompt,
                 params,
                 deadline,
-            } => {
-                shared.queued_ids.lock().unwrap().insert(id);
-                shared.queued.fetch_add(1, Ordering::SeqCst);
-                match tx.try_send(Job {
+            } => enqueue(
+                Job {
                     id,
                     prompt,
                     params,
                     deadline,
-                }) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
-                        shared.queued.fetch_sub(1, Ordering::SeqCst);
-                        shared.queued_ids.lock().unwrap().remove(&job.id);
-                        send(
-                            sink,
-                            &FromWorker::Error {
-                                id: Some(job.id),
-                                code: ErrorCode::Busy,
-                                message: "worker queue is full; retry later".into(),
-                            },
-                        );
-                    }
-                }
-            }
-            ToWorker::Cancel { id } => {
-                let current = shared.current.lock().unwrap();
-                match current.as_ref() {
-                    Some((cur, flag)) if *cur == id => flag.store(true, Ordering::SeqCst),
-                    _ if shared.queued_ids.lock().unwrap().contains(&id) => {
-                        shared.cancelled_queued.lock().unwrap().insert(id);
-                    }
-                    _ => send(
-                        sink,
-                        &FromWorker::Error {
-                            id: Some(id),
-                            code: ErrorCode::NotFound,
-                            message: format!("no request {id} is running or queued"),
-                        },
-                    ),
-                }
-            }
+                },
+                tx,
+                shared,
+                sink,
+            ),
+            ToWorker::Cancel { id } => cancel(id, shared, sink),
             ToWorker::Shutdown => break,
         }
     }
 }
 
+/// Queue a job, or answer `busy` when the queue is full.
+fn enqueue(job: Job, tx: &SyncSender<Job>, shared: &Shared, sink: &Sink) {
+    shared.queued_ids.lock().unwrap().insert(job.id);
+    shared.queued.fetch_add(1, Ordering::SeqCst);
+    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = tx.try_send(job) {
+        shared.queued.fetch_sub(1, Ordering::SeqCst);
+        shared.queued_ids.lock().unwrap().remove(&job.id);
+        send(
+            sink,
+            &FromWorker::Error {
+                id: Some(job.id),
+                code: ErrorCode::Busy,
+                message: "worker queue is full; retry later".into(),
+            },
+        );
+    }
+}
+
+/// Stop the running request `id`, or mark a queued one so it never starts.
+fn cancel(id: RequestId, shared: &Shared, sink: &Sink) {
+    let current = shared.current.lock().unwrap();
+    match current.as_ref() {
+        Some((cur, flag)) if *cur == id => flag.store(true, Ordering::SeqCst),
+        _ if shared.queued_ids.lock().unwrap().contains(&id) => {
+            shared.cancelled_queued.lock().unwrap().insert(id);
+        }
+        _ => send(
+            sink,
+            &FromWorker::Error {
+                id: Some(id),
+                code: ErrorCode::NotFound,
+                message: format!("no request {id} is running or queued"),
+            },
+        ),
+    }
+}
+
+/// Run queued jobs one at a time until the queue closes.
 fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &Sink) {
     while let Ok(job) = rx.recv() {
         shared.queued.fetch_sub(1, Ordering::SeqCst);
         shared.queued_ids.lock().unwrap().remove(&job.id);
-        if shared.shutdown.load(Ordering::SeqCst) {
-            send(
-                sink,
-                &FromWorker::Error {
-                    id: Some(job.id),
-                    code: ErrorCode::ShuttingDown,
-                    message: "worker is stopping".into(),
-                },
-            );
-            continue;
-        }
-        if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
-            send(
-                sink,
-                &FromWorker::Error {
-                    id: Some(job.id),
-                    code: ErrorCode::Cancelled,
-                    message: "cancelled before it started".into(),
-                },
-            );
-            continue;
-        }
-        let flag = Arc::new(AtomicBool::new(false));
-        *shared.current.lock().unwrap() = Some((job.id, flag.clone()));
-        shared.in_flight.store(1, Ordering::SeqCst);
-        let deadline = job.deadline;
-        let stop = move || -> Option<Interrupt> {
-            if flag.load(Ordering::Relaxed) {
-                return Some(Interrupt::Cancelled);
-            }
-            match deadline {
-                Some(d) if now_millis() >= d => Some(Interrupt::DeadlineExceeded),
-                _ => None,
-            }
+        let refusal = if shared.shutdown.load(Ordering::SeqCst) {
+            Some((ErrorCode::ShuttingDown, "worker is stopping"))
+        } else if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
+            Some((ErrorCode::Cancelled, "cancelled before it started"))
+        } else {
+            None
         };
-        let id = job.id;
-        let result = engine.generate(&job.prompt, &job.params, &stop, &mut |text| {
-            shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-            send(
+        match refusal {
+            Some((code, message)) => send(
                 sink,
-                &FromWorker::Token {
-                    id,
-                    text: text.to_string(),
+                &FromWorker::Error {
+                    id: Some(job.id),
+                    code,
+                    message: message.into(),
                 },
-            );
-        });
-        *shared.current.lock().unwrap() = None;
-        shared.in_flight.store(0, Ordering::SeqCst);
-        match result {
-            Ok((finish_reason, usage)) => {
-                shared
-                    .last_tps_bits
-                    .store(usage.decode_tokens_per_s.to_bits(), Ordering::Relaxed);
-                send(
-                    sink,
-                    &FromWorker::Done {
-                        id,
-                        finish_reason,
-                        usage,
-                    },
-                );
+            ),
+            None => run_job(&mut engine, job, shared, sink),
+        }
+    }
+}
+
+/// Generate one job, streaming its tokens, and send `Done` or its error.
+fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
+    let flag = Arc::new(AtomicBool::new(false));
+    *shared.current.lock().unwrap() = Some((job.id, flag.clone()));
+    shared.in_flight.store(1, Ordering::SeqCst);
+    let deadline = job.deadline;
+    let stop = move || -> Option<Interrupt> {
+        if flag.load(Ordering::Relaxed) {
+            return Some(Interrupt::Cancelled);
+        }
+        match deadline {
+            Some(d) if now_millis() >= d => Some(Interrupt::DeadlineExceeded),
+            _ => None,
+        }
+    };
+    let id = job.id;
+    let result = engine.generate(&job.prompt, &job.params, &stop, &mut |text| {
+        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        send(
+            sink,
+            &FromWorker::Token {
+                id,
+                text: text.to_string(),
+            },
+        );
+    });
+    *shared.current.lock().unwrap() = None;
+    shared.in_flight.store(0, Ordering::SeqCst);
+    let frame = match result {
+        Ok((finish_reason, usage)) => {
+            shared
+                .last_tps_bits
+                .store(usage.decode_tokens_per_s.to_bits(), Ordering::Relaxed);
+            FromWorker::Done {
+                id,
+                finish_reason,
+                usage,
             }
-            Err(e) => {
-                let code = if shared.shutdown.load(Ordering::SeqCst)
-                    && matches!(e, GenerateError::Interrupted(..))
-                {
+        }
+        Err(e) => {
+            let stopping = shared.shutdown.load(Ordering::SeqCst)
+                && matches!(e, GenerateError::Interrupted(..));
+            FromWorker::Error {
+                id: Some(id),
+                code: if stopping {
                     ErrorCode::ShuttingDown
                 } else {
                     e.code()
-                };
-                send(
-                    sink,
-                    &FromWorker::Error {
-                        id: Some(id),
-                        code,
-                        message: e.to_string(),
-                    },
-                );
+                },
+                message: e.to_string(),
             }
         }
-    }
+    };
+    send(sink, &frame);
 }
 
 fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {

@@ -5,6 +5,7 @@
 //! holds back the tail that could still become a stop sequence.
 use tokenizers::Tokenizer;
 
+/// Turns a stream of tokens into a stream of whole characters.
 pub struct Detokenizer<'t> {
     tokenizer: &'t Tokenizer,
     tokens: Vec<u32>,
@@ -13,6 +14,7 @@ pub struct Detokenizer<'t> {
 }
 
 impl<'t> Detokenizer<'t> {
+    /// A detokenizer over `tokenizer`'s vocabulary.
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
         Self {
             tokenizer,
@@ -79,6 +81,7 @@ pub struct StopFeed {
 }
 
 impl StopMatcher {
+    /// Watch for `stops` (empty strings ignored).
     pub fn new(stops: &[String]) -> Self {
         Self {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
@@ -86,6 +89,7 @@ impl StopMatcher {
         }
     }
 
+    /// Add generated text; returns what may be shown and whether a stop sequence matched.
     pub fn feed(&mut self, text: &str) -> StopFeed {
         if self.stops.is_empty() {
             return StopFeed {
@@ -131,9 +135,80 @@ impl StopMatcher {
     }
 }
 
+/// Generated tokens to the text a client sees: whole characters, stop sequences cut out.
+pub struct TextOut<'t> {
+    detok: Detokenizer<'t>,
+    stops: StopMatcher,
+}
+
+impl<'t> TextOut<'t> {
+    /// Text for `tokenizer`'s tokens, ending before any of `stops`.
+    pub fn new(tokenizer: &'t Tokenizer, stops: &[String]) -> Self {
+        Self {
+            detok: Detokenizer::new(tokenizer),
+            stops: StopMatcher::new(stops),
+        }
+    }
+
+    fn feed(&mut self, text: &str, emit: &mut dyn FnMut(&str)) -> bool {
+        let fed = self.stops.feed(text);
+        if !fed.emit.is_empty() {
+            emit(&fed.emit);
+        }
+        fed.stopped
+    }
+
+    /// Add a token, emitting what became final; `true` when a stop sequence matched.
+    pub fn push(&mut self, token: u32, emit: &mut dyn FnMut(&str)) -> bool {
+        match self.detok.push(token) {
+            Some(text) => self.feed(&text, emit),
+            None => false,
+        }
+    }
+
+    /// Generation ended for another reason: emit what is held back; `true` when that completes
+    /// a stop sequence.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(&str)) -> bool {
+        if let Some(rest) = self.detok.flush() {
+            if self.feed(&rest, emit) {
+                return true;
+            }
+        }
+        let held = self.stops.finish();
+        if !held.is_empty() {
+            emit(&held);
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::tokenizer::tests::tiny_tokenizer;
+
+    #[test]
+    fn multibyte_characters_are_never_split() {
+        let tok = tiny_tokenizer();
+        let text = "héllo → 世界 🐝";
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert!(
+            ids.len() > text.chars().count(),
+            "multi-byte chars span several tokens"
+        );
+        let mut d = Detokenizer::new(&tok);
+        let mut out = String::new();
+        for id in ids {
+            if let Some(s) = d.push(id) {
+                assert!(!s.contains('\u{FFFD}'), "emitted a broken character: {s:?}");
+                out.push_str(&s);
+            }
+        }
+        if let Some(s) = d.flush() {
+            out.push_str(&s);
+        }
+        assert_eq!(out, text);
+    }
 
     #[test]
     fn stop_sequence_split_across_feeds() {
@@ -172,7 +247,7 @@ mod tests {
     fn held_back_text_is_released_when_it_diverges() {
         let mut m = StopMatcher::new(&["END".to_string()]);
         assert_eq!(m.feed("the EN").emit, "the ");
-        assert_eq!(m.feed("D").stopped, true);
+        assert!(m.feed("D").stopped);
         let mut m = StopMatcher::new(&["END".to_string()]);
         assert_eq!(m.feed("the EN").emit, "the ");
         assert_eq!(m.feed("VOY").emit, "ENVOY");
