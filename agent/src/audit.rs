@@ -7,12 +7,14 @@ use std::sync::Mutex;
 use rbee_proto::session::{AuditEntry, Event};
 use tokio::sync::broadcast;
 
+/// The audit log: one JSON line per security- or lifecycle-relevant action.
 pub struct Audit {
     file: Mutex<File>,
     events: broadcast::Sender<Event>,
 }
 
 impl Audit {
+    /// Open (or create) the log at `path`; entries are also sent on `events`.
     pub fn open(path: &Path, events: broadcast::Sender<Event>) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
@@ -48,6 +50,7 @@ impl Audit {
         let _ = self.events.send(Event::Audit { entry });
     }
 
+    /// Make what was written durable (at shutdown).
     pub fn flush(&self) {
         let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let _ = f.sync_all();

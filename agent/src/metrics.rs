@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+/// The agent's counters, rendered on `GET /metrics`.
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
@@ -21,20 +22,24 @@ struct Inner {
 }
 
 impl Metrics {
+    /// An automatic worker restart.
     pub fn restart(&self) {
         self.inner.lock().unwrap().restarts += 1;
     }
+    /// A worker became ready `secs` after its spawn.
     pub fn ready(&self, secs: f64) {
         let mut m = self.inner.lock().unwrap();
         m.spawn_to_ready_sum += secs;
         m.spawn_to_ready_count += 1;
     }
+    /// An inference finished after `secs` with `tokens` tokens.
     pub fn infer_done(&self, secs: f64, tokens: u64) {
         let mut m = self.inner.lock().unwrap();
         m.infer_latency_sum += secs;
         m.infer_count += 1;
         m.tokens += tokens;
     }
+    /// An error of `kind` was answered.
     pub fn error(&self, kind: &str) {
         *self
             .inner
@@ -44,6 +49,7 @@ impl Metrics {
             .entry(kind.into())
             .or_default() += 1;
     }
+    /// A session was authenticated.
     pub fn session(&self) {
         self.inner.lock().unwrap().sessions += 1;
     }

@@ -7,21 +7,36 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rbee_proto::session::SpawnSpec;
+use rbee_proto::statedir as names;
 use serde::{Deserialize, Serialize};
 
+/// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// Another agent holds the lock.
     #[error("another rbee-agent{pid} already uses state dir {dir}; stop it first or pick another --state-dir")]
-    Locked { dir: PathBuf, pid: String },
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// ` (pid N)` of the holder, when it wrote one.
+        pid: String,
+    },
+    /// A file in the state directory could not be read or written.
     #[error("state dir {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         source: std::io::Error,
     },
     #[error("desired-state file {path} is corrupt ({reason}); it was kept as {kept}")]
+    /// The desired-state file does not parse; it was moved aside.
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// The parse error.
         reason: String,
+        /// Where the bad file was kept.
         kept: PathBuf,
     },
 }
@@ -35,6 +50,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 
 /// Holds the exclusive lock for as long as the agent lives.
 pub struct StateDir {
+    /// The directory.
     pub root: PathBuf,
     _lock: File,
 }
@@ -42,20 +58,24 @@ pub struct StateDir {
 /// What the operator asked for: the workers that should run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
+    /// Workers in the order they were spawned.
     pub workers: Vec<DesiredWorker>,
 }
 
+/// One worker that should run: its id (kept across restarts) and what it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredWorker {
+    /// The worker id, e.g. `w3`.
     pub id: String,
+    /// Model, device, threads.
     pub spec: SpawnSpec,
 }
 
 impl StateDir {
     /// Create (if needed) and lock `root`. Fails if another agent holds it.
     pub fn open(root: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(root.join("logs")).map_err(io(root))?;
-        let lock_path = root.join("agent.lock");
+        std::fs::create_dir_all(root.join(names::WORKER_LOGS)).map_err(io(root))?;
+        let lock_path = root.join(names::LOCK);
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -87,20 +107,26 @@ impl StateDir {
         })
     }
 
+    /// The session token file.
     pub fn token_path(&self) -> PathBuf {
-        self.root.join("token")
+        self.root.join(names::TOKEN)
     }
 
+    /// The audit log.
     pub fn audit_path(&self) -> PathBuf {
-        self.root.join("audit.jsonl")
+        self.root.join(names::AUDIT)
     }
 
+    /// The stderr log of one worker.
     pub fn log_path(&self, worker: &str) -> PathBuf {
-        self.root.join("logs").join(format!("{worker}.log"))
+        self.root
+            .join(names::WORKER_LOGS)
+            .join(format!("{worker}.log"))
     }
 
+    /// The file naming the address the agent listens on.
     pub fn addr_path(&self) -> PathBuf {
-        self.root.join("agent.addr")
+        self.root.join(names::ADDR)
     }
 
     /// Read the session token, creating a random one (mode 0600) on first start.
@@ -125,7 +151,7 @@ impl StateDir {
 
     /// Load the desired state; a corrupt file is moved aside (never silently dropped).
     pub fn load_desired(&self) -> Result<Desired, StateError> {
-        let path = self.root.join("desired.json");
+        let path = self.root.join(names::DESIRED);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Desired::default()),
@@ -142,9 +168,10 @@ impl StateDir {
         })
     }
 
+    /// Replace the desired state on disk (atomically).
     pub fn save_desired(&self, desired: &Desired) -> Result<(), StateError> {
         let text = serde_json::to_vec_pretty(desired).expect("desired state serializes");
-        write_atomic(&self.root.join("desired.json"), &text, 0o600)
+        write_atomic(&self.root.join(names::DESIRED), &text, 0o600)
     }
 }
 
@@ -219,7 +246,7 @@ mod tests {
         };
         s.save_desired(&d).unwrap();
         assert_eq!(s.load_desired().unwrap(), d);
-        std::fs::write(dir.path().join("desired.json"), "{not json").unwrap();
+        std::fs::write(dir.path().join(names::DESIRED), "{not json").unwrap();
         let e = s.load_desired().unwrap_err().to_string();
         assert!(e.contains("kept as"), "{e}");
         assert_eq!(s.load_desired().unwrap(), Desired::default());

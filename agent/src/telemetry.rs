@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use rbee_proto::session::{GpuProcess, GpuTelemetry, Telemetry};
 use sysinfo::{Disks, System};
 
+/// Samples this node's resources; keeps the system handles between samples.
 pub struct Collector {
     sys: System,
     disks: Disks,
@@ -32,6 +33,7 @@ impl Collector {
         }
     }
 
+    /// Whether NVML (an NVIDIA driver) is available.
     pub fn has_gpu(&self) -> bool {
         self.nvml.is_ok()
     }
@@ -43,6 +45,7 @@ impl Collector {
         dev.memory_info().ok().map(|m| m.free)
     }
 
+    /// RAM that can be given to new processes, in bytes.
     pub fn available_memory(&mut self) -> u64 {
         self.sys.refresh_memory();
         self.sys.available_memory()

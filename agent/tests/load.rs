@@ -131,122 +131,122 @@ async fn open(agent: &AgentProc, name: &str) -> RawWs {
     ws
 }
 
-/// One session: keep `DEPTH` requests in flight until `until`, then drain and check every id.
-async fn session(
-    agent: &AgentProc,
+/// One load session's bookkeeping: what is in flight, what ended, and its own worker.
+struct Load {
     idx: u64,
-    until: Instant,
     spawner: bool,
     stable: Vec<String>,
-) -> Tally {
-    let mut ws = open(agent, &format!("load-{idx}")).await;
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (idx + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let mut t = Tally::default();
-    let mut outstanding: HashMap<u64, &'static str> = HashMap::new();
-    let mut done: HashSet<u64> = HashSet::new();
-    let mut next_id = 1u64;
-    let mut mine: Option<(String, Instant)> = None; // the worker this session spawned, and when
-    let mut spawning = false;
-    // After a `busy`, this session leaves the workers alone for a moment (as a client should).
-    let mut infer_after = Instant::now();
-    let model_file = model_path()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let drain_limit = until + Duration::from_secs(90);
-    loop {
-        let sending = Instant::now() < until;
-        if !sending && outstanding.is_empty() {
-            break;
+    rng: XorShift,
+    t: Tally,
+    outstanding: HashMap<u64, &'static str>,
+    done: HashSet<u64>,
+    next_id: u64,
+    /// The worker this session spawned, and when.
+    mine: Option<(String, Instant)>,
+    spawning: bool,
+    /// After a `busy`, this session leaves the workers alone for a moment (as a client should).
+    infer_after: Instant,
+    model_file: String,
+}
+
+impl Load {
+    fn new(idx: u64, spawner: bool, stable: Vec<String>) -> Self {
+        Self {
+            idx,
+            spawner,
+            stable,
+            rng: XorShift(0x9E37_79B9_7F4A_7C15 ^ (idx + 1).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            t: Tally::default(),
+            outstanding: HashMap::new(),
+            done: HashSet::new(),
+            next_id: 1,
+            mine: None,
+            spawning: false,
+            infer_after: Instant::now(),
+            model_file: model_path()
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string(),
         }
-        while sending && outstanding.len() < DEPTH {
-            let roll = rng.below(100);
-            let body = if spawner && mine.is_none() && !spawning {
-                spawning = true;
-                Request::Spawn(SpawnSpec {
-                    model: model_path().display().to_string(),
-                    device: "cpu".into(),
-                    threads: Some(1),
-                })
-            } else if spawner
-                && mine
-                    .as_ref()
-                    .is_some_and(|(_, at)| at.elapsed() > SPAWN_LIFETIME)
-            {
-                Request::Kill {
-                    worker: mine.take().unwrap().0,
-                }
-            } else if roll < 60 && Instant::now() >= infer_after {
-                let params = SamplingParams {
-                    temperature: 0.0,
-                    max_tokens: 1 + rng.below(6) as u32,
-                    ..Default::default()
-                };
-                let prompt = format!("Item {}: the capital of France is", rng.below(1000));
-                // By model (any ready worker, including ones being killed) or a stable worker by id.
-                if roll % 2 == 0 {
-                    Request::Infer {
-                        worker: None,
-                        model: Some(model_file.clone()),
-                        prompt,
-                        params,
-                    }
-                } else {
-                    Request::Infer {
-                        worker: Some(stable[roll as usize % stable.len()].clone()),
-                        model: None,
-                        prompt,
-                        params,
-                    }
-                }
-            } else if roll < 75 {
-                Request::ListWorkers
-            } else if roll < 85 {
-                Request::Status
-            } else if roll < 95 {
-                Request::Ping
-            } else {
-                Request::TailLog {
-                    worker: stable[0].clone(),
-                    lines: 5,
-                }
+    }
+
+    /// The next request: the spawner's own spawn/kill first, else a weighted random one.
+    fn next_body(&mut self) -> Request {
+        let roll = self.rng.below(100);
+        if self.spawner && self.mine.is_none() && !self.spawning {
+            self.spawning = true;
+            return Request::Spawn(SpawnSpec {
+                model: model_path().display().to_string(),
+                device: "cpu".into(),
+                threads: Some(1),
+            });
+        }
+        if self.spawner
+            && self
+                .mine
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() > SPAWN_LIFETIME)
+        {
+            return Request::Kill {
+                worker: self.mine.take().unwrap().0,
             };
-            let id = next_id;
-            next_id += 1;
-            outstanding.insert(id, op_name(&body));
-            t.sent += 1;
-            ws.send(Message::text(encode(&ClientMsg::Request {
-                id,
-                deadline: None,
-                body,
-            })))
-            .await
-            .unwrap();
         }
-        let frame = match tokio::time::timeout_at(drain_limit.into(), ws.next()).await {
-            Err(_) => {
-                t.violations.push(format!(
-                    "session {idx}: {} requests never answered: {outstanding:?}",
-                    outstanding.len()
-                ));
-                break;
+        if roll < 60 && Instant::now() >= self.infer_after {
+            return self.infer(roll);
+        }
+        if roll < 75 {
+            Request::ListWorkers
+        } else if roll < 85 {
+            Request::Status
+        } else if roll < 95 {
+            Request::Ping
+        } else {
+            Request::TailLog {
+                worker: self.stable[0].clone(),
+                lines: 5,
             }
-            Ok(Some(Ok(Message::Text(text)))) => decode::<ServerMsg>(&text)
-                .unwrap_or_else(|e| panic!("undecodable frame {e}: {text}")),
-            Ok(Some(Ok(_))) => continue,
-            Ok(other) => panic!("session {idx} ended: {other:?}"),
+        }
+    }
+
+    /// By model (any ready worker, including ones being killed) or a stable worker by id.
+    fn infer(&mut self, roll: u64) -> Request {
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: 1 + self.rng.below(6) as u32,
+            ..Default::default()
         };
+        let prompt = format!("Item {}: the capital of France is", self.rng.below(1000));
+        if roll.is_multiple_of(2) {
+            Request::Infer {
+                worker: None,
+                model: Some(self.model_file.clone()),
+                prompt,
+                params,
+            }
+        } else {
+            Request::Infer {
+                worker: Some(self.stable[roll as usize % self.stable.len()].clone()),
+                model: None,
+                prompt,
+                params,
+            }
+        }
+    }
+
+    /// Account for one frame from the agent.
+    fn on_frame(&mut self, frame: ServerMsg) {
+        let idx = self.idx;
         let (id, result) = match frame {
             ServerMsg::Token { id, .. } => {
-                t.tokens += 1;
-                if !outstanding.contains_key(&id) {
-                    t.violations.push(format!(
+                self.t.tokens += 1;
+                if !self.outstanding.contains_key(&id) {
+                    self.t.violations.push(format!(
                         "session {idx}: token for id {id} which is not in flight"
                     ));
                 }
-                continue;
+                return;
             }
             ServerMsg::Reply { id, body } => (id, Ok(body)),
             ServerMsg::Error {
@@ -259,51 +259,119 @@ async fn session(
                 code,
                 message,
             } => {
-                t.violations.push(format!(
+                self.t.violations.push(format!(
                     "session {idx}: error without id: {code}: {message}"
                 ));
-                continue;
+                return;
             }
-            ServerMsg::Event { .. } | ServerMsg::Welcome { .. } => continue,
+            ServerMsg::Event { .. } | ServerMsg::Welcome { .. } => return,
         };
-        let Some(op) = outstanding.remove(&id) else {
-            let what = if done.contains(&id) {
+        let Some(op) = self.outstanding.remove(&id) else {
+            let what = if self.done.contains(&id) {
                 "second final"
             } else {
                 "final for an id never sent"
             };
-            t.violations
+            self.t
+                .violations
                 .push(format!("session {idx}: {what} for id {id}"));
-            continue;
+            return;
         };
-        done.insert(id);
-        t.finals += 1;
+        self.done.insert(id);
+        self.t.finals += 1;
+        self.on_final(op, id, result);
+    }
+
+    fn on_final(
+        &mut self,
+        op: &'static str,
+        id: u64,
+        result: Result<Reply, (rbee_proto::ErrorCode, String)>,
+    ) {
+        let idx = self.idx;
         match result {
             Ok(body) => {
-                *t.ok.entry(op).or_default() += 1;
+                *self.t.ok.entry(op).or_default() += 1;
                 if let Reply::Spawned { worker } = body {
-                    spawning = false;
-                    mine = Some((worker.id, Instant::now()));
+                    self.spawning = false;
+                    self.mine = Some((worker.id, Instant::now()));
                 }
             }
             Err((code, message)) => {
                 if op == "spawn" {
-                    spawning = false;
+                    self.spawning = false;
                 }
                 if code == rbee_proto::ErrorCode::Busy {
-                    infer_after = Instant::now() + BUSY_PAUSE;
+                    self.infer_after = Instant::now() + BUSY_PAUSE;
                 }
                 if !EXPECTED_ERRORS.contains(&code.as_str()) {
-                    t.violations.push(format!(
+                    self.t.violations.push(format!(
                         "session {idx}: unexpected error for {op} {id}: {code}: {message}"
                     ));
                 }
-                *t.errors.entry(format!("{op}:{code}")).or_default() += 1;
-                t.samples.entry(format!("{op}:{code}")).or_insert(message);
+                *self.t.errors.entry(format!("{op}:{code}")).or_default() += 1;
+                self.t
+                    .samples
+                    .entry(format!("{op}:{code}"))
+                    .or_insert(message);
             }
         }
     }
-    // Anything arriving now is a duplicate or a stray.
+}
+
+/// One session: keep `DEPTH` requests in flight until `until`, then drain and check every id.
+async fn session(
+    agent: &AgentProc,
+    idx: u64,
+    until: Instant,
+    spawner: bool,
+    stable: Vec<String>,
+) -> Tally {
+    let mut ws = open(agent, &format!("load-{idx}")).await;
+    let mut l = Load::new(idx, spawner, stable);
+    let drain_limit = until + Duration::from_secs(90);
+    loop {
+        let sending = Instant::now() < until;
+        if !sending && l.outstanding.is_empty() {
+            break;
+        }
+        while sending && l.outstanding.len() < DEPTH {
+            let body = l.next_body();
+            let id = l.next_id;
+            l.next_id += 1;
+            l.outstanding.insert(id, op_name(&body));
+            l.t.sent += 1;
+            ws.send(Message::text(encode(&ClientMsg::Request {
+                id,
+                deadline: None,
+                body,
+            })))
+            .await
+            .unwrap();
+        }
+        let frame = match tokio::time::timeout_at(drain_limit.into(), ws.next()).await {
+            Err(_) => {
+                l.t.violations.push(format!(
+                    "session {idx}: {} requests never answered: {:?}",
+                    l.outstanding.len(),
+                    l.outstanding
+                ));
+                break;
+            }
+            Ok(Some(Ok(Message::Text(text)))) => decode::<ServerMsg>(&text)
+                .unwrap_or_else(|e| panic!("undecodable frame {e}: {text}")),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("session {idx} ended: {other:?}"),
+        };
+        l.on_frame(frame);
+    }
+    linger(&mut ws, idx, &mut l.t).await;
+    let _ = ws.close(None).await;
+    l.t
+}
+
+/// Anything arriving after every request ended is a duplicate or a stray.
+async fn linger(ws: &mut RawWs, idx: u64, t: &mut Tally) {
     let linger = tokio::time::sleep(Duration::from_millis(500));
     tokio::pin!(linger);
     loop {
@@ -320,33 +388,13 @@ async fn session(
             }
         }
     }
-    let _ = ws.close(None).await;
-    t
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() {
-    let secs = env_or("RBEE_LOAD_SECS", 20);
-    let sessions = env_or("RBEE_LOAD_SESSIONS", 16);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "telemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n",
-    )
-    .unwrap();
-    let agent = AgentProc::start(
-        &dir.path().join("state"),
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let pid = agent.pid();
-
-    // Two stable workers that live through the whole run.
-    let (c, mut ev) = agent.connect().await;
-    assert_eq!(
-        c.request(Request::Subscribe, None).await.unwrap(),
-        Reply::Subscribed
-    );
+/// Two stable workers that live through the whole run, once both are ready.
+async fn stable_workers(
+    c: &rbee_client::Client,
+    ev: &mut tokio::sync::mpsc::Receiver<rbee_client::Incoming>,
+) -> Vec<String> {
     let mut stable = Vec::new();
     for _ in 0..2 {
         let spec = SpawnSpec {
@@ -373,22 +421,107 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     })
     .await
     .expect("stable workers ready");
+    stable
+}
+
+/// Sample the agent's RSS every 200 ms until `sampling` is cleared; the peak comes back.
+fn sample_peak(
+    pid: u32,
+    sampling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_bytes(pid));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        peak
+    })
+}
+
+/// Kill what the spawners left; then only the stable workers may remain, ready, never restarted,
+/// and no other worker process may be alive.
+async fn only_stable_remain(c: &rbee_client::Client, stable: &[String], pid: u32) {
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
+        panic!()
+    };
+    for w in workers.iter().filter(|w| !stable.contains(&w.id)) {
+        c.request(
+            Request::Kill {
+                worker: w.id.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
+        panic!()
+    };
+    let mut ids: Vec<_> = workers.iter().map(|w| w.id.clone()).collect();
+    ids.sort();
+    let mut want = stable.to_vec();
+    want.sort();
+    assert_eq!(ids, want, "only the stable workers remain");
+    // Busy is not hung: the stable workers were never restarted.
+    assert!(
+        workers
+            .iter()
+            .all(|w| w.state == WorkerState::Ready && w.in_flight == 0 && w.restarts == 0),
+        "{workers:?}"
+    );
+    let stable_pids: HashSet<u32> = workers.iter().filter_map(|w| w.pid).collect();
+    wait_for(Duration::from_secs(10), "killed workers to exit", || {
+        (children_of(pid).into_iter().collect::<HashSet<_>>() == stable_pids).then_some(())
+    });
+}
+
+fn report(sessions: u64, elapsed: Duration, total: &Tally, rss: [u64; 3]) {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "load: {sessions} sessions × {DEPTH} in flight for {:.1} s: {} requests, {} finals, {} tokens ({:.0} requests/s)",
+        elapsed.as_secs_f64(),
+        total.sent,
+        total.finals,
+        total.tokens,
+        total.finals as f64 / elapsed.as_secs_f64()
+    );
+    println!("load: ok by op {:?}", total.ok);
+    println!("load: errors by op:code {:?}", total.errors);
+    println!("load: error messages {:?}", total.samples);
+    println!(
+        "load: agent RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
+        mb(rss[0]),
+        mb(rss[1]),
+        mb(rss[2])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() {
+    let secs = env_or("RBEE_LOAD_SECS", 20);
+    let sessions = env_or("RBEE_LOAD_SESSIONS", 16);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "telemetry_ms = 250\nstop_grace_ms = 1000\nworker_queue = 4\n",
+    )
+    .unwrap();
+    let agent = AgentProc::start(
+        &dir.path().join("state"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let pid = agent.pid();
+
+    let (c, mut ev) = agent.subscribed().await;
+    let stable = stable_workers(&c, &mut ev).await;
     drop(ev);
     let rss_before = rss_bytes(pid);
 
     // Peak RSS while the load runs.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let peak = {
-        let sampling = sampling.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_bytes(pid));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            peak
-        })
-    };
+    let peak = sample_peak(pid, sampling.clone());
 
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
@@ -409,62 +542,13 @@ async fn many_sessions_every_request_answered_exactly_once_and_memory_bounded() 
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peak = peak.await.unwrap();
 
-    // Clean up what the spawners left, then nothing but the stable workers may remain.
-    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
-        panic!()
-    };
-    for w in workers.iter().filter(|w| !stable.contains(&w.id)) {
-        c.request(
-            Request::Kill {
-                worker: w.id.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    }
-    let Reply::Workers { workers } = c.request(Request::ListWorkers, None).await.unwrap() else {
-        panic!()
-    };
-    let mut ids: Vec<_> = workers.iter().map(|w| w.id.clone()).collect();
-    ids.sort();
-    let mut want = stable.clone();
-    want.sort();
-    assert_eq!(ids, want, "only the stable workers remain");
-    // Busy is not hung: the stable workers were never restarted.
-    assert!(
-        workers
-            .iter()
-            .all(|w| w.state == WorkerState::Ready && w.in_flight == 0 && w.restarts == 0),
-        "{workers:?}"
-    );
-    let stable_pids: HashSet<u32> = workers.iter().filter_map(|w| w.pid).collect();
-    wait_for(Duration::from_secs(10), "killed workers to exit", || {
-        (children_of(pid).into_iter().collect::<HashSet<_>>() == stable_pids).then_some(())
-    });
+    only_stable_remain(&c, &stable, pid).await;
     // Let the allocator settle, then compare.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_bytes(pid);
+    report(sessions, elapsed, &total, [rss_before, peak, rss_after]);
 
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    println!(
-        "load: {sessions} sessions × {DEPTH} in flight for {:.1} s: {} requests, {} finals, {} tokens ({:.0} requests/s)",
-        elapsed.as_secs_f64(),
-        total.sent,
-        total.finals,
-        total.tokens,
-        total.finals as f64 / elapsed.as_secs_f64()
-    );
-    println!("load: ok by op {:?}", total.ok);
-    println!("load: errors by op:code {:?}", total.errors);
-    println!("load: error messages {:?}", total.samples);
-    println!(
-        "load: agent RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB",
-        mb(rss_before),
-        mb(peak),
-        mb(rss_after)
-    );
-
     assert!(
         total.violations.is_empty(),
         "{} violations, first: {:#?}",

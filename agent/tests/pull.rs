@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbee_client::{ClientError, Incoming};
+use rbee_client::{Client, ClientError, Incoming};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{ErrorCode, SamplingParams, WorkerState};
 use rbee_testkit::{model_path, AgentProc};
+use tokio::sync::mpsc;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -214,107 +215,9 @@ async fn pull_downloads_with_progress_then_a_worker_serves_the_hf_reference() {
         "the cached file is the whole model"
     );
 
-    // Progress arrived as events, monotonic, ending at the total.
-    let mut seen = Vec::new();
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), ev.recv()).await {
-        if let Incoming::Event(Event::PullProgress {
-            model,
-            downloaded_bytes,
-            total_bytes,
-            ..
-        }) = m
-        {
-            assert_eq!(model, reference);
-            assert_eq!(total_bytes, bytes.len() as u64);
-            seen.push(downloaded_bytes);
-        }
-    }
-    assert!(seen.len() >= 2, "progress events: {seen:?}");
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
-    assert_eq!(*seen.last().unwrap(), bytes.len() as u64);
-
-    // Now it is in the catalog, and a second pull downloads nothing.
-    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
-        panic!()
-    };
-    let entry = models
-        .iter()
-        .find(|m| m.reference == reference)
-        .unwrap_or_else(|| panic!("{models:?}"));
-    assert_eq!(
-        (entry.format.as_str(), entry.size_bytes),
-        ("gguf", bytes.len() as u64)
-    );
-    let before = hub.served.load(Ordering::SeqCst);
-    let Reply::Pulled {
-        downloaded_bytes, ..
-    } = c
-        .request(
-            Request::Pull {
-                model: reference.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    assert_eq!(downloaded_bytes, 0);
-    assert_eq!(hub.served.load(Ordering::SeqCst), before);
-
-    // A worker spawned on the hf: reference loads it from the cache and generates.
-    let spec = SpawnSpec {
-        model: reference.clone(),
-        device: "cpu".into(),
-        threads: Some(1),
-    };
-    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
-        panic!()
-    };
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match ev.recv().await {
-                Some(Incoming::Event(Event::WorkerState { worker: w })) if w.id == worker.id => {
-                    assert_ne!(w.state, WorkerState::Failed, "{w:?}");
-                    if w.state == WorkerState::Ready {
-                        return w;
-                    }
-                }
-                Some(_) => {}
-                None => panic!("session closed"),
-            }
-        }
-    })
-    .await
-    .expect("worker ready");
-    assert_eq!(ready.model, reference);
-    let params = SamplingParams {
-        temperature: 0.0,
-        max_tokens: 8,
-        ..Default::default()
-    };
-    let mut s = c
-        .start(
-            Request::Infer {
-                worker: Some(worker.id.clone()),
-                model: None,
-                prompt: "The capital of France is".into(),
-                params,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    let mut text = String::new();
-    loop {
-        match s.next().await {
-            Some(rbee_client::Streamed::Token(t)) => text.push_str(&t),
-            Some(rbee_client::Streamed::Reply(_)) => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(text.contains("Paris"), "{text:?}");
+    progress_was_reported(&mut ev, &reference, bytes.len() as u64).await;
+    second_pull_downloads_nothing(&c, &hub, &reference, bytes.len() as u64).await;
+    a_worker_serves(&c, &mut ev, &reference).await;
 
     let audit = std::fs::read_to_string(agent.state_dir.join("audit.jsonl")).unwrap();
     assert!(audit.contains("\"pulled\""), "{audit}");
@@ -347,7 +250,7 @@ async fn pull_that_does_not_fit_on_disk_is_refused_before_any_byte() {
     assert_eq!(e.code, ErrorCode::InsufficientDisk);
     assert!(
         e.message
-            .starts_with("hf:test-org/huge:huge.gguf needs 1048576.0 TiB to download but only "),
+            .starts_with("hf:test-org/huge:huge.gguf needs 1048576 TiB to download but only "),
         "{}",
         e.message
     );
@@ -400,4 +303,109 @@ async fn pull_that_does_not_fit_on_disk_is_refused_before_any_byte() {
         c.request(Request::Ping, None).await.unwrap(),
         Reply::Pong { .. }
     ));
+}
+
+/// Progress arrived as events, monotonic, ending at the total.
+async fn progress_was_reported(ev: &mut mpsc::Receiver<Incoming>, reference: &str, total: u64) {
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), ev.recv()).await {
+        if let Incoming::Event(Event::PullProgress {
+            model,
+            downloaded_bytes,
+            total_bytes,
+            ..
+        }) = m
+        {
+            assert_eq!(model, reference);
+            assert_eq!(total_bytes, total);
+            seen.push(downloaded_bytes);
+        }
+    }
+    assert!(seen.len() >= 2, "progress events: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "monotonic: {seen:?}");
+    assert_eq!(*seen.last().unwrap(), total);
+}
+
+/// Now it is in the catalog, and a second pull downloads nothing.
+async fn second_pull_downloads_nothing(c: &Client, hub: &Hub, reference: &str, total: u64) {
+    let Reply::Models { models } = c.request(Request::ListModels, None).await.unwrap() else {
+        panic!()
+    };
+    let entry = models
+        .iter()
+        .find(|m| m.reference == reference)
+        .unwrap_or_else(|| panic!("{models:?}"));
+    assert_eq!((entry.format.as_str(), entry.size_bytes), ("gguf", total));
+    let before = hub.served.load(Ordering::SeqCst);
+    let Reply::Pulled {
+        downloaded_bytes, ..
+    } = c
+        .request(
+            Request::Pull {
+                model: reference.to_string(),
+            },
+            None,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(downloaded_bytes, 0);
+    assert_eq!(hub.served.load(Ordering::SeqCst), before);
+}
+
+/// A worker spawned on the hf: reference loads it from the cache and generates.
+async fn a_worker_serves(c: &Client, ev: &mut mpsc::Receiver<Incoming>, reference: &str) {
+    let spec = SpawnSpec {
+        model: reference.to_string(),
+        device: "cpu".into(),
+        threads: Some(1),
+    };
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+        panic!()
+    };
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match ev.recv().await {
+                Some(Incoming::Event(Event::WorkerState { worker: w })) if w.id == worker.id => {
+                    assert_ne!(w.state, WorkerState::Failed, "{w:?}");
+                    if w.state == WorkerState::Ready {
+                        return w;
+                    }
+                }
+                Some(_) => {}
+                None => panic!("session closed"),
+            }
+        }
+    })
+    .await
+    .expect("worker ready");
+    assert_eq!(ready.model, reference);
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let mut s = c
+        .start(
+            Request::Infer {
+                worker: Some(worker.id.clone()),
+                model: None,
+                prompt: "The capital of France is".into(),
+                params,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    loop {
+        match s.next().await {
+            Some(rbee_client::Streamed::Token(t)) => text.push_str(&t),
+            Some(rbee_client::Streamed::Reply(_)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(text.contains("Paris"), "{text:?}");
 }

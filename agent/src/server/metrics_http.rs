@@ -1,0 +1,43 @@
+//! `GET /metrics` on the session port, behind the same bearer token.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::auth::{token_ok, Head};
+use super::shared::Shared;
+
+/// Answer one `/metrics` request and close.
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    head: &Head,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<()> {
+    let ok = token_ok(head.authorization.as_deref(), &shared.token);
+    let (status, body) = if ok {
+        ("200 OK", shared.metrics.render(&shared.supervisor.states()))
+    } else {
+        shared.audit.record(
+            "auth_failed",
+            Some(peer.to_string()),
+            None,
+            "GET /metrics with missing or wrong token",
+        );
+        (
+            "401 Unauthorized",
+            "missing or wrong bearer token\n".to_string(),
+        )
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Consume the request head we peeked, then answer.
+    let mut sink = vec![0u8; head.bytes.len()];
+    let _ = stream.read_exact(&mut sink).await;
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
