@@ -23,7 +23,7 @@ pub use types::*;
 
 /// Version of the wire protocol. Bumped on every incompatible change; both handshakes carry it and
 /// a mismatch is refused with both numbers named.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame (one JSON document) any rbee process accepts, in bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ErrorCode, FinishReason, ModelSummary, RequestId, SamplingParams, UnixMillis, Usage, WorkerId,
-    WorkerState,
+    ChatMessage, ErrorCode, FinishReason, ModelSummary, RequestId, SamplingParams, UnixMillis,
+    Usage, WorkerId, WorkerState,
 };
 
 /// Frames a client (dashboard, script, gateway) sends to an agent.
@@ -64,6 +64,21 @@ pub enum Request {
         model: Option<String>,
         /// The text to continue.
         prompt: String,
+        /// Sampling and limits.
+        #[serde(default)]
+        params: SamplingParams,
+    },
+    /// A conversation: the worker renders the model's chat template over `messages` and answers
+    /// as the assistant; streamed like `Infer` (`Token`s then `InferDone`).
+    Chat {
+        /// A specific worker; if absent, any ready worker of `model`.
+        #[serde(default)]
+        worker: Option<WorkerId>,
+        /// Model to route to when `worker` is absent.
+        #[serde(default)]
+        model: Option<String>,
+        /// The conversation so far, oldest first.
+        messages: Vec<ChatMessage>,
         /// Sampling and limits.
         #[serde(default)]
         params: SamplingParams,

@@ -89,8 +89,29 @@ pub struct Usage {
     pub total_ms: f64,
 }
 
+/// Who speaks one turn of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions that frame the conversation.
+    System,
+    /// The person (or program) asking.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+/// One turn of a conversation, as chat templates take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
 /// What a loaded model is, reported in `Ready`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ModelSummary {
     /// The model's name (file stem or repository).
     pub name: String,
@@ -102,6 +123,13 @@ pub struct ModelSummary {
     pub memory_bytes: u64,
     /// The device it runs on (`cpu`, `cuda:0`, …).
     pub device: String,
+    /// Model family the worker runs it as: `llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`.
+    #[serde(default)]
+    pub family: String,
+    /// Where the chat template came from (`gguf`, `tokenizer_config.json`,
+    /// `chat_template.jinja`); `None`: no template, completion only.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// Lifecycle of a worker as the agent sees it.

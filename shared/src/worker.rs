@@ -2,7 +2,7 @@
 //! stdout (from the worker). Logs go to stderr and never share a channel with frames.
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, ModelSummary, RequestId, SamplingParams, UnixMillis, Usage};
+use crate::{ChatMessage, ErrorCode, ModelSummary, RequestId, SamplingParams, UnixMillis, Usage};
 
 /// Frames the agent sends to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,21 @@ pub enum ToWorker {
         #[serde(default)]
         params: SamplingParams,
         /// Absolute deadline; the worker stops generating within one token once it passes.
+        #[serde(default)]
+        deadline: Option<UnixMillis>,
+    },
+    /// Render the model's chat template over `messages` with the generation prompt and generate
+    /// the assistant's reply; answered exactly like `Generate`. A model without a template
+    /// answers `Error` (`bad_request`) saying so.
+    Chat {
+        /// Chosen by the agent; every answer carries it back.
+        id: RequestId,
+        /// The conversation so far, oldest first.
+        messages: Vec<ChatMessage>,
+        /// Sampling and limits for this request alone.
+        #[serde(default)]
+        params: SamplingParams,
+        /// Absolute deadline by the worker's (and its agent's) clock.
         #[serde(default)]
         deadline: Option<UnixMillis>,
     },

@@ -11,8 +11,8 @@ use rbee_proto::session::{
 };
 use rbee_proto::worker::{FromWorker, ToWorker};
 use rbee_proto::{
-    ErrorCode, FinishReason, ModelSummary, ProtoError, SamplingParams, Usage, WorkerState,
-    MAX_FRAME_BYTES,
+    ChatMessage, ErrorCode, FinishReason, ModelSummary, ProtoError, Role, SamplingParams, Usage,
+    WorkerState, MAX_FRAME_BYTES,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -124,7 +124,7 @@ prop_compose! {
 
 prop_compose! {
     fn model_summary()(name in text(), architecture in text(), context_length in any::<u32>(), memory_bytes in any::<u64>(), device in text()) -> ModelSummary {
-        ModelSummary { name, architecture, context_length, memory_bytes, device }
+        ModelSummary { name, architecture, context_length, memory_bytes, device, ..Default::default() }
     }
 }
 
@@ -189,6 +189,14 @@ prop_compose! {
 
 // ---------------------------------------------------------------- session link
 
+fn chat_message() -> impl Strategy<Value = ChatMessage> {
+    (
+        prop_oneof![Just(Role::System), Just(Role::User), Just(Role::Assistant)],
+        text(),
+    )
+        .prop_map(|(role, content)| ChatMessage { role, content })
+}
+
 fn request() -> BoxedStrategy<Request> {
     prop_oneof![
         Just(Request::ListModels),
@@ -204,6 +212,18 @@ fn request() -> BoxedStrategy<Request> {
                 params
             }
         ),
+        (
+            opt(worker_id()),
+            opt(text()),
+            prop::collection::vec(chat_message(), 0..4),
+            sampling()
+        )
+            .prop_map(|(worker, model, messages, params)| Request::Chat {
+                worker,
+                model,
+                messages,
+                params
+            }),
         any::<u64>().prop_map(|request| Request::Cancel { request }),
         (worker_id(), any::<usize>())
             .prop_map(|(worker, lines)| Request::TailLog { worker, lines }),
@@ -321,6 +341,18 @@ fn to_worker() -> BoxedStrategy<ToWorker> {
                 deadline
             }
         ),
+        (
+            any::<u64>(),
+            prop::collection::vec(chat_message(), 0..4),
+            sampling(),
+            opt(any::<u64>())
+        )
+            .prop_map(|(id, messages, params, deadline)| ToWorker::Chat {
+                id,
+                messages,
+                params,
+                deadline
+            }),
         any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         Just(ToWorker::Shutdown),
     ]
@@ -383,6 +415,7 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Request::Restart { .. }
         | Request::ListWorkers
         | Request::Infer { .. }
+        | Request::Chat { .. }
         | Request::Cancel { .. }
         | Request::TailLog { .. }
         | Request::Subscribe
@@ -427,6 +460,7 @@ fn covers_worker(t: &ToWorker, f: &FromWorker, c: ErrorCode) {
     match t {
         ToWorker::Hello { .. }
         | ToWorker::Generate { .. }
+        | ToWorker::Chat { .. }
         | ToWorker::Cancel { .. }
         | ToWorker::Shutdown => {}
     }
