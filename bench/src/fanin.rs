@@ -18,11 +18,11 @@ use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 use rbee_proto::now_millis;
 use rbee_proto::session::Event;
-use rbee_tui::action::Action;
-use rbee_tui::app::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
-use rbee_tui::config::NodeTarget;
-use rbee_tui::state::{Conn, NodeState, Screen, State};
-use rbee_tui::update::update;
+use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
+use rbee_tui::dashboard::state::{Conn, NodeState, Screen, State};
+use rbee_tui::dashboard::update::update;
+use rbee_tui::nodes::config::NodeTarget;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -119,7 +119,7 @@ pub async fn run<B: Backend>(
     for (i, target) in targets.into_iter().enumerate() {
         let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
         effect_txs.push(etx);
-        sessions.spawn(rbee_tui::session::run_node(
+        sessions.spawn(rbee_tui::nodes::session::run_node(
             i,
             target,
             action_tx.clone(),
@@ -155,7 +155,7 @@ pub async fn run<B: Backend>(
             Some(first) = action_rx.recv() => {
                 // As the dashboard's loop: what is already queued is taken in the same turn.
                 let mut next = Some(first);
-                for _ in 0..rbee_tui::session::DRAIN {
+                for _ in 0..rbee_tui::nodes::session::DRAIN {
                     let Some(action) = next.take() else { break };
                     let prompt_done = matches!(action, Action::PromptDone { .. });
                     if measuring {
@@ -186,7 +186,7 @@ pub async fn run<B: Backend>(
                 }
                 if state.dirty {
                     let t = Instant::now();
-                    terminal.draw(|f| rbee_tui::view::render(&state, f))?;
+                    terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
                     let dt = t.elapsed();
                     if measuring {
                         report.frames.push(dt);
@@ -212,7 +212,7 @@ pub async fn run<B: Backend>(
     report.telemetry_lag_ms.sort();
     report.connected_at_end = connected(&state);
     report.workers_at_end = state.nodes.iter().map(|n| n.workers.len()).sum();
-    let done = terminal.draw(|f| rbee_tui::view::render(&state, f))?;
+    let done = terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
     report.screen = buffer_text(done.buffer);
     drop(sessions);
     Ok(report)

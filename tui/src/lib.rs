@@ -1,23 +1,36 @@
 //! `rbee-tui`: the control center. Owns the dashboard (state → update → view over ratatui), the
-//! sessions to every node's agent, bring-up of the local agent, and the headless subcommands
-//! scripts and tests use. It must not speak the wire format by hand (that is `rbee_proto`'s
-//! client) nor decide anything about workers (that is the agent's job): it asks and shows.
+//! sessions to every node's agent, bring-up of the local and SSH agents, and the headless
+//! subcommands scripts and tests use. It must not speak the wire format by hand (that is
+//! `rbee_client`'s) nor decide anything about workers (that is the agent's job): it asks and
+//! shows.
 //!
-//! Entry points: [`cli::run`] for everything the binary does, [`local::ensure_local_agent`] to
-//! find or start the agent on this machine, and [`state`]/[`update`]/[`view`] for tests that drive
-//! the dashboard without a terminal.
-pub mod action;
-pub mod app;
+//! Layout (see `README.md` for one line per file):
+//! * [`dashboard`]: what the operator sees and does — state, update, view, keys, the event loop.
+//! * [`nodes`]: how a node is reached — config, local bring-up, SSH, the reconnecting session.
+//! * [`cli`]: the command line — its definition and one file per subcommand family.
+//! * [`fmt`], [`error`], [`logging`]: shared by all three.
+//!
+//! Dependencies point one way within each step: `cli` → `dashboard` → `nodes` → `error`/`fmt`,
+//! except that node sessions speak the dashboard's `Action`/`Effect` vocabulary
+//! (`dashboard::action`, plain data) and `:add` is read by the `nodes add` definition
+//! (`cli::args`, plain data).
+#![warn(missing_docs)]
+
 pub mod cli;
-pub mod config;
+pub mod dashboard;
 pub mod error;
-pub mod keys;
-pub mod local;
+pub mod fmt;
 pub mod logging;
-pub mod session;
-pub mod ssh;
-pub mod state;
-pub mod update;
-pub mod view;
+pub mod nodes;
 
 pub use error::TuiError;
+
+/// Old paths kept for `tests/tests/chaos.rs` until it moves to the new ones (then removed).
+#[doc(hidden)]
+pub mod app {
+    pub use crate::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE};
+}
+#[doc(hidden)]
+pub use dashboard::{action, state, update};
+#[doc(hidden)]
+pub use nodes::{config, session};

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = rbee_tui::cli::Cli::parse();
+    let cli = rbee_tui::cli::args::Cli::parse();
     // One thread: the dashboard waits on sockets and draws; a multi-threaded runtime only added
     // cross-thread wake-ups for every event (measured by bench/fanin.sh).
     let result = tokio::runtime::Builder::new_current_thread()

@@ -310,7 +310,7 @@ impl LocalAgentGuard {
     /// The agent's pid from `agent.lock`, while some process holds the lock.
     fn pid(&self) -> Option<u32> {
         let lock = self.state_dir.join("agent.lock");
-        if !rbee_tui::local::lock_held(&lock) {
+        if !rbee_tui::nodes::local::lock_held(&lock) {
             return None;
         }
         std::fs::read_to_string(lock).ok()?.trim().parse().ok()
@@ -473,11 +473,18 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
             .any(|l| l.contains("device") && l.contains("‹ cpu ›")),
         "{screen}"
     );
-    // Pick the model: step through the (one-entry) list and land on it again.
-    tmux.keys(&["Right"]);
+    // Pick the model: step through the whole list (the model dir may hold others) and land on it
+    // again.
+    let of = screen
+        .lines()
+        .find(|l| l.contains("‹ SmolLM2-135M-Instruct"))
+        .and_then(|l| l.rsplit(" 1/").next())
+        .and_then(|n| n.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("the test model is not first in the list:\n{screen}"));
+    tmux.keys(&vec!["Right"; of]);
     let screen = tmux.wait_screen(Duration::from_secs(5), "the model still picked", |s| {
         s.lines()
-            .any(|l| l.contains("‹ SmolLM2-135M-Instruct") && l.contains("1/1"))
+            .any(|l| l.contains("‹ SmolLM2-135M-Instruct") && l.contains(&format!("1/{of}")))
     });
     assert!(screen.contains("count"), "{screen}");
     tmux.keys(&["Enter"]);
@@ -666,9 +673,9 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     use rbee_proto::config::NodeConfig;
-    use rbee_tui::action::Action;
-    use rbee_tui::config::NodeTarget;
-    use rbee_tui::session::{run_node, SILENT_LIMIT};
+    use rbee_tui::dashboard::action::Action;
+    use rbee_tui::nodes::config::NodeTarget;
+    use rbee_tui::nodes::session::{run_node, SILENT_LIMIT};
     use tokio::sync::mpsc;
 
     let dir = tempfile::tempdir().unwrap();

@@ -6,14 +6,14 @@ mod common;
 use common::*;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use rbee_tui::action::Action;
-use rbee_tui::keys::{self, BINDINGS};
-use rbee_tui::state::{
+use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::keys::{self, BINDINGS};
+use rbee_tui::dashboard::state::{
     InputKind, InputLine, Pending, Popup, PromptPane, PromptRun, Screen, SpawnDialog, SpawnField,
     State,
 };
-use rbee_tui::update::update;
-use rbee_tui::view;
+use rbee_tui::dashboard::update::update;
+use rbee_tui::dashboard::view;
 
 fn draw(state: &State, w: u16, h: u16) -> String {
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
@@ -53,7 +53,7 @@ fn nodes_cpu_only_selected_80x24() {
 
 #[test]
 fn nodes_empty_config_connecting_80x24() {
-    let mut s = State::new(vec![rbee_tui::state::NodeState::new(
+    let mut s = State::new(vec![rbee_tui::dashboard::state::NodeState::new(
         "local",
         "local agent",
     )]);
@@ -289,7 +289,7 @@ fn confirm_kill_80x24() {
 fn trust_host_key_80x24() {
     let mut s = on(Screen::Nodes);
     s.popup = Some(Popup::Confirm(Pending::TrustHostKey {
-        req: rbee_tui::ssh::AddNodeRequest::parse(&["far", "me@gpu-a"]).unwrap(),
+        req: rbee_tui::cli::args::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap(),
         host: "gpu-a:22".into(),
         key: "ssh-ed25519 SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c".into(),
     }));

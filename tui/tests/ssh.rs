@@ -740,10 +740,10 @@ fn node_in_a_network_namespace_across_a_veth_pair() {
 
 /// The next `Connected` (its url) or `Disconnected` (its reason) from a session task.
 async fn next(
-    arx: &mut tokio::sync::mpsc::Receiver<rbee_tui::action::Action>,
+    arx: &mut tokio::sync::mpsc::Receiver<rbee_tui::dashboard::action::Action>,
     want: &str,
 ) -> String {
-    use rbee_tui::action::Action;
+    use rbee_tui::dashboard::action::Action;
     tokio::time::timeout(Duration::from_secs(90), async {
         loop {
             match arx.recv().await.expect("session task ended") {
@@ -785,7 +785,7 @@ fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
     // This process reads the same known-hosts file the CLI wrote, and has no ssh-agent.
     std::env::set_var("RBEE_KNOWN_HOSTS", w.own_known_hosts());
     std::env::remove_var("SSH_AUTH_SOCK");
-    let target = rbee_tui::config::ConfigFile::load(&w.config)
+    let target = rbee_tui::nodes::config::ConfigFile::load(&w.config)
         .unwrap()
         .select_one(Some("n"))
         .unwrap();
@@ -797,7 +797,7 @@ fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
     rt.block_on(async {
         let (atx, mut arx) = tokio::sync::mpsc::channel(1024);
         let (etx, erx) = tokio::sync::mpsc::channel(16);
-        let task = tokio::spawn(rbee_tui::session::run_node(0, target, atx, erx));
+        let task = tokio::spawn(rbee_tui::nodes::session::run_node(0, target, atx, erx));
         let url = next(&mut arx, "connected").await;
         assert!(
             url.starts_with(&format!("ssh://root@127.0.0.1:{port} → 127.0.0.1:")),

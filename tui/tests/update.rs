@@ -6,13 +6,13 @@ use common::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{FinishReason, Usage, WorkerState};
-use rbee_tui::action::{Action, Effect, InferDone};
-use rbee_tui::keys::{self, Cmd, Mode, BINDINGS};
-use rbee_tui::state::{
+use rbee_tui::dashboard::action::{Action, Effect, InferDone};
+use rbee_tui::dashboard::keys::{self, Cmd, Mode, BINDINGS};
+use rbee_tui::dashboard::state::{
     Conn, EventKind, InputKind, InputLine, Pending, Popup, PromptPane, PromptRun, Screen,
     SpawnDialog, SpawnField, State,
 };
-use rbee_tui::update::{key, update};
+use rbee_tui::dashboard::update::{key, update};
 
 fn press(s: &mut State, ev: KeyEvent) -> Vec<Effect> {
     update(s, Action::Key(ev))
@@ -417,6 +417,44 @@ fn command_line() {
         .as_ref()
         .is_some_and(|f| f.error && f.text.contains("frobnicate")));
     assert!(!s.should_quit);
+}
+
+#[test]
+fn add_command_asks_for_the_node_as_an_effect() {
+    let typed = |s: &mut State, cmd: &str| {
+        press(s, ch(':'));
+        for c in cmd.chars() {
+            press(s, ch(c));
+        }
+        press(s, key_ev(KeyCode::Enter))
+    };
+    let mut s = on_node();
+    let effects = typed(&mut s, "add far me@gpu-a:2222 --ephemeral");
+    let [Effect::AddNode(req)] = effects.as_slice() else {
+        panic!(":add asks for the node and nothing else: {effects:?}")
+    };
+    assert_eq!(req.node.name, "far");
+    assert_eq!(req.node.ssh.as_deref(), Some("me@gpu-a:2222"));
+    assert!(req.node.ephemeral && !req.accept_new_host_key);
+    assert!(s
+        .flash
+        .as_ref()
+        .is_some_and(|f| !f.error && f.text.contains("adding far")));
+
+    let name = s.nodes[0].name.clone();
+    assert!(
+        typed(&mut s, &format!("add {name} me@h")).is_empty(),
+        "a taken name"
+    );
+    assert!(s
+        .flash
+        .as_ref()
+        .is_some_and(|f| f.error && f.text.contains("exists already")));
+    assert!(typed(&mut s, "add far me@h --bogus").is_empty());
+    assert!(s
+        .flash
+        .as_ref()
+        .is_some_and(|f| f.error && f.text.contains("--bogus")));
 }
 
 #[test]
@@ -887,7 +925,7 @@ fn killed_workers_leave_the_table() {
 
 #[test]
 fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
-    let req = rbee_tui::ssh::AddNodeRequest::parse(&["far", "me@gpu-a"]).unwrap();
+    let req = rbee_tui::cli::args::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap();
     assert!(!req.accept_new_host_key);
     let asked = || Action::HostKeyUnknown {
         req: req.clone(),
@@ -901,18 +939,17 @@ fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
         "{:?}",
         s.popup
     );
-    assert!(press(&mut s, ch('n')).is_empty());
     assert!(
-        s.popup.is_none() && s.add_node.is_none(),
+        press(&mut s, ch('n')).is_empty(),
         "n refuses the key and adds nothing"
     );
+    assert!(s.popup.is_none());
 
     update(&mut s, asked());
-    assert!(
-        press(&mut s, ch('y')).is_empty(),
-        "trusting sends nothing to any agent"
-    );
-    let retry = s.add_node.take().expect("y retries the add");
+    let effects = press(&mut s, ch('y'));
+    let [Effect::AddNode(retry)] = effects.as_slice() else {
+        panic!("y retries the add, and sends nothing to any agent: {effects:?}")
+    };
     assert!(
         retry.accept_new_host_key,
         "the retry accepts the key it showed"

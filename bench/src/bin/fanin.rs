@@ -16,7 +16,7 @@ use rbee_bench::fanin::{self, DashOptions, DashReport, ScreenChoice};
 use rbee_bench::loadgen::{LoadConfig, LoadGen};
 use rbee_bench::measure::{self, ms, percentile};
 use rbee_proto::config::NodeConfig;
-use rbee_tui::config::NodeTarget;
+use rbee_tui::nodes::config::NodeTarget;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendChoice {

@@ -20,11 +20,11 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use rbee_proto::now_millis;
-use rbee_tui::action::Action;
-use rbee_tui::app::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
-use rbee_tui::config::NodeTarget;
-use rbee_tui::state::{Conn, NodeState, Popup, Screen, State};
-use rbee_tui::update::update;
+use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
+use rbee_tui::dashboard::state::{Conn, NodeState, Popup, Screen, State};
+use rbee_tui::dashboard::update::update;
+use rbee_tui::nodes::config::NodeTarget;
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
@@ -279,7 +279,7 @@ async fn measure(args: Args) -> anyhow::Result<Results> {
     let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
     let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
     let effect_txs = vec![etx];
-    let session = tokio::spawn(rbee_tui::session::run_node(
+    let session = tokio::spawn(rbee_tui::nodes::session::run_node(
         0,
         NodeTarget::Local,
         action_tx,
@@ -310,7 +310,7 @@ async fn measure(args: Args) -> anyhow::Result<Results> {
             _ = clock.tick() => dispatch(&mut state, Action::Tick),
             _ = frame.tick() => {
                 if state.dirty {
-                    terminal.draw(|f| rbee_tui::view::render(&state, f))?;
+                    terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
                     state.dirty = false;
                 }
                 // After the draw: a token seen here is on the screen.

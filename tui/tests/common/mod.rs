@@ -7,8 +7,8 @@ pub mod run;
 
 use rbee_proto::session::{AuditEntry, Event, GpuTelemetry, ModelEntry, Telemetry, WorkerInfo};
 use rbee_proto::{ModelSummary, WorkerState};
-use rbee_tui::action::Action;
-use rbee_tui::state::{Conn, EventKind, History, NodeState, State, WorkerView};
+use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::state::{Conn, EventKind, History, NodeState, State, WorkerView};
 
 pub const NOW: u64 = 1_700_000_000_000;
 pub const GIB: u64 = 1 << 30;
@@ -153,11 +153,12 @@ pub fn gpu_node() -> NodeState {
     .into_iter()
     .enumerate()
     {
-        v3.states.push_back(rbee_tui::state::StateChange {
-            at: NOW - 50_000 + i as u64 * 10_000,
-            state: st,
-            detail: detail.into(),
-        });
+        v3.states
+            .push_back(rbee_tui::dashboard::state::StateChange {
+                at: NOW - 50_000 + i as u64 * 10_000,
+                state: st,
+                detail: detail.into(),
+            });
     }
     v3.log = [
         "error: invalid gguf magic 0x00000000",

@@ -1,26 +1,23 @@
-//! Sessions to agents. `connect` is shared by the subcommands and the dashboard; `run_node` is
-//! the dashboard's one task per node: connect with backoff, subscribe, forward everything the
-//! agent says as `Action`s, carry out `Effect`s, and on a drop say why and try again.
+//! The dashboard's reconnecting session to one node: connect with backoff (`nodes::connect`, so a
+//! local or SSH node's agent is brought up again when it died), subscribe, forward everything the
+//! agent says as `Action`s, carry out `Effect`s, and on a drop say why and try again. Requests to
+//! a node that is down are refused at once with the reason.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbee_client::{Client, Incoming, Streamed};
+use rbee_proto::now_millis;
 use rbee_proto::policy::RestartPolicy;
 use rbee_proto::session::{Reply, Request};
-use rbee_proto::{now_millis, UnixMillis};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::action::{describe, Action, Effect, InferDone, PromptId};
-use crate::config::NodeTarget;
-use crate::error::TuiError;
-use crate::state::NodeIdx;
+use crate::dashboard::action::{describe, Action, Effect, InferDone};
+use crate::dashboard::state::{NodeIdx, PromptId};
+use crate::nodes::config::NodeTarget;
+use crate::nodes::connect::{connect, deadline_in, reason, Connection, CONNECT_TIMEOUT};
 
-/// How we introduce ourselves in the handshake.
-pub const CLIENT_NAME: &str = concat!("rbee-tui/", env!("CARGO_PKG_VERSION"));
-/// Longest wait for a connection plus handshake.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline the dashboard gives each request (the agent cancels work past it).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// How often the dashboard measures latency.
@@ -39,87 +36,6 @@ pub fn reconnect_policy() -> RestartPolicy {
         initial_backoff_ms: 1000,
         max_backoff_ms: 30_000,
         ..RestartPolicy::default()
-    }
-}
-
-/// Where to connect and with which token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    pub url: String,
-    pub token: String,
-}
-
-/// Resolve a target to a URL and token; for the local node this finds or starts the agent.
-pub async fn endpoint(target: &NodeTarget) -> Result<Endpoint, TuiError> {
-    let (url, token_file) = match target {
-        NodeTarget::Remote(n) => (n.url.clone(), n.token_file.clone()),
-        NodeTarget::Local => {
-            let agent = tokio::task::spawn_blocking(crate::local::ensure_local_agent)
-                .await
-                .map_err(|e| {
-                    TuiError::Local(crate::local::LocalError::Io {
-                        path: "spawn_blocking".into(),
-                        source: std::io::Error::other(e),
-                    })
-                })??;
-            (agent.url(), agent.token_file)
-        }
-    };
-    let token = tokio::fs::read_to_string(&token_file)
-        .await
-        .map_err(|source| TuiError::TokenFile {
-            node: target.name().into(),
-            path: token_file.clone(),
-            source,
-        })?;
-    Ok(Endpoint {
-        url,
-        token: token.trim().to_string(),
-    })
-}
-
-/// Connect and complete the handshake, within `timeout`. Also returns the URL it reached.
-pub async fn connect(
-    target: &NodeTarget,
-    timeout: Duration,
-) -> Result<(Client, mpsc::Receiver<Incoming>, String), TuiError> {
-    if let NodeTarget::Remote(n) = target {
-        if n.ssh.is_some() {
-            // SSH has its own bounds per step (a cold node uploads binaries first); `timeout`
-            // bounds the session handshake through the tunnel.
-            return crate::ssh::connect_node(n, timeout).await;
-        }
-    }
-    let ep = endpoint(target).await?;
-    let node = target.name().to_string();
-    match tokio::time::timeout(timeout, Client::connect(&ep.url, &ep.token, CLIENT_NAME)).await {
-        Err(_) => Err(TuiError::ConnectTimeout {
-            node,
-            url: ep.url,
-            secs: timeout.as_secs(),
-        }),
-        Ok(Err(source)) => Err(TuiError::Connect { node, source }),
-        Ok(Ok((client, incoming))) => Ok((client, incoming, ep.url)),
-    }
-}
-
-/// A deadline `d` from now, as the protocol wants it.
-pub fn deadline_in(d: Duration) -> Option<UnixMillis> {
-    Some(now_millis() + d.as_millis() as u64)
-}
-
-/// Why a connection attempt failed, without the node name (the dashboard shows it already).
-pub fn reason(e: &TuiError) -> String {
-    match e {
-        TuiError::Connect { source, .. } => source.to_string(),
-        TuiError::ConnectTimeout { url, secs, .. } => {
-            format!("no answer from {url} within {secs} s")
-        }
-        TuiError::Ssh { source, .. } => source.to_string(),
-        TuiError::TokenFile { path, source, .. } => {
-            format!("cannot read token file {}: {source}", path.display())
-        }
-        other => other.to_string(),
     }
 }
 
@@ -150,7 +66,11 @@ pub async fn run_node(
             return;
         }
         let reason = match connect(&target, CONNECT_TIMEOUT).await {
-            Ok((client, incoming, url)) => {
+            Ok(Connection {
+                client,
+                incoming,
+                url,
+            }) => {
                 attempt = 0;
                 tracing::info!(node = target.name(), agent = %client.node, %url, "connected");
                 let connected = Action::Connected {
@@ -208,7 +128,8 @@ async fn refuse(node: NodeIdx, effect: Effect, reason: &str, actions: &mpsc::Sen
             result: Err(msg),
             at: now_millis(),
         },
-        Effect::CancelInfer { .. } => return,
+        // Adding a node is the runtime's, never a session's.
+        Effect::CancelInfer { .. } | Effect::AddNode(_) => return,
     };
     let _ = actions.send(action).await;
 }
@@ -275,6 +196,7 @@ async fn serve(
                         let _ = tx.send(());
                     }
                 }
+                Some(Effect::AddNode(_)) => {}
             },
             _ = ping.tick() => {
                 let silent = heard.lock().unwrap().elapsed();

@@ -25,11 +25,14 @@ pub fn config_path(explicit: Option<&Path>) -> Result<PathBuf, TuiError> {
 /// needs nothing set up.
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
+    /// Where it is read from and written to.
     pub path: PathBuf,
+    /// What it says.
     pub config: TuiConfig,
 }
 
 impl ConfigFile {
+    /// Read and check the file at `path` (missing: empty).
     pub fn load(path: &Path) -> Result<Self, TuiError> {
         let config = match std::fs::read_to_string(path) {
             Ok(text) => TuiConfig::from_toml(path, &text)?,
@@ -65,6 +68,7 @@ impl ConfigFile {
         Ok(())
     }
 
+    /// Add a node, refusing a name that is taken.
     pub fn add_node(&mut self, node: NodeConfig) -> Result<(), TuiError> {
         if self.config.nodes.iter().any(|n| n.name == node.name) {
             return Err(TuiError::DuplicateNode {
@@ -76,6 +80,7 @@ impl ConfigFile {
         Ok(())
     }
 
+    /// Remove the named node; it is returned.
     pub fn remove_node(&mut self, name: &str) -> Result<NodeConfig, TuiError> {
         let i = self
             .config
@@ -155,11 +160,12 @@ fn known_names(cfg: &TuiConfig) -> String {
 pub enum NodeTarget {
     /// A configured agent: URL plus token file.
     Remote(NodeConfig),
-    /// The agent on this machine, started on demand (see `crate::local`).
+    /// The agent on this machine, started on demand (see `crate::nodes::local`).
     Local,
 }
 
 impl NodeTarget {
+    /// The node's name (`local` for the local agent).
     pub fn name(&self) -> &str {
         match self {
             NodeTarget::Remote(n) => &n.name,

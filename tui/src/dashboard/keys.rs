@@ -2,7 +2,7 @@
 //! `BINDINGS`, so what the dashboard says a key does is what it does.
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use crate::state::{Popup, Screen, State};
+use crate::dashboard::state::{Popup, Screen, State};
 
 /// Which set of bindings is live. Derived from the state (`mode`), never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,6 +22,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The heading of the mode's section in the help overlay.
     pub fn title(self) -> &'static str {
         match self {
             Mode::Normal => "Screens",
@@ -37,32 +38,59 @@ impl Mode {
 /// What a key asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cmd {
+    /// Selection up.
     Up,
+    /// Selection down.
     Down,
+    /// Open the selected node or worker.
     Open,
+    /// Clear the filter, else go back a screen.
     Back,
+    /// Prompt pane ⇄ table, or screen ⇄ Events.
     SwitchPane,
+    /// Open the spawn dialog.
     Spawn,
+    /// Ask to kill the selected worker.
     Kill,
+    /// Ask to restart the selected worker.
     Restart,
+    /// Open the prompt pane.
     Prompt,
+    /// Start typing a `/` filter.
     Filter,
+    /// Start typing a `:` command.
     CommandLine,
+    /// Open the help overlay.
     Help,
+    /// Leave the dashboard.
     Quit,
+    /// Send the typed prompt.
     PromptSend,
+    /// Stop the generation, else close the pane.
     PromptCancel,
+    /// Delete the last typed character.
     DeleteChar,
+    /// Apply the filter or run the command.
     InputSubmit,
+    /// Stop typing (a filter is cleared).
     InputCancel,
+    /// Do what the popup asks about.
     ConfirmYes,
+    /// Do not.
     ConfirmNo,
+    /// Next dialog field.
     DialogNext,
+    /// Previous dialog field.
     DialogPrev,
+    /// Previous value of the field.
     DialogLess,
+    /// Next value of the field.
     DialogMore,
+    /// Spawn as the dialog says.
     DialogSubmit,
+    /// Close the dialog.
     DialogCancel,
+    /// Close the help overlay.
     HelpClose,
 }
 
@@ -70,7 +98,9 @@ pub enum Cmd {
 /// terminals disagree on reporting it for `?` and `:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
+    /// The key.
     pub code: KeyCode,
+    /// Modifiers that must be held (exactly these).
     pub mods: KeyModifiers,
 }
 
@@ -93,6 +123,7 @@ const fn ctrl(c: char) -> Key {
 }
 
 impl Key {
+    /// Whether a key event is this key.
     pub fn matches(&self, ev: &KeyEvent) -> bool {
         let mut mods = ev.modifiers;
         if matches!(ev.code, KeyCode::Char(_)) {
@@ -106,6 +137,7 @@ impl Key {
         KeyEvent::new(self.code, self.mods)
     }
 
+    /// How the footer and help write it: `⏎`, `esc`, `^C`.
     pub fn label(&self) -> String {
         let base = match self.code {
             KeyCode::Up => "↑".to_string(),
@@ -131,8 +163,11 @@ impl Key {
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Binding {
+    /// Where it is live.
     pub mode: Mode,
+    /// What it does.
     pub cmd: Cmd,
+    /// The keys, the first one shown in the footer.
     pub keys: &'static [Key],
     /// One word for the footer.
     pub short: &'static str,

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rbee_proto::statedir::{ADDR, AGENT_LOG, LOCK, TOKEN};
+
 /// Environment override for the local agent's state directory.
 pub const ENV_STATE: &str = "RBEE_LOCAL_STATE";
 /// Environment override for the `rbee-agent` binary.
@@ -20,32 +22,52 @@ pub const ENV_AGENT_BIN: &str = "RBEE_AGENT_BIN";
 /// Extra model directory handed to a started agent.
 pub const ENV_MODEL_DIR: &str = "RBEE_MODEL_DIR";
 
+/// Why the local agent is not there.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
+    /// No data directory to keep the agent state in.
     #[error("no data directory on this system; set {ENV_STATE}=DIR")]
     NoDataDir,
+    /// No `rbee-agent` to start.
     #[error("rbee-agent not found at {path}; build it (cargo build -p rbee-agent) or set {ENV_AGENT_BIN}")]
-    AgentBinMissing { path: PathBuf },
+    AgentBinMissing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Starting it failed.
     #[error("cannot start {bin}: {source}")]
     Spawn {
+        /// The binary.
         bin: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// It exited before it listened.
     #[error("rbee-agent exited ({status}) before listening; last log lines from {log}: {tail}")]
     Exited {
+        /// How it exited.
         status: String,
+        /// Its log.
         log: PathBuf,
+        /// The last lines of it.
         tail: String,
     },
+    /// It did not write its address and token in time.
     #[error("rbee-agent did not write {dir}/agent.addr and token within {secs} s; see {log}")]
     Timeout {
+        /// The state directory.
         dir: PathBuf,
+        /// The limit.
         secs: u64,
+        /// Its log.
         log: PathBuf,
     },
+    /// A file in the state directory.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -53,8 +75,11 @@ pub enum LocalError {
 /// How to find or start the local agent.
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
+    /// The agent's state directory (its lock, address, token, log).
     pub state_dir: PathBuf,
+    /// The `rbee-agent` to start.
     pub agent_bin: PathBuf,
+    /// `--model-dir`s for a started agent.
     pub model_dirs: Vec<PathBuf>,
     /// How long a started agent gets to write its address and token.
     pub timeout: Duration,
@@ -121,14 +146,18 @@ fn default_agent_bin() -> PathBuf {
 /// A local agent that answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalAgent {
+    /// Its state directory.
     pub state_dir: PathBuf,
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// The file holding its token.
     pub token_file: PathBuf,
     /// Pid of the agent when this call started it; `None` when it was already running.
     pub started_pid: Option<u32>,
 }
 
 impl LocalAgent {
+    /// `ws://ADDR`.
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
     }
@@ -147,7 +176,7 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
         move |source| LocalError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    if lock_held(&dir.join("agent.lock")) {
+    if lock_held(&dir.join(LOCK)) {
         if let Some(agent) = probe(dir) {
             tracing::info!(addr = %agent.addr, "reusing local agent");
             return Ok(agent);
@@ -161,8 +190,8 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
         });
     }
     // Nobody holds the lock, so any address file is stale; removing it lets us tell a fresh one.
-    let _ = std::fs::remove_file(dir.join("agent.addr"));
-    let log_path = dir.join("agent.log");
+    let _ = std::fs::remove_file(dir.join(ADDR));
+    let log_path = dir.join(AGENT_LOG);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -200,7 +229,7 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
 /// state directory names an address that accepts connections and a token exists.
 fn wait_ready(opts: &LocalOptions, mut child: Option<Child>) -> Result<LocalAgent, LocalError> {
     let dir = &opts.state_dir;
-    let log = dir.join("agent.log");
+    let log = dir.join(AGENT_LOG);
     let deadline = Instant::now() + opts.timeout;
     loop {
         if let Some(mut agent) = probe(dir) {
@@ -214,7 +243,7 @@ fn wait_ready(opts: &LocalOptions, mut child: Option<Child>) -> Result<LocalAgen
             if let Ok(Some(status)) = c.try_wait() {
                 child = None;
                 // Another agent may have won a race for the same directory; then use that one.
-                if !lock_held(&dir.join("agent.lock")) {
+                if !lock_held(&dir.join(LOCK)) {
                     return Err(LocalError::Exited {
                         status: status.to_string(),
                         tail: log_tail(&log, 3),
@@ -246,9 +275,9 @@ fn reap_in_background(mut child: Child) {
 
 /// The agent of `state_dir` if its address file names a socket that accepts and its token exists.
 pub fn probe(state_dir: &Path) -> Option<LocalAgent> {
-    let text = std::fs::read_to_string(state_dir.join("agent.addr")).ok()?;
+    let text = std::fs::read_to_string(state_dir.join(ADDR)).ok()?;
     let addr = parse_addr(&text)?;
-    let token_file = state_dir.join("token");
+    let token_file = state_dir.join(TOKEN);
     if !std::fs::metadata(&token_file).is_ok_and(|m| m.len() > 0) {
         return None;
     }
@@ -326,7 +355,7 @@ mod tests {
     #[test]
     fn lock_probe_sees_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("agent.lock");
+        let p = dir.path().join(LOCK);
         assert!(!lock_held(&p), "missing file is not held");
         let f = std::fs::File::create(&p).unwrap();
         assert!(!lock_held(&p));
@@ -344,13 +373,9 @@ mod tests {
     fn probe_needs_listener_and_token() {
         let dir = tempfile::tempdir().unwrap();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        std::fs::write(
-            dir.path().join("agent.addr"),
-            l.local_addr().unwrap().to_string(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(ADDR), l.local_addr().unwrap().to_string()).unwrap();
         assert!(probe(dir.path()).is_none(), "no token yet");
-        std::fs::write(dir.path().join("token"), "secret").unwrap();
+        std::fs::write(dir.path().join(TOKEN), "secret").unwrap();
         let a = probe(dir.path()).unwrap();
         assert_eq!(a.addr, l.local_addr().unwrap());
         drop(l);

@@ -14,7 +14,9 @@ pub const ENV_KNOWN_HOSTS: &str = "RBEE_KNOWN_HOSTS";
 /// The files consulted, in order; the last one is rbee's own and receives accepted keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnownHosts {
+    /// `~/.ssh/known_hosts`, read only.
     pub user_file: Option<PathBuf>,
+    /// rbee's own file (`$RBEE_KNOWN_HOSTS`), where accepted keys go.
     pub own_file: PathBuf,
 }
 
@@ -112,13 +114,18 @@ fn file_line(file: &Path, entry: usize) -> usize {
     entry
 }
 
+/// What the known-hosts files say about a host's key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
+    /// This key is recorded for the host.
     Known,
+    /// Nothing is recorded for the host (or only keys of other types).
     Unknown,
     /// A different key of the same type is recorded at `file:line`.
     Changed {
+        /// The file.
         file: PathBuf,
+        /// The line.
         line: usize,
     },
 }

@@ -6,10 +6,13 @@ use rbee_proto::session::Telemetry;
 use rbee_proto::session::{ModelEntry, WorkerInfo};
 use rbee_proto::{FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
 
-use crate::action::PromptId;
+use crate::nodes::add::AddNodeRequest;
 
 /// Position of a node in `State::nodes`; nodes are fixed for the life of the dashboard.
 pub type NodeIdx = usize;
+
+/// Id the dashboard gives each prompt it sends, to match streamed tokens to the pane.
+pub type PromptId = u64;
 
 /// Samples kept per graph (two minutes at one sample a second).
 pub const HISTORY_LEN: usize = 120;
@@ -27,6 +30,7 @@ pub struct History {
 }
 
 impl History {
+    /// Add the newest sample.
     pub fn push(&mut self, v: u64) {
         if self.samples.len() == HISTORY_LEN {
             self.samples.pop_front();
@@ -34,6 +38,7 @@ impl History {
         self.samples.push_back(v);
     }
 
+    /// The newest sample.
     pub fn last(&self) -> Option<u64> {
         self.samples.back().copied()
     }
@@ -44,10 +49,12 @@ impl History {
         self.samples.iter().skip(skip).copied().collect()
     }
 
+    /// Samples held.
     pub fn len(&self) -> usize {
         self.samples.len()
     }
 
+    /// No samples yet.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
@@ -66,18 +73,26 @@ impl FromIterator<u64> for History {
 /// The session to a node, as the operator needs to see it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conn {
+    /// An attempt is under way.
     Connecting {
+        /// Attempts since the last success (0 = first).
         attempt: u32,
     },
+    /// Subscribed and following.
     Connected,
+    /// Down; the session retries on its own.
     Unreachable {
+        /// Why, in one line.
         reason: String,
+        /// When the next attempt starts, as last reported.
         retry_in_ms: u64,
+        /// When it went down (our clock).
         since: UnixMillis,
     },
 }
 
 impl Conn {
+    /// One word for tables and filters.
     pub fn label(&self) -> &'static str {
         match self {
             Conn::Connecting { .. } => "connecting",
@@ -87,17 +102,24 @@ impl Conn {
     }
 }
 
+/// Everything the dashboard knows about one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeState {
     /// Name in the config (or `local`).
     pub name: String,
+    /// Where its session goes (before the first connection: how it is reached).
     pub url: String,
+    /// The session's state.
     pub conn: Conn,
+    /// From the handshake.
     pub agent_version: Option<String>,
     /// Name the agent reports for itself (host name by default).
     pub agent_node: Option<String>,
+    /// Last `Ping` round trip.
     pub latency_ms: Option<u64>,
+    /// The latest telemetry.
     pub telemetry: Option<Telemetry>,
+    /// CPU percent, one sample per telemetry.
     pub cpu_history: History,
     /// Used VRAM in percent, one series per GPU in telemetry order.
     pub gpu_history: Vec<History>,
@@ -114,14 +136,18 @@ pub struct NodeState {
 /// One model download on a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PullView {
+    /// The `hf:` reference being pulled.
     pub model: String,
     /// File being downloaded now; empty once the pull is complete.
     pub file: String,
+    /// Bytes so far.
     pub downloaded_bytes: u64,
+    /// Bytes in all.
     pub total_bytes: u64,
 }
 
 impl NodeState {
+    /// A node not connected yet, shown as `url` until its session says where it went.
     pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -140,14 +166,17 @@ impl NodeState {
         }
     }
 
+    /// The worker with this id.
     pub fn worker(&self, id: &str) -> Option<&WorkerView> {
         self.workers.iter().find(|w| w.info.id == id)
     }
 
+    /// The worker with this id, to change.
     pub fn worker_mut(&mut self, id: &str) -> Option<&mut WorkerView> {
         self.workers.iter_mut().find(|w| w.info.id == id)
     }
 
+    /// Sum of the workers' tokens per second.
     pub fn tokens_per_s(&self) -> f64 {
         self.workers.iter().map(|w| w.info.tokens_per_s).sum()
     }
@@ -184,25 +213,33 @@ pub fn natural_key(id: &str) -> (String, u64, String) {
 /// One state change of a worker, for its history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateChange {
+    /// When (our clock).
     pub at: UnixMillis,
+    /// The new state.
     pub state: WorkerState,
+    /// The agent's detail at that moment.
     pub detail: String,
 }
 
+/// One worker as the dashboard follows it: the agent's view plus what we keep over time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerView {
+    /// The agent's latest word on it.
     pub info: WorkerInfo,
     /// When the last heartbeat arrived (our clock).
     pub heartbeat_at: Option<UnixMillis>,
     /// Newest last.
     pub states: VecDeque<StateChange>,
+    /// Tokens per second, one sample per heartbeat.
     pub tokps: History,
     /// Newest last.
     pub log: VecDeque<String>,
+    /// From `WorkerReady`.
     pub spawn_to_ready_ms: Option<u64>,
 }
 
 impl WorkerView {
+    /// A worker first seen at `now`.
     pub fn new(info: WorkerInfo, now: UnixMillis) -> Self {
         let mut w = Self {
             heartbeat_at: info.heartbeat_age_ms.map(|a| now.saturating_sub(a)),
@@ -227,10 +264,12 @@ impl WorkerView {
         });
     }
 
+    /// How long since its last heartbeat, if it ever sent one.
     pub fn heartbeat_age_ms(&self, now: UnixMillis) -> Option<u64> {
         self.heartbeat_at.map(|t| now.saturating_sub(t))
     }
 
+    /// Add a log line, dropping the oldest past `LOG_LEN`.
     pub fn push_log(&mut self, line: String) {
         if self.log.len() == LOG_LEN {
             self.log.pop_front();
@@ -242,13 +281,18 @@ impl WorkerView {
 /// Which view fills the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Screen {
+    /// Every node in a table, the selected one summed up below.
     Nodes,
+    /// One node: gauges, history, its workers.
     Node(NodeIdx),
+    /// One worker: state, history, log.
     Worker(NodeIdx, WorkerId),
+    /// Worker state changes, audit entries and errors of every node.
     Events,
 }
 
 impl Screen {
+    /// The screen's name.
     pub fn title(&self) -> &'static str {
         match self {
             Screen::Nodes => "Nodes",
@@ -270,26 +314,39 @@ impl Screen {
 /// An action waiting for `y`. One mechanism for every "are you sure?".
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pending {
+    /// Stop a worker for good.
     Kill {
+        /// Its node.
         node: NodeIdx,
+        /// The worker.
         worker: WorkerId,
     },
+    /// Restart a worker.
     Restart {
+        /// Its node.
         node: NodeIdx,
+        /// The worker.
         worker: WorkerId,
     },
     /// `:add` met a host key it does not know: trust it (`key` is "ALGO SHA256:…") and go on?
     TrustHostKey {
-        req: crate::ssh::AddNodeRequest,
+        /// The `:add` to run again.
+        req: AddNodeRequest,
+        /// `HOST:PORT`.
         host: String,
+        /// "ALGO SHA256:…"
         key: String,
     },
 }
 
+/// The spawn dialog's fields, in Tab order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpawnField {
+    /// Which model of the node's catalog.
     Model,
+    /// CPU or which GPU.
     Device,
+    /// How many workers.
     Count,
 }
 
@@ -297,23 +354,33 @@ pub enum SpawnField {
 /// may fill in while the dialog is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnDialog {
+    /// The node to spawn on.
     pub node: NodeIdx,
+    /// The field the arrows change.
     pub field: SpawnField,
+    /// Index into the node's models.
     pub model: usize,
+    /// Index into the node's devices.
     pub device: usize,
+    /// Workers to spawn.
     pub count: u32,
 }
 
 /// Most workers one dialog submission spawns.
 pub const MAX_SPAWN_COUNT: u32 = 16;
 
+/// What floats over the screen and takes the keys.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Popup {
+    /// The `?` overlay.
     Help,
+    /// "Are you sure?" for a pending action.
     Confirm(Pending),
+    /// The `s` dialog.
     Spawn(SpawnDialog),
 }
 
+/// What the status line is being typed as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
     /// `/`: narrows the current table as you type.
@@ -322,26 +389,39 @@ pub enum InputKind {
     Command,
 }
 
+/// The status line while the operator types into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputLine {
+    /// Filter or command.
     pub kind: InputKind,
+    /// What is typed so far.
     pub text: String,
 }
 
 /// One generation started from the prompt pane.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PromptRun {
+    /// The id its actions carry.
     pub id: PromptId,
     /// Still streaming.
     pub active: bool,
+    /// When the request left (our clock).
     pub sent_at: Option<UnixMillis>,
+    /// When the first token arrived.
     pub first_token_at: Option<UnixMillis>,
+    /// When the latest token arrived.
     pub last_token_at: Option<UnixMillis>,
+    /// Tokens received.
     pub tokens: u32,
+    /// The agent's figures, once done.
     pub usage: Option<Usage>,
+    /// Why it stopped, once done.
     pub finish: Option<FinishReason>,
+    /// The worker that answers (asked for, or reported at the end).
     pub worker: Option<WorkerId>,
+    /// Why it failed.
     pub error: Option<String>,
+    /// The operator stopped it.
     pub cancelled: bool,
 }
 
@@ -367,27 +447,39 @@ impl PromptRun {
 /// The `p` pane: a prompt for one worker (or any ready worker of a model) and its streamed answer.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PromptPane {
+    /// The node prompted.
     pub node: NodeIdx,
+    /// The worker prompted, if one was picked.
     pub worker: Option<WorkerId>,
+    /// The model (any ready worker of it when no worker is picked).
     pub model: Option<String>,
     /// Keys go to the pane (typing) rather than to the table.
     pub focused: bool,
+    /// What is typed so far.
     pub input: String,
     /// The last prompt sent, shown above its answer.
     pub asked: String,
+    /// The answer so far.
     pub output: String,
+    /// The latest generation.
     pub run: Option<PromptRun>,
 }
 
+/// What an events-list entry is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// A worker changed state.
     State,
+    /// The agent's audit log.
     Audit,
+    /// Something failed.
     Error,
+    /// Connections and the like.
     Info,
 }
 
 impl EventKind {
+    /// One word for the table and filters.
     pub fn label(self) -> &'static str {
         match self {
             EventKind::State => "state",
@@ -398,51 +490,69 @@ impl EventKind {
     }
 }
 
+/// One line of the events list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventEntry {
+    /// When (our clock, or the agent's for audit entries).
     pub at: UnixMillis,
+    /// The node's name.
     pub node: String,
+    /// What about.
     pub kind: EventKind,
+    /// What happened.
     pub text: String,
 }
 
 /// A one-line message under the body, cleared by the next key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flash {
+    /// The message.
     pub text: String,
+    /// Shown in red.
     pub error: bool,
 }
 
+/// The whole dashboard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
+    /// Every node followed, in config order (`:add` appends).
     pub nodes: Vec<NodeState>,
+    /// What fills the body.
     pub screen: Screen,
     /// Where Tab/Esc on the Events screen returns to.
     pub events_return: Screen,
+    /// Selected row of the Nodes screen.
     pub node_sel: NodeIdx,
     /// Selected row of the Node screen's workers table.
     pub worker_sel: Option<WorkerId>,
     /// Selected row of the Events screen (0 = newest).
     pub event_sel: usize,
+    /// The `/` filter of the current table.
     pub filter: String,
+    /// The status line while typing into it.
     pub input: Option<InputLine>,
+    /// What floats over the screen.
     pub popup: Option<Popup>,
+    /// The prompt pane, when open.
     pub prompt: Option<PromptPane>,
+    /// Id for the next prompt sent.
     pub next_prompt: PromptId,
     /// Newest first.
     pub events: VecDeque<EventEntry>,
+    /// The message under the body.
     pub flash: Option<Flash>,
     /// When the open worker screen last asked for its log.
     pub log_fetched_at: UnixMillis,
+    /// The clock, set by whoever feeds actions in.
     pub now: UnixMillis,
+    /// The operator asked to leave.
     pub should_quit: bool,
     /// Something visible changed since the last frame.
     pub dirty: bool,
-    /// An SSH node to add (`:add`), for the event loop to bring up.
-    pub add_node: Option<crate::ssh::AddNodeRequest>,
 }
 
 impl State {
+    /// The dashboard's start: the Nodes screen over `nodes`.
     pub fn new(nodes: Vec<NodeState>) -> Self {
         Self {
             nodes,
@@ -462,10 +572,10 @@ impl State {
             now: 0,
             should_quit: false,
             dirty: true,
-            add_node: None,
         }
     }
 
+    /// Add an entry on top of the events list, dropping the oldest past `EVENTS_LEN`.
     pub fn push_event(&mut self, node: &str, kind: EventKind, text: impl Into<String>) {
         if self.events.len() == EVENTS_LEN {
             self.events.pop_back();
@@ -482,6 +592,15 @@ impl State {
         }
     }
 
+    /// The node's name, or `node#N` for an index nobody knows (events must still say something).
+    pub fn node_name(&self, node: NodeIdx) -> String {
+        self.nodes
+            .get(node)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("node#{node}"))
+    }
+
+    /// Say something under the body until the next key.
     pub fn flash(&mut self, text: impl Into<String>) {
         self.flash = Some(Flash {
             text: text.into(),
@@ -489,6 +608,7 @@ impl State {
         });
     }
 
+    /// Say what went wrong under the body until the next key.
     pub fn flash_error(&mut self, text: impl Into<String>) {
         self.flash = Some(Flash {
             text: text.into(),

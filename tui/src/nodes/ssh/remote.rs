@@ -15,12 +15,15 @@
 //! `bringup.lock`, and the agent's own lock refuses a second agent whatever happens.
 use std::collections::HashMap;
 
+use rbee_proto::statedir;
+
 /// Quote `s` for a POSIX shell.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Shell words that set `D` (absolute remote dir) and `S` (state dir). `~/x` and relative paths
+/// Shell words that set `D` (absolute remote dir), `S` (state dir) and the agent's files in it
+/// (`L` lock, `A` address, `K` token, `G` log), and define `alive PID` and `running`. `~/x` and relative paths
 /// are under the login user's home.
 pub fn prelude(remote_dir: Option<&str>) -> String {
     let d = match remote_dir {
@@ -36,14 +39,19 @@ pub fn prelude(remote_dir: Option<&str>) -> String {
 D={d}
 case "$D" in /*) ;; *) D="$HOME/$D" ;; esac
 S="$D/agent"
+L="$S/{lock}"; A="$S/{addr}"; K="$S/{token}"; G="$S/{log}"
 alive() {{
   [ -n "$1" ] && kill -0 "$1" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]
 }}
 running() {{
-  p=$(cat "$S/agent.lock" 2>/dev/null) || p=""
+  p=$(cat "$L" 2>/dev/null) || p=""
   alive "$p" && grep -q rbee-agent "/proc/$p/cmdline" 2>/dev/null
 }}
-"#
+"#,
+        lock = statedir::LOCK,
+        addr = statedir::ADDR,
+        token = statedir::TOKEN,
+        log = statedir::AGENT_LOG,
     )
 }
 
@@ -62,8 +70,8 @@ X="$D"; while [ ! -d "$X" ]; do X=$(dirname "$X"); done
 echo "free_kb=$(df -Pk "$X" 2>/dev/null | awk 'NR==2 {print $4}')"
 if running; then
   echo "pid=$p"
-  echo "addr=$(cat "$S/agent.addr" 2>/dev/null)"
-  echo "token=$(cat "$S/token" 2>/dev/null)"
+  echo "addr=$(cat "$A" 2>/dev/null)"
+  echo "token=$(cat "$K" 2>/dev/null)"
 fi
 "#
 }
@@ -118,25 +126,25 @@ if [ {restart} = 1 ] && running; then
 fi
 sp=""
 if ! running; then
-  rm -f "$S/agent.addr"
+  rm -f "$A"
   set -- --listen 127.0.0.1:0 --state-dir "$S" --model-dir "$D/models"{extra}
   if [ -f "$D/agent.toml" ]; then set -- "$@" --config "$D/agent.toml"; fi
   cd "$S" || exit 10
-  setsid "$B" "$@" </dev/null >>"$S/agent.log" 2>&1 9>&- &
+  setsid "$B" "$@" </dev/null >>"$G" 2>&1 9>&- &
   sp=$!
   echo "started=$sp"
 fi
 i=0
 while :; do
-  if [ -s "$S/agent.addr" ] && [ -s "$S/token" ] && running; then
-    echo "pid=$p"; echo "addr=$(cat "$S/agent.addr")"; echo "token=$(cat "$S/token")"; exit 0
+  if [ -s "$A" ] && [ -s "$K" ] && running; then
+    echo "pid=$p"; echo "addr=$(cat "$A")"; echo "token=$(cat "$K")"; exit 0
   fi
   if ! alive "$sp" && ! running; then
-    echo "failed=1"; echo "log_file=$S/agent.log"; tail -n 5 "$S/agent.log" 2>/dev/null | sed 's/^/log=/'; exit 12
+    echo "failed=1"; echo "log_file=$G"; tail -n 5 "$G" 2>/dev/null | sed 's/^/log=/'; exit 12
   fi
   i=$((i+1))
   if [ $i -ge 300 ]; then
-    echo "timeout=1"; echo "log_file=$S/agent.log"; tail -n 5 "$S/agent.log" 2>/dev/null | sed 's/^/log=/'; exit 13
+    echo "timeout=1"; echo "log_file=$G"; tail -n 5 "$G" 2>/dev/null | sed 's/^/log=/'; exit 13
   fi
   sleep 0.1
 done
@@ -182,6 +190,7 @@ echo "left=$left"
 pub struct KeyValues(HashMap<String, Vec<String>>);
 
 impl KeyValues {
+    /// Read a script's output; lines without `=` are ignored.
     pub fn parse(text: &str) -> Self {
         let mut m: HashMap<String, Vec<String>> = HashMap::new();
         for line in text.lines() {
@@ -203,10 +212,12 @@ impl KeyValues {
             .filter(|v| !v.is_empty())
     }
 
+    /// Every value of `key`, in order.
     pub fn all(&self, key: &str) -> &[String] {
         self.0.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The last value of `key` as whitespace-separated pids.
     pub fn pids(&self, key: &str) -> Vec<u32> {
         self.get(key)
             .map(|v| {

@@ -1,0 +1,356 @@
+//! The command line's definition, all of it: global flags, the subcommands and their arguments.
+//! The dashboard's `:add` is read by the same `nodes add` definition ([`parse_dashboard_add`]).
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser, Subcommand};
+use rbee_proto::config::NodeConfig;
+
+use crate::nodes::add::AddNodeRequest;
+
+/// `rbee-tui [global flags] [command]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbee-tui",
+    version,
+    about = "Control center for an rbee GPU cluster: run without a command for the dashboard"
+)]
+pub struct Cli {
+    /// Config file with the node list [default: <config dir>/rbee/tui.toml].
+    #[arg(long, env = "RBEE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for a connection, a reply, a generation or `--wait`.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Where the dashboard logs [default: <state dir>/rbee/tui.log].
+    #[arg(long, env = "RBEE_LOG_FILE", global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// What to do; the dashboard when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show or edit the nodes in the config file.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Models the nodes can serve.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+    /// List, spawn, kill and restart workers.
+    #[command(subcommand)]
+    Workers(WorkersCmd),
+    /// Generate text; streams it to stdout as it arrives.
+    Infer(InferArgs),
+    /// Every node's connection state, telemetry and workers.
+    Status,
+}
+
+/// `nodes …`.
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// Add a node: an agent URL and the file holding its token, or an SSH address. An SSH node
+    /// is brought up at once (host key checked, agent installed and started when needed, a
+    /// session opened through the tunnel) and recorded only when that worked.
+    Add(AddArgs),
+    /// The configured nodes.
+    List,
+    /// Remove a node from the config (its agent keeps running).
+    Rm {
+        /// The node's name.
+        name: String,
+    },
+    /// Stop an SSH node's agent and its workers, and check they are gone.
+    Stop {
+        /// The node's name.
+        name: String,
+    },
+}
+
+/// `nodes add`, and the dashboard's `:add` (see [`parse_dashboard_add`]).
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(ArgGroup::new("how").required(true).args(["url", "ssh"])))]
+pub struct AddArgs {
+    /// The node's name, one word.
+    pub name: String,
+    /// The agent's address.
+    #[arg(long, value_name = "ws://HOST:PORT", requires = "token_file")]
+    pub url: Option<String>,
+    /// The file holding the agent's token.
+    #[arg(long, value_name = "FILE", requires = "url")]
+    pub token_file: Option<PathBuf>,
+    /// Reach the node over SSH; its agent is installed and started as needed.
+    #[arg(long, value_name = "USER@HOST[:PORT]", conflicts_with_all = ["url", "token_file"])]
+    pub ssh: Option<String>,
+    /// Private key for SSH [default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa].
+    #[arg(long, value_name = "FILE", requires = "ssh")]
+    pub identity: Option<PathBuf>,
+    /// Trust the node's host key if it is not known yet (it is recorded in rbee's known_hosts).
+    #[arg(long, requires = "ssh")]
+    pub accept_new_host_key: bool,
+    /// Stop the node's agent when the dashboard quits.
+    #[arg(long, requires = "ssh")]
+    pub ephemeral: bool,
+    /// Directory on the node for rbee's binaries and the agent's state [default: ~/.local/share/rbee].
+    #[arg(long, value_name = "DIR", requires = "ssh")]
+    pub remote_dir: Option<String>,
+    /// A model directory on the node for its agent (repeatable).
+    #[arg(long = "model-dir", value_name = "DIR", requires = "ssh")]
+    pub model_dirs: Vec<String>,
+}
+
+impl AddArgs {
+    /// The SSH node these arguments describe (`None` for a `--url` node), its identity file made
+    /// absolute: the config is read from any working directory.
+    pub fn ssh_request(&self) -> Option<AddNodeRequest> {
+        let ssh = self.ssh.clone()?;
+        let node = NodeConfig {
+            name: self.name.clone(),
+            ssh: Some(ssh),
+            identity: self
+                .identity
+                .clone()
+                .map(|i| std::path::absolute(&i).unwrap_or(i)),
+            ephemeral: self.ephemeral,
+            remote_dir: self.remote_dir.clone(),
+            model_dirs: self.model_dirs.clone(),
+            ..Default::default()
+        };
+        Some(AddNodeRequest {
+            node,
+            accept_new_host_key: self.accept_new_host_key,
+        })
+    }
+}
+
+/// What the dashboard says when `:add` is not understood.
+const ADD_USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR]";
+
+/// The dashboard's `:add NAME USER@HOST[:PORT] [flags]`: read by the same definition as
+/// `nodes add NAME --ssh USER@HOST[:PORT] [flags]`, and checked the same way. Errors are one line.
+pub fn parse_dashboard_add(words: &[&str]) -> Result<AddNodeRequest, String> {
+    #[derive(Debug, Parser)]
+    #[command(name = ":add")]
+    struct DashboardAdd {
+        #[command(flatten)]
+        args: AddArgs,
+    }
+    let (Some(name), Some(ssh)) = (words.first(), words.get(1)) else {
+        return Err(ADD_USAGE.into());
+    };
+    if name.starts_with('-') || ssh.starts_with('-') {
+        return Err(ADD_USAGE.into());
+    }
+    let argv = [":add", name, "--ssh", ssh]
+        .into_iter()
+        .chain(words[2..].iter().copied());
+    let parsed = DashboardAdd::try_parse_from(argv).map_err(one_line)?;
+    let req = parsed.args.ssh_request().ok_or(ADD_USAGE)?;
+    req.node.validate()?;
+    Ok(req)
+}
+
+/// A clap error as one line for the status bar: what is wrong, then the usage.
+fn one_line(e: clap::Error) -> String {
+    let text = e.render().to_string();
+    let what: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Usage:")
+                && !l.starts_with("tip:")
+                && !l.starts_with("For more information")
+        })
+        .collect();
+    let what = what.join(" ");
+    format!("{}; {ADD_USAGE}", what.trim_start_matches("error: "))
+}
+
+/// `models …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCmd {
+    /// The models each node can serve.
+    List {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Download an `hf:ORG/REPO[@REVISION][:FILE]` model into a node's Hugging Face cache;
+    /// progress on stderr, the cached path on stdout. Use a generous `--timeout`.
+    Pull {
+        /// The node to pull on (may be left out when there is only one).
+        #[arg(long)]
+        node: Option<String>,
+        /// `hf:ORG/REPO[@REVISION][:FILE]`
+        model: String,
+    },
+}
+
+/// `workers …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersCmd {
+    /// Every worker of every node (or of one).
+    List {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Start a worker; prints its id.
+    Spawn {
+        /// Node to spawn on (may be left out when there is only one).
+        #[arg(long)]
+        node: Option<String>,
+        /// Model name or reference, as `models list` shows.
+        #[arg(long)]
+        model: String,
+        /// `cpu` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// CPU threads for the worker [default: the agent's choice].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Return only once the worker is ready (exit 0) or has failed (exit 1), within --timeout.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a worker for good.
+    Kill {
+        /// The worker's id.
+        id: String,
+        /// Its node (looked up on every node when left out).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Restart a worker (same id, same model).
+    Restart {
+        /// The worker's id.
+        id: String,
+        /// Its node (looked up on every node when left out).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// `infer`.
+#[derive(Debug, clap::Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["worker", "model"])))]
+pub struct InferArgs {
+    /// The node (may be left out when there is only one).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A specific worker.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Any ready worker of this model.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to generate [default: the protocol's].
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sampling seed, for repeatable output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep generating past end-of-sequence (fixed-length runs, e.g. benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn infer_needs_worker_or_model() {
+        assert!(Cli::try_parse_from(["rbee-tui", "infer", "--prompt", "hi"]).is_err());
+        assert!(Cli::try_parse_from([
+            "rbee-tui", "infer", "--prompt", "hi", "--worker", "w1", "--model", "m"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["rbee-tui", "infer", "--prompt", "hi", "--model", "m"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn json_flag_is_global() {
+        let c = Cli::try_parse_from(["rbee-tui", "workers", "list", "--json"]).unwrap();
+        assert!(c.json);
+    }
+
+    #[test]
+    fn dashboard_add_parses_flags_and_refuses_junk() {
+        let r = parse_dashboard_add(&[
+            "gpu",
+            "me@h:2222",
+            "--identity",
+            "/k",
+            "--ephemeral",
+            "--accept-new-host-key",
+            "--model-dir",
+            "/m",
+        ])
+        .unwrap();
+        assert!(r.accept_new_host_key);
+        assert_eq!(r.node.name, "gpu");
+        assert_eq!(r.node.ssh.as_deref(), Some("me@h:2222"));
+        assert_eq!(r.node.identity.as_deref(), Some(Path::new("/k")));
+        assert!(r.node.ephemeral);
+        assert_eq!(r.node.model_dirs, vec!["/m".to_string()]);
+        let refused = |words: &[&str]| parse_dashboard_add(words).unwrap_err();
+        assert!(refused(&["gpu"]).contains("usage"));
+        assert!(refused(&["gpu", "nohost"]).contains("`ssh`"));
+        let e = refused(&["gpu", "me@h", "--identity"]);
+        assert!(
+            e.contains("--identity") && e.contains("value") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = refused(&["gpu", "me@h", "--bogus"]);
+        assert!(
+            e.contains("--bogus") && e.contains("usage") && !e.contains('\n'),
+            "{e}"
+        );
+        let e = refused(&["gpu", "me@h", "--url", "ws://x:1", "--token-file", "/t"]);
+        assert!(e.contains("--url"), "{e}");
+    }
+
+    #[test]
+    fn dashboard_add_is_nodes_add_over_ssh() {
+        let Cli {
+            command: Some(Command::Nodes(NodesCmd::Add(args))),
+            ..
+        } = Cli::try_parse_from([
+            "rbee-tui",
+            "nodes",
+            "add",
+            "gpu",
+            "--ssh",
+            "me@h",
+            "--remote-dir",
+            "/r",
+        ])
+        .unwrap()
+        else {
+            panic!("nodes add")
+        };
+        let typed = parse_dashboard_add(&["gpu", "me@h", "--remote-dir", "/r"]).unwrap();
+        assert_eq!(args.ssh_request(), Some(typed));
+    }
+}

@@ -1,0 +1,57 @@
+//! The command line: the dashboard (no subcommand) and the headless subcommands scripts and tests
+//! use. The definition is `args`; each subcommand family has its file (`nodes`, `models`,
+//! `workers`, `infer`, `status`), over `conn` (one connected node, or all of them) and `out`
+//! (stdout as text or JSON). [`run`] loads the config file once and hands each command what it
+//! needs. Every subcommand goes through the same `nodes::connect` as the dashboard. Success is
+//! exit 0 with the answer on stdout (`--json` for machines); failure is a `TuiError` the binary
+//! prints as one line, `rbee-tui: <reason>`.
+use std::time::Duration;
+
+use crate::error::TuiError;
+use crate::nodes::config::{config_path, ConfigFile};
+
+pub mod args;
+mod conn;
+mod infer;
+mod models;
+mod nodes;
+mod out;
+mod status;
+mod workers;
+
+use args::{Cli, Command, ModelsCmd};
+use out::Out;
+
+/// Run what the command line asks. The dashboard when there is no subcommand.
+pub async fn run(cli: Cli) -> Result<(), TuiError> {
+    let path = config_path(cli.config.as_deref())?;
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let out = Out { json: cli.json };
+    let Some(command) = cli.command else {
+        let log = cli
+            .log_file
+            .clone()
+            .unwrap_or_else(crate::logging::default_log_path);
+        crate::logging::init_file(&log)?;
+        let cf = ConfigFile::load(&path)?;
+        tracing::info!(config = %path.display(), nodes = cf.config.nodes.len(), "dashboard starting");
+        return crate::dashboard::app::run(cf.targets(), path).await;
+    };
+    crate::logging::init_stderr_if_asked();
+    let mut cf = ConfigFile::load(&path)?;
+    match command {
+        Command::Nodes(cmd) => nodes::run(&mut cf, cmd, timeout, out).await,
+        Command::Models(ModelsCmd::List { node }) => {
+            models::list(&cf.select(node.as_deref())?, timeout, out).await
+        }
+        Command::Models(ModelsCmd::Pull { node, model }) => {
+            models::pull(&cf.select_one(node.as_deref())?, model, timeout, out).await
+        }
+        Command::Workers(cmd) => workers::run(&cf, cmd, timeout, out).await,
+        Command::Infer(args) => {
+            let target = cf.select_one(args.node.as_deref())?;
+            infer::run(&target, args, timeout, out).await
+        }
+        Command::Status => status::run(&cf.targets(), timeout, out).await,
+    }
+}

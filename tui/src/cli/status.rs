@@ -1,0 +1,87 @@
+//! `status`: every node's connection state, telemetry and workers; exits 0 whatever it finds.
+use std::time::Duration;
+
+use rbee_proto::session::{NodeStatus, Reply, Request};
+use serde_json::{json, Value};
+
+use super::conn::each_node;
+use super::out::{worker_json, Out};
+use crate::error::TuiError;
+use crate::fmt::no_gpu_text;
+use crate::nodes::config::NodeTarget;
+use crate::nodes::connect::reason;
+
+/// Ping and ask every node for its status.
+pub(super) async fn run(
+    targets: &[NodeTarget],
+    timeout: Duration,
+    out: Out,
+) -> Result<(), TuiError> {
+    let results = each_node(targets, timeout, |s| async move {
+        let t0 = std::time::Instant::now();
+        s.ask(Request::Ping, timeout).await?;
+        let latency = t0.elapsed().as_millis() as u64;
+        match s.ask(Request::Status, timeout).await? {
+            Reply::Status { status } => Ok((latency, s.client.agent_version.clone(), status)),
+            other => Err(s.unexpected("status", other)),
+        }
+    })
+    .await;
+    let mut arr = Vec::new();
+    let mut text = String::new();
+    for (target, (name, r)) in targets.iter().zip(results) {
+        match r {
+            Ok((latency, version, st)) => {
+                text.push_str(&status_line(&name, latency, &st));
+                let workers: Vec<Value> =
+                    st.workers.iter().map(|w| worker_json(&name, w)).collect();
+                arr.push(json!({
+                    "name": name,
+                    "url": target.display_url(),
+                    "state": "connected",
+                    "agent_version": version,
+                    "agent_node": st.node,
+                    "latency_ms": latency,
+                    "telemetry": st.telemetry,
+                    "workers": workers,
+                }));
+            }
+            Err(e) => {
+                let why = reason(&e);
+                text.push_str(&format!("{name}  unreachable  {why}\n"));
+                arr.push(json!({ "name": name, "url": target.display_url(), "state": "unreachable", "error": why }));
+            }
+        }
+    }
+    out.print(&text, json!({ "nodes": arr }))
+}
+
+fn status_line(name: &str, latency: u64, st: &NodeStatus) -> String {
+    let t = &st.telemetry;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let gpus = if t.gpus.is_empty() {
+        no_gpu_text(&t.gpu_status)
+    } else {
+        t.gpus
+            .iter()
+            .map(|g| {
+                format!(
+                    "GPU{} {:.1}/{:.1}G",
+                    g.index,
+                    gib(g.mem_used_bytes),
+                    gib(g.mem_total_bytes)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ready = st.workers.iter().filter(|w| w.state.is_serving()).count();
+    format!(
+        "{name}  connected  ping {latency} ms  agent {}  cpu {:.0}%  ram {:.1}/{:.1}G  {gpus}  workers {} ({ready} ready)\n",
+        st.agent_version,
+        t.cpu_percent,
+        gib(t.mem_used_bytes),
+        gib(t.mem_total_bytes),
+        st.workers.len()
+    )
+}

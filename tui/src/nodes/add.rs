@@ -1,0 +1,52 @@
+//! Adding an SSH node: bring it up first (host key, agent, a working session), record it in the
+//! config file only when that worked. `nodes add --ssh` and the dashboard's `:add` both come here.
+use std::time::Duration;
+
+use rbee_proto::config::NodeConfig;
+
+use crate::error::TuiError;
+use crate::nodes::config::ConfigFile;
+use crate::nodes::connect::{bring_up, BroughtUp};
+use crate::nodes::ssh::SshError;
+
+/// An SSH node to add, as `nodes add --ssh` or `:add` describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddNodeRequest {
+    /// The node as it will be recorded.
+    pub node: NodeConfig,
+    /// Trust (and record) the node's host key if nobody has seen it yet.
+    pub accept_new_host_key: bool,
+}
+
+/// Bring the requested node up and, when that worked, record it in `config` and save it.
+pub async fn add_ssh_node(
+    config: &mut ConfigFile,
+    req: &AddNodeRequest,
+    timeout: Duration,
+) -> Result<BroughtUp, TuiError> {
+    // Refuse a duplicate before touching the node.
+    config.clone().add_node(req.node.clone())?;
+    let up = bring_up(&req.node, req.accept_new_host_key, timeout).await?;
+    // Read again: the file may have changed while the node came up.
+    *config = ConfigFile::load(&config.path)?;
+    config.add_node(req.node.clone())?;
+    config.save()?;
+    tracing::info!(node = %req.node.name, config = %config.path.display(), "added SSH node");
+    Ok(up)
+}
+
+/// When `e` is a host key nobody has trusted yet: the host and the key as "ALGO SHA256:…", for
+/// the operator to decide on.
+pub fn unknown_host_key(e: &TuiError) -> Option<(String, String)> {
+    match e {
+        TuiError::Ssh { source, .. } => match source.as_ref() {
+            SshError::HostKeyUnknown {
+                host,
+                algo,
+                fingerprint,
+            } => Some((host.clone(), format!("{algo} {fingerprint}"))),
+            _ => None,
+        },
+        _ => None,
+    }
+}

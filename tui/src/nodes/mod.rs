@@ -1,0 +1,15 @@
+//! How a node is reached. `config` (the node list and which nodes a command means), `local`
+//! (finding or starting the agent on this machine), `ssh` (bring-up and tunnels over SSH),
+//! `connect` (one session to any node, whatever reaches it), `session` (the dashboard's
+//! reconnecting session per node), `add` (bring an SSH node up, then record it) and `stop`
+//! (stopping a node's agent).
+//!
+//! Nothing here draws or decides what to show: the sessions hand the dashboard `Action`s and
+//! carry out its `Effect`s.
+pub mod add;
+pub mod config;
+pub mod connect;
+pub mod local;
+pub mod session;
+pub mod ssh;
+pub mod stop;

@@ -1,0 +1,323 @@
+//! Bring-up on the node: make sure exactly one agent of our protocol runs there (reuse it, start
+//! the installed one, or check the machine and upload this machine's binaries first), and stop it.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rbee_proto::PROTOCOL_VERSION;
+
+use super::conn::SshConn;
+use super::error::SshError;
+use super::remote::{self, KeyValues};
+use super::{SshOptions, SSH_COMMAND_TIMEOUT};
+
+/// The agent running on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteAgent {
+    /// Its process id on the node.
+    pub pid: u32,
+    /// The agent's address on the node's loopback.
+    pub addr: std::net::SocketAddr,
+    /// The bearer token it requires.
+    pub token: String,
+    /// This bring-up uploaded the binaries.
+    pub installed: bool,
+    /// This bring-up started the agent (else it was running).
+    pub started: bool,
+    /// The node's rbee directory, expanded.
+    pub dir: String,
+}
+
+/// `rbee-agent` and `rbee-worker` on this machine, to upload.
+fn local_binaries() -> Result<[(PathBuf, &'static str); 2], SshError> {
+    let agent = crate::nodes::local::LocalOptions::from_env()
+        .map(|o| o.agent_bin)
+        .unwrap_or_else(|_| PathBuf::from("rbee-agent"));
+    let worker = match std::env::var_os("RBEE_WORKER_BIN") {
+        Some(w) if !w.is_empty() => PathBuf::from(w),
+        _ => agent.with_file_name("rbee-worker"),
+    };
+    for p in [&agent, &worker] {
+        if !p.is_file() {
+            return Err(SshError::LocalBinary { path: p.clone() });
+        }
+    }
+    Ok([(worker, "rbee-worker"), (agent, "rbee-agent")])
+}
+
+/// Make sure one agent of our protocol version runs on the node; install it if needed.
+pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAgent, SshError> {
+    let host = conn.host().to_string();
+    let rd = opts.remote_dir.as_deref();
+    let probe = conn.exec_kv("probe", &remote::probe_script(rd)).await?;
+    let dir = probe
+        .get("dir")
+        .unwrap_or("~/.local/share/rbee")
+        .to_string();
+    if probe.get("os") != Some("Linux") {
+        return Err(SshError::Remote {
+            host,
+            what: "probe".into(),
+            detail: format!(
+                "rbee-agent runs on Linux; the node says `{}`",
+                probe.get("os").unwrap_or("?")
+            ),
+        });
+    }
+    let current = probe.get("bin").is_some()
+        && probe.get("version").and_then(remote::protocol_of) == Some(PROTOCOL_VERSION);
+    if current {
+        if let (Some(pid), Some(addr), Some(token)) =
+            (probe.get("pid"), probe.get("addr"), probe.get("token"))
+        {
+            if let (Ok(pid), Some(addr)) = (pid.parse(), parse_addr(addr)) {
+                tracing::info!(%host, pid, "reusing the node's agent");
+                return Ok(RemoteAgent {
+                    pid,
+                    addr,
+                    token: token.into(),
+                    installed: false,
+                    started: false,
+                    dir,
+                });
+            }
+        }
+    } else {
+        install(conn, opts, &probe, &dir).await?;
+    }
+    let bin = format!("{dir}/bin/rbee-agent");
+    let bin = if current {
+        probe.get("bin").unwrap_or(&bin).to_string()
+    } else {
+        bin
+    };
+    start(conn, opts, &bin, !current, dir).await
+}
+
+/// Start the agent at `bin` (stopping one of another protocol first when `replace`), and read
+/// back its pid, address and token.
+async fn start(
+    conn: &SshConn,
+    opts: &SshOptions,
+    bin: &str,
+    replace: bool,
+    dir: String,
+) -> Result<RemoteAgent, SshError> {
+    let host = conn.host().to_string();
+    let rd = opts.remote_dir.as_deref();
+    let current = !replace;
+    let out = conn
+        .exec(
+            "starting rbee-agent",
+            &remote::start_script(rd, bin, &opts.model_dirs, replace),
+            None,
+            SSH_COMMAND_TIMEOUT,
+        )
+        .await?;
+    let kv = KeyValues::parse(&out.stdout);
+    if kv.get("failed").is_some() || kv.get("timeout").is_some() {
+        let tail = kv
+            .all("log")
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        return Err(SshError::AgentFailed {
+            host,
+            log: kv.get("log_file").unwrap_or("agent.log").to_string(),
+            tail: if kv.get("timeout").is_some() {
+                format!("no address after 30 s: {tail}")
+            } else if tail.is_empty() {
+                "(empty log)".into()
+            } else {
+                tail
+            },
+        });
+    }
+    if !out.success() {
+        let detail = kv
+            .get("error")
+            .map(String::from)
+            .unwrap_or_else(|| out.failure());
+        return Err(SshError::Remote {
+            host,
+            what: "starting rbee-agent".into(),
+            detail,
+        });
+    }
+    let pid: Option<u32> = kv.get("pid").and_then(|p| p.parse().ok());
+    let addr = kv.get("addr").and_then(parse_addr);
+    let (Some(pid), Some(addr), Some(token)) = (pid, addr, kv.get("token")) else {
+        return Err(SshError::Remote {
+            host,
+            what: "starting rbee-agent".into(),
+            detail: format!("unexpected answer: {}", out.stdout.trim()),
+        });
+    };
+    let started = kv.get("started").is_some_and(|s| s == pid.to_string());
+    tracing::info!(%host, pid, installed = !current, started, "node agent up");
+    Ok(RemoteAgent {
+        pid,
+        addr,
+        token: token.into(),
+        installed: !current,
+        started,
+        dir,
+    })
+}
+
+fn parse_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let t = text.trim();
+    let t = t.strip_prefix("ws://").unwrap_or(t);
+    t.trim_end_matches('/').parse().ok()
+}
+
+/// Check the node can run our binaries and has room for them, then upload them.
+async fn install(
+    conn: &SshConn,
+    opts: &SshOptions,
+    probe: &KeyValues,
+    dir: &str,
+) -> Result<(), SshError> {
+    let host = conn.host().to_string();
+    let remote_arch = probe.get("arch").unwrap_or("unknown");
+    let local = std::env::consts::ARCH;
+    if remote::normalize_arch(remote_arch) != local {
+        return Err(SshError::ArchMismatch {
+            host,
+            remote: remote_arch.into(),
+            local: local.into(),
+            dir: dir.into(),
+        });
+    }
+    if cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )) && probe.get("avx2") != Some("1")
+    {
+        return Err(SshError::ArchMismatch {
+            host,
+            remote: "x86_64 without AVX2/FMA".into(),
+            local: "x86-64-v3 (AVX2, FMA)".into(),
+            dir: dir.into(),
+        });
+    }
+    let bins = local_binaries()?;
+    let mut need = 0u64;
+    for (path, _) in &bins {
+        need += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    }
+    let need_with_room = need + (16 << 20);
+    if let Some(free) = probe.get("free_kb").and_then(|f| f.parse::<u64>().ok()) {
+        if free * 1024 < need_with_room {
+            return Err(SshError::NoSpace {
+                host,
+                detail: format!(
+                    "{} needs {} MiB, {} MiB free",
+                    dir,
+                    need_with_room >> 20,
+                    (free * 1024) >> 20
+                ),
+            });
+        }
+    }
+    for (path, name) in &bins {
+        upload(conn, opts, path, name).await?;
+    }
+    let out = conn
+        .exec(
+            "rbee-agent --version",
+            &remote::version_script(opts.remote_dir.as_deref()),
+            None,
+            SSH_COMMAND_TIMEOUT,
+        )
+        .await?;
+    let line = out.stdout.lines().next().unwrap_or("").to_string();
+    if !out.success() || remote::protocol_of(&line) != Some(PROTOCOL_VERSION) {
+        return Err(SshError::Remote {
+            host,
+            what: "running the uploaded rbee-agent".into(),
+            detail: if out.success() {
+                format!("it says `{line}`, expected protocol {PROTOCOL_VERSION}")
+            } else {
+                out.failure()
+            },
+        });
+    }
+    Ok(())
+}
+
+async fn upload(
+    conn: &SshConn,
+    opts: &SshOptions,
+    path: &Path,
+    name: &str,
+) -> Result<(), SshError> {
+    let host = conn.host().to_string();
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|_| SshError::LocalBinary { path: path.into() })?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    // Generous: 60 s plus 1 s per 4 MiB.
+    let limit = Duration::from_secs(60 + (size >> 22));
+    let t0 = std::time::Instant::now();
+    let out = conn
+        .exec(
+            &format!("uploading {name}"),
+            &remote::upload_script(opts.remote_dir.as_deref(), name, size),
+            Some(file),
+            limit,
+        )
+        .await?;
+    if !out.success() {
+        let detail = out.failure();
+        if detail.contains("No space left") || detail.contains("quota exceeded") {
+            return Err(SshError::NoSpace { host, detail });
+        }
+        return Err(SshError::Remote {
+            host,
+            what: format!("uploading {name}"),
+            detail,
+        });
+    }
+    tracing::info!(%host, name, size, ms = t0.elapsed().as_millis() as u64, "uploaded");
+    Ok(())
+}
+
+/// What `nodes stop` found and did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopped {
+    /// The agent's pid, `None` when no agent was running.
+    pub pid: Option<u32>,
+    /// Pids of the worker processes it had.
+    pub workers: Vec<u32>,
+}
+
+/// Stop the node's agent and its workers (SIGTERM, SIGKILL after 15 s) and check they are gone.
+pub async fn stop_agent(conn: &SshConn, opts: &SshOptions) -> Result<Stopped, SshError> {
+    let kv = conn
+        .exec_kv(
+            "stopping rbee-agent",
+            &remote::stop_script(opts.remote_dir.as_deref()),
+        )
+        .await?;
+    if kv.get("running") == Some("0") {
+        return Ok(Stopped {
+            pid: None,
+            workers: vec![],
+        });
+    }
+    let left = kv.pids("left");
+    if !left.is_empty() {
+        return Err(SshError::Remote {
+            host: opts.host(),
+            what: "stopping rbee-agent".into(),
+            detail: format!("processes still alive after SIGKILL: {left:?}"),
+        });
+    }
+    Ok(Stopped {
+        pid: kv.get("pid").and_then(|p| p.parse().ok()),
+        workers: kv.pids("workers"),
+    })
+}
