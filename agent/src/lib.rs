@@ -12,20 +12,14 @@
 //! | [`audit`]   | the append-only audit log                                             |
 //! | [`metrics`] | counters for `/metrics`                                               |
 //! | [`telemetry`]| CPU, memory, disk and GPU samples                                    |
-//! | [`models`]  | the models this node can serve                                        |
-//! | [`pull`]    | downloading Hugging Face models                                       |
-//! | [`supervisor`] | a forwarding stub for `pull.rs` until it imports `rbee_proto::fmt`   |
+//! | [`pull`]    | pulling Hugging Face models, paced as progress events (rules: `rbee_store`) |
 #![warn(missing_docs)]
 
 pub mod audit;
 pub mod metrics;
-#[allow(missing_docs)]
-pub mod models;
-#[allow(missing_docs)]
 pub mod pull;
 pub mod server;
 pub mod statedir;
-pub mod supervisor;
 pub mod telemetry;
 pub mod workers;
 
