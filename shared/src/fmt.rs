@@ -57,6 +57,27 @@ pub fn age(ms: u64) -> String {
     }
 }
 
+/// `text` safe to put on a terminal: control characters (escape sequences, carriage returns,
+/// bells, C1 controls) become visible escapes such as `\x1b`, so a hostile model name or log
+/// line can neither move the cursor nor set the window title. Tabs become spaces.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(' '),
+            c if c.is_control() => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +104,15 @@ mod tests {
         assert_eq!(age(3 * 60_000), "3m");
         assert_eq!(age(2 * 3_600_000), "2h");
         assert_eq!(age(4 * 86_400_000), "4d");
+    }
+
+    #[test]
+    fn printable_defuses_terminal_controls() {
+        assert_eq!(printable("plain name.gguf"), "plain name.gguf");
+        assert!(matches!(printable("ok"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("\x1b]0;pwned\x07x"), "\\x1b]0;pwned\\x07x");
+        assert_eq!(printable("a\tb\r\n"), "a b\\x0d\\x0a");
+        assert_eq!(printable("\u{9b}2J"), "\\x9b2J");
+        assert_eq!(printable("héllo ✓"), "héllo ✓");
     }
 }
