@@ -1,5 +1,7 @@
 //! Helpers for end-to-end tests: locate the real binaries and the real model, start real agents
 //! on loopback, and wait for things with a bound instead of sleeping.
+pub mod standin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::fake_agent::{FakeAgent, MODEL_REF};
+use rbee_testkit::standin::{StandIn, MODEL_REF};
 use serde_json::Value;
 
 struct Run {
@@ -69,7 +69,7 @@ fn token_file(dir: &Path, name: &str, token: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subcommands_against_an_agent() {
-    let agent = FakeAgent::start("sekret").await;
+    let agent = StandIn::start("sekret").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("conf/tui.toml");
     let tok = token_file(dir.path(), "token", "sekret\n");

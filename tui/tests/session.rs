@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake_agent::{FakeAgent, MODEL_REF};
+use rbee_testkit::standin::{StandIn, MODEL_REF};
 use rbee_proto::config::NodeConfig;
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{SamplingParams, WorkerState};
@@ -22,7 +22,7 @@ async fn next<T>(
     common::next_action(rx, Duration::from_secs(10), what, f).await
 }
 
-fn target(agent: &FakeAgent, dir: &std::path::Path, token: &str) -> NodeTarget {
+fn target(agent: &StandIn, dir: &std::path::Path, token: &str) -> NodeTarget {
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     NodeTarget::Remote(NodeConfig {
@@ -44,7 +44,7 @@ fn infer(worker: &str, prompt: &str) -> Request {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_follows_a_node_and_survives_its_restart() {
-    let agent = FakeAgent::start("sekret").await;
+    let agent = StandIn::start("sekret").await;
     let dir = tempfile::tempdir().unwrap();
     let (atx, mut arx) = mpsc::channel(1024);
     let (etx, erx) = mpsc::channel(16);
@@ -225,7 +225,7 @@ async fn session_follows_a_node_and_survives_its_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_token_is_unreachable_with_the_reason() {
-    let agent = FakeAgent::start("right").await;
+    let agent = StandIn::start("right").await;
     let dir = tempfile::tempdir().unwrap();
     let (atx, mut arx) = mpsc::channel(64);
     let (_etx, erx) = mpsc::channel(16);

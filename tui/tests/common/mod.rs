@@ -2,7 +2,6 @@
 //! unreachable) and workers in every interesting state. No clocks: `NOW` is fixed.
 #![allow(dead_code)]
 
-pub mod fake_agent;
 pub mod run;
 
 use rbee_proto::session::{AuditEntry, Event, GpuTelemetry, ModelEntry, Telemetry, WorkerInfo};
