@@ -2,9 +2,10 @@
 //! file and the audit log all live here.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rbee_proto::session::SpawnSpec;
 use rbee_proto::statedir as names;
@@ -29,8 +30,16 @@ pub enum StateError {
         /// What the system said.
         source: std::io::Error,
     },
-    #[error("desired-state file {path} is corrupt ({reason}); it was kept as {kept}")]
+    /// The token file could be read or swapped by someone else, or the token is guessable.
+    #[error("session token {path}: {reason}")]
+    Insecure {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// The desired-state file does not parse; it was moved aside.
+    #[error("desired-state file {path} is corrupt ({reason}); it was kept as {kept}")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -72,9 +81,14 @@ pub struct DesiredWorker {
 }
 
 impl StateDir {
-    /// Create (if needed) and lock `root`. Fails if another agent holds it.
+    /// Create (if needed) and lock `root`. Fails if another agent holds it. The directory and
+    /// its `logs/` are made private (0700): they hold the token, the audit log and worker logs.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         std::fs::create_dir_all(root.join(names::WORKER_LOGS)).map_err(io(root))?;
+        for dir in [root.to_path_buf(), root.join(names::WORKER_LOGS)] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(&dir))?;
+        }
         let lock_path = root.join(names::LOCK);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -130,14 +144,13 @@ impl StateDir {
     }
 
     /// Read the session token, creating a random one (mode 0600) on first start.
-    /// Returns the token and whether it was just created.
+    /// Returns the token and whether it was just created. An existing token file must be a
+    /// regular file (not a symlink), readable by its owner only, and hold at least
+    /// [`MIN_TOKEN_CHARS`] characters; anything else is refused with the fix in the message.
     pub fn token(&self) -> Result<(String, bool), StateError> {
         let path = self.token_path();
-        if let Ok(t) = std::fs::read_to_string(&path) {
-            let t = t.trim().to_string();
-            if !t.is_empty() {
-                return Ok((t, false));
-            }
+        if let Some(t) = read_existing_token(&path)? {
+            return Ok((t, false));
         }
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| StateError::Io {
@@ -175,21 +188,79 @@ impl StateDir {
     }
 }
 
-/// Write via a temporary file, fsync, rename, fsync the directory: readers see old or new, never half.
+/// Shortest session token accepted from an existing token file (a generated one has 64).
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// The token in an existing token file; `None` when there is none (or it is empty) and one
+/// should be created.
+fn read_existing_token(path: &Path) -> Result<Option<String>, StateError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let insecure = |reason: String| StateError::Insecure {
+        path: path.into(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(insecure(
+            "is a symbolic link; the token must be a regular file in the state directory \
+             (remove the link and the agent creates a new token)"
+                .into(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(insecure("is not a regular file".into()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(insecure(format!(
+            "is readable or writable by others (mode {mode:04o}); run `chmod 600 {}`",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if t.chars().count() < MIN_TOKEN_CHARS {
+        return Err(insecure(format!(
+            "holds {} characters, fewer than {MIN_TOKEN_CHARS}; delete the file and the agent \
+             creates a new random token",
+            t.chars().count()
+        )));
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// Write via a temporary file, fsync, rename, fsync the directory: readers see old or new, never
+/// half. Each call has its own temporary file (created exclusively, never through a link), so
+/// concurrent writers cannot interleave inside one; the last rename wins. Errors name `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let tmp = path.with_extension("tmp");
-    {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path)(e));
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(dir) = path.parent() {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -201,7 +272,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn second_open_is_refused() {
@@ -250,5 +320,71 @@ mod tests {
         let e = s.load_desired().unwrap_err().to_string();
         assert!(e.contains("kept as"), "{e}");
         assert_eq!(s.load_desired().unwrap(), Desired::default());
+    }
+
+    #[test]
+    fn weak_or_exposed_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let path = s.token_path();
+        let long = "x".repeat(MIN_TOKEN_CHARS);
+        let write = |text: &str, mode: u32| {
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(&long, 0o644);
+        let e = s.token().unwrap_err().to_string();
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        write("a", 0o600);
+        let e = s.token().unwrap_err().to_string();
+        assert!(e.contains("holds 1 characters, fewer than 32"), "{e}");
+        write(&long, 0o600);
+        assert_eq!(s.token().unwrap(), (long.clone(), false));
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, &long).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let e = s.token().unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn state_dir_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = StateDir::open(&root).unwrap();
+        for d in [root.clone(), root.join(names::WORKER_LOGS)] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_never_show_a_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        let texts: Vec<String> = (0..4).map(|i| format!("{i}").repeat(50_000 + i)).collect();
+        write_atomic(&path, texts[0].as_bytes(), 0o600).unwrap();
+        std::thread::scope(|sc| {
+            for t in &texts {
+                let path = &path;
+                sc.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, t.as_bytes(), 0o600).unwrap();
+                    }
+                });
+            }
+            sc.spawn(|| {
+                for _ in 0..500 {
+                    let got = std::fs::read_to_string(&path).unwrap();
+                    assert!(texts.contains(&got), "a torn read of {} bytes", got.len());
+                }
+            });
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
     }
 }

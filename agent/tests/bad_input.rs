@@ -252,7 +252,7 @@ async fn version_mismatch_names_both_versions() {
     assert_eq!(e.code, ErrorCode::VersionMismatch);
     assert_eq!(
         e.message,
-        "version mismatch: client speaks protocol 999, agent speaks protocol 1"
+        "version mismatch: client speaks protocol 999, agent speaks protocol 2"
     );
     assert!(agent.audit().contains("\"session_refused\""));
     still_serving(&agent).await;
@@ -302,7 +302,7 @@ async fn binary_frame_is_refused() {
     let (_d, agent) = agent_with("", &[]);
     let mut ws = raw_ws(&agent).await;
     ws.send(Message::text(
-        r#"{"type":"hello","protocol_version":1,"client":"raw"}"#,
+        r#"{"type":"hello","protocol_version":2,"client":"raw"}"#,
     ))
     .await
     .unwrap();
@@ -324,7 +324,7 @@ async fn binary_frame_is_refused() {
     );
     // A second hello is refused too, and the session still answers requests.
     ws.send(Message::text(
-        r#"{"type":"hello","protocol_version":1,"client":"raw"}"#,
+        r#"{"type":"hello","protocol_version":2,"client":"raw"}"#,
     ))
     .await
     .unwrap();

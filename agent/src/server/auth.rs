@@ -112,10 +112,9 @@ impl Callback for CheckToken {
         // Recorded before the 401 goes out, so the log is complete once the client knows.
         self.shared.metrics.error("unauthorized");
         let what = if auth.is_some() { "wrong" } else { "missing" };
-        self.shared.audit.record(
+        self.shared.audit.record_limited(
             "auth_failed",
             Some(self.peer.to_string()),
-            None,
             format!("session with {what} token"),
         );
         let mut r = ErrorResponse::new(Some("missing or wrong bearer token".into()));

@@ -19,11 +19,10 @@ pub(super) async fn serve(
     let (status, body) = if ok {
         ("200 OK", shared.metrics.render(&shared.supervisor.states()))
     } else {
-        shared.audit.record(
+        shared.audit.record_limited(
             "auth_failed",
             Some(peer.to_string()),
-            None,
-            "GET /metrics with missing or wrong token",
+            "GET /metrics with missing or wrong token".into(),
         );
         (
             "401 Unauthorized",

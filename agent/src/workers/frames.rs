@@ -13,8 +13,11 @@ use super::slot::Slot;
 /// What one run of a worker process learnt from its frames.
 pub(crate) struct RunNotes {
     pub spawned_at: Instant,
-    /// Why the model could not be loaded, as the worker (or its hello) said.
+    /// Why the model could not be loaded, as the worker said.
     pub load_error: Option<String>,
+    /// The worker speaks another protocol version (both named): it cannot serve, and a restart
+    /// would only meet the same binary again.
+    pub incompatible: Option<String>,
 }
 
 impl Core {
@@ -59,7 +62,9 @@ impl Core {
                 code,
                 message,
             } => {
-                if code == ErrorCode::ModelLoad || code == ErrorCode::VersionMismatch {
+                if code == ErrorCode::VersionMismatch {
+                    notes.incompatible.get_or_insert(message.clone());
+                } else if code == ErrorCode::ModelLoad {
                     notes.load_error = Some(message.clone());
                 }
                 tracing::warn!(worker_id = %slot.id, %code, "worker error: {message}");
@@ -72,7 +77,7 @@ impl Core {
             let msg = format!(
                 "worker speaks protocol {protocol_version}, agent speaks {PROTOCOL_VERSION}"
             );
-            notes.load_error = Some(msg.clone());
+            notes.incompatible = Some(msg.clone());
             self.update(slot, |i| i.detail = msg);
         }
     }
@@ -80,7 +85,12 @@ impl Core {
     fn on_ready(&self, slot: &Slot, model: ModelSummary, notes: &RunNotes) {
         let ms = notes.spawned_at.elapsed().as_millis() as u64;
         self.metrics.ready(ms as f64 / 1e3);
-        slot.lock().last_heartbeat = Some(Instant::now());
+        {
+            let mut st = slot.lock();
+            st.last_heartbeat = Some(Instant::now());
+            // Its memory now shows in what admission measures.
+            st.reservation = None;
+        }
         self.update(slot, |i| {
             i.state = WorkerState::Ready;
             i.summary = Some(model.clone());

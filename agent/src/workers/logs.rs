@@ -21,6 +21,7 @@ pub(crate) async fn collect(slot: Arc<Slot>, path: PathBuf, stderr: impl AsyncRe
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .await
         .ok();

@@ -48,6 +48,16 @@ use crate::statedir::{Desired, DesiredWorker, StateDir};
 use crate::telemetry::Collector;
 use slot::{Control, PendingInfer, Slot};
 
+/// What a worker is asked to continue: raw text, or a conversation it renders with the model's
+/// own chat template.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Text to continue as is (`Infer`).
+    Text(String),
+    /// Turns of a conversation (`Chat`).
+    Chat(Vec<rbee_proto::ChatMessage>),
+}
+
 /// What the supervisor is built from.
 pub struct Parts {
     /// The agent's configuration (heartbeat, restart policy, queue, admission headroom).
@@ -73,6 +83,8 @@ pub struct Supervisor {
     workers: Mutex<BTreeMap<WorkerId, Arc<Slot>>>,
     next_worker: AtomicU64,
     next_request: AtomicU64,
+    /// Held while the desired state is computed and saved (see `save_desired`).
+    desired: tokio::sync::Mutex<()>,
     tracker: TaskTracker,
 }
 
@@ -102,6 +114,7 @@ impl Supervisor {
             workers: Mutex::new(BTreeMap::new()),
             next_worker: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
+            desired: tokio::sync::Mutex::new(()),
             tracker: TaskTracker::new(),
         })
     }
@@ -117,28 +130,40 @@ impl Supervisor {
                 self.next_worker.fetch_max(n + 1, Ordering::SeqCst);
             }
             tracing::info!(worker_id = %w.id, model = %w.spec.model, "restoring desired worker");
-            self.start_slot(w.id, w.spec);
+            self.start_slot(w.id, w.spec, None);
         }
     }
 
-    fn persist(&self) {
-        let desired = Desired {
-            workers: self
-                .registry()
-                .values()
-                .map(|s| DesiredWorker {
-                    id: s.id.clone(),
-                    spec: s.spec.clone(),
-                })
-                .collect(),
-        };
-        if let Err(e) = self.core.state.save_desired(&desired) {
-            tracing::error!("cannot persist desired state: {e}");
-        }
+    /// Write the desired state: every wanted worker, plus `adding`. Call with `desired` held,
+    /// so saves land in the order of the changes they record.
+    async fn save_desired(&self, adding: Option<DesiredWorker>) -> Result<(), ProtoError> {
+        let mut workers: Vec<DesiredWorker> = self
+            .registry()
+            .values()
+            .filter(|s| s.lock().wanted)
+            .map(|s| DesiredWorker {
+                id: s.id.clone(),
+                spec: s.spec.clone(),
+            })
+            .collect();
+        workers.extend(adding);
+        let state = self.core.state.clone();
+        let saved = tokio::task::spawn_blocking(move || state.save_desired(&Desired { workers }))
+            .await
+            .map_err(|e| ProtoError::new(ErrorCode::Internal, format!("save task: {e}")))?;
+        saved.map_err(|e| {
+            tracing::error!("cannot save desired state: {e}");
+            self.core.metrics.error("desired_state_save");
+            ProtoError::new(
+                ErrorCode::Internal,
+                format!("cannot save the desired state: {e}"),
+            )
+        })
     }
 
-    /// Admit and start a worker; it is remembered in the desired state.
-    pub fn spawn(
+    /// Admit and start a worker; it is remembered in the desired state before it starts. When
+    /// that cannot be saved, nothing starts and the caller learns why.
+    pub async fn spawn(
         self: &Arc<Self>,
         spec: SpawnSpec,
         peer: Option<String>,
@@ -149,19 +174,33 @@ impl Supervisor {
                 "agent is shutting down",
             ));
         }
-        if let Err(e) = self.admission.check(&spec) {
+        let refused = |e: ProtoError, peer| {
             self.core.metrics.error(e.code.as_str());
-            self.core.audit.record(
-                "spawn_refused",
-                peer,
-                None,
-                format!("{}: {}", spec.model, e.message),
-            );
-            return Err(e);
-        }
+            let line = format!("{}: {}", spec.model, e.message);
+            self.core.audit.record("spawn_refused", peer, None, line);
+            e
+        };
+        let admitted = self
+            .admission
+            .admit(&spec)
+            .map_err(|e| refused(e, peer.clone()))?;
+        // Restarts and restores start from what the store resolved, not what was typed.
+        let spec = SpawnSpec {
+            model: admitted.reference,
+            ..spec
+        };
         let id = format!("w{}", self.next_worker.fetch_add(1, Ordering::SeqCst));
-        let slot = self.start_slot(id.clone(), spec.clone());
-        self.persist();
+        let order = self.desired.lock().await;
+        let adding = DesiredWorker {
+            id: id.clone(),
+            spec: spec.clone(),
+        };
+        if let Err(e) = self.save_desired(Some(adding)).await {
+            let e = ProtoError::new(e.code, format!("{}; the worker was not started", e.message));
+            return Err(refused(e, peer));
+        }
+        let slot = self.start_slot(id.clone(), spec.clone(), Some(admitted.reservation));
+        drop(order);
         self.core.audit.record(
             "spawn",
             peer,
@@ -172,9 +211,14 @@ impl Supervisor {
         Ok(info)
     }
 
-    fn start_slot(self: &Arc<Self>, id: WorkerId, spec: SpawnSpec) -> Arc<Slot> {
+    fn start_slot(
+        self: &Arc<Self>,
+        id: WorkerId,
+        spec: SpawnSpec,
+        reservation: Option<admission::Reservation>,
+    ) -> Arc<Slot> {
         let (ctl_tx, ctl_rx) = mpsc::channel(8);
-        let slot = Arc::new(Slot::new(id.clone(), spec, ctl_tx));
+        let slot = Arc::new(Slot::new(id.clone(), spec, ctl_tx, reservation));
         self.registry().insert(id, slot.clone());
         let life = lifecycle::Lifecycle::new(self.core.clone(), slot.clone(), ctl_rx);
         self.tracker.spawn(life.run());
@@ -227,15 +271,28 @@ impl Supervisor {
             .ok_or_else(|| routing::not_found(id))
     }
 
-    /// Stop a worker for good and forget it.
+    /// Stop a worker for good and forget it. It leaves the desired state first: when that
+    /// cannot be saved, the worker keeps running and the caller learns why.
     pub async fn kill(&self, id: &str, peer: Option<String>) -> Result<(), ProtoError> {
         let slot = self.slot(id)?;
+        {
+            let _order = self.desired.lock().await;
+            let was = std::mem::replace(&mut slot.lock().wanted, false);
+            if let Err(e) = self.save_desired(None).await {
+                slot.lock().wanted = was;
+                let msg = format!("{}; the worker was left running", e.message);
+                self.core
+                    .audit
+                    .record("kill_failed", peer, Some(id.into()), msg.clone());
+                return Err(ProtoError::new(e.code, msg));
+            }
+        }
         let (tx, rx) = oneshot::channel();
         if slot.control.send(Control::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
         self.registry().remove(id);
-        self.persist();
+        slot.lock().reservation = None;
         self.core.audit.record(
             "kill",
             peer,
@@ -276,7 +333,7 @@ impl Supervisor {
         client_id: RequestId,
         worker: Option<&str>,
         model: Option<&str>,
-        prompt: String,
+        input: Prompt,
         params: SamplingParams,
         deadline: Option<UnixMillis>,
     ) -> Result<(WorkerId, u64), ProtoError> {
@@ -301,12 +358,20 @@ impl Supervisor {
             );
             stdin
         };
-        let frame = encode(&ToWorker::Generate {
-            id: req,
-            prompt,
-            params,
-            deadline,
-        });
+        let frame = match input {
+            Prompt::Text(prompt) => encode(&ToWorker::Generate {
+                id: req,
+                prompt,
+                params,
+                deadline,
+            }),
+            Prompt::Chat(messages) => encode(&ToWorker::Chat {
+                id: req,
+                messages,
+                params,
+                deadline,
+            }),
+        };
         if stdin.try_send(frame).is_err() {
             slot.lock().pending.remove(&req);
             return Err(ProtoError::new(

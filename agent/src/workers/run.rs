@@ -100,6 +100,7 @@ impl Core {
         let mut notes = RunNotes {
             spawned_at,
             load_error: None,
+            incompatible: None,
         };
         let mut lines = ByteLines::new(stdout);
         let mut stdout_open = true;
@@ -121,7 +122,11 @@ impl Core {
                 _ => stdout_open = false,
             }
         }
-        slot.lock().stdin = None;
+        {
+            let mut st = slot.lock();
+            st.stdin = None;
+            st.reservation = None;
+        }
         drop(pipes.stdin);
         pipes.writer.abort();
         let _ = tokio::time::timeout(Duration::from_secs(1), pipes.log).await;
@@ -177,10 +182,18 @@ impl Core {
             (self.cfg.heartbeat_ms / 4).clamp(20, 500),
         ));
         let mut hung = None;
+        let mut killed = false;
         let (status, stop) = loop {
             tokio::select! {
                 line = lines.next_line(), if *stdout_open => match line {
-                    Ok(Some(line)) => self.on_frame(slot, &line, notes).await,
+                    Ok(Some(line)) => {
+                        self.on_frame(slot, &line, notes).await;
+                        // Nothing can be said to a worker of another protocol: end it now.
+                        if notes.incompatible.is_some() && !killed {
+                            killed = true;
+                            process.signal(Signal::Kill);
+                        }
+                    }
                     _ => *stdout_open = false,
                 },
                 st = process.wait() => break (st, None),
@@ -261,6 +274,12 @@ impl Core {
                 reason: format!("stopped ({status_text})"),
             },
             None => {
+                if let Some(msg) = notes.incompatible {
+                    return Outcome {
+                        ended: Ended::LoadFailed,
+                        reason: format!("incompatible worker: {msg}"),
+                    };
+                }
                 let code = status.as_ref().ok().and_then(|s| s.code());
                 match (code, notes.load_error, hung) {
                     (Some(EXIT_MODEL_LOAD), Some(msg), _) => Outcome {

@@ -7,6 +7,8 @@ use rbee_proto::{RequestId, WorkerId, WorkerState};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::admission::Reservation;
+
 /// Lines of worker stderr kept in memory per worker.
 pub(crate) const LOG_LINES: usize = 1000;
 
@@ -43,10 +45,19 @@ pub(crate) struct SlotState {
     /// Inferences sent to the worker and not finished, by worker-side request id.
     pub pending: HashMap<u64, PendingInfer>,
     pub log: VecDeque<String>,
+    /// Part of the desired state (false from the moment a kill is being saved).
+    pub wanted: bool,
+    /// Memory promised by admission, held until the worker is first ready or its run ends.
+    pub reservation: Option<Reservation>,
 }
 
 impl Slot {
-    pub(crate) fn new(id: WorkerId, spec: SpawnSpec, control: mpsc::Sender<Control>) -> Self {
+    pub(crate) fn new(
+        id: WorkerId,
+        spec: SpawnSpec,
+        control: mpsc::Sender<Control>,
+        reservation: Option<Reservation>,
+    ) -> Self {
         let info = WorkerInfo {
             id: id.clone(),
             model: spec.model.clone(),
@@ -73,6 +84,8 @@ impl Slot {
                 stdin: None,
                 pending: HashMap::new(),
                 log: VecDeque::with_capacity(LOG_LINES),
+                wanted: true,
+                reservation,
             }),
         }
     }

@@ -35,6 +35,8 @@ enum Script {
     Serve { every: Duration, beats: Option<u32> },
     /// Reports that its model cannot be loaded and exits 3, as `rbee-worker` does.
     LoadFail,
+    /// Speaks another protocol version: says so and exits 0, as another `rbee-worker` does.
+    OtherVersion,
 }
 
 /// The stand-in launcher: plays `script(n)` for the n-th launch and records what happened.
@@ -141,7 +143,10 @@ async fn play(
     mut err: DuplexStream,
     mut signals: mpsc::UnboundedReceiver<Signal>,
 ) -> ExitStatus {
-    let version = PROTOCOL_VERSION;
+    let version = match script {
+        Script::OtherVersion => PROTOCOL_VERSION + 1,
+        _ => PROTOCOL_VERSION,
+    };
     say(
         &mut out,
         &FromWorker::Hello {
@@ -169,6 +174,17 @@ async fn play(
             .await;
             exit_code(3)
         }
+        Script::OtherVersion => {
+            let message =
+                format!("agent speaks protocol {PROTOCOL_VERSION}, worker speaks {version}");
+            let frame = FromWorker::Error {
+                id: None,
+                code: ErrorCode::VersionMismatch,
+                message,
+            };
+            say(&mut out, &frame).await;
+            exit_code(0)
+        }
         Script::Serve { every, beats } => serve(&mut out, every, beats, &mut signals).await,
     }
 }
@@ -179,13 +195,11 @@ async fn serve(
     beats: Option<u32>,
     signals: &mut mpsc::UnboundedReceiver<Signal>,
 ) -> ExitStatus {
-    let model = ModelSummary {
-        name: "stand-in".into(),
-        architecture: "llama".into(),
-        context_length: 2048,
-        memory_bytes: 1 << 20,
-        device: "cpu".into(),
-    };
+    let model: ModelSummary = serde_json::from_value(serde_json::json!({
+        "name": "stand-in", "architecture": "llama", "context_length": 2048,
+        "memory_bytes": 1 << 20, "device": "cpu",
+    }))
+    .unwrap();
     say(out, &FromWorker::Ready { model }).await;
     let mut seq = 0;
     loop {
@@ -258,13 +272,13 @@ fn rig(
 }
 
 impl Rig {
-    fn spawn(&self) -> String {
+    async fn spawn(&self) -> String {
         let spec = SpawnSpec {
             model: self.model.clone(),
             device: "cpu".into(),
             threads: None,
         };
-        self.sup.spawn(spec, None).unwrap().id
+        self.sup.spawn(spec, None).await.unwrap().id
     }
 
     /// The next state of `id` that satisfies `pred` (an hour of paused time at most).
@@ -303,7 +317,7 @@ async fn crash_loop_backs_off_1_2_4_8_s_then_the_breaker_opens() {
         after: Duration::ZERO,
         code: 1,
     });
-    let id = r.spawn();
+    let id = r.spawn().await;
     let failed = r.until(&id, |w| w.state == WorkerState::Failed).await;
     let launches = r.fake.launches();
     assert_eq!(launches.len(), 5, "breaker opens on the 5th failure");
@@ -339,7 +353,7 @@ async fn breaker_forgets_failures_outside_its_window_and_the_budget_gives_up() {
         after: Duration::from_secs(120),
         code: 1,
     });
-    let id = r.spawn();
+    let id = r.spawn().await;
     let failed = r.until(&id, |w| w.state == WorkerState::Failed).await;
     assert_eq!(r.fake.launches().len(), 4, "the first run and 3 restarts");
     assert_eq!(failed.detail, "gave up after 3 restarts; last: exit code 1");
@@ -363,7 +377,7 @@ async fn breaker_opens_after_n_failures_within_m_minutes() {
         after: Duration::from_secs(30),
         code: 7,
     });
-    let id = r.spawn();
+    let id = r.spawn().await;
     let failed = r.until(&id, |w| w.state == WorkerState::Failed).await;
     assert_eq!(r.fake.launches().len(), 3);
     assert_eq!(
@@ -380,7 +394,7 @@ async fn missing_heartbeats_mean_hung_killed_and_restarted() {
         every: Duration::from_secs(1),
         beats: (n == 0).then_some(3),
     });
-    let id = r.spawn();
+    let id = r.spawn().await;
     let ready = r.until(&id, |w| w.state == WorkerState::Ready).await;
     assert_eq!(ready.pid, Some(100_000));
     let t_ready = Instant::now();
@@ -412,7 +426,7 @@ async fn missing_heartbeats_mean_hung_killed_and_restarted() {
 #[tokio::test(start_paused = true)]
 async fn load_failure_fails_once_without_restarts() {
     let mut r = rig(RestartPolicy::default(), 2000, |_| Script::LoadFail);
-    let id = r.spawn();
+    let id = r.spawn().await;
     let failed = r.until(&id, |w| w.state == WorkerState::Failed).await;
     assert_eq!(failed.detail, "cannot load model: bad magic");
     assert_eq!(failed.restarts, 0);
@@ -432,7 +446,7 @@ async fn operator_restart_gives_a_failed_worker_a_fresh_budget_and_kill_ends_a_b
         after: Duration::ZERO,
         code: 1,
     });
-    let id = r.spawn();
+    let id = r.spawn().await;
     r.until(&id, |w| w.state == WorkerState::Failed).await;
     assert_eq!(r.fake.launches().len(), 2);
     r.sup.restart(&id, None).await.unwrap();
@@ -449,5 +463,28 @@ async fn operator_restart_gives_a_failed_worker_a_fresh_budget_and_kill_ends_a_b
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(r.fake.launches().len(), 5, "no start after the kill");
     assert!(r.sup.list().is_empty());
+    r.sup.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_of_another_protocol_fails_at_once_naming_both_versions() {
+    let mut r = rig(RestartPolicy::default(), 2000, |_| Script::OtherVersion);
+    let id = r.spawn().await;
+    let failed = r.until(&id, |w| w.state == WorkerState::Failed).await;
+    let want = format!(
+        "incompatible worker: worker speaks protocol {}, agent speaks {PROTOCOL_VERSION}",
+        PROTOCOL_VERSION + 1
+    );
+    assert_eq!(failed.detail, want);
+    assert_eq!(failed.restarts, 0);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        r.fake.launches().len(),
+        1,
+        "no restart: the same binary would come back"
+    );
+    let audit = r.audit();
+    assert!(audit.contains("\"load_failed\""), "{audit}");
+    assert!(!audit.contains("\"auto_restart\""), "{audit}");
     r.sup.shutdown().await;
 }

@@ -4,18 +4,19 @@ use rbee_proto::session::Reply;
 use rbee_proto::{ErrorCode, ProtoError, RequestId, SamplingParams, UnixMillis, WorkerId};
 
 use super::ctx::{Answer, Ctx};
+use crate::workers::Prompt;
 
 /// Above this many remembered inferences, finished ones are swept from the session's map.
 const SWEEP_ABOVE: usize = 256;
 
-/// `infer`: the answer comes later, so nothing is replied here.
+/// `infer` and `chat`: the answer comes later, so nothing is replied here.
 pub(super) fn infer(
     ctx: &Ctx,
     id: RequestId,
     deadline: Option<UnixMillis>,
     worker: Option<WorkerId>,
     model: Option<String>,
-    prompt: String,
+    prompt: Prompt,
     params: SamplingParams,
 ) -> Answer {
     let sup = &ctx.shared.supervisor;

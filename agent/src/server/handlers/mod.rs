@@ -9,6 +9,7 @@ mod workers;
 use rbee_proto::session::{Reply, Request, ServerMsg};
 use rbee_proto::{RequestId, UnixMillis};
 
+use crate::workers::Prompt;
 use ctx::Answer;
 pub(super) use ctx::{Ctx, Inflight};
 
@@ -32,7 +33,7 @@ async fn dispatch(ctx: &Ctx, id: RequestId, deadline: Option<UnixMillis>, body: 
         Request::Status => node::status(ctx),
         Request::ListModels => node::list_models(ctx),
         Request::ListWorkers => workers::list(ctx),
-        Request::Spawn(spec) => workers::spawn(ctx, spec),
+        Request::Spawn(spec) => workers::spawn(ctx, spec).await,
         Request::Kill { worker } => workers::kill(ctx, worker).await,
         Request::Restart { worker } => workers::restart(ctx, worker).await,
         Request::TailLog { worker, lines } => workers::tail_log(ctx, worker, lines),
@@ -41,7 +42,19 @@ async fn dispatch(ctx: &Ctx, id: RequestId, deadline: Option<UnixMillis>, body: 
             model,
             prompt,
             params,
-        } => infer::infer(ctx, id, deadline, worker, model, prompt, params),
+        } => {
+            let prompt = Prompt::Text(prompt);
+            infer::infer(ctx, id, deadline, worker, model, prompt, params)
+        }
+        Request::Chat {
+            worker,
+            model,
+            messages,
+            params,
+        } => {
+            let prompt = Prompt::Chat(messages);
+            infer::infer(ctx, id, deadline, worker, model, prompt, params)
+        }
         Request::Cancel { request } => infer::cancel(ctx, request),
         Request::Subscribe => Ok(Some(Reply::Subscribed)),
         Request::Pull { model } => pull::pull(ctx, model).await,

@@ -23,11 +23,8 @@ pub(super) fn status(ctx: &Ctx) -> Answer {
     }))
 }
 
-/// `list_models`: models in the model dirs and in the Hugging Face cache.
+/// `list_models`: models in the model dirs, then those in the Hugging Face cache.
 pub(super) fn list_models(ctx: &Ctx) -> Answer {
-    let mut models = crate::models::list(&ctx.shared.config.model_dirs);
-    models.extend(crate::models::list_hf_cache(
-        hf_hub::Cache::from_env().path(),
-    ));
+    let models = rbee_store::Store::new(ctx.shared.config.model_dirs.clone()).list();
     Ok(Some(Reply::Models { models }))
 }

@@ -15,8 +15,8 @@ pub(super) fn list(ctx: &Ctx) -> Answer {
 }
 
 /// `spawn`: admitted or refused at once; the worker then reports its own progress.
-pub(super) fn spawn(ctx: &Ctx, spec: SpawnSpec) -> Answer {
-    let worker = ctx.shared.supervisor.spawn(spec, ctx.peer())?;
+pub(super) async fn spawn(ctx: &Ctx, spec: SpawnSpec) -> Answer {
+    let worker = ctx.shared.supervisor.spawn(spec, ctx.peer()).await?;
     Ok(Some(Reply::Spawned { worker }))
 }
 
