@@ -173,7 +173,7 @@ pub fn describe(request: &Request) -> String {
         Request::Kill { worker } => format!("kill {worker}"),
         Request::Restart { worker } => format!("restart {worker}"),
         Request::ListWorkers => "list workers".into(),
-        Request::Infer { worker, model, .. } => {
+        Request::Infer { worker, model, .. } | Request::Chat { worker, model, .. } => {
             format!(
                 "infer on {}",
                 worker
@@ -184,17 +184,9 @@ pub fn describe(request: &Request) -> String {
         }
         Request::Cancel { request } => format!("cancel request {request}"),
         Request::TailLog { worker, .. } => format!("log of {worker}"),
+        Request::Subscribe => "subscribe".into(),
+        Request::Status => "status".into(),
+        Request::Ping => "ping".into(),
         Request::Pull { model } => format!("pull {model}"),
-        // `subscribe`, `status`, `ping`, and kinds newer than this list: the variant's name.
-        other => variant_name(other),
     }
-}
-
-/// `Subscribe` → `subscribe`: the name of a request's kind, lowercased.
-fn variant_name(request: &Request) -> String {
-    let debug = format!("{request:?}");
-    let end = debug
-        .find(|c: char| !c.is_ascii_alphanumeric())
-        .unwrap_or(debug.len());
-    debug[..end].to_lowercase()
 }
