@@ -6,11 +6,13 @@
 //! sessions, other workers or the network: its parent (the agent) is its whole world.
 //!
 //! - [`error`]: why a model could not be loaded.
+//! - [`chat`]: conversations rendered with the model's own chat template.
 //! - [`load`]: reference → files → device → tokenizer and weights.
 //! - [`generate`]: the generation loop (sampling, detokenization, stop sequences, timings).
 //! - [`serve`]: the stdio protocol (reader, generator and heartbeat threads).
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod load;

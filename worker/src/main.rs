@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use rbee_proto::worker::FromWorker;
 use rbee_proto::{ErrorCode, SamplingParams, PROTOCOL_VERSION};
+use rbee_worker::chat::{message, Role};
 use rbee_worker::load::{self, LoadedModel};
 use rbee_worker::serve::{send, serve, ServeOptions, Sink};
 use rbee_worker::{Engine, LoadError};
@@ -24,9 +25,17 @@ struct Args {
     /// CPU threads for the matmuls (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Generate once from this prompt, print the text to stdout and timings to stderr.
-    #[arg(long, short)]
+    /// Generate once from this prompt (completion: the text as it is), print the text to
+    /// stdout and timings to stderr.
+    #[arg(long, short, conflicts_with = "chat")]
     prompt: Option<String>,
+    /// Ask the model this question in a conversation rendered with its own chat template; print
+    /// the answer to stdout and timings to stderr.
+    #[arg(long)]
+    chat: Option<String>,
+    /// With --chat: the system prompt that opens the conversation.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
     #[arg(long, default_value_t = 0.8)]
@@ -92,7 +101,7 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let code = if args.prompt.is_some() || args.export_tokenizer.is_some() {
+    let code = if args.prompt.is_some() || args.chat.is_some() || args.export_tokenizer.is_some() {
         match one_shot(&args) {
             Ok(()) => 0,
             Err(e) => {
@@ -135,14 +144,26 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut engine = Engine::new(loaded);
-    let prompt = args.prompt.as_deref().unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    let (finish, usage) = engine
-        .generate(prompt, &params(args), &|| None, &mut |t| {
-            let _ = out.write_all(t.as_bytes());
-            let _ = out.flush();
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut emit = |t: &str| {
+        let _ = out.write_all(t.as_bytes());
+        let _ = out.flush();
+    };
+    let result = match &args.chat {
+        Some(question) => {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(message(Role::System, system.clone()));
+            }
+            messages.push(message(Role::User, question.clone()));
+            engine.chat(&messages, &params(args), &|| None, &mut emit)
+        }
+        None => {
+            let prompt = args.prompt.as_deref().unwrap_or_default();
+            engine.generate(prompt, &params(args), &|| None, &mut emit)
+        }
+    };
+    let (finish, usage) = result.map_err(|e| anyhow::anyhow!("{e}"))?;
     let _ = writeln!(out);
     if args.json {
         eprintln!(

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use rbee_proto::frame::{decode, encode};
 use rbee_proto::worker::{FromWorker, ToWorker};
-use rbee_proto::{now_millis, ErrorCode, RequestId, SamplingParams, UnixMillis, PROTOCOL_VERSION};
+use rbee_proto::{
+    now_millis, ChatMessage, ErrorCode, RequestId, SamplingParams, UnixMillis, PROTOCOL_VERSION,
+};
 
 use crate::generate::{Engine, GenerateError, Interrupt};
 
@@ -28,9 +30,17 @@ pub fn send(sink: &Sink, msg: &FromWorker) {
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
+/// What a request asks to continue.
+enum Input {
+    /// A completion prompt, as it is.
+    Prompt(String),
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+}
+
 struct Job {
     id: RequestId,
-    prompt: String,
+    input: Input,
     params: SamplingParams,
     deadline: Option<UnixMillis>,
 }
@@ -129,7 +139,23 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
             } => enqueue(
                 Job {
                     id,
-                    prompt,
+                    input: Input::Prompt(prompt),
+                    params,
+                    deadline,
+                },
+                tx,
+                shared,
+                sink,
+            ),
+            ToWorker::Chat {
+                id,
+                messages,
+                params,
+                deadline,
+            } => enqueue(
+                Job {
+                    id,
+                    input: Input::Chat(messages),
                     params,
                     deadline,
                 },
@@ -222,7 +248,7 @@ fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
         }
     };
     let id = job.id;
-    let result = engine.generate(&job.prompt, &job.params, &stop, &mut |text| {
+    let mut emit = |text: &str| {
         shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
         send(
             sink,
@@ -231,7 +257,11 @@ fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
                 text: text.to_string(),
             },
         );
-    });
+    };
+    let result = match &job.input {
+        Input::Prompt(prompt) => engine.generate(prompt, &job.params, &stop, &mut emit),
+        Input::Chat(messages) => engine.chat(messages, &job.params, &stop, &mut emit),
+    };
     *shared.current.lock().unwrap() = None;
     shared.in_flight.store(0, Ordering::SeqCst);
     let frame = match result {

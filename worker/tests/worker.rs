@@ -1,20 +1,14 @@
 //! The real `rbee-worker` binary on the real small model, driven as a person (`--prompt`) and as
 //! the agent does (frames on stdin/stdout).
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Stdio;
 use std::time::Duration;
 
-use rbee_proto::frame::{decode, encode};
+use common::{greedy, worker, Proto};
 use rbee_proto::worker::{FromWorker, ToWorker};
-use rbee_proto::{ErrorCode, FinishReason, SamplingParams, PROTOCOL_VERSION};
+use rbee_proto::{ErrorCode, FinishReason, PROTOCOL_VERSION};
 use rbee_testkit::model_path;
-
-fn worker() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rbee-worker"));
-    c.arg("--threads").arg("1");
-    c
-}
 
 fn one_shot(prompt: &str, extra: &[&str]) -> (String, String) {
     let out = worker()
@@ -128,101 +122,6 @@ fn bad_inputs_are_clear_errors() {
             "{args:?}: expected {expect:?} in {err}"
         );
         assert!(!err.contains("panicked"), "{err}");
-    }
-}
-
-/// A worker in protocol mode, with its frames collected by a reader thread.
-struct Proto {
-    child: Child,
-    stdin: ChildStdin,
-    rx: mpsc::Receiver<FromWorker>,
-}
-
-impl Proto {
-    fn start(extra: &[&str]) -> Proto {
-        let mut child = worker()
-            .arg("--model")
-            .arg(model_path())
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let msg = decode::<FromWorker>(&line)
-                    .unwrap_or_else(|e| panic!("worker wrote a bad frame {line:?}: {e}"));
-                if tx.send(msg).is_err() {
-                    break;
-                }
-            }
-        });
-        Proto { child, stdin, rx }
-    }
-
-    fn send(&mut self, msg: &ToWorker) {
-        self.send_raw(&encode(msg));
-    }
-
-    fn send_raw(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Next frame that is not a heartbeat or loading progress.
-    fn next(&self) -> FromWorker {
-        loop {
-            match self
-                .rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("worker went silent")
-            {
-                FromWorker::Heartbeat { .. }
-                | FromWorker::Loading { .. }
-                | FromWorker::Hello { .. } => continue,
-                m => return m,
-            }
-        }
-    }
-
-    fn ready(&self) {
-        match self.next() {
-            FromWorker::Ready { model } => assert_eq!(model.architecture, "llama"),
-            other => panic!("expected ready, got {other:?}"),
-        }
-    }
-
-    /// Collect a request's text until its Done or Error.
-    fn collect(&self, id: u64) -> (String, FromWorker) {
-        let mut text = String::new();
-        loop {
-            match self.next() {
-                FromWorker::Token { id: i, text: t } if i == id => text.push_str(&t),
-                m @ FromWorker::Done { id: i, .. } if i == id => return (text, m),
-                m @ FromWorker::Error { id: Some(i), .. } if i == id => return (text, m),
-                other => panic!("unexpected frame while collecting {id}: {other:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Proto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn greedy(n: u32) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        max_tokens: n,
-        ..Default::default()
     }
 }
 

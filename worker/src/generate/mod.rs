@@ -6,6 +6,7 @@
 //! - [`usage`]: timings to `Usage`.
 use rbee_proto::{FinishReason, SamplingParams, Usage};
 
+use crate::chat::ChatMessage;
 use crate::load::LoadedModel;
 use detok::TextOut;
 use sampler::Sampler;
@@ -50,6 +51,12 @@ pub enum GenerateError {
     /// candle failed mid-run.
     #[error("model error: {0}")]
     Model(String),
+    /// A chat request to a model without a usable chat template (the message says why).
+    #[error("cannot chat: {0}")]
+    NoChatTemplate(String),
+    /// The model's chat template refused or failed on this conversation.
+    #[error("{0}")]
+    Template(String),
 }
 
 impl GenerateError {
@@ -58,7 +65,10 @@ impl GenerateError {
         use rbee_proto::ErrorCode;
         match self {
             GenerateError::PromptTooLong { .. } => ErrorCode::PromptTooLong,
-            GenerateError::EmptyPrompt | GenerateError::BadParams(_) => ErrorCode::BadRequest,
+            GenerateError::EmptyPrompt
+            | GenerateError::BadParams(_)
+            | GenerateError::NoChatTemplate(_)
+            | GenerateError::Template(_) => ErrorCode::BadRequest,
             GenerateError::Interrupted(Interrupt::Cancelled, _) => ErrorCode::Cancelled,
             GenerateError::Interrupted(Interrupt::DeadlineExceeded, _) => {
                 ErrorCode::DeadlineExceeded
@@ -84,8 +94,8 @@ impl Engine {
         Self { model }
     }
 
-    /// Generate from `prompt` (special tokens added as the tokenizer defines), handing each
-    /// piece of text to `emit` as soon as it is final.
+    /// Generate from `prompt` as it is (completion), handing each piece of text to `emit` as
+    /// soon as it is final.
     pub fn generate(
         &mut self,
         prompt: &str,
@@ -93,8 +103,47 @@ impl Engine {
         should_stop: StopCheck<'_>,
         emit: &mut dyn FnMut(&str),
     ) -> Result<(FinishReason, Usage), GenerateError> {
-        let tokens = self.encode(prompt, true)?;
+        let tokens = self.prompt_tokens(prompt)?;
         self.generate_tokens(&tokens, params, should_stop, emit)
+    }
+
+    /// The assistant's next turn in `messages`, rendered with the model's chat template; ends
+    /// at the model's end-of-turn token, which is never shown.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        params: &SamplingParams,
+        should_stop: StopCheck<'_>,
+        emit: &mut dyn FnMut(&str),
+    ) -> Result<(FinishReason, Usage), GenerateError> {
+        let text = self.render_chat(messages)?;
+        let tokens = self.prompt_tokens(&text)?;
+        tracing::debug!(?text, ?tokens, "chat prompt");
+        self.generate_tokens(&tokens, params, should_stop, emit)
+    }
+
+    /// The conversation as the model's template renders it, with the generation prompt.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, GenerateError> {
+        let template = self
+            .model
+            .chat
+            .as_ref()
+            .map_err(|why| GenerateError::NoChatTemplate(why.clone()))?;
+        template
+            .render(messages, true)
+            .map_err(GenerateError::Template)
+    }
+
+    /// The token ids of a prompt: special tokens written in the text are recognised, and the
+    /// model's BOS is put first unless the text already starts with it (never twice).
+    pub fn prompt_tokens(&self, text: &str) -> Result<Vec<u32>, GenerateError> {
+        let mut ids = self.encode(text, false)?;
+        if let Some(bos) = self.model.bos {
+            if !ids.is_empty() && ids[0] != bos {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
     }
 
     /// The token ids of `text`.

@@ -1,13 +1,14 @@
-//! Loading a GGUF file: header checks, metadata, tokenizer, weights.
+//! Loading a GGUF file: header checks, family, metadata, tokenizer, chat template, weights.
 use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
-use candle_transformers::models::quantized_llama;
 use rbee_proto::ModelSummary;
+use tokenizers::Tokenizer;
 
-use super::{device, requantise, tokenizer, LoadedModel, Network};
+use super::{device, end_tokens, requantise, tokenizer, Family, LoadedModel, Network};
+use crate::chat::{ChatTemplate, TemplateSource};
 use crate::error::LoadError;
 
 /// Refuse a file whose tensors reach past its end, before candle reads there.
@@ -41,6 +42,81 @@ fn md_u32(ct: &gguf_file::Content, key: &str) -> Option<u32> {
     ct.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
+/// The family of the file, or a refusal naming its architecture and the supported ones.
+pub fn family_of(ct: &gguf_file::Content, path: &Path) -> Result<Family, LoadError> {
+    let arch = md_string(ct, "general.architecture").unwrap_or_else(|| "unknown".into());
+    Family::from_arch(&arch).ok_or_else(|| LoadError::Unsupported {
+        path: path.into(),
+        reason: format!(
+            "architecture `{arch}`; this worker runs {}",
+            Family::supported()
+        ),
+    })
+}
+
+/// The context the worker offers: the file's, within what the implementation holds. Gemma 3 is
+/// held to its sliding window: candle-transformers' quantized gemma3 masks the window when a
+/// prompt is processed but not while decoding token by token, so past the window its sliding
+/// layers would attend to positions the model never saw in training.
+fn context_length(ct: &gguf_file::Content, family: Family) -> u32 {
+    let md = |k: &str| md_u32(ct, &format!("{}.{k}", family.name())).map(|n| n as usize);
+    let mut n = md("context_length")
+        .unwrap_or(2048)
+        .min(family.max_context());
+    if family == Family::Gemma3 {
+        n = n.min(md("attention.sliding_window").unwrap_or(n));
+    }
+    n as u32
+}
+
+/// What the file says about special tokens: the BOS to prepend (if the model wants one), the
+/// ids that end generation, and the chat template (or why there is none).
+struct Specials {
+    bos: Option<u32>,
+    eos_tokens: Vec<u32>,
+    chat: Result<ChatTemplate, String>,
+}
+
+fn specials(ct: &gguf_file::Content, tok: &Tokenizer) -> Specials {
+    let text_of = |key: &str| {
+        md_u32(ct, key)
+            .and_then(|id| tok.id_to_token(id))
+            .unwrap_or_default()
+    };
+    // llama.cpp's default: SentencePiece vocabularies start with BOS, byte-level ones do not.
+    let add_bos = ct
+        .metadata
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or_else(|| md_string(ct, "tokenizer.ggml.model").as_deref() == Some("llama"));
+    let declared: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+        .iter()
+        .filter_map(|k| md_u32(ct, k))
+        .collect();
+    let chat = match md_string(ct, "tokenizer.chat_template") {
+        Some(text) => ChatTemplate::new(
+            text,
+            TemplateSource::Gguf,
+            text_of("tokenizer.ggml.bos_token_id"),
+            text_of("tokenizer.ggml.eos_token_id"),
+        ),
+        None => Err(
+            "this model has no chat template (no tokenizer.chat_template in the GGUF file): it \
+             does completion only"
+                .into(),
+        ),
+    };
+    Specials {
+        bos: if add_bos {
+            md_u32(ct, "tokenizer.ggml.bos_token_id")
+        } else {
+            None
+        },
+        eos_tokens: end_tokens(tok, &declared),
+        chat,
+    }
+}
+
 /// Load a GGUF file (with an optional `tokenizer.json` beside it) onto `device`.
 pub fn load(
     path: &Path,
@@ -49,6 +125,7 @@ pub fn load(
     progress: &mut dyn FnMut(&str, f32),
 ) -> Result<LoadedModel, LoadError> {
     progress("reading header", 0.05);
+    let started = std::time::Instant::now();
     let mut f = File::open(path).map_err(|e| {
         LoadError::Store(rbee_store::StoreError::NotFound(format!(
             "{}: {e}",
@@ -58,58 +135,53 @@ pub fn load(
     let ct = gguf_file::Content::read(&mut f).map_err(|e| LoadError::corrupt(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     check_not_truncated(&ct, file_len, path)?;
-    let arch = md_string(&ct, "general.architecture").unwrap_or_else(|| "unknown".into());
-    if arch != "llama" {
-        return Err(LoadError::Unsupported {
-            path: path.into(),
-            reason: format!("architecture `{arch}`; this worker serves the llama family"),
-        });
-    }
+    let family = family_of(&ct, path)?;
     let name = md_string(&ct, "general.name").unwrap_or_else(|| {
         path.file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned()
     });
-    let context_length = md_u32(&ct, "llama.context_length")
-        .unwrap_or(2048)
-        .min(quantized_llama::MAX_SEQ_LEN as u32);
-    let mut eos_tokens: Vec<u32> = md_u32(&ct, "tokenizer.ggml.eos_token_id")
-        .into_iter()
-        .collect();
+    let context_length = context_length(&ct, family);
     progress("tokenizer", 0.1);
     let tokenizer = match tokenizer_path {
         Some(t) => tokenizer::from_file(t)?,
         None => tokenizer::from_gguf(&ct)?,
     };
-    for t in ["<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"] {
-        if let Some(id) = tokenizer.token_to_id(t) {
-            if !eos_tokens.contains(&id) {
-                eos_tokens.push(id);
-            }
-        }
-    }
+    tracing::debug!(elapsed = ?started.elapsed(), vocab = tokenizer.get_vocab_size(true), "tokenizer built");
+    let specials = specials(&ct, &tokenizer);
     progress("loading weights", 0.2);
     let keep = std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some();
-    let weights = if device.is_cpu() && !keep && requantise::needed(&ct) {
+    let network = if device.is_cpu() && !keep && requantise::needed(&ct) {
         let (ct2, mut cursor) = requantise::requantise(&ct, &mut f, path)?;
-        quantized_llama::ModelWeights::from_gguf(ct2, &mut cursor, device)
+        Network::from_gguf(family, ct2, &mut cursor, device)
     } else {
-        quantized_llama::ModelWeights::from_gguf(ct, &mut f, device)
+        Network::from_gguf(family, ct, &mut f, device)
     }
     .map_err(|e| LoadError::corrupt(path, e))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "weights loaded");
     progress("ready", 1.0);
+    let summary = ModelSummary {
+        name,
+        architecture: family.name().into(),
+        context_length,
+        memory_bytes: file_len,
+        device: device::name(device),
+        family: family.name().into(),
+        chat_template: specials
+            .chat
+            .as_ref()
+            .ok()
+            .map(|t| t.source.as_str().into()),
+    };
     Ok(LoadedModel {
-        network: Network::Quantized(weights),
+        network,
+        family,
         tokenizer: std::sync::Arc::new(tokenizer),
-        eos_tokens,
-        summary: ModelSummary {
-            name,
-            architecture: arch,
-            context_length,
-            memory_bytes: file_len,
-            device: device::name(device),
-        },
+        eos_tokens: specials.eos_tokens,
+        bos: specials.bos,
+        chat: specials.chat,
+        summary,
         device: device.clone(),
     })
 }

@@ -1,6 +1,7 @@
 //! From a model reference to a network ready to run: resolving files (through `rbee-store`),
-//! opening the device, building the tokenizer and loading the weights.
+//! opening the device, building the tokenizer, the chat template and the weights.
 //!
+//! - [`network`]: the family table and each family's network.
 //! - [`gguf`]: GGUF files (quantized), with [`requantise`] for formats slow on CPU.
 //! - [`safetensors`]: safetensors directories (full precision).
 //! - [`tokenizer`]: `tokenizer.json`, or one rebuilt from a GGUF vocabulary.
@@ -8,44 +9,48 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, quantized_llama};
 use rbee_proto::ModelSummary;
 use rbee_store::{ModelFiles, ModelRef};
 use tokenizers::Tokenizer;
 
+use crate::chat::ChatTemplate;
 use crate::error::LoadError;
+pub use network::{Family, Network};
 
 pub mod device;
 pub mod gguf;
+pub mod network;
 pub mod requantise;
 pub mod safetensors;
 pub mod tokenizer;
 
-/// The network, whichever format it came from.
-pub enum Network {
-    /// A quantized llama-family model from a GGUF file.
-    Quantized(quantized_llama::ModelWeights),
-    /// A full-precision llama model from safetensors, with its KV cache.
-    Llama {
-        /// The weights.
-        model: llama::Llama,
-        /// The KV cache, rebuilt by [`LoadedModel::reset`].
-        cache: llama::Cache,
-        /// What the cache is rebuilt from.
-        config: llama::Config,
-        /// The activations' precision.
-        dtype: DType,
-    },
-}
+/// Tokens that end an assistant's turn in the families served, hidden from the text. Each one
+/// found in the vocabulary ends generation, besides the model's declared end-of-sequence ids.
+pub const END_OF_TURN: [&str; 8] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "</s>",
+];
 
 /// A model ready to generate.
 pub struct LoadedModel {
     /// The network and its state.
     pub network: Network,
+    /// Which family it runs as.
+    pub family: Family,
     /// Text ⇄ tokens (shared with the generation loop's detokenizer).
     pub tokenizer: Arc<Tokenizer>,
-    /// Tokens that end generation.
+    /// Tokens that end generation (end of sequence and end of turn).
     pub eos_tokens: Vec<u32>,
+    /// The beginning-of-sequence token every prompt starts with, when the model wants one.
+    pub bos: Option<u32>,
+    /// The chat template, or why this model cannot chat (completion only).
+    pub chat: Result<ChatTemplate, String>,
     /// What `Ready` reports.
     pub summary: ModelSummary,
     /// Where the tensors live.
@@ -56,28 +61,31 @@ impl LoadedModel {
     /// Logits of the last position for `tokens` placed at `pos`.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.network {
-            Network::Quantized(m) => m.forward(&input, pos)?,
-            Network::Llama { model, cache, .. } => model.forward(&input, pos, cache)?,
-        };
+        let logits = self.network.forward(&input, pos)?;
         logits.squeeze(0)?.to_dtype(DType::F32)
     }
 
     /// Forget the KV cache before an unrelated prompt.
     pub fn reset(&mut self) -> candle_core::Result<()> {
-        match &mut self.network {
-            Network::Quantized(m) => m.clear_kv_cache(),
-            Network::Llama {
-                cache,
-                config,
-                dtype,
-                ..
-            } => {
-                *cache = llama::Cache::new(true, *dtype, config, &self.device)?;
-            }
-        }
-        Ok(())
+        self.network.reset(&self.device)
     }
+
+    /// Where the chat template came from, if the model has one that compiled.
+    pub fn chat_template_source(&self) -> Option<&'static str> {
+        self.chat.as_ref().ok().map(|t| t.source.as_str())
+    }
+}
+
+/// The declared end ids plus every [`END_OF_TURN`] token the vocabulary has, each once.
+pub fn end_tokens(tokenizer: &Tokenizer, declared: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    let found = END_OF_TURN.iter().filter_map(|t| tokenizer.token_to_id(t));
+    for id in declared.iter().copied().chain(found) {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
 }
 
 /// Resolve `model` (a path or `hf:` reference), open `device` and load. `progress` hears
@@ -107,12 +115,7 @@ pub fn load(
         ModelFiles::Gguf { file, tokenizer } => {
             gguf::load(file, tokenizer.as_deref(), device, progress)
         }
-        ModelFiles::Safetensors {
-            config,
-            tokenizer,
-            weights,
-            ..
-        } => safetensors::load(config, tokenizer, weights, device, progress),
+        ModelFiles::Safetensors { .. } => safetensors::load(files, device, progress),
     }
 }
 

@@ -1,35 +1,103 @@
-//! Loading a safetensors model directory (llama family) with candle's full-precision model.
-use std::path::{Path, PathBuf};
+//! Loading a safetensors model directory (llama family) with candle's full-precision model,
+//! with its chat template from `chat_template.jinja` or `tokenizer_config.json`.
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_transformers::models::llama;
 use rbee_proto::ModelSummary;
+use rbee_store::ModelFiles;
+use tokenizers::Tokenizer;
 
-use super::{device, tokenizer, LoadedModel, Network};
+use super::{device, end_tokens, tokenizer, Family, LoadedModel, Network};
+use crate::chat::{ChatTemplate, TemplateSource};
 use crate::error::LoadError;
+
+fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::corrupt(path, e))?;
+    serde_json::from_str(&text).map_err(|e| LoadError::corrupt(path, e))
+}
+
+/// A special token in tokenizer_config.json: a string, or an object with `content`.
+fn token_text(v: &serde_json::Value) -> String {
+    v.as_str()
+        .or_else(|| v["content"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The template text in tokenizer_config.json: a string, or a list of named templates (the
+/// one named `default`).
+fn config_template(cfg: &serde_json::Value) -> Option<String> {
+    let t = &cfg["chat_template"];
+    t.as_str().map(str::to_string).or_else(|| {
+        t.as_array()?
+            .iter()
+            .find(|x| x["name"] == "default")
+            .and_then(|x| x["template"].as_str().map(str::to_string))
+    })
+}
+
+/// The chat template of a directory: `chat_template.jinja` first (as transformers does), then
+/// tokenizer_config.json.
+fn chat_template(files: &ModelFiles) -> Result<ChatTemplate, String> {
+    let cfg = files
+        .extra("tokenizer_config.json")
+        .and_then(|p| read_json(p).ok())
+        .unwrap_or_default();
+    let (bos, eos) = (token_text(&cfg["bos_token"]), token_text(&cfg["eos_token"]));
+    if let Some(p) = files.extra("chat_template.jinja") {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        return ChatTemplate::new(text, TemplateSource::JinjaFile, bos, eos);
+    }
+    match config_template(&cfg) {
+        Some(text) => ChatTemplate::new(text, TemplateSource::TokenizerConfig, bos, eos),
+        None => Err(
+            "this model has no chat template (neither chat_template.jinja nor a \
+                     chat_template in tokenizer_config.json): it does completion only"
+                .into(),
+        ),
+    }
+}
+
+/// The BOS the tokenizer puts before every text, if it does (its post-processor decides).
+fn leading_bos(tok: &Tokenizer) -> Option<u32> {
+    let empty = tok.encode("", true).ok()?;
+    empty.get_ids().first().copied()
+}
 
 /// Load `config.json`, `tokenizer.json` and the weights onto `device`.
 pub fn load(
-    config_path: &Path,
-    tokenizer_path: &Path,
-    weights: &[PathBuf],
+    files: &ModelFiles,
     device: &Device,
     progress: &mut dyn FnMut(&str, f32),
 ) -> Result<LoadedModel, LoadError> {
+    let ModelFiles::Safetensors {
+        dir,
+        config: config_path,
+        tokenizer: tokenizer_path,
+        weights,
+        ..
+    } = files
+    else {
+        unreachable!("safetensors::load is only called for directories")
+    };
     progress("reading config", 0.05);
-    let corrupt_cfg = |e: &dyn std::fmt::Display| LoadError::corrupt(config_path, e);
-    let text = std::fs::read_to_string(config_path).map_err(|e| corrupt_cfg(&e))?;
-    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt_cfg(&e))?;
+    let raw = read_json(config_path)?;
     let arch = raw["architectures"][0].as_str().unwrap_or("").to_string();
     let model_type = raw["model_type"].as_str().unwrap_or("").to_string();
     if model_type != "llama" && arch != "LlamaForCausalLM" {
         return Err(LoadError::Unsupported {
-            path: config_path.into(),
-            reason: format!("architecture `{arch}` / model_type `{model_type}`; this worker serves the llama family"),
+            path: config_path.clone(),
+            reason: format!(
+                "architecture `{arch}` / model_type `{model_type}`; safetensors directories run \
+                 the llama family (GGUF files run {})",
+                Family::supported()
+            ),
         });
     }
-    let cfg: llama::LlamaConfig = serde_json::from_value(raw).map_err(|e| corrupt_cfg(&e))?;
-    let eos_tokens = match &cfg.eos_token_id {
+    let cfg: llama::LlamaConfig =
+        serde_json::from_value(raw).map_err(|e| LoadError::corrupt(config_path, e))?;
+    let declared = match &cfg.eos_token_id {
         Some(llama::LlamaEosToks::Single(t)) => vec![*t],
         Some(llama::LlamaEosToks::Multiple(v)) => v.clone(),
         None => Vec::new(),
@@ -49,33 +117,36 @@ pub fn load(
     let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
         .map_err(|e| LoadError::corrupt(&weights[0], e))?;
     let model = llama::Llama::load(vb, &config).map_err(|e| LoadError::corrupt(&weights[0], e))?;
-    let cache = llama::Cache::new(true, dtype, &config, device).map_err(|e| corrupt_cfg(&e))?;
-    let memory_bytes: u64 = weights
-        .iter()
-        .map(|w| std::fs::metadata(w).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let name = config_path
-        .parent()
-        .and_then(|p| p.file_name())
+    let cache = llama::Cache::new(true, dtype, &config, device)
+        .map_err(|e| LoadError::corrupt(config_path, e))?;
+    let name = dir
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "llama".into());
     progress("ready", 1.0);
+    let chat = chat_template(files);
+    let summary = ModelSummary {
+        name,
+        architecture: Family::Llama.name().into(),
+        context_length,
+        memory_bytes: files.total_bytes(),
+        device: device::name(device),
+        family: Family::Llama.name().into(),
+        chat_template: chat.as_ref().ok().map(|t| t.source.as_str().into()),
+    };
     Ok(LoadedModel {
-        network: Network::Llama {
+        network: Network::LlamaFull {
             model,
             cache,
             config,
             dtype,
         },
+        family: Family::Llama,
+        eos_tokens: end_tokens(&tokenizer, &declared),
+        bos: leading_bos(&tokenizer),
         tokenizer: std::sync::Arc::new(tokenizer),
-        eos_tokens,
-        summary: ModelSummary {
-            name,
-            architecture: "llama".into(),
-            context_length,
-            memory_bytes,
-            device: device::name(device),
-        },
+        chat,
+        summary,
         device: device.clone(),
     })
 }

@@ -1,0 +1,151 @@
+//! The model families this worker runs, in one table, and the network of each.
+//!
+//! Every GGUF family goes through candle-transformers' quantized implementation of it; the
+//! family is chosen by `general.architecture`. Anything else is refused at load, naming the
+//! architecture and this list.
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{
+    llama, quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+};
+
+/// A model family: one architecture, one implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Llama 2/3.x, Mistral, SmolLM … (`llama`).
+    Llama,
+    /// Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen (`qwen2`).
+    Qwen2,
+    /// Qwen3 (`qwen3`).
+    Qwen3,
+    /// Gemma 3 (`gemma3`).
+    Gemma3,
+    /// Phi-3, Phi-3.5 (`phi3`).
+    Phi3,
+}
+
+impl Family {
+    /// Every family, in the order the refusal lists them.
+    pub const ALL: [Family; 5] = [
+        Family::Llama,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma3,
+        Family::Phi3,
+    ];
+
+    /// The architecture name GGUF metadata (`general.architecture`) uses, and `Ready` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma3 => "gemma3",
+            Family::Phi3 => "phi3",
+        }
+    }
+
+    /// The family of a GGUF architecture, if this worker runs it.
+    pub fn from_arch(arch: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == arch)
+    }
+
+    /// `llama, qwen2, …`: what a refusal offers instead.
+    pub fn supported() -> String {
+        Family::ALL.map(Family::name).join(", ")
+    }
+
+    /// The longest context the implementation can hold, whatever the file claims.
+    pub fn max_context(self) -> usize {
+        match self {
+            Family::Llama => quantized_llama::MAX_SEQ_LEN,
+            Family::Gemma3 => quantized_gemma3::MAX_SEQ_LEN,
+            Family::Qwen2 | Family::Qwen3 | Family::Phi3 => usize::MAX,
+        }
+    }
+}
+
+/// The network, whichever family and format it came from.
+pub enum Network {
+    /// Quantized llama family.
+    Llama(quantized_llama::ModelWeights),
+    /// Quantized Qwen2 family.
+    Qwen2(quantized_qwen2::ModelWeights),
+    /// Quantized Qwen3 family.
+    Qwen3(quantized_qwen3::ModelWeights),
+    /// Quantized Gemma 3.
+    Gemma3(quantized_gemma3::ModelWeights),
+    /// Quantized Phi-3.
+    Phi3(quantized_phi3::ModelWeights),
+    /// A full-precision llama model from safetensors, with its KV cache.
+    LlamaFull {
+        /// The weights.
+        model: llama::Llama,
+        /// The KV cache, rebuilt by [`Network::reset`].
+        cache: llama::Cache,
+        /// What the cache is rebuilt from.
+        config: llama::Config,
+        /// The activations' precision.
+        dtype: DType,
+    },
+}
+
+impl Network {
+    /// Build `family`'s quantized network from a GGUF file's tensors.
+    pub fn from_gguf<R: Read + Seek>(
+        family: Family,
+        ct: gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        Ok(match family {
+            Family::Llama => Network::Llama(quantized_llama::ModelWeights::from_gguf(
+                ct, reader, device,
+            )?),
+            Family::Qwen2 => Network::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                ct, reader, device,
+            )?),
+            Family::Qwen3 => Network::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
+                ct, reader, device,
+            )?),
+            Family::Gemma3 => Network::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                ct, reader, device,
+            )?),
+            Family::Phi3 => Network::Phi3(quantized_phi3::ModelWeights::from_gguf(
+                false, ct, reader, device,
+            )?),
+        })
+    }
+
+    /// Logits of the last position of `input` (`[1, n]` token ids) placed at `pos`.
+    pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Network::Llama(m) => m.forward(input, pos),
+            Network::Qwen2(m) => m.forward(input, pos),
+            Network::Qwen3(m) => m.forward(input, pos),
+            Network::Gemma3(m) => m.forward(input, pos),
+            Network::Phi3(m) => m.forward(input, pos),
+            Network::LlamaFull { model, cache, .. } => model.forward(input, pos, cache),
+        }
+    }
+
+    /// Forget the KV cache before an unrelated prompt. (Gemma 3 and Phi-3 drop theirs by
+    /// themselves when a forward pass starts at position 0.)
+    pub fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
+        match self {
+            Network::Llama(m) => m.clear_kv_cache(),
+            Network::Qwen2(m) => m.clear_kv_cache(),
+            Network::Qwen3(m) => m.clear_kv_cache(),
+            Network::Gemma3(_) | Network::Phi3(_) => {}
+            Network::LlamaFull {
+                cache,
+                config,
+                dtype,
+                ..
+            } => *cache = llama::Cache::new(true, *dtype, config, device)?,
+        }
+        Ok(())
+    }
+}
