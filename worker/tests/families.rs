@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use rbee_proto::{ErrorCode, SamplingParams};
+use rbee_worker::chat::{message, Role};
 use rbee_worker::load::{self, Family, LoadedModel};
+use rbee_worker::Engine;
 
 const DIM: usize = 64;
 const HEADS: usize = 4;
@@ -104,6 +107,11 @@ fn block(family: Family) -> Vec<(&'static str, Vec<usize>)> {
 
 /// Write a tiny model of `arch` (a family's name, or any other architecture) to `dir`.
 fn tiny_gguf(dir: &Path, arch: &str, family: Family) -> PathBuf {
+    tiny_gguf_with(dir, arch, family, None)
+}
+
+/// [`tiny_gguf`] with a chat template in its metadata.
+fn tiny_gguf_with(dir: &Path, arch: &str, family: Family, template: Option<&str>) -> PathBuf {
     let (tokens, types) = vocab();
     let vocab_len = tokens.len();
     let a = |k: &str| format!("{arch}.{k}");
@@ -145,6 +153,9 @@ fn tiny_gguf(dir: &Path, arch: &str, family: Family) -> PathBuf {
         ),
     ];
     md.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
+    if let Some(t) = template {
+        md.push(("tokenizer.chat_template".into(), Value::String(t.into())));
+    }
     let mut tensors: Vec<(String, QTensor)> = vec![
         ("token_embd.weight".into(), weights(&[vocab_len, DIM], 1)),
         ("output_norm.weight".into(), ones(DIM)),
@@ -242,5 +253,49 @@ fn other_architectures_are_refused_naming_them_and_the_supported_list() {
     assert!(
         e.contains("architecture `falcon`; this worker runs llama, qwen2, qwen3, gemma3, phi3"),
         "{e}"
+    );
+}
+
+#[test]
+fn a_template_that_fails_is_a_clear_error_and_the_engine_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}\
+        {{ raise_exception('System role not supported') }}{% endif %}{{ m.content }}{% endfor %}";
+    let path = tiny_gguf_with(dir.path(), "llama", Family::Llama, Some(template));
+    let mut engine = Engine::new(load(&path));
+    assert_eq!(engine.model.chat_template_source(), Some("gguf"));
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 3,
+        ..Default::default()
+    };
+    let sys = [message(Role::System, "be brief"), message(Role::User, "hi")];
+    let e = engine
+        .chat(&sys, &params, &|| None, &mut |_| {})
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::BadRequest);
+    let text = e.to_string();
+    assert!(text.contains("System role not supported"), "{text}");
+    assert!(text.contains("chat template (gguf)"), "{text}");
+    // The same engine still answers: a chat the template accepts, and a completion.
+    let ok = [message(Role::User, "hello")];
+    // The template writes the BOS itself: it is not added a second time.
+    let rendered = engine.render_chat(&ok).unwrap();
+    assert_eq!(rendered, "<s>hello");
+    let ids = engine.prompt_tokens(&rendered).unwrap();
+    assert_eq!(
+        ids.iter().filter(|&&t| Some(t) == engine.model.bos).count(),
+        1,
+        "{ids:?}"
+    );
+    let (_, usage) = engine.chat(&ok, &params, &|| None, &mut |_| {}).unwrap();
+    assert_eq!(usage.prompt_tokens as usize, ids.len());
+    let (_, usage) = engine
+        .generate("hello", &params, &|| None, &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        usage.prompt_tokens as usize,
+        ids.len(),
+        "BOS added once to a completion too"
     );
 }

@@ -150,3 +150,55 @@ pub fn load(
         device: device.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{message, Role};
+
+    fn files_with(dir: &Path, extras: &[(&str, &str)]) -> ModelFiles {
+        for (name, text) in extras {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        ModelFiles::Safetensors {
+            dir: dir.into(),
+            config: dir.join("config.json"),
+            tokenizer: dir.join("tokenizer.json"),
+            weights: vec![dir.join("model.safetensors")],
+            extras: extras.iter().map(|(n, _)| dir.join(n)).collect(),
+        }
+    }
+
+    #[test]
+    fn templates_come_from_the_jinja_file_first_then_tokenizer_config() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+            "chat_template": [{"name": "tool_use", "template": "T"},
+                              {"name": "default", "template": "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}"}]}"#;
+        let hi = [message(Role::User, "hi")];
+        let t = chat_template(&files_with(d.path(), &[("tokenizer_config.json", cfg)])).unwrap();
+        assert_eq!(t.source, TemplateSource::TokenizerConfig);
+        assert_eq!(t.render(&hi, true).unwrap(), "<s>hi</s>");
+        let both = files_with(
+            d.path(),
+            &[
+                ("tokenizer_config.json", cfg),
+                ("chat_template.jinja", "[{{ messages[0].role }}]"),
+            ],
+        );
+        let t = chat_template(&both).unwrap();
+        assert_eq!(t.source, TemplateSource::JinjaFile);
+        assert_eq!(t.render(&hi, true).unwrap(), "[user]");
+    }
+
+    #[test]
+    fn a_directory_without_a_template_says_it_does_completion_only() {
+        let d = tempfile::tempdir().unwrap();
+        let e =
+            chat_template(&files_with(d.path(), &[("tokenizer_config.json", "{}")])).unwrap_err();
+        assert!(
+            e.contains("no chat template") && e.contains("completion only"),
+            "{e}"
+        );
+    }
+}
