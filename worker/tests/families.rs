@@ -299,3 +299,143 @@ fn a_template_that_fails_is_a_clear_error_and_the_engine_lives_on() {
         "BOS added once to a completion too"
     );
 }
+
+/// A config.json every family's config reader accepts (each takes the fields it knows).
+fn tiny_config(model_type: &str, vocab_len: usize) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": model_type,
+        "vocab_size": vocab_len, "hidden_size": DIM, "intermediate_size": FF,
+        "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM, "attention_bias": false, "max_position_embeddings": 256,
+        "sliding_window": 64, "sliding_window_pattern": 6, "max_window_layers": LAYERS,
+        "use_sliding_window": false, "tie_word_embeddings": false, "rope_theta": 10000.0,
+        "rope_local_base_freq": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+        "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": HEAD_DIM,
+        "final_logit_softcapping": null, "attn_logit_softcapping": null, "rope_scaling": null,
+        "bos_token_id": vocab_len - 3, "eos_token_id": vocab_len - 2,
+    })
+}
+
+/// The byte-level tokenizer of [`vocab`] as a tokenizer.json, BOS added by its post-processor.
+fn tiny_tokenizer_json(path: &Path) {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::processors::template::TemplateProcessing;
+    let (tokens, types) = vocab();
+    let v: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(v, vec![("h".into(), "e".into())])
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+    ));
+    tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    let specials: Vec<tokenizers::AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| **t == 3)
+        .map(|(s, _)| tokenizers::AddedToken::from(s.clone(), true))
+        .collect();
+    tok.add_special_tokens(specials).unwrap();
+    let bos = (tokens.len() - 3) as u32;
+    tok.with_post_processor(Some(
+        TemplateProcessing::builder()
+            .try_single("<s> $A")
+            .unwrap()
+            .special_tokens(vec![("<s>", bos)])
+            .build()
+            .unwrap(),
+    ));
+    tok.save(path, false).unwrap();
+}
+
+/// A safetensors directory of `family` with random weights under its real tensor names (the
+/// names come from building candle's model of that family on a VarMap).
+fn tiny_safetensors(root: &Path, family: Family) -> PathBuf {
+    let dir = root.join(format!("tiny-{}", family.name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vocab_len = vocab().0.len();
+    let model_type = if family == Family::Gemma3 {
+        "gemma3_text"
+    } else {
+        family.name()
+    };
+    let config = tiny_config(model_type, vocab_len);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    tiny_tokenizer_json(&dir.join("tokenizer.json"));
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+    load::Network::from_safetensors(family, config, vb, &Device::Cpu).unwrap();
+    for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+        let shape = var.shape().dims().to_vec();
+        let fresh = if name.contains("norm") {
+            Tensor::ones(shape.as_slice(), candle_core::DType::F32, &Device::Cpu).unwrap()
+        } else {
+            weights(&shape, i as u64 + 7)
+                .dequantize(&Device::Cpu)
+                .unwrap()
+        };
+        var.set(&fresh).unwrap();
+    }
+    varmap.save(dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn every_family_loads_from_safetensors_and_decodes_incrementally_like_a_full_recompute() {
+    let root = tempfile::tempdir().unwrap();
+    for family in Family::ALL {
+        let dir = tiny_safetensors(root.path(), family);
+        let mut m = load(&dir);
+        assert_eq!(m.family, family);
+        assert_eq!(m.summary.family, family.name());
+        assert_eq!(m.summary.chat_template, None);
+        let bos = m.bos.expect("the tokenizer's post-processor adds <s>");
+        let ids: Vec<u32> = std::iter::once(bos)
+            .chain(
+                m.tokenizer
+                    .encode("hello world, hello bees", false)
+                    .unwrap()
+                    .get_ids()
+                    .iter()
+                    .copied(),
+            )
+            .collect();
+        let full = m.forward(&ids, 0).unwrap();
+        m.reset().unwrap();
+        let mut last = m.forward(&ids[..4], 0).unwrap();
+        for (pos, id) in ids.iter().enumerate().skip(4) {
+            last = m.forward(&[*id], pos).unwrap();
+        }
+        let d = max_abs_diff(&full, &last);
+        assert!(
+            d < 1e-3,
+            "{}: incremental differs from full by {d}",
+            family.name()
+        );
+        assert!(m.eos_tokens.contains(&(bos + 1)), "{}", family.name());
+    }
+    // A model_type outside the table is refused naming it.
+    let dir = root.path().join("tiny-falcon");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        tiny_config("falcon", 10).to_string(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(dir.join("model.safetensors"), "").unwrap();
+    let e = load::load_ref(dir.to_str().unwrap(), "cpu", &mut |_, _| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model_type `falcon`; this worker runs llama, qwen2"),
+        "{e}"
+    );
+}

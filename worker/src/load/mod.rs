@@ -62,7 +62,8 @@ impl LoadedModel {
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Tensor> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let logits = self.network.forward(&input, pos)?;
-        logits.squeeze(0)?.to_dtype(DType::F32)
+        // [1, vocab] or [1, 1, vocab] depending on the implementation: one row of logits.
+        logits.flatten_all()?.to_dtype(DType::F32)
     }
 
     /// Forget the KV cache before an unrelated prompt.

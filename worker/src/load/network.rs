@@ -7,8 +7,10 @@ use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    llama, quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+    gemma3, llama, phi3, quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2,
+    quantized_qwen3, qwen2, qwen3,
 };
 
 /// A model family: one architecture, one implementation.
@@ -52,6 +54,18 @@ impl Family {
         Family::ALL.into_iter().find(|f| f.name() == arch)
     }
 
+    /// The family of a safetensors model's `model_type` (config.json), if this worker runs it.
+    pub fn from_model_type(model_type: &str) -> Option<Family> {
+        match model_type {
+            "llama" | "mistral" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "qwen3" => Some(Family::Qwen3),
+            "gemma3" | "gemma3_text" => Some(Family::Gemma3),
+            "phi3" => Some(Family::Phi3),
+            _ => None,
+        }
+    }
+
     /// `llama, qwen2, …`: what a refusal offers instead.
     pub fn supported() -> String {
         Family::ALL.map(Family::name).join(", ")
@@ -79,6 +93,14 @@ pub enum Network {
     Gemma3(quantized_gemma3::ModelWeights),
     /// Quantized Phi-3.
     Phi3(quantized_phi3::ModelWeights),
+    /// Full-precision Qwen2 from safetensors.
+    Qwen2Full(qwen2::ModelForCausalLM),
+    /// Full-precision Qwen3 from safetensors.
+    Qwen3Full(qwen3::ModelForCausalLM),
+    /// Full-precision Gemma 3 from safetensors.
+    Gemma3Full(gemma3::Model),
+    /// Full-precision Phi-3 from safetensors.
+    Phi3Full(phi3::Model),
     /// A full-precision llama model from safetensors, with its KV cache.
     LlamaFull {
         /// The weights.
@@ -119,6 +141,37 @@ impl Network {
         })
     }
 
+    /// Build `family`'s full-precision network from a safetensors model's config.json and
+    /// weights.
+    pub fn from_safetensors(
+        family: Family,
+        config: serde_json::Value,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        fn cfg<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> candle_core::Result<T> {
+            serde_json::from_value(v).map_err(candle_core::Error::msg)
+        }
+        Ok(match family {
+            Family::Llama => {
+                let dtype = vb.dtype();
+                let config = cfg::<llama::LlamaConfig>(config)?.into_config(false);
+                let model = llama::Llama::load(vb, &config)?;
+                let cache = llama::Cache::new(true, dtype, &config, device)?;
+                Network::LlamaFull {
+                    model,
+                    cache,
+                    config,
+                    dtype,
+                }
+            }
+            Family::Qwen2 => Network::Qwen2Full(qwen2::ModelForCausalLM::new(&cfg(config)?, vb)?),
+            Family::Qwen3 => Network::Qwen3Full(qwen3::ModelForCausalLM::new(&cfg(config)?, vb)?),
+            Family::Gemma3 => Network::Gemma3Full(gemma3::Model::new(false, &cfg(config)?, vb)?),
+            Family::Phi3 => Network::Phi3Full(phi3::Model::new(&cfg(config)?, vb)?),
+        })
+    }
+
     /// Logits of the last position of `input` (`[1, n]` token ids) placed at `pos`.
     pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         match self {
@@ -127,6 +180,10 @@ impl Network {
             Network::Qwen3(m) => m.forward(input, pos),
             Network::Gemma3(m) => m.forward(input, pos),
             Network::Phi3(m) => m.forward(input, pos),
+            Network::Qwen2Full(m) => m.forward(input, pos),
+            Network::Qwen3Full(m) => m.forward(input, pos),
+            Network::Gemma3Full(m) => m.forward(input, pos),
+            Network::Phi3Full(m) => m.forward(input, pos),
             Network::LlamaFull { model, cache, .. } => model.forward(input, pos, cache),
         }
     }
@@ -139,6 +196,10 @@ impl Network {
             Network::Qwen2(m) => m.clear_kv_cache(),
             Network::Qwen3(m) => m.clear_kv_cache(),
             Network::Gemma3(_) | Network::Phi3(_) => {}
+            Network::Qwen2Full(m) => m.clear_kv_cache(),
+            Network::Qwen3Full(m) => m.clear_kv_cache(),
+            Network::Gemma3Full(m) => m.clear_kv_cache(),
+            Network::Phi3Full(m) => m.clear_kv_cache(),
             Network::LlamaFull {
                 cache,
                 config,

@@ -1,9 +1,8 @@
-//! Loading a safetensors model directory (llama family) with candle's full-precision model,
+//! Loading a safetensors model directory with candle's full-precision model of its family,
 //! with its chat template from `chat_template.jinja` or `tokenizer_config.json`.
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use candle_transformers::models::llama;
 use rbee_proto::ModelSummary;
 use rbee_store::ModelFiles;
 use tokenizers::Tokenizer;
@@ -65,6 +64,33 @@ fn leading_bos(tok: &Tokenizer) -> Option<u32> {
     empty.get_ids().first().copied()
 }
 
+/// The family of a config.json (`model_type`), or a refusal naming it and the supported list.
+fn family_of(raw: &serde_json::Value, config_path: &Path) -> Result<Family, LoadError> {
+    let model_type = raw["model_type"].as_str().unwrap_or("");
+    let arch = raw["architectures"][0].as_str().unwrap_or("");
+    Family::from_model_type(model_type)
+        .or_else(|| (arch == "LlamaForCausalLM").then_some(Family::Llama))
+        .ok_or_else(|| LoadError::Unsupported {
+            path: config_path.into(),
+            reason: format!(
+                "architecture `{arch}` / model_type `{model_type}`; this worker runs {}",
+                Family::supported()
+            ),
+        })
+}
+
+/// Token ids in `v`: a number or a list of numbers.
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    match v {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        v => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+    }
+}
+
 /// Load `config.json`, `tokenizer.json` and the weights onto `device`.
 pub fn load(
     files: &ModelFiles,
@@ -83,27 +109,16 @@ pub fn load(
     };
     progress("reading config", 0.05);
     let raw = read_json(config_path)?;
-    let arch = raw["architectures"][0].as_str().unwrap_or("").to_string();
-    let model_type = raw["model_type"].as_str().unwrap_or("").to_string();
-    if model_type != "llama" && arch != "LlamaForCausalLM" {
-        return Err(LoadError::Unsupported {
-            path: config_path.clone(),
-            reason: format!(
-                "architecture `{arch}` / model_type `{model_type}`; safetensors directories run \
-                 the llama family (GGUF files run {})",
-                Family::supported()
-            ),
-        });
+    let family = family_of(&raw, config_path)?;
+    // Every id that ends a turn: config.json's and generation_config.json's.
+    let mut declared = ids(&raw["eos_token_id"]);
+    if let Some(gen) = files
+        .extra("generation_config.json")
+        .and_then(|p| read_json(p).ok())
+    {
+        declared.extend(ids(&gen["eos_token_id"]));
     }
-    let cfg: llama::LlamaConfig =
-        serde_json::from_value(raw).map_err(|e| LoadError::corrupt(config_path, e))?;
-    let declared = match &cfg.eos_token_id {
-        Some(llama::LlamaEosToks::Single(t)) => vec![*t],
-        Some(llama::LlamaEosToks::Multiple(v)) => v.clone(),
-        None => Vec::new(),
-    };
-    let context_length = cfg.max_position_embeddings as u32;
-    let config = cfg.into_config(false);
+    let context_length = raw["max_position_embeddings"].as_u64().unwrap_or(2048) as u32;
     progress("tokenizer", 0.1);
     let tokenizer = tokenizer::from_file(tokenizer_path)?;
     let dtype = if device.is_cpu() {
@@ -116,32 +131,26 @@ pub fn load(
     // worker runs, and an external truncation would be an operator error that candle reports.
     let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
         .map_err(|e| LoadError::corrupt(&weights[0], e))?;
-    let model = llama::Llama::load(vb, &config).map_err(|e| LoadError::corrupt(&weights[0], e))?;
-    let cache = llama::Cache::new(true, dtype, &config, device)
-        .map_err(|e| LoadError::corrupt(config_path, e))?;
+    let network = Network::from_safetensors(family, raw, vb, device)
+        .map_err(|e| LoadError::corrupt(dir, e))?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "llama".into());
+        .unwrap_or_else(|| family.name().into());
     progress("ready", 1.0);
     let chat = chat_template(files);
     let summary = ModelSummary {
         name,
-        architecture: Family::Llama.name().into(),
+        architecture: family.name().into(),
         context_length,
         memory_bytes: files.total_bytes(),
         device: device::name(device),
-        family: Family::Llama.name().into(),
+        family: family.name().into(),
         chat_template: chat.as_ref().ok().map(|t| t.source.as_str().into()),
     };
     Ok(LoadedModel {
-        network: Network::LlamaFull {
-            model,
-            cache,
-            config,
-            dtype,
-        },
-        family: Family::Llama,
+        network,
+        family,
         eos_tokens: end_tokens(&tokenizer, &declared),
         bos: leading_bos(&tokenizer),
         tokenizer: std::sync::Arc::new(tokenizer),
