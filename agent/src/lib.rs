@@ -128,6 +128,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         }
     }
 
+    let limits = server::Limits::for_this_process();
+    tracing::info!(?limits, "session server limits");
     let first = collector.lock().unwrap().sample(&supervisor.pids());
     let (tel_tx, tel_rx) = watch::channel(first);
     let shared = Arc::new(server::Shared {
@@ -139,6 +141,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         metrics,
         events,
         telemetry: tel_rx,
+        limits,
+        sessions: Arc::new(tokio::sync::Semaphore::new(limits.sessions)),
     });
     let stop = CancellationToken::new();
     let every = Duration::from_millis(config.telemetry_ms);

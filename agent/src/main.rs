@@ -18,8 +18,9 @@ struct Args {
     /// TOML config file (see assets/agent.example.toml).
     #[arg(long, env = "RBEE_AGENT_CONFIG")]
     config: Option<PathBuf>,
-    /// A directory of models this node serves (repeatable; adds to the config's model_dirs).
-    #[arg(long = "model-dir", env = "RBEE_MODEL_DIRS", value_delimiter = ':')]
+    /// A directory of models this node serves (repeatable; adds to the config's model_dirs). The
+    /// environment variable RBEE_MODEL_DIRS adds more, separated by `:` as in PATH.
+    #[arg(long = "model-dir")]
     model_dirs: Vec<PathBuf>,
     /// Path of rbee-worker (default: next to this binary).
     #[arg(long, env = "RBEE_WORKER_BIN")]
@@ -62,6 +63,12 @@ fn main() -> anyhow::Result<()> {
         config.listen = l;
     }
     config.model_dirs.extend(args.model_dirs);
+    // A flag names one directory (it may contain `:`); the variable is a list, like PATH.
+    if let Some(list) = std::env::var_os("RBEE_MODEL_DIRS") {
+        config
+            .model_dirs
+            .extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+    }
     if let Some(w) = args.worker_bin {
         config.worker_bin = Some(w);
     }
@@ -81,6 +88,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let state_dir = args.state_dir.unwrap_or_else(default_state_dir);
+    // Connection limits are sized from this (see agent/README.md, "Limits").
+    rbee_agent::server::raise_descriptor_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -19,6 +19,7 @@ struct Inner {
     tokens: u64,
     errors: BTreeMap<String, u64>,
     sessions: u64,
+    dropped: BTreeMap<&'static str, u64>,
 }
 
 impl Metrics {
@@ -49,6 +50,17 @@ impl Metrics {
             .entry(kind.into())
             .or_default() += 1;
     }
+    /// A connection was closed by a limit (`evicted`, `handshake_timeout`, `head_too_large`,
+    /// `too_many_sessions`, `write_stall`).
+    pub fn dropped(&self, reason: &'static str) {
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .dropped
+            .entry(reason)
+            .or_default() += 1;
+    }
     /// A session was authenticated.
     pub fn session(&self) {
         self.inner.lock().unwrap().sessions += 1;
@@ -76,6 +88,16 @@ impl Metrics {
         );
         for (kind, n) in &m.errors {
             let _ = writeln!(s, "rbee_errors_total{{kind=\"{kind}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP rbee_connections_dropped_total Connections closed by a limit, by reason.\n# TYPE rbee_connections_dropped_total counter"
+        );
+        for (reason, n) in &m.dropped {
+            let _ = writeln!(
+                s,
+                "rbee_connections_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         s
     }

@@ -1,24 +1,25 @@
-//! Authentication before the WebSocket upgrade: the request head is read first, so `/metrics` can
-//! be told apart and a wrong token gets a plain 401 without a session.
+//! Authentication before the WebSocket upgrade: the request head is read first (bounded in size;
+//! the caller bounds the time), so `/metrics` can be told apart and a wrong token gets a plain
+//! 401 without a session.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use rbee_proto::MAX_FRAME_BYTES;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request as HttpRequest, Response,
 };
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::limits::HANDSHAKE_TIMEOUT;
 use super::shared::Shared;
+use super::stream::Replayed;
 
 /// An authenticated WebSocket session.
-pub(super) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub(super) type Ws = tokio_tungstenite::WebSocketStream<Replayed>;
 
 /// Whether an `Authorization` header value carries our token (compared in constant time).
 pub(super) fn token_ok(header: Option<&str>, token: &str) -> bool {
@@ -31,7 +32,7 @@ pub(super) fn token_ok(header: Option<&str>, token: &str) -> bool {
 
 /// The parts of a request head the agent looks at before deciding what the connection is.
 pub(super) struct Head {
-    /// The raw bytes (still unread on the socket).
+    /// The raw bytes read (the head, and whatever followed it in the same reads).
     pub bytes: Vec<u8>,
     pub path: String,
     pub upgrade: bool,
@@ -68,35 +69,43 @@ impl Head {
     }
 }
 
-/// Read the request head without consuming it, so the WebSocket handshake can still read it.
-pub(super) async fn peek_head(stream: &TcpStream) -> std::io::Result<Head> {
-    let mut buf = vec![0u8; 8192];
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+/// Read the request head (up to its blank line). It is consumed from the socket; the bytes are
+/// kept in [`Head::bytes`] for the WebSocket handshake to replay. A peer that closes first gets
+/// an error; a head longer than `max` is answered `431` and refused. The caller bounds the time.
+pub(super) async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Result<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timeout")
-            })??;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "closed",
+                "closed before the request head ended",
             ));
         }
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
-            buf.truncate(n);
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if buf[searched_from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(Head::parse(buf));
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        if buf.len() >= max {
+            let _ = stream
+                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("request head over {max} bytes"),
+            ));
+        }
     }
 }
 
-/// Checks the token during the WebSocket upgrade; a wrong or missing one is answered 401.
+/// Checks the token during the WebSocket upgrade; a wrong or missing one is answered 401, a
+/// right one beyond the session limit 503.
 struct CheckToken {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    authorized: Arc<AtomicBool>,
+    admitted: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl Callback for CheckToken {
@@ -106,7 +115,16 @@ impl Callback for CheckToken {
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         if token_ok(auth, &self.shared.token) {
-            self.authorized.store(true, Ordering::SeqCst);
+            let Ok(permit) = self.shared.sessions.clone().try_acquire_owned() else {
+                self.shared.metrics.dropped("too_many_sessions");
+                let limit = self.shared.limits.sessions;
+                let mut r = ErrorResponse::new(Some(format!(
+                    "the agent serves at most {limit} sessions at once; try again later"
+                )));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Err(r);
+            };
+            *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
             return Ok(resp);
         }
         // Recorded before the 401 goes out, so the log is complete once the client knows.
@@ -123,18 +141,19 @@ impl Callback for CheckToken {
     }
 }
 
-/// Run the WebSocket upgrade, checking the token in it. `None` when the token was wrong or
-/// missing (the client got a 401 and an audit line was written).
+/// Run the WebSocket upgrade on a connection whose head was read, checking the token in it.
+/// `None` when the token was wrong or missing (the client got a 401 and an audit line was
+/// written) or the session limit is reached (503). The permit holds the session's place.
 pub(super) async fn upgrade(
-    stream: TcpStream,
+    stream: Replayed,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Option<Ws>> {
-    let authorized = Arc::new(AtomicBool::new(false));
+) -> anyhow::Result<Option<(Ws, OwnedSemaphorePermit)>> {
+    let admitted = Arc::new(Mutex::new(None));
     let check = CheckToken {
         shared: shared.clone(),
         peer,
-        authorized: authorized.clone(),
+        admitted: admitted.clone(),
     };
     let mut config = WebSocketConfig::default();
     // Larger than our frame limit so an oversized frame gets a protocol error reply, not a drop.
@@ -142,8 +161,9 @@ pub(super) async fn upgrade(
     config.max_frame_size = Some(MAX_FRAME_BYTES * 16);
     config.read_buffer_size = rbee_proto::WS_READ_BUFFER_BYTES;
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await;
-    if !authorized.load(Ordering::SeqCst) {
-        return Ok(None);
+    let permit = admitted.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match permit {
+        Some(permit) => Ok(Some((ws?, permit))),
+        None => Ok(None),
     }
-    Ok(Some(ws?))
 }

@@ -10,17 +10,17 @@ use rbee_proto::{ErrorCode, PROTOCOL_VERSION};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::auth::Ws;
-use super::limits::HANDSHAKE_TIMEOUT;
 use super::shared::Shared;
 
-/// Wait for `Hello` and answer it. `Ok(true)` when the session may go on.
+/// Wait (until `deadline`) for `Hello` and answer it. `Ok(true)` when the session may go on.
 pub(super) async fn greet(
     sink: &mut SplitSink<Ws, Message>,
     source: &mut SplitStream<Ws>,
     peer: SocketAddr,
     shared: &Shared,
+    deadline: tokio::time::Instant,
 ) -> anyhow::Result<bool> {
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, source.next()).await;
+    let first = tokio::time::timeout_at(deadline, source.next()).await;
     let hello = match first {
         Ok(Some(Ok(Message::Text(t)))) => decode::<ClientMsg>(&t),
         _ => return Ok(false),

@@ -2,7 +2,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::auth::{token_ok, Head};
@@ -33,9 +33,6 @@ pub(super) async fn serve(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    // Consume the request head we peeked, then answer.
-    let mut sink = vec![0u8; head.bytes.len()];
-    let _ = stream.read_exact(&mut sink).await;
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(())

@@ -11,6 +11,7 @@
 //! | `handlers`   | one handler per request kind                                    |
 //! | `shared`     | what every connection can reach                                 |
 //! | `limits`     | the bounds on connections, handshakes and requests in flight    |
+//! | `stream`     | the socket with its already-read head replayed to the upgrade   |
 mod auth;
 mod handlers;
 mod handshake;
@@ -18,35 +19,46 @@ mod limits;
 mod metrics_http;
 mod session;
 mod shared;
+mod stream;
 mod writer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+pub use limits::{raise_descriptor_limit, Limits};
 pub use shared::Shared;
 
-/// Accept connections until `shutdown`, then give open sessions a moment to end.
+/// Accept connections until `shutdown`, then give open sessions a moment to end. Every
+/// connection starts among the pending ones (see [`Limits::pending`]).
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let sessions = tokio_util::task::TaskTracker::new();
+    let pending = limits::Pending::new(shared.limits.pending);
+    let mut last_warning: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             acc = listener.accept() => match acc {
                 Ok((stream, peer)) => {
+                    let ticket = pending.admit();
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     sessions.spawn(async move {
-                        if let Err(e) = handle_connection(stream, peer, shared, shutdown).await {
+                        if let Err(e) = handle_connection(stream, peer, shared, shutdown, ticket).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });
                 }
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    // Out of descriptors or memory: say so at most once a second, and wait.
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!("accept failed: {e}");
+                        last_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -56,19 +68,33 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: C
     let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
 }
 
-/// One connection: `/metrics`, or an authenticated WebSocket session.
+/// One connection: `/metrics`, or an authenticated WebSocket session. From accept to
+/// `Welcome` it has [`Limits::handshake`]; until it is authenticated a newer connection may
+/// evict it.
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    ticket: limits::Ticket,
 ) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
-    let head = auth::peek_head(&stream).await?;
-    if head.is_metrics() {
-        return metrics_http::serve(stream, &head, peer, &shared).await;
-    }
-    let Some(ws) = auth::upgrade(stream, peer, &shared).await? else {
+    let deadline = tokio::time::Instant::now() + shared.limits.handshake;
+    let opened = tokio::select! {
+        o = tokio::time::timeout_at(deadline, open(stream, peer, &shared)) => match o {
+            Ok(o) => o?,
+            Err(_) => {
+                shared.metrics.dropped("handshake_timeout");
+                return Ok(());
+            }
+        },
+        _ = ticket.evicted.cancelled() => {
+            shared.metrics.dropped("evicted");
+            return Ok(());
+        }
+    };
+    drop(ticket);
+    let Some((ws, permit)) = opened else {
         return Ok(());
     };
     shared.audit.record(
@@ -78,5 +104,31 @@ async fn handle_connection(
         "session authenticated",
     );
     shared.metrics.session();
-    session::run(ws, peer, shared, shutdown).await
+    let r = session::run(ws, peer, shared, shutdown, deadline).await;
+    drop(permit);
+    r
+}
+
+/// Read the head, then serve `/metrics` or run the authenticated upgrade. A session comes back
+/// with its place among the sessions; `None` when the connection was answered and is done
+/// (`/metrics`, a 401, a 503).
+async fn open(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Option<(auth::Ws, OwnedSemaphorePermit)>> {
+    let head = match auth::read_head(&mut stream, shared.limits.head_bytes).await {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            shared.metrics.dropped("head_too_large");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if head.is_metrics() {
+        metrics_http::serve(stream, &head, peer, shared).await?;
+        return Ok(None);
+    }
+    let stream = stream::Replayed::new(head.bytes, stream);
+    auth::upgrade(stream, peer, shared).await
 }

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use rbee_proto::frame::decode;
 use rbee_proto::session::{ClientMsg, Event, Reply, Request, ServerMsg};
 use rbee_proto::{ErrorCode, RequestId, UnixMillis};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -24,26 +24,37 @@ struct Incoming {
     body: Request,
 }
 
-/// Run a session from its handshake until either side leaves.
+/// Run a session from its handshake until either side leaves. At most `limits.in_flight` of
+/// its requests are handled at once: beyond that the loop stops reading, so a client that
+/// never reads its answers holds a bounded amount of the agent's memory.
 pub(super) async fn run(
     ws: Ws,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
     let (mut sink, mut source) = ws.split();
-    if !handshake::greet(&mut sink, &mut source, peer, &shared).await? {
+    if !handshake::greet(&mut sink, &mut source, peer, &shared, deadline).await? {
         return Ok(());
     }
     let (out_tx, out_rx) = mpsc::channel::<ServerMsg>(1024);
     let subscribed = Arc::new(AtomicBool::new(false));
+    // Cancelled when the writer gives up (the client stopped taking frames).
+    let ended = CancellationToken::new();
     let sources = writer::Sources {
         out: out_rx,
         events: shared.events.subscribe(),
         telemetry: shared.telemetry.clone(),
         subscribed: subscribed.clone(),
     };
-    let writer = tokio::spawn(writer::run(sink, sources, shared.clone(), shutdown.clone()));
+    let mut writer = tokio::spawn(writer::run(
+        sink,
+        sources,
+        shared.clone(),
+        shutdown.clone(),
+        ended.clone(),
+    ));
     let inflight: Inflight = Arc::default();
     let ctx = Ctx {
         shared: shared.clone(),
@@ -51,10 +62,12 @@ pub(super) async fn run(
         inflight: inflight.clone(),
         peer: peer.to_string(),
     };
+    let permits = Arc::new(Semaphore::new(shared.limits.in_flight));
     loop {
         let msg = tokio::select! {
             m = source.next() => m,
             _ = shutdown.cancelled() => break,
+            _ = ended.cancelled() => break,
         };
         let Some(Ok(msg)) = msg else { break };
         if let Message::Close(_) = msg {
@@ -68,8 +81,16 @@ pub(super) async fn run(
             subscribe(&ctx, req.id).await;
             continue;
         }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+            _ = ended.cancelled() => break,
+        };
         let ctx = ctx.clone();
-        tokio::spawn(async move { handlers::answer(&ctx, req.id, req.deadline, req.body).await });
+        tokio::spawn(async move {
+            handlers::answer(&ctx, req.id, req.deadline, req.body).await;
+            drop(permit);
+        });
     }
     // The session is gone: its inferences are cancelled down to the worker.
     let gone: Vec<_> = inflight.lock().unwrap().drain().collect();
@@ -78,7 +99,14 @@ pub(super) async fn run(
     }
     drop(ctx);
     drop(out_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // Queued answers get a moment to go out; then the writer goes, and with its queue every
+    // handler still waiting to send.
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     tracing::info!(%peer, "session ended");
     Ok(())
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use rbee_proto::config::AgentConfig;
 use rbee_proto::session::{Event, Telemetry};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Semaphore};
 
 /// What every session handler can reach.
 pub struct Shared {
@@ -23,4 +23,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Event>,
     /// The latest telemetry sample.
     pub telemetry: watch::Receiver<Telemetry>,
+    /// The server's bounds.
+    pub limits: super::Limits,
+    /// One permit per authenticated session (`limits.sessions` in all).
+    pub sessions: Arc<Semaphore>,
 }

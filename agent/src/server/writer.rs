@@ -2,6 +2,7 @@
 //! latest telemetry sample.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
@@ -22,13 +23,16 @@ pub(super) struct Sources {
     pub subscribed: Arc<AtomicBool>,
 }
 
-/// Write until the session's senders are gone, the peer stops taking frames, or shutdown.
+/// Write until the session's senders are gone, the peer stops taking frames (none for
+/// `limits.write_stall`), or shutdown; then cancel `ended` so the read loop stops too.
 pub(super) async fn run(
     mut sink: SplitSink<Ws, Message>,
     mut src: Sources,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    ended: CancellationToken,
 ) {
+    let stall = shared.limits.write_stall;
     loop {
         let msg = tokio::select! {
             biased;
@@ -43,7 +47,7 @@ pub(super) async fn run(
                     // Too slow for the event stream: skip ahead, then resend the truth.
                     tracing::debug!("session lagged by {n} events; resyncing");
                     if src.subscribed.load(Ordering::Relaxed) && resync(&mut sink, &shared).await.is_err() {
-                        return;
+                        break;
                     }
                     continue;
                 }
@@ -65,11 +69,21 @@ pub(super) async fn run(
                 break;
             }
         };
-        if sink.send(Message::text(encode(&msg))).await.is_err() {
-            break;
+        match tokio::time::timeout(stall, sink.send(Message::text(encode(&msg)))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::info!(
+                    "session took no frame for {} s; closing it",
+                    stall.as_secs()
+                );
+                shared.metrics.dropped("write_stall");
+                break;
+            }
         }
     }
-    let _ = sink.close().await;
+    ended.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 /// Send every worker's current state (after events were lost to lag).
