@@ -20,6 +20,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod error;
 pub mod fmt;
+pub mod gateway;
 pub mod logging;
 pub mod nodes;
 

@@ -48,6 +48,8 @@ pub enum Command {
     Infer(InferArgs),
     /// Every node's connection state, telemetry and workers.
     Status,
+    /// The OpenAI-compatible gateway for every node's models (headless queen).
+    Serve(Box<crate::cli::serve::ServeArgs>),
 }
 
 /// `nodes …`.

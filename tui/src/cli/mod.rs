@@ -16,6 +16,7 @@ mod infer;
 mod models;
 mod nodes;
 mod out;
+pub mod serve;
 mod status;
 mod workers;
 
@@ -53,5 +54,6 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
             infer::run(&target, args, timeout, out).await
         }
         Command::Status => status::run(&cf.targets(), timeout, out).await,
+        Command::Serve(args) => serve::run(cf.targets(), *args).await,
     }
 }

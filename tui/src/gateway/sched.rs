@@ -1,0 +1,208 @@
+//! Placement, as pure functions over the cluster view and the gateway's own count of requests in
+//! flight per worker: which worker takes a request, whether a new worker is needed, and which
+//! node should load it.
+use std::collections::{HashMap, HashSet};
+
+use rbee_proto::{WorkerId, WorkerState};
+
+use crate::dashboard::state::NodeIdx;
+use crate::gateway::cluster::Cluster;
+
+/// A worker, cluster-wide.
+pub type Place = (NodeIdx, WorkerId);
+
+/// Requests the gateway has in flight per worker.
+pub type Load = HashMap<Place, u32>;
+
+/// The serving worker of `model` with a free slot and the fewest requests in flight (ours first,
+/// then what its heartbeat reports, then node order), skipping `exclude`.
+pub fn pick_worker(
+    cluster: &Cluster,
+    load: &Load,
+    slots: u32,
+    model: &str,
+    exclude: &[Place],
+) -> Option<Place> {
+    let mut best: Option<(u32, u32, Place)> = None;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if !node.up {
+            continue;
+        }
+        for w in node.workers.values() {
+            if !w.state.is_serving() || !node.serves(w, model) {
+                continue;
+            }
+            let place = (i, w.id.clone());
+            if exclude.contains(&place) {
+                continue;
+            }
+            let ours = load.get(&place).copied().unwrap_or(0);
+            if ours >= slots {
+                continue;
+            }
+            let key = (ours, w.in_flight);
+            if best.as_ref().is_none_or(|(a, b, _)| key < (*a, *b)) {
+                best = Some((key.0, key.1, place));
+            }
+        }
+    }
+    best.map(|(_, _, p)| p)
+}
+
+/// What can still serve `model` without a new worker: serving workers, and workers on their way
+/// (starting, loading, or restarting after a crash) on reachable nodes.
+#[derive(Debug, Default, PartialEq)]
+pub struct Supply {
+    /// Workers serving now.
+    pub serving: u32,
+    /// Of those, the ones with a free slot.
+    pub free: u32,
+    /// Workers starting, loading or being restarted by their agent.
+    pub coming: u32,
+}
+
+/// Count the workers of `model` on reachable nodes.
+pub fn supply(cluster: &Cluster, load: &Load, slots: u32, model: &str) -> Supply {
+    let mut s = Supply::default();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if !node.up {
+            continue;
+        }
+        for w in node.workers.values() {
+            if !node.serves(w, model) {
+                continue;
+            }
+            match w.state {
+                WorkerState::Ready | WorkerState::Busy => {
+                    s.serving += 1;
+                    let ours = load.get(&(i, w.id.clone())).copied().unwrap_or(0);
+                    if ours < slots {
+                        s.free += 1;
+                    }
+                }
+                WorkerState::Starting
+                | WorkerState::Loading
+                | WorkerState::Crashed
+                | WorkerState::BackingOff => s.coming += 1,
+                WorkerState::Stopping | WorkerState::Exited | WorkerState::Failed => {}
+            }
+        }
+    }
+    s
+}
+
+/// The node that should load a new worker of `model`: reachable, lists the model, runs no
+/// worker of it yet (a failed one counts: it failed there), not in `refused`; the one with the
+/// most free memory, then the fewest workers, then config order.
+pub fn spawn_node(cluster: &Cluster, model: &str, refused: &HashSet<NodeIdx>) -> Option<NodeIdx> {
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            n.up && !refused.contains(i)
+                && n.entry(model).is_some()
+                && !n
+                    .workers
+                    .values()
+                    .any(|w| w.state != WorkerState::Stopping && n.serves(w, model))
+        })
+        .max_by_key(|(i, n)| {
+            (
+                n.free_memory(),
+                usize::MAX - n.workers.len(),
+                usize::MAX - i,
+            )
+        })
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::cluster::NodeView;
+    use rbee_proto::session::{ModelEntry, Telemetry, WorkerInfo};
+
+    fn worker(id: &str, state: WorkerState, in_flight: u32) -> WorkerInfo {
+        WorkerInfo {
+            id: id.into(),
+            model: "/m/a.gguf".into(),
+            device: "cpu".into(),
+            state,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            summary: None,
+            heartbeat_age_ms: None,
+            tokens_per_s: 0.0,
+            rss_bytes: 0,
+            vram_bytes: 0,
+            in_flight,
+            detail: String::new(),
+        }
+    }
+
+    fn node(name: &str, free: u64, workers: Vec<WorkerInfo>) -> NodeView {
+        NodeView {
+            name: name.into(),
+            up: true,
+            reason: String::new(),
+            models: vec![ModelEntry {
+                name: "a".into(),
+                reference: "/m/a.gguf".into(),
+                size_bytes: 1,
+                format: "gguf".into(),
+            }],
+            workers: workers.into_iter().map(|w| (w.id.clone(), w)).collect(),
+            telemetry: Some(Telemetry {
+                mem_total_bytes: free,
+                ..Telemetry::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn least_loaded_free_worker_wins() {
+        let c = Cluster {
+            nodes: vec![
+                node("n0", 1, vec![worker("w1", WorkerState::Busy, 1)]),
+                node("n1", 1, vec![worker("w1", WorkerState::Ready, 0)]),
+            ],
+        };
+        let mut load = Load::new();
+        load.insert((0, "w1".into()), 1);
+        assert_eq!(pick_worker(&c, &load, 2, "a", &[]), Some((1, "w1".into())));
+        load.insert((1, "w1".into()), 2);
+        assert_eq!(pick_worker(&c, &load, 2, "a", &[]), Some((0, "w1".into())));
+        assert_eq!(pick_worker(&c, &load, 2, "a", &[(0, "w1".into())]), None);
+        assert_eq!(
+            pick_worker(&c, &load, 2, "a.gguf", &[]),
+            Some((0, "w1".into()))
+        );
+        assert_eq!(pick_worker(&c, &load, 2, "b", &[]), None);
+    }
+
+    #[test]
+    fn spawn_goes_where_the_model_is_not_yet_and_memory_is() {
+        let mut c = Cluster {
+            nodes: vec![
+                node("n0", 10, vec![worker("w1", WorkerState::Loading, 0)]),
+                node("n1", 5, vec![]),
+                node("n2", 8, vec![]),
+            ],
+        };
+        assert_eq!(spawn_node(&c, "a", &HashSet::new()), Some(2));
+        assert_eq!(spawn_node(&c, "a", &HashSet::from([2])), Some(1));
+        c.nodes[1].up = false;
+        assert_eq!(spawn_node(&c, "a", &HashSet::from([2])), None);
+        let s = supply(&c, &Load::new(), 2, "a");
+        assert_eq!(
+            s,
+            Supply {
+                serving: 0,
+                free: 0,
+                coming: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! Counters, the snapshot the read-only endpoints are built from, `/metrics` in Prometheus' text
+//! format, and the audit line written for every request.
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::gateway::cluster::Cluster;
+
+/// Totals since the gateway started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Generation requests accepted for scheduling.
+    pub requests: u64,
+    /// Answered in full.
+    pub ok: u64,
+    /// Failed on a node or refused after scheduling (404, 503, 504, …), 429s excluded.
+    pub failed: u64,
+    /// Refused because the wait queue was full (429).
+    pub queue_full: u64,
+    /// The client went away first.
+    pub cancelled: u64,
+    /// Requests moved to another worker after a failure before their first token.
+    pub retries: u64,
+    /// Tokens streamed to clients.
+    pub tokens: u64,
+    /// Workers the gateway asked a node to start.
+    pub spawns: u64,
+    /// Workers the gateway unloaded after their keep-alive.
+    pub unloads: u64,
+    /// Sum of queue waits of started requests, in milliseconds (with `started`, the mean).
+    pub queue_ms_sum: u64,
+    /// Requests that reached a worker.
+    pub started: u64,
+}
+
+/// Everything the read-only endpoints show, taken in one go from the hub.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The nodes, their models and workers.
+    pub cluster: Cluster,
+    /// Requests waiting for a worker.
+    pub waiting: usize,
+    /// Requests on a worker now.
+    pub running: usize,
+    /// Workers started by the gateway and still kept: (node index, worker id).
+    pub owned: Vec<(usize, String)>,
+    /// Totals.
+    pub stats: Stats,
+}
+
+impl Snapshot {
+    /// `/metrics`, Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        let s = &self.stats;
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP rbee_gateway_{name} {help}");
+            let _ = writeln!(out, "# TYPE rbee_gateway_{name} {kind}");
+            let _ = writeln!(out, "rbee_gateway_{name} {value}");
+        };
+        put(
+            "requests_total",
+            "counter",
+            "Generation requests accepted.",
+            s.requests.to_string(),
+        );
+        put(
+            "ok_total",
+            "counter",
+            "Requests answered in full.",
+            s.ok.to_string(),
+        );
+        put(
+            "failed_total",
+            "counter",
+            "Requests that failed or were refused after scheduling.",
+            s.failed.to_string(),
+        );
+        put(
+            "queue_full_total",
+            "counter",
+            "Requests refused with 429 (queue full).",
+            s.queue_full.to_string(),
+        );
+        put(
+            "cancelled_total",
+            "counter",
+            "Requests whose client went away.",
+            s.cancelled.to_string(),
+        );
+        put(
+            "retries_total",
+            "counter",
+            "Requests moved to another worker before their first token.",
+            s.retries.to_string(),
+        );
+        put(
+            "tokens_total",
+            "counter",
+            "Tokens streamed to clients.",
+            s.tokens.to_string(),
+        );
+        put(
+            "spawns_total",
+            "counter",
+            "Workers started on demand.",
+            s.spawns.to_string(),
+        );
+        put(
+            "unloads_total",
+            "counter",
+            "Workers unloaded after their keep-alive.",
+            s.unloads.to_string(),
+        );
+        put(
+            "queue_wait_ms_total",
+            "counter",
+            "Summed queue wait of started requests.",
+            s.queue_ms_sum.to_string(),
+        );
+        put(
+            "waiting",
+            "gauge",
+            "Requests waiting for a worker.",
+            self.waiting.to_string(),
+        );
+        put(
+            "running",
+            "gauge",
+            "Requests on a worker.",
+            self.running.to_string(),
+        );
+        let up = self.cluster.nodes.iter().filter(|n| n.up).count();
+        put("nodes_up", "gauge", "Nodes with a session.", up.to_string());
+        out
+    }
+
+    /// `/v1/models`: every model any node lists, with where it is loaded.
+    pub fn models(&self) -> Value {
+        let data: Vec<Value> = self
+            .cluster
+            .model_names()
+            .into_iter()
+            .map(|name| self.model(&name))
+            .collect();
+        json!({"object": "list", "data": data})
+    }
+
+    /// One entry of `/v1/models`.
+    pub fn model(&self, name: &str) -> Value {
+        let mut nodes = Vec::new();
+        let mut loaded = Vec::new();
+        for n in &self.cluster.nodes {
+            if n.entry(name).is_some() {
+                nodes.push(n.name.clone());
+            }
+            for w in n.workers.values().filter(|w| n.serves(w, name)) {
+                loaded.push(
+                    json!({"node": n.name, "worker": w.id, "state": w.state.as_str(),
+                                   "device": w.device, "in_flight": w.in_flight}),
+                );
+            }
+        }
+        json!({"id": name, "object": "model", "created": 0, "owned_by": "rbee",
+               "nodes": nodes, "loaded": loaded})
+    }
+}
+
+/// One line of the gateway's audit log: who asked what and how it went. The key's id, never the
+/// key.
+#[derive(Debug, Clone, Default)]
+pub struct AuditLine {
+    /// Unix milliseconds at the end of the request.
+    pub at: u64,
+    /// Key id, when keys are configured.
+    pub key: Option<String>,
+    /// The client's address.
+    pub client: String,
+    /// `chat` or `completion`.
+    pub endpoint: &'static str,
+    /// The model asked for.
+    pub model: String,
+    /// Where it ran (empty when it never reached a worker).
+    pub node: String,
+    /// The worker (empty when none).
+    pub worker: String,
+    /// `ok`, `cancelled`, or the error code.
+    pub outcome: String,
+    /// Milliseconds waiting for a worker.
+    pub queue_ms: u64,
+    /// Milliseconds from arrival to the first token.
+    pub ttft_ms: Option<u64>,
+    /// Tokens sent to the client.
+    pub tokens: u64,
+    /// Milliseconds from arrival to the end.
+    pub total_ms: u64,
+}
+
+impl AuditLine {
+    /// The line as JSON.
+    pub fn json(&self) -> String {
+        json!({
+            "at": self.at, "key": self.key, "client": self.client, "endpoint": self.endpoint,
+            "model": self.model, "node": self.node, "worker": self.worker, "outcome": self.outcome,
+            "queue_ms": self.queue_ms, "ttft_ms": self.ttft_ms, "tokens": self.tokens,
+            "total_ms": self.total_ms,
+        })
+        .to_string()
+    }
+}
+
+/// The audit log file, opened for appending.
+pub struct AuditLog {
+    file: Option<std::fs::File>,
+}
+
+impl AuditLog {
+    /// Append to `path` (created with its directory when missing); `None` logs to tracing only.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+        let file = match path {
+            None => None,
+            Some(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)?,
+                )
+            }
+        };
+        Ok(Self { file })
+    }
+
+    /// Record one request.
+    pub fn write(&mut self, line: &AuditLine) {
+        tracing::info!(target: "rbee_gateway::audit", "{}", line.json());
+        if let Some(f) = &mut self.file {
+            if let Err(e) = writeln!(f, "{}", line.json()) {
+                tracing::warn!("cannot write the gateway audit log: {e}");
+            }
+        }
+    }
+}
