@@ -1,0 +1,132 @@
+//! Helpers shared by the hardening tests: an agent started with another worker binary (and
+//! under a prefix such as `prlimit`), stand-in worker scripts, and /proc readings.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rbee_testkit::{bin, model_dir, wait_for, AgentProc};
+
+/// Every wait in these tests is bounded by this.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A real agent on a free loopback port, run through `prefix` (which must exec it), with
+/// `worker_bin` as its worker and `extra` arguments.
+pub fn start_agent(
+    prefix: &[&str],
+    state_dir: &Path,
+    worker_bin: &Path,
+    extra: &[&str],
+) -> AgentProc {
+    std::fs::create_dir_all(state_dir.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(state_dir.join("agent.addr"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.with_extension("agent.log"))
+        .unwrap();
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = std::process::Command::new(first);
+            c.args(rest).arg(bin("rbee-agent"));
+            c
+        }
+        None => std::process::Command::new(bin("rbee-agent")),
+    };
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--model-dir")
+        .arg(model_dir())
+        .arg("--worker-bin")
+        .arg(worker_bin)
+        .args(extra)
+        .env("RBEE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut child = cmd.spawn().unwrap();
+    let addr = wait_for(Duration::from_secs(20), "agent to listen", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "rbee-agent exited early with {st}: {}",
+                std::fs::read_to_string(state_dir.with_extension("agent.log")).unwrap_or_default()
+            );
+        }
+        std::fs::read_to_string(state_dir.join("agent.addr"))
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let token = std::fs::read_to_string(state_dir.join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    AgentProc {
+        child,
+        state_dir: state_dir.into(),
+        url: format!("ws://{addr}"),
+        token,
+    }
+}
+
+/// An executable shell script `name` in `dir` with `body`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A stand-in worker that starts and then does nothing (never hello, never ready), until it is
+/// signalled: spawns and kills cost no model load.
+pub fn idle_worker(dir: &Path) -> PathBuf {
+    script(dir, "idle-worker", "exec sleep 600")
+}
+
+/// Open descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// `GET path` with the agent's token; the whole response.
+pub async fn http_get(agent: &AgentProc, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = agent.url.trim_start_matches("ws://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        agent.token
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    bounded("http response", s.read_to_string(&mut out))
+        .await
+        .unwrap();
+    out
+}
+
+/// The value of one line of the Prometheus text, e.g. `rbee_sessions_total`.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
