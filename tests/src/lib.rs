@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rbee_client::{Client, Incoming};
 use rbee_proto::session::{Reply, Request};
+use rbee_proto::statedir;
 use tokio::sync::mpsc;
 
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`).
@@ -101,7 +102,7 @@ impl AgentProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> AgentProc {
-        let _ = std::fs::remove_file(state_dir.join("agent.addr"));
+        let _ = std::fs::remove_file(state_dir.join(statedir::ADDR));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -133,11 +134,11 @@ impl AgentProc {
                     read_log(state_dir)
                 );
             }
-            std::fs::read_to_string(state_dir.join("agent.addr"))
+            std::fs::read_to_string(state_dir.join(statedir::ADDR))
                 .ok()
                 .filter(|s| !s.is_empty())
         });
-        let token = std::fs::read_to_string(state_dir.join("token"))
+        let token = std::fs::read_to_string(state_dir.join(statedir::TOKEN))
             .unwrap()
             .trim()
             .to_string();
@@ -178,7 +179,7 @@ impl AgentProc {
 
     /// The agent's audit log as it is on disk now.
     pub fn audit(&self) -> String {
-        std::fs::read_to_string(self.state_dir.join("audit.jsonl")).unwrap_or_default()
+        std::fs::read_to_string(self.state_dir.join(statedir::AUDIT)).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {

@@ -39,6 +39,7 @@ use rbee_client::Client;
 use rbee_proto::config::NodeConfig;
 use rbee_proto::now_millis;
 use rbee_proto::session::{Reply, Request, SpawnSpec, WorkerInfo};
+use rbee_proto::statedir;
 use rbee_proto::WorkerState;
 use rbee_testkit::{alive, children_of, model_path, AgentProc};
 use rbee_tui::action::{Action, Effect};
@@ -335,7 +336,7 @@ impl Node {
     }
 
     fn audit(&self) -> String {
-        std::fs::read_to_string(self.state_dir.join("audit.jsonl")).unwrap_or_default()
+        std::fs::read_to_string(self.state_dir.join(statedir::AUDIT)).unwrap_or_default()
     }
 
     fn bad_model(&self) -> PathBuf {
@@ -596,7 +597,7 @@ async fn chaos() {
     let dash = Dashboard::start(
         nodes
             .iter()
-            .map(|n| (n.url(), n.state_dir.join("token")))
+            .map(|n| (n.url(), n.state_dir.join(statedir::TOKEN)))
             .collect(),
     );
     let model = model_path();
