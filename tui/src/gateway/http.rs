@@ -255,7 +255,11 @@ async fn whole_response(
     let mut text = String::new();
     let mut next = Some(first);
     loop {
-        match next.take().or(rx.recv().await) {
+        let ev = match next.take() {
+            Some(ev) => Some(ev),
+            None => rx.recv().await,
+        };
+        match ev {
             Some(GenEvent::Token(t)) => text.push_str(&t),
             Some(GenEvent::Started { .. }) => {}
             Some(GenEvent::Done { finish, usage }) => {

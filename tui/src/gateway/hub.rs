@@ -551,8 +551,6 @@ impl Hub {
             return;
         }
         live.first_token.get_or_insert_with(Instant::now);
-        live.tokens += 1;
-        self.stats.tokens += 1;
         if live.events.send(GenEvent::Token(text)).is_err() {
             self.cancel(id, "cancelled");
         }
@@ -578,6 +576,12 @@ impl Hub {
         }
         match result {
             Ok(d) => {
+                let n = u64::from(d.usage.generated_tokens);
+                self.stats.tokens += n;
+                if let Some(live) = self.jobs.get_mut(&id) {
+                    live.tokens = n;
+                }
+                let live = &self.jobs[&id];
                 let _ = live.events.send(GenEvent::Done {
                     finish: d.finish_reason,
                     usage: d.usage,

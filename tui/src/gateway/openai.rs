@@ -3,7 +3,8 @@
 //! one [`GenRequest`], and the finished or streamed answer back into OpenAI's JSON.
 //!
 //! Sampling fields are honoured (`temperature`, `top_p`, `top_k`, `max_tokens` /
-//! `max_completion_tokens`, `stop`, `seed`, `repeat_penalty`) or refused by name (`n` > 1,
+//! `max_completion_tokens`, `stop`, `seed`, and the extensions `top_k`, `repeat_penalty`,
+//! `ignore_eos`, `keep_alive`) or refused by name (`n` > 1,
 //! non-zero `presence_penalty` / `frequency_penalty`, `logprobs`, `tools`, …). Fields nobody
 //! here acts on and that change nothing (`user`, `store`, `metadata`, …) are accepted.
 use std::time::Duration;
@@ -228,6 +229,8 @@ fn params(obj: &Map<String, Value>) -> Result<SamplingParams, ApiError> {
     if let Some(s) = opt_uint(obj, "seed")? {
         p.seed = s;
     }
+    // rbee's (and llama.cpp's) extension: fixed-length answers for benchmarks and tests.
+    p.ignore_eos = opt_bool(obj, "ignore_eos")?.unwrap_or(false);
     p.stop = match obj.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],

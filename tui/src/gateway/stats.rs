@@ -23,7 +23,7 @@ pub struct Stats {
     pub cancelled: u64,
     /// Requests moved to another worker after a failure before their first token.
     pub retries: u64,
-    /// Tokens streamed to clients.
+    /// Completion tokens of the requests answered in full.
     pub tokens: u64,
     /// Workers the gateway asked a node to start.
     pub spawns: u64,
@@ -99,7 +99,7 @@ impl Snapshot {
         put(
             "tokens_total",
             "counter",
-            "Tokens streamed to clients.",
+            "Completion tokens of requests answered in full.",
             s.tokens.to_string(),
         );
         put(
@@ -192,7 +192,7 @@ pub struct AuditLine {
     pub queue_ms: u64,
     /// Milliseconds from arrival to the first token.
     pub ttft_ms: Option<u64>,
-    /// Tokens sent to the client.
+    /// Completion tokens (the worker's count) of an answered request.
     pub tokens: u64,
     /// Milliseconds from arrival to the end.
     pub total_ms: u64,
