@@ -1,6 +1,6 @@
 //! Chaos suite: real `rbee-agent`s, each in its own network namespace behind its own veth pair,
 //! real `rbee-worker`s on the real small model, and one dashboard's own session code
-//! (`session::run_node` per node feeding `update::update` into one `State`) following them all
+//! (`nodes::session::run_node` per node feeding `update::update` into one `State`) following them all
 //! across the veths.
 //!
 //! Faults, drawn at random from a seeded RNG (the seed is printed; `RBEE_CHAOS_SEED` replays one):
@@ -42,11 +42,11 @@ use rbee_proto::session::{Reply, Request, SpawnSpec, WorkerInfo};
 use rbee_proto::statedir;
 use rbee_proto::WorkerState;
 use rbee_testkit::{alive, children_of, model_path, AgentProc};
-use rbee_tui::action::{Action, Effect};
-use rbee_tui::app::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE};
-use rbee_tui::config::NodeTarget;
-use rbee_tui::state::{Conn, NodeState, State};
-use rbee_tui::update::update;
+use rbee_tui::dashboard::action::{Action, Effect};
+use rbee_tui::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE};
+use rbee_tui::dashboard::state::{Conn, NodeState, State};
+use rbee_tui::dashboard::update::update;
+use rbee_tui::nodes::config::NodeTarget;
 use tokio::sync::mpsc;
 
 /// Bound on convergence after every fault: the dashboard, the agent and /proc agree.
@@ -209,7 +209,7 @@ impl Dashboard {
         let mut txs = Vec::new();
         for (i, target) in targets.into_iter().enumerate() {
             let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-            tasks.push(tokio::spawn(rbee_tui::session::run_node(
+            tasks.push(tokio::spawn(rbee_tui::nodes::session::run_node(
                 i,
                 target,
                 action_tx.clone(),
