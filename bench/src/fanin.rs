@@ -1,30 +1,28 @@
-//! The dashboard side of the fan-in benchmark: the real `rbee-tui` pieces — one
-//! `session::run_node` task per node, `update::update`, `view::render`, `app::route` — driven by
-//! a loop that copies `app::event_loop` minus the parts that need a terminal (key stream,
-//! SIGTERM/SIGHUP), drawing into any ratatui backend (headless in the benchmark).
-//!
-//! Render policy is the dashboard's: a frame tick every `app::FRAME` (33 ms, missed ticks
-//! skipped), a draw only when `state.dirty`, a clock `Action::Tick` every `app::CLOCK`; the
-//! `select!` is the same (random branch order), the queues have the same bounds.
+//! The dashboard side of the fan-in benchmark: the dashboard's own event loop
+//! (`rbee_tui::dashboard::runtime::Runtime`: one session task per node, `update`, `view::render`,
+//! the same `select!`, queues, frame and clock ticks) driven by a benchmark [`Driver`] instead of
+//! the terminal's keys, drawing into any ratatui backend (headless in the benchmark).
 //!
 //! After `warmup`, for `measure`: CPU time of this whole process (`getrusage`, every thread), the
 //! time spent in each `terminal.draw`, the actions applied by kind, how far behind the loop runs
 //! (telemetry age on arrival, queued actions at each frame tick).
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::KeyCode;
 use ratatui::backend::Backend;
 use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 use rbee_proto::now_millis;
 use rbee_proto::session::Event;
 use rbee_tui::dashboard::action::Action;
-use rbee_tui::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
-use rbee_tui::dashboard::state::{Conn, NodeState, Screen, State};
-use rbee_tui::dashboard::update::update;
+use rbee_tui::dashboard::runtime::{Driver, Input, Runtime};
+use rbee_tui::dashboard::state::{Conn, Screen, State};
+use rbee_tui::dashboard::update::key;
+use rbee_tui::dashboard::view;
 use rbee_tui::nodes::config::NodeTarget;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use rbee_tui::TuiError;
+use tokio::time::Sleep;
 
 use crate::measure::CpuTime;
 
@@ -96,125 +94,124 @@ impl DashReport {
     }
 }
 
-fn key(c: KeyCode) -> Action {
-    Action::Key(KeyEvent::new(c, KeyModifiers::NONE))
+/// The benchmark's side of the loop: the warm-up and measuring phases, the counts, and the keys
+/// an operator would press.
+struct Bench<'a> {
+    opts: &'a DashOptions,
+    report: DashReport,
+    phase: Pin<Box<Sleep>>,
+    measuring: bool,
+    /// `connected_at_start` is taken at the first look at the state once measuring.
+    start_pending: bool,
+    t0: Instant,
+    cpu0: CpuTime,
+    screen_set: bool,
+    /// The action being applied is a `PromptDone`.
+    prompt_done: bool,
+}
+
+impl Bench<'_> {
+    fn look(&mut self, rt: &Runtime) {
+        if self.start_pending {
+            self.start_pending = false;
+            self.report.connected_at_start = connected(&rt.state);
+        }
+    }
+}
+
+impl Driver for Bench<'_> {
+    async fn input(&mut self) -> Input {
+        self.phase.as_mut().await;
+        if self.measuring {
+            return Input::Stop;
+        }
+        self.measuring = true;
+        self.start_pending = true;
+        let end = tokio::time::Instant::now() + self.opts.measure;
+        self.phase.as_mut().reset(end);
+        self.t0 = Instant::now();
+        self.cpu0 = CpuTime::of_self();
+        Input::Nothing
+    }
+
+    fn before_action(&mut self, action: &Action) {
+        self.prompt_done = matches!(action, Action::PromptDone { .. });
+        if self.measuring {
+            count(&mut self.report, action);
+        }
+    }
+
+    fn after_action(&mut self, rt: &mut Runtime) {
+        self.look(rt);
+        if self.prompt_done && self.opts.prompt {
+            prompt_again(rt);
+        }
+    }
+
+    fn after_clock(&mut self, rt: &mut Runtime) {
+        self.look(rt);
+        if self.measuring {
+            self.report.actions += 1;
+        }
+        if !self.screen_set {
+            self.screen_set = open_screen(rt, self.opts.screen);
+        }
+        if self.opts.prompt {
+            prompt_again(rt);
+        }
+    }
+
+    fn before_frame(&mut self, rt: &Runtime) {
+        self.look(rt);
+        if self.measuring {
+            self.report.max_backlog = self.report.max_backlog.max(rt.backlog());
+        }
+    }
+
+    fn after_frame(&mut self, _rt: &mut Runtime, drawn: Option<Duration>) {
+        if let (true, Some(dt)) = (self.measuring, drawn) {
+            self.report.frames.push(dt);
+        }
+    }
 }
 
 /// Run the dashboard over `targets` into `terminal` for `warmup + measure`, and report.
-pub async fn run<B: Backend>(
+pub async fn run<B>(
     terminal: &mut Terminal<B>,
     targets: Vec<NodeTarget>,
     opts: &DashOptions,
-) -> Result<DashReport, B::Error> {
-    let nodes = targets
-        .iter()
-        .map(|t| NodeState::new(t.name(), t.display_url()))
-        .collect();
-    let mut state = State::new(nodes);
-    state.now = now_millis();
-
-    let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
-    let mut sessions = JoinSet::new();
-    let mut effect_txs = Vec::with_capacity(targets.len());
-    for (i, target) in targets.into_iter().enumerate() {
-        let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
-        effect_txs.push(etx);
-        sessions.spawn(rbee_tui::nodes::session::run_node(
-            i,
-            target,
-            action_tx.clone(),
-            erx,
-        ));
-    }
-    drop(action_tx);
-
-    let mut frame = tokio::time::interval(FRAME);
-    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut clock = tokio::time::interval(CLOCK);
-    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-
-    let dispatch = |state: &mut State, action: Action| {
-        state.now = now_millis();
-        for effect in update(state, action) {
-            route(state, &effect_txs, effect);
-        }
+) -> Result<DashReport, TuiError>
+where
+    B: Backend,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut rt = Runtime::start(targets, None);
+    let mut bench = Bench {
+        opts,
+        report: DashReport {
+            nodes: rt.state.nodes.len(),
+            ..DashReport::default()
+        },
+        phase: Box::pin(tokio::time::sleep(opts.warmup)),
+        measuring: false,
+        start_pending: false,
+        t0: Instant::now(),
+        cpu0: CpuTime::of_self(),
+        screen_set: opts.screen == ScreenChoice::Nodes,
+        prompt_done: false,
     };
-
-    let mut report = DashReport {
-        nodes: state.nodes.len(),
-        ..DashReport::default()
-    };
-    let phase = tokio::time::sleep(opts.warmup);
-    tokio::pin!(phase);
-    let mut measuring = false;
-    let (mut t0, mut cpu0) = (Instant::now(), CpuTime::of_self());
-    let mut screen_set = opts.screen == ScreenChoice::Nodes;
-
-    loop {
-        tokio::select! {
-            Some(first) = action_rx.recv() => {
-                // As the dashboard's loop: what is already queued is taken in the same turn.
-                let mut next = Some(first);
-                for _ in 0..rbee_tui::nodes::session::DRAIN {
-                    let Some(action) = next.take() else { break };
-                    let prompt_done = matches!(action, Action::PromptDone { .. });
-                    if measuring {
-                        count(&mut report, &action);
-                    }
-                    dispatch(&mut state, action);
-                    if prompt_done && opts.prompt {
-                        prompt_again(&mut state, &dispatch);
-                    }
-                    next = action_rx.try_recv().ok();
-                }
-            }
-            _ = clock.tick() => {
-                dispatch(&mut state, Action::Tick);
-                if measuring {
-                    report.actions += 1;
-                }
-                if !screen_set {
-                    screen_set = open_screen(&mut state, opts.screen, &dispatch);
-                }
-                if opts.prompt {
-                    prompt_again(&mut state, &dispatch);
-                }
-            }
-            _ = frame.tick() => {
-                if measuring {
-                    report.max_backlog = report.max_backlog.max(action_rx.len());
-                }
-                if state.dirty {
-                    let t = Instant::now();
-                    terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
-                    let dt = t.elapsed();
-                    if measuring {
-                        report.frames.push(dt);
-                    }
-                    state.dirty = false;
-                }
-            }
-            _ = &mut phase => {
-                if measuring {
-                    break;
-                }
-                measuring = true;
-                report.connected_at_start = connected(&state);
-                phase.as_mut().reset(tokio::time::Instant::now() + opts.measure);
-                t0 = Instant::now();
-                cpu0 = CpuTime::of_self();
-            }
-        }
-    }
-    report.wall = t0.elapsed();
-    report.cpu = CpuTime::of_self().since(&cpu0);
+    rt.run(terminal, &mut bench).await?;
+    let mut report = bench.report;
+    report.wall = bench.t0.elapsed();
+    report.cpu = CpuTime::of_self().since(&bench.cpu0);
     report.frames.sort();
     report.telemetry_lag_ms.sort();
-    report.connected_at_end = connected(&state);
-    report.workers_at_end = state.nodes.iter().map(|n| n.workers.len()).sum();
-    let done = terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
+    report.connected_at_end = connected(&rt.state);
+    report.workers_at_end = rt.state.nodes.iter().map(|n| n.workers.len()).sum();
+    let done = terminal
+        .draw(|f| view::render(&rt.state, f))
+        .map_err(|e| TuiError::Terminal(std::io::Error::other(e)))?;
     report.screen = buffer_text(done.buffer);
-    drop(sessions);
     Ok(report)
 }
 
@@ -248,35 +245,31 @@ fn count(r: &mut DashReport, action: &Action) {
 
 /// Go to the chosen screen with the keys an operator would press, once node 0 knows its
 /// workers. Returns whether it is there.
-fn open_screen(
-    state: &mut State,
-    screen: ScreenChoice,
-    dispatch: &impl Fn(&mut State, Action),
-) -> bool {
-    if state.nodes.first().is_none_or(|n| n.workers.is_empty()) {
+fn open_screen(rt: &mut Runtime, screen: ScreenChoice) -> bool {
+    if rt.state.nodes.first().is_none_or(|n| n.workers.is_empty()) {
         return false;
     }
     match screen {
         ScreenChoice::Nodes => {}
-        ScreenChoice::Node => dispatch(state, key(KeyCode::Enter)),
+        ScreenChoice::Node => rt.dispatch(key(KeyCode::Enter)),
         ScreenChoice::Worker => {
-            dispatch(state, key(KeyCode::Enter));
-            dispatch(state, key(KeyCode::Enter));
+            rt.dispatch(key(KeyCode::Enter));
+            rt.dispatch(key(KeyCode::Enter));
         }
-        ScreenChoice::Events => dispatch(state, key(KeyCode::Tab)),
+        ScreenChoice::Events => rt.dispatch(key(KeyCode::Tab)),
     }
-    let there = match screen {
-        ScreenChoice::Nodes => matches!(state.screen, Screen::Nodes),
-        ScreenChoice::Node => matches!(state.screen, Screen::Node(_)),
-        ScreenChoice::Worker => matches!(state.screen, Screen::Worker(..)),
-        ScreenChoice::Events => matches!(state.screen, Screen::Events),
-    };
-    there
+    match screen {
+        ScreenChoice::Nodes => matches!(rt.state.screen, Screen::Nodes),
+        ScreenChoice::Node => matches!(rt.state.screen, Screen::Node(_)),
+        ScreenChoice::Worker => matches!(rt.state.screen, Screen::Worker(..)),
+        ScreenChoice::Events => matches!(rt.state.screen, Screen::Events),
+    }
 }
 
 /// If no prompt is streaming, start one on the current node: `p` (opens the pane on "any ready
 /// worker" of the node), the text, Enter.
-fn prompt_again(state: &mut State, dispatch: &impl Fn(&mut State, Action)) {
+fn prompt_again(rt: &mut Runtime) {
+    let state = &rt.state;
     let serving = state.nodes.get(state.current_node()).is_some_and(|n| {
         n.conn == Conn::Connected && n.workers.iter().any(|w| w.info.state.is_serving())
     });
@@ -291,16 +284,17 @@ fn prompt_again(state: &mut State, dispatch: &impl Fn(&mut State, Action)) {
     {
         return;
     }
-    if !state.prompt.as_ref().is_some_and(|p| p.focused) {
-        dispatch(state, key(KeyCode::Char('p')));
-        if !state.prompt.as_ref().is_some_and(|p| p.focused) {
+    let focused = |rt: &Runtime| rt.state.prompt.as_ref().is_some_and(|p| p.focused);
+    if !focused(rt) {
+        rt.dispatch(key(KeyCode::Char('p')));
+        if !focused(rt) {
             return;
         }
     }
     for c in "Tell me about bees".chars() {
-        dispatch(state, key(KeyCode::Char(c)));
+        rt.dispatch(key(KeyCode::Char(c)));
     }
-    dispatch(state, key(KeyCode::Enter));
+    rt.dispatch(key(KeyCode::Enter));
 }
 
 /// A buffer's symbols, one line per row, trailing spaces trimmed.

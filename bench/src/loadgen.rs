@@ -1,7 +1,8 @@
-//! A load generator that speaks the agent side of the session protocol: `N` fake agents, each a
-//! real WebSocket server on `127.0.0.1:<ephemeral>` that checks the bearer token, answers the
-//! handshake and the requests a dashboard sends, and after `Subscribe` pushes a steady stream of
-//! events for `W` simulated workers.
+//! A load generator that speaks the agent side of the session protocol: `N` simulated nodes, each
+//! the testkit's stand-in agent (`rbee_testkit::standin`: a real WebSocket server on
+//! `127.0.0.1:<ephemeral>` that checks the bearer token and answers the handshake) with a
+//! [`Behaviour`] that answers the requests a dashboard sends and, after `Subscribe`, pushes a
+//! steady stream of events for `W` simulated workers.
 //!
 //! What one agent pushes to each subscribed session (all with the real `rbee_proto` types and
 //! `frame::encode`):
@@ -19,38 +20,24 @@
 //! `max_tokens`, then `InferDone`; `Cancel` stops it. `Spawn`, `Kill` and `Restart` are refused
 //! (`bad_request`): the simulated workers are fixed. Deadlines are not enforced.
 //!
-//! Everything lives in one `JoinSet`: dropping the [`LoadGen`] closes every socket. It binds
-//! loopback only.
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+//! Dropping the [`LoadGen`] stops the simulations and closes every socket. It binds loopback only.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use rbee_proto::frame::{decode, encode};
 use rbee_proto::session::{
-    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
+    AuditEntry, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
     ServerMsg, Telemetry, WorkerInfo,
 };
 use rbee_proto::{
     now_millis, ErrorCode, FinishReason, ModelSummary, RequestId, Usage, WorkerState,
-    PROTOCOL_VERSION,
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use rbee_testkit::standin::{frame, Answer, Batch, Behaviour, Ctx, Frame, Outbox, StandIn, Stats};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::handshake::server::{
-    ErrorResponse, Request as HttpRequest, Response,
-};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Version the fake agents announce in `Welcome` and `Status`.
 pub const AGENT_VERSION: &str = concat!("loadgen/", env!("CARGO_PKG_VERSION"));
-/// Outgoing batches queued per session before the generator waits for the socket.
-const SESSION_QUEUE: usize = 64;
 
 const MODELS: [(&str, &str, u64); 3] = [
     (
@@ -122,26 +109,29 @@ impl LoadConfig {
 /// What the generator did, for its report.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// WebSocket frames written, all kinds.
-    pub frames: AtomicU64,
+    /// What the stand-ins' servers counted: sessions, refused tokens, requests, frames written.
+    pub server: Arc<Stats>,
+    /// Heartbeat events published.
     pub heartbeats: AtomicU64,
+    /// Telemetry events published.
     pub telemetry: AtomicU64,
+    /// Worker state changes published.
     pub state_changes: AtomicU64,
+    /// `Token` frames of generations.
     pub tokens: AtomicU64,
-    pub requests: AtomicU64,
-    pub sessions: AtomicU64,
-    pub refused_auth: AtomicU64,
 }
 
 impl Counters {
+    /// Every counter on one line, `name=value`.
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let server = &self.server;
         format!(
             "sessions={} refused_auth={} requests={} frames={} heartbeats={} telemetry={} state_changes={} tokens={}",
-            g(&self.sessions),
-            g(&self.refused_auth),
-            g(&self.requests),
-            g(&self.frames),
+            g(&server.sessions),
+            g(&server.refused_auth),
+            g(&server.requests),
+            g(&server.frames),
             g(&self.heartbeats),
             g(&self.telemetry),
             g(&self.state_changes),
@@ -154,8 +144,10 @@ impl Counters {
 pub struct LoadGen {
     /// `ws://127.0.0.1:PORT`, one per agent, in order.
     pub urls: Vec<String>,
+    /// What they did.
     pub counters: Arc<Counters>,
-    _tasks: JoinSet<()>,
+    _agents: Vec<StandIn<Agent>>,
+    _simulations: JoinSet<()>,
 }
 
 impl LoadGen {
@@ -168,34 +160,32 @@ impl LoadGen {
         }
         let cfg = Arc::new(cfg);
         let counters = Arc::new(Counters::default());
-        let mut tasks = JoinSet::new();
-        let mut urls = Vec::with_capacity(cfg.agents);
+        let mut simulations = JoinSet::new();
+        let mut agents = Vec::with_capacity(cfg.agents);
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         for index in 0..cfg.agents {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-            let addr: SocketAddr = listener.local_addr()?;
-            urls.push(format!("ws://{addr}"));
             let agent = Arc::new(Agent::new(index, cfg.clone(), counters.clone()));
-            tasks.spawn(simulate(agent.clone()));
-            tasks.spawn(accept(listener, agent));
+            simulations.spawn(simulate(agent.clone()));
+            let server = counters.server.clone();
+            agents.push(StandIn::serve_at(loopback, &cfg.token, agent, server).await?);
         }
         Ok(LoadGen {
-            urls,
+            urls: agents.iter().map(StandIn::url).collect(),
             counters,
-            _tasks: tasks,
+            _agents: agents,
+            _simulations: simulations,
         })
     }
 }
 
-/// A batch of frames written together and flushed once.
-type Batch = Vec<Message>;
-
-struct Agent {
+/// One simulated node: the stand-in's behaviour and the clock's state.
+pub struct Agent {
     index: usize,
     name: String,
     cfg: Arc<LoadConfig>,
     counters: Arc<Counters>,
     sim: Mutex<Sim>,
-    subscribers: Mutex<Vec<mpsc::Sender<Batch>>>,
+    subscribers: Mutex<Vec<Outbox>>,
 }
 
 /// The simulated node: its workers and a cheap deterministic random source.
@@ -252,6 +242,7 @@ impl Agent {
                         context_length: 8192,
                         memory_bytes: bytes,
                         device,
+                        ..Default::default()
                     }),
                     heartbeat_age_ms: Some(0),
                     tokens_per_s: cfg.tokens_per_s,
@@ -360,7 +351,7 @@ impl Agent {
             Some(i) => (i, WorkerState::Busy),
             None => {
                 let i = (sim.changes as usize + self.index) % n;
-                let state = if sim.changes % 5 == 0 {
+                let state = if sim.changes.is_multiple_of(5) {
                     sim.crashed = Some(i);
                     WorkerState::Crashed
                 } else if sim.workers[i].state == WorkerState::Busy {
@@ -399,7 +390,7 @@ impl Agent {
         let subs: Vec<_> = self.subscribers.lock().unwrap().clone();
         let mut gone = false;
         for tx in &subs {
-            gone |= tx.send(batch.clone()).await.is_err();
+            gone |= !tx.send_batch(batch.clone()).await;
         }
         if gone {
             self.subscribers
@@ -410,8 +401,8 @@ impl Agent {
     }
 }
 
-fn event_frame(event: Event) -> Message {
-    Message::text(encode(&ServerMsg::Event { event }))
+fn event_frame(event: Event) -> Frame {
+    frame(&ServerMsg::Event { event })
 }
 
 /// The agent's clock: heartbeats every `1 / tokens_per_s`, telemetry and state changes on
@@ -437,13 +428,13 @@ async fn simulate(agent: Arc<Agent>) {
         }
         let mut batch = Vec::with_capacity(cfg.workers + 2);
         agent.heartbeats(&mut batch);
-        if (n + offset) % telemetry_every == 0 {
+        if (n + offset).is_multiple_of(telemetry_every) {
             let telemetry = agent.telemetry();
             batch.push(event_frame(Event::Telemetry { telemetry }));
             agent.counters.telemetry.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(every) = state_every {
-            if (n + offset) % every == 0 {
+            if (n + offset).is_multiple_of(every) {
                 agent.state_change(&mut batch);
             }
         }
@@ -451,178 +442,30 @@ async fn simulate(agent: Arc<Agent>) {
     }
 }
 
-async fn accept(listener: TcpListener, agent: Arc<Agent>) {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { return };
-                let _ = stream.set_nodelay(true);
-                sessions.spawn(serve(stream, agent.clone()));
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
+impl Behaviour for Agent {
+    fn node(&self) -> String {
+        self.name.clone()
     }
-}
 
-/// Byte comparison whose time does not depend on where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+    fn agent_version(&self) -> String {
+        AGENT_VERSION.into()
+    }
 
-// The handshake callback's error type is fixed by tungstenite.
-#[allow(clippy::result_large_err)]
-async fn serve(stream: TcpStream, agent: Arc<Agent>) {
-    let expected = format!("Bearer {}", agent.cfg.token);
-    let counters = agent.counters.clone();
-    let check = |req: &HttpRequest, resp: Response| -> Result<Response, ErrorResponse> {
-        let given = req
-            .headers()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if same(given, expected.as_bytes()) {
-            Ok(resp)
-        } else {
-            counters.refused_auth.fetch_add(1, Ordering::Relaxed);
-            let mut e = ErrorResponse::new(Some("unauthorized".into()));
-            *e.status_mut() = StatusCode::UNAUTHORIZED;
-            Err(e)
-        }
-    };
-    // The real agent's read buffer (see `rbee_proto::WS_READ_BUFFER_BYTES`).
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(rbee_proto::WS_READ_BUFFER_BYTES);
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await
-    else {
-        return;
-    };
-    agent.counters.sessions.fetch_add(1, Ordering::Relaxed);
-    let (mut sink, mut source) = ws.split();
-    let (out, mut out_rx) = mpsc::channel::<Batch>(SESSION_QUEUE);
-    let mut tasks = JoinSet::new();
-    let frames = agent.counters.clone();
-    tasks.spawn(async move {
-        // Write whatever is queued, then flush once: one syscall for many frames.
-        while let Some(batch) = out_rx.recv().await {
-            let mut n = 0u64;
-            let mut next = Some(batch);
-            while let Some(batch) = next.take() {
-                for m in batch {
-                    n += 1;
-                    if sink.feed(m).await.is_err() {
-                        return;
-                    }
-                }
-                if n < 256 {
-                    next = out_rx.try_recv().ok();
-                }
-            }
-            frames.frames.fetch_add(n, Ordering::Relaxed);
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    let send = |msg: ServerMsg| {
-        let out = out.clone();
-        async move {
-            let _ = out.send(vec![Message::text(encode(&msg))]).await;
-        }
-    };
-    let mut greeted = false;
-    let mut infers: HashMap<RequestId, oneshot::Sender<()>> = HashMap::new();
-    while let Some(Ok(msg)) = source.next().await {
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let (id, body) = match decode::<ClientMsg>(&text) {
-            Ok(ClientMsg::Hello {
-                protocol_version, ..
-            }) => {
-                if protocol_version != PROTOCOL_VERSION {
-                    send(ServerMsg::Error {
-                        id: None,
-                        code: ErrorCode::VersionMismatch,
-                        message: format!(
-                            "protocol version mismatch: client speaks {protocol_version}, agent speaks {PROTOCOL_VERSION}"
-                        ),
-                    })
-                    .await;
-                    break;
-                }
-                greeted = true;
-                send(ServerMsg::Welcome {
-                    protocol_version: PROTOCOL_VERSION,
+    fn answer(&self, ctx: &Ctx, request: Request) -> Answer {
+        match request {
+            Request::ListWorkers => Answer::Reply(Reply::Workers {
+                workers: self.workers(),
+            }),
+            Request::Status => Answer::Reply(Reply::Status {
+                status: NodeStatus {
+                    node: self.name.clone(),
                     agent_version: AGENT_VERSION.into(),
-                    node: agent.name.clone(),
-                })
-                .await;
-                continue;
-            }
-            Ok(ClientMsg::Request { id, body, .. }) => (id, body),
-            Err(e) => {
-                send(ServerMsg::Error {
-                    id: e.id,
-                    code: ErrorCode::BadFrame,
-                    message: e.message,
-                })
-                .await;
-                continue;
-            }
-        };
-        agent.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let reply = |body| ServerMsg::Reply { id, body };
-        let error = |code, message: &str| ServerMsg::Error {
-            id: Some(id),
-            code,
-            message: message.into(),
-        };
-        if !greeted {
-            send(error(ErrorCode::BadRequest, "send hello first")).await;
-            continue;
-        }
-        match body {
-            Request::Subscribe => {
-                send(reply(Reply::Subscribed)).await;
-                let entry = AuditEntry {
-                    at: now_millis(),
-                    action: "auth_ok".into(),
-                    peer: Some("127.0.0.1".into()),
-                    worker: None,
-                    detail: "dashboard subscribed".into(),
-                };
-                let _ = out
-                    .send(vec![event_frame(Event::Audit { entry })])
-                    .await;
-                agent.subscribers.lock().unwrap().push(out.clone());
-            }
-            Request::Ping => {
-                send(reply(Reply::Pong {
-                    agent_time: now_millis(),
-                }))
-                .await
-            }
-            Request::ListWorkers => {
-                send(reply(Reply::Workers {
-                    workers: agent.workers(),
-                }))
-                .await
-            }
-            Request::Status => {
-                let status = NodeStatus {
-                    node: agent.name.clone(),
-                    agent_version: AGENT_VERSION.into(),
-                    telemetry: agent.telemetry(),
-                    workers: agent.workers(),
-                };
-                send(reply(Reply::Status { status })).await
-            }
-            Request::ListModels => {
-                let models = MODELS
+                    telemetry: self.telemetry(),
+                    workers: self.workers(),
+                },
+            }),
+            Request::ListModels => Answer::Reply(Reply::Models {
+                models: MODELS
                     .iter()
                     .map(|(reference, _, bytes)| ModelEntry {
                         name: model_name(reference).into(),
@@ -630,17 +473,16 @@ async fn serve(stream: TcpStream, agent: Arc<Agent>) {
                         size_bytes: *bytes,
                         format: "gguf".into(),
                     })
-                    .collect();
-                send(reply(Reply::Models { models })).await
-            }
+                    .collect(),
+            }),
             Request::TailLog { worker, lines } => {
-                if agent.workers().iter().any(|w| w.id == worker) {
+                if self.workers().iter().any(|w| w.id == worker) {
                     let lines = (0..lines.min(20))
                         .map(|i| format!("[loadgen] {worker}: decode step {i}"))
                         .collect();
-                    send(reply(Reply::Log { worker, lines })).await
+                    Answer::Reply(Reply::Log { worker, lines })
                 } else {
-                    send(error(ErrorCode::NotFound, &format!("no worker {worker}"))).await
+                    Answer::Error(ErrorCode::NotFound, format!("no worker {worker}"))
                 }
             }
             Request::Infer {
@@ -648,76 +490,88 @@ async fn serve(stream: TcpStream, agent: Arc<Agent>) {
                 model,
                 params,
                 ..
-            } => {
-                let workers = agent.workers();
-                let pick = workers.iter().find(|w| {
-                    w.state.is_serving()
-                        && worker.as_ref().is_none_or(|id| &w.id == id)
-                        && model.as_ref().is_none_or(|m| &w.model == m)
-                });
-                match pick {
-                    None => send(error(ErrorCode::NotFound, "no ready worker matches")).await,
-                    Some(w) => {
-                        let (tx, rx) = oneshot::channel();
-                        infers.retain(|_, tx| !tx.is_closed());
-                        infers.insert(id, tx);
-                        tasks.spawn(stream_tokens(
-                            id,
-                            w.id.clone(),
-                            params.max_tokens,
-                            agent.cfg.tokens_per_s,
-                            out.clone(),
-                            agent.counters.clone(),
-                            rx,
-                        ));
-                    }
-                }
             }
-            Request::Cancel { request } => match infers.remove(&request) {
-                Some(tx) => {
-                    let _ = tx.send(());
-                    send(reply(Reply::Cancelled { request })).await
-                }
-                None => send(error(ErrorCode::NotFound, "no such request")).await,
-            },
-            Request::Spawn(_) | Request::Kill { .. } | Request::Restart { .. } | Request::Pull { .. } => {
-                send(error(
-                    ErrorCode::BadRequest,
-                    "the load generator's workers and models are fixed: spawn, kill, restart and pull are refused",
-                ))
-                .await
-            }
+            | Request::Chat {
+                worker,
+                model,
+                params,
+                ..
+            } => self.generate(ctx, worker, model, params.max_tokens),
+            Request::Spawn(_)
+            | Request::Kill { .. }
+            | Request::Restart { .. }
+            | Request::Pull { .. } => Answer::Error(
+                ErrorCode::BadRequest,
+                "the load generator's workers and models are fixed: spawn, kill, restart and pull are refused".into(),
+            ),
+            // Subscribe, Ping and Cancel are the stand-in's own.
+            _ => Answer::Error(ErrorCode::BadRequest, "not a load generator request".into()),
         }
     }
-    // Dropping `tasks` stops the writer and any token streams; the socket closes.
+
+    /// Greet the dashboard with an audit entry, then publish to it.
+    fn subscribed(&self, out: &Outbox) {
+        let entry = AuditEntry {
+            at: now_millis(),
+            action: "auth_ok".into(),
+            peer: Some("127.0.0.1".into()),
+            worker: None,
+            detail: "dashboard subscribed".into(),
+        };
+        // A fresh session's queue has room; the greeting goes ahead of the first published batch.
+        out.try_send_batch(vec![event_frame(Event::Audit { entry })]);
+        self.subscribers.lock().unwrap().push(out.clone());
+    }
 }
 
-/// One `Infer`: `max_tokens` tokens at `tokens_per_s`, then `InferDone`.
+impl Agent {
+    /// An `Infer` (or `Chat`) on a serving worker: tokens at the workers' rate.
+    fn generate(
+        &self,
+        ctx: &Ctx,
+        worker: Option<String>,
+        model: Option<String>,
+        max_tokens: u32,
+    ) -> Answer {
+        let workers = self.workers();
+        let pick = workers.iter().find(|w| {
+            w.state.is_serving()
+                && worker.as_ref().is_none_or(|id| &w.id == id)
+                && model.as_ref().is_none_or(|m| &w.model == m)
+        });
+        match pick {
+            None => Answer::Error(ErrorCode::NotFound, "no ready worker matches".into()),
+            Some(w) => Answer::Stream(Box::pin(stream_tokens(
+                ctx.id,
+                w.id.clone(),
+                max_tokens,
+                self.cfg.tokens_per_s,
+                ctx.out.clone(),
+                self.counters.clone(),
+            ))),
+        }
+    }
+}
+
+/// One `Infer`: `max_tokens` tokens at `tokens_per_s`, then `InferDone` (the stand-in stops it on
+/// `Cancel`).
 async fn stream_tokens(
     id: RequestId,
     worker: String,
     max_tokens: u32,
     tokens_per_s: f64,
-    out: mpsc::Sender<Batch>,
+    out: Outbox,
     counters: Arc<Counters>,
-    mut cancel: oneshot::Receiver<()>,
 ) {
     let t0 = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / tokens_per_s));
     let mut first = None;
     for n in 0..max_tokens {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut cancel => {
-                let e = ServerMsg::Error { id: Some(id), code: ErrorCode::Cancelled, message: "cancelled".into() };
-                let _ = out.send(vec![Message::text(encode(&e))]).await;
-                return;
-            }
-        }
+        tick.tick().await;
         first.get_or_insert_with(|| t0.elapsed());
         let text = WORDS[n as usize % WORDS.len()].to_string();
         let msg = ServerMsg::Token { id, text };
-        if out.send(vec![Message::text(encode(&msg))]).await.is_err() {
+        if !out.send(msg).await {
             return;
         }
         counters.tokens.fetch_add(1, Ordering::Relaxed);
@@ -741,7 +595,7 @@ async fn stream_tokens(
             usage,
         },
     };
-    let _ = out.send(vec![Message::text(encode(&done))]).await;
+    out.send(done).await;
 }
 
 #[cfg(test)]

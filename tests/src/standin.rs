@@ -87,6 +87,11 @@ impl Outbox {
         self.tx.send(batch).await.is_ok()
     }
 
+    /// Queue frames if there is room now; false when the queue is full or the session gone.
+    pub fn try_send_batch(&self, batch: Batch) -> bool {
+        self.tx.try_send(batch).is_ok()
+    }
+
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
@@ -126,11 +131,9 @@ pub trait Behaviour: Send + Sync + 'static {
     fn agent_version(&self) -> String;
     /// Answer a request other than `Subscribe`, `Ping` and `Cancel`.
     fn answer(&self, ctx: &Ctx, request: Request) -> Answer;
-    /// Called once a session's `Subscribe` is answered, before the session reads on; the task
-    /// (if any) runs to its end first (a generator sends a greeting and registers the session).
-    fn subscribed(&self, _out: &Outbox) -> Option<Task> {
-        None
-    }
+    /// Called once a session's `Subscribe` is answered, before the session reads on (a generator
+    /// greets it and starts publishing to it).
+    fn subscribed(&self, _out: &Outbox) {}
 }
 
 /// A running stand-in agent.
@@ -204,8 +207,12 @@ impl<B: Behaviour> StandIn<B> {
     /// Stop and start again on the same address with the same state: an agent restart as its
     /// sessions see it (connections dropped, then refused for a moment).
     pub async fn restart(self) -> Self {
-        let (addr, token, behaviour, stats) =
-            (self.addr, self.token.clone(), self.behaviour.clone(), self.stats.clone());
+        let (addr, token, behaviour, stats) = (
+            self.addr,
+            self.token.clone(),
+            self.behaviour.clone(),
+            self.stats.clone(),
+        );
         drop(self);
         tokio::time::sleep(Duration::from_millis(50)).await;
         Self::serve_at(addr, &token, behaviour, stats)
@@ -354,16 +361,17 @@ impl Session {
             message: message.into(),
         };
         if !self.greeted {
-            return self.out.send(error(ErrorCode::BadRequest, "send hello first")).await;
+            return self
+                .out
+                .send(error(ErrorCode::BadRequest, "send hello first"))
+                .await;
         }
         let reply = |body| ServerMsg::Reply { id, body };
         match body {
             Request::Subscribe => {
                 self.subscribed = true;
                 self.out.send(reply(Reply::Subscribed)).await;
-                if let Some(task) = server.behaviour.subscribed(&self.out) {
-                    task.await;
-                }
+                server.behaviour.subscribed(&self.out);
             }
             Request::Ping => {
                 let pong = Reply::Pong {
@@ -372,7 +380,10 @@ impl Session {
                 self.out.send(reply(pong)).await;
             }
             Request::Cancel { request } => {
-                let stopped = self.streams.remove(&request).is_some_and(|s| s.send(()).is_ok());
+                let stopped = self
+                    .streams
+                    .remove(&request)
+                    .is_some_and(|s| s.send(()).is_ok());
                 let answer = if stopped {
                     reply(Reply::Cancelled { request })
                 } else {
@@ -387,7 +398,8 @@ impl Session {
                     out: self.out.clone(),
                     subscribed: self.subscribed,
                 };
-                self.answer(server.behaviour.answer(&ctx, request), id).await;
+                self.answer(server.behaviour.answer(&ctx, request), id)
+                    .await;
             }
         }
         true
@@ -494,7 +506,11 @@ impl Echo {
             ws.list.push(w.clone());
             w
         };
-        let mut steps = vec![(WorkerState::Loading, "loading weights 50%".to_string(), None)];
+        let mut steps = vec![(
+            WorkerState::Loading,
+            "loading weights 50%".to_string(),
+            None,
+        )];
         if model.contains("broken") {
             let why = Some("exit status 101: corrupt weights".to_string());
             steps.push((WorkerState::Failed, "circuit breaker open".into(), why));
@@ -666,9 +682,10 @@ impl Behaviour for Echo {
                 let lines = all[all.len().saturating_sub(lines)..].to_vec();
                 Answer::Reply(Reply::Log { worker, lines })
             }
-            Request::Pull { .. } => {
-                Answer::Error(ErrorCode::BadRequest, "the stand-in agent pulls nothing".into())
-            }
+            Request::Pull { .. } => Answer::Error(
+                ErrorCode::BadRequest,
+                "the stand-in agent pulls nothing".into(),
+            ),
             Request::Infer {
                 worker,
                 model,
@@ -718,12 +735,22 @@ mod tests {
     async fn echo_agent_spawns_streams_cancels_and_kills() {
         let agent = StandIn::start("t0k").await;
         let bad = Client::connect(&agent.url(), "wrong", "test").await;
-        assert!(matches!(bad, Err(ClientError::Unauthorized { .. })), "{:?}", bad.err());
+        assert!(
+            matches!(bad, Err(ClientError::Unauthorized { .. })),
+            "{:?}",
+            bad.err()
+        );
         assert_eq!(agent.stats.refused_auth.load(Ordering::Relaxed), 1);
 
         let (c, mut events) = Client::connect(&agent.url(), "t0k", "test").await.unwrap();
-        assert_eq!((c.node.as_str(), c.agent_version.as_str()), ("fake-node", "0.0.0-fake"));
-        assert_eq!(c.request(Request::Subscribe, None).await.unwrap(), Reply::Subscribed);
+        assert_eq!(
+            (c.node.as_str(), c.agent_version.as_str()),
+            ("fake-node", "0.0.0-fake")
+        );
+        assert_eq!(
+            c.request(Request::Subscribe, None).await.unwrap(),
+            Reply::Subscribed
+        );
         let spec = SpawnSpec {
             model: MODEL_REF.into(),
             device: "cpu".into(),
@@ -769,9 +796,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let again = c
-            .request(Request::Cancel { request: slow.id }, None)
-            .await;
+        let again = c.request(Request::Cancel { request: slow.id }, None).await;
         assert_eq!(again.unwrap_err().code(), ErrorCode::NotFound);
 
         let killed = Request::Kill {
@@ -784,7 +809,10 @@ mod tests {
             }
         );
         assert_eq!(next_state(&mut events).await.state, WorkerState::Exited);
-        assert_eq!(c.request(killed, None).await.unwrap_err().code(), ErrorCode::NotFound);
+        assert_eq!(
+            c.request(killed, None).await.unwrap_err().code(),
+            ErrorCode::NotFound
+        );
         assert!(agent.workers().is_empty());
     }
 }

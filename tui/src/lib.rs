@@ -26,12 +26,3 @@ pub mod nodes;
 
 pub use error::TuiError;
 
-/// Old paths kept for `tests/tests/chaos.rs` until it moves to the new ones (then removed).
-#[doc(hidden)]
-pub mod app {
-    pub use crate::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE};
-}
-#[doc(hidden)]
-pub use dashboard::{action, state, update};
-#[doc(hidden)]
-pub use nodes::{config, session};

@@ -75,29 +75,39 @@ async fn subcommands_against_an_agent() {
     let tok = token_file(dir.path(), "token", "sekret\n");
     let tok = tok.to_str().unwrap();
     let url = agent.url();
-    let r = |args: &'static [&'static str]| rbee(&cfg, &[], args);
 
+    nodes_are_added_and_listed(&cfg, tok, &url).await;
+    models_and_workers(&cfg).await;
+    infer_streams_or_answers_json(&cfg).await;
+    status_names_the_down_node(&cfg, tok).await;
+    wrong_token_and_removal(&cfg, dir.path(), &url).await;
+    drop(agent);
+}
+
+/// nodes: empty, add, duplicate, bad url.
+async fn nodes_are_added_and_listed(cfg: &Path, tok: &str, url: &str) {
+    let r = |args: &'static [&'static str]| rbee(cfg, &[], args);
     // nodes: empty, add, duplicate, bad url.
     assert_eq!(
-        rbee(&cfg, &[], &["nodes", "list", "--json"]).await.json(),
+        rbee(cfg, &[], &["nodes", "list", "--json"]).await.json(),
         serde_json::json!([])
     );
     rbee(
-        &cfg,
+        cfg,
         &[],
-        &["nodes", "add", "fake", "--url", &url, "--token-file", tok],
+        &["nodes", "add", "fake", "--url", url, "--token-file", tok],
     )
     .await
     .ok();
     rbee(
-        &cfg,
+        cfg,
         &[],
-        &["nodes", "add", "fake", "--url", &url, "--token-file", tok],
+        &["nodes", "add", "fake", "--url", url, "--token-file", tok],
     )
     .await
     .fails_with("already exists");
     rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "nodes",
@@ -113,9 +123,13 @@ async fn subcommands_against_an_agent() {
     .fails_with("ws://");
     let nodes = r(&["nodes", "list", "--json"]).await.json();
     assert_eq!(nodes[0]["name"], "fake");
-    assert_eq!(nodes[0]["url"], url.as_str());
+    assert_eq!(nodes[0]["url"], url);
     assert!(r(&["nodes", "list"]).await.ok().stdout.contains("fake"));
+}
 
+/// models, spawn --wait, workers list.
+async fn models_and_workers(cfg: &Path) {
+    let r = |args: &'static [&'static str]| rbee(cfg, &[], args);
     // models
     let models = r(&["models", "list", "--json"]).await.json();
     assert_eq!(models[0]["name"], "tiny");
@@ -126,7 +140,7 @@ async fn subcommands_against_an_agent() {
 
     // spawn --wait: ready is exit 0, failed is exit 1 with the reason.
     let w = rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "workers", "spawn", "--node", "fake", "--model", MODEL_REF, "--wait", "--json",
@@ -139,7 +153,7 @@ async fn subcommands_against_an_agent() {
         (Some("w1"), Some("ready"), Some("fake"))
     );
     let broken = rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "workers",
@@ -169,7 +183,11 @@ async fn subcommands_against_an_agent() {
     for key in ["pid", "restarts", "device", "model"] {
         assert!(ws[0].get(key).is_some(), "{key} missing");
     }
+}
 
+/// infer: text streams to stdout, usage to stderr; --json is one object.
+async fn infer_streams_or_answers_json(cfg: &Path) {
+    let r = |args: &'static [&'static str]| rbee(cfg, &[], args);
     // infer: text streams to stdout, usage to stderr; --json is one object.
     let out = r(&[
         "infer",
@@ -189,7 +207,7 @@ async fn subcommands_against_an_agent() {
     );
     assert!(out.stderr.contains("generated_tokens=3"), "{}", out.stderr);
     let j = rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "infer",
@@ -216,7 +234,12 @@ async fn subcommands_against_an_agent() {
     r(&["infer", "--worker", "w9", "--prompt", "x"])
         .await
         .fails_with("not_found");
+}
 
+/// status with a second node that is down; with two nodes spawn must name one, kill finds the
+/// worker on the reachable one.
+async fn status_names_the_down_node(cfg: &Path, tok: &str) {
+    let r = |args: &'static [&'static str]| rbee(cfg, &[], args);
     // status, with a second node that is down.
     let down_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -225,7 +248,7 @@ async fn subcommands_against_an_agent() {
         .port();
     let down_url = format!("ws://127.0.0.1:{down_port}");
     rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "nodes",
@@ -274,18 +297,22 @@ async fn subcommands_against_an_agent() {
     r(&["workers", "list", "--node", "down"])
         .await
         .fails_with("cannot reach agent");
+}
 
+/// A wrong token is refused in one line; nodes are removed.
+async fn wrong_token_and_removal(cfg: &Path, dir: &Path, url: &str) {
+    let r = |args: &'static [&'static str]| rbee(cfg, &[], args);
     // Wrong token: refused, said in one line.
-    let bad = token_file(dir.path(), "bad", "wrong");
+    let bad = token_file(dir, "bad", "wrong");
     rbee(
-        &cfg,
+        cfg,
         &[],
         &[
             "nodes",
             "add",
             "bad",
             "--url",
-            &url,
+            url,
             "--token-file",
             bad.to_str().unwrap(),
         ],
@@ -301,7 +328,6 @@ async fn subcommands_against_an_agent() {
     r(&["nodes", "rm", "down"])
         .await
         .fails_with("no node named `down`");
-    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

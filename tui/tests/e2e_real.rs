@@ -85,102 +85,9 @@ fn subcommands_against_a_real_agent() {
         token_file
     );
 
-    // models list: the real gguf, with its reference and size.
-    let models = tui(&["models", "list", "--json"]).json();
-    let models = models.as_array().expect("models list is an array");
-    let gguf = models
-        .iter()
-        .find(|m| {
-            m["name"]
-                .as_str()
-                .is_some_and(|n| n.contains("SmolLM2-135M-Instruct"))
-        })
-        .unwrap_or_else(|| panic!("the test model is not listed: {models:?}"));
-    assert_eq!(gguf["node"], "n1");
-    let size = std::fs::metadata(model_path()).unwrap().len();
-    assert_eq!(gguf["size_bytes"].as_u64(), Some(size), "{gguf}");
-    let reference = gguf["ref"].as_str().expect("ref");
-    assert!(!reference.is_empty(), "{gguf}");
-
-    // workers spawn --wait: the id on stdout, exit 0 once ready.
-    let model = model_path();
-    let r = tui(&[
-        "--timeout",
-        "90",
-        "workers",
-        "spawn",
-        "--node",
-        "n1",
-        "--model",
-        model.to_str().unwrap(),
-        "--wait",
-    ]);
-    let id = r.ok().stdout.trim().to_string();
-    assert!(
-        !id.is_empty() && !id.contains(char::is_whitespace),
-        "one id on stdout, got {:?}",
-        r.stdout
-    );
-
-    // workers list: ready, with a pid that is the agent's child.
-    let workers = tui(&["workers", "list", "--json"]).json();
-    let workers = workers.as_array().expect("workers list is an array");
-    let w = workers
-        .iter()
-        .find(|w| w["id"] == id.as_str())
-        .unwrap_or_else(|| panic!("{id} not listed: {workers:?}"));
-    assert_eq!(w["state"], "ready", "{w}");
-    assert_eq!(w["node"], "n1", "{w}");
-    let pid = w["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {w}")) as u32;
-    assert!(alive(pid), "worker pid {pid} is not running");
-    assert!(
-        children_of(agent.pid()).contains(&pid),
-        "worker {pid} is not a child of the agent"
-    );
-
-    // infer: greedy, the model knows this one.
-    let r = tui(&[
-        "infer",
-        "--node",
-        "n1",
-        "--worker",
-        &id,
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0",
-    ]);
-    r.ok();
-    assert!(
-        r.stdout.contains("Paris"),
-        "stdout: {:?}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stderr
-            .lines()
-            .any(|l| l.starts_with(&format!("usage: worker={id} "))),
-        "no usage line: {}",
-        r.stderr
-    );
-
-    // status --json: connected, with our worker.
-    let st = tui(&["status", "--json"]).json();
-    let node = &st["nodes"][0];
-    assert_eq!(node["name"], "n1", "{st}");
-    assert_eq!(node["state"], "connected", "{st}");
-    let listed = node["workers"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no workers: {st}"));
-    assert!(
-        listed
-            .iter()
-            .any(|w| w["id"] == id.as_str() && w["state"] == "ready"),
-        "{st}"
-    );
+    models_list_shows_the_real_model(&tui);
+    let (id, pid) = spawn_waits_for_ready(&tui, agent.pid());
+    infer_and_status(&tui, &id);
 
     // workers kill: the process goes away and the agent forgets it.
     let r = tui(&["workers", "kill", &id]);
@@ -221,6 +128,111 @@ fn subcommands_against_a_real_agent() {
         agent.log()
     );
     eprintln!("subcommands test took {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// models list: the real gguf, with its reference and size.
+fn models_list_shows_the_real_model(tui: &impl Fn(&[&str]) -> Run) {
+    let models = tui(&["models", "list", "--json"]).json();
+    let models = models.as_array().expect("models list is an array");
+    let gguf = models
+        .iter()
+        .find(|m| {
+            m["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("SmolLM2-135M-Instruct"))
+        })
+        .unwrap_or_else(|| panic!("the test model is not listed: {models:?}"));
+    assert_eq!(gguf["node"], "n1");
+    let size = std::fs::metadata(model_path()).unwrap().len();
+    assert_eq!(gguf["size_bytes"].as_u64(), Some(size), "{gguf}");
+    let reference = gguf["ref"].as_str().expect("ref");
+    assert!(!reference.is_empty(), "{gguf}");
+}
+
+/// workers spawn --wait: the id on stdout, exit 0 once ready; workers list: ready, with a pid
+/// that is the agent's child. Returns the id and the pid.
+fn spawn_waits_for_ready(tui: &impl Fn(&[&str]) -> Run, agent_pid: u32) -> (String, u32) {
+    let model = model_path();
+    let r = tui(&[
+        "--timeout",
+        "90",
+        "workers",
+        "spawn",
+        "--node",
+        "n1",
+        "--model",
+        model.to_str().unwrap(),
+        "--wait",
+    ]);
+    let id = r.ok().stdout.trim().to_string();
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "one id on stdout, got {:?}",
+        r.stdout
+    );
+
+    // workers list: ready, with a pid that is the agent's child.
+    let workers = tui(&["workers", "list", "--json"]).json();
+    let workers = workers.as_array().expect("workers list is an array");
+    let w = workers
+        .iter()
+        .find(|w| w["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not listed: {workers:?}"));
+    assert_eq!(w["state"], "ready", "{w}");
+    assert_eq!(w["node"], "n1", "{w}");
+    let pid = w["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {w}")) as u32;
+    assert!(alive(pid), "worker pid {pid} is not running");
+    assert!(
+        children_of(agent_pid).contains(&pid),
+        "worker {pid} is not a child of the agent"
+    );
+    (id, pid)
+}
+
+/// infer: greedy, the model knows this one; status --json: connected, with our worker.
+fn infer_and_status(tui: &impl Fn(&[&str]) -> Run, id: &str) {
+    let r = tui(&[
+        "infer",
+        "--node",
+        "n1",
+        "--worker",
+        id,
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    r.ok();
+    assert!(
+        r.stdout.contains("Paris"),
+        "stdout: {:?}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("usage: worker={id} "))),
+        "no usage line: {}",
+        r.stderr
+    );
+
+    // status --json: connected, with our worker.
+    let st = tui(&["status", "--json"]).json();
+    let node = &st["nodes"][0];
+    assert_eq!(node["name"], "n1", "{st}");
+    assert_eq!(node["state"], "connected", "{st}");
+    let listed = node["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers: {st}"));
+    assert!(
+        listed
+            .iter()
+            .any(|w| w["id"] == id && w["state"] == "ready"),
+        "{st}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,17 +368,7 @@ fn worker_row<'a>(screen: &'a str, id: &str) -> Option<&'a str> {
 fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
-    let version = Command::new("tmux").arg("-V").output();
-    match &version {
-        Ok(o) if o.status.success() => step(&format!(
-            "using {}",
-            String::from_utf8_lossy(&o.stdout).trim()
-        )),
-        _ => panic!(
-            "this test drives the dashboard in a real terminal and needs `tmux` on PATH \
-             (apt-get install tmux); `tmux -V` gave {version:?}"
-        ),
-    }
+    check_tmux(&step);
 
     let dir = tempfile::tempdir().unwrap();
     let local_state = dir.path().join("local-agent");
@@ -387,50 +389,7 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         last: Default::default(),
     };
 
-    let agent_bin = bin("rbee-agent");
-    let env = [
-        format!("RBEE_LOCAL_STATE={}", local_state.display()),
-        format!("RBEE_AGENT_BIN={}", agent_bin.display()),
-        format!("RBEE_MODEL_DIR={}", model_dir().display()),
-        "RUST_LOG=info".to_string(),
-    ];
-    let mut new = tmux.cmd(&[
-        "-f",
-        tmux_conf.to_str().unwrap(),
-        "new-session",
-        "-d",
-        "-s",
-        SESSION,
-    ]);
-    new.args(["-x", &COLS.to_string(), "-y", &ROWS.to_string()]);
-    // The start directory has no ./assets/models, so the model dir is RBEE_MODEL_DIR alone.
-    new.arg("-c").arg(dir.path());
-    for e in &env {
-        new.arg("-e").arg(e);
-    }
-    // More than one argument: tmux runs the command directly, no shell quoting involved. A shell
-    // around the dashboard records its exit status: tmux 3.3 sometimes leaves a finished pane's
-    // process unreaped (a zombie, `pane_dead_status` empty), so tmux cannot be asked for it.
-    let exit_file = dir.path().join("exit-status");
-    new.args(["sh", "-c", r#""$@"; echo $? > "$0""#])
-        .arg(&exit_file);
-    new.arg(TUI)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--log-file")
-        .arg(&log_file);
-    for var in [
-        "RBEE_CONFIG",
-        "RBEE_LOG_FILE",
-        "RBEE_LOCAL_STATE",
-        "RBEE_AGENT_BIN",
-        "RBEE_MODEL_DIR",
-        "TMUX",
-    ] {
-        new.env_remove(var);
-    }
-    new.env("TERM", "xterm-256color");
-    run_bounded(new, Duration::from_secs(10)).ok();
+    let exit_file = start_dashboard(&tmux, dir.path(), &local_state, &cfg, &log_file, &tmux_conf);
     step("dashboard started in tmux");
 
     // First run: no nodes configured, so it starts the local agent and connects to it.
@@ -456,7 +415,135 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         s.contains("Nodes › local") && s.contains("Workers (0)")
     });
 
-    // Spawn dialog: the real model from the model dir, on cpu.
+    let (id, worker_pid) = spawn_from_the_dialog(&tmux, agent_pid, &step);
+    prompt_and_read_the_answer(&tmux, &id, &step);
+    kill_from_the_confirm_popup(&tmux, &id, worker_pid, &step);
+
+    // Quit: the dashboard's process ends, cleanly.
+    tmux.keys(&["q"]);
+    let status = wait_for(
+        Duration::from_secs(10),
+        "the dashboard to quit on q",
+        || {
+            std::fs::read_to_string(&exit_file)
+                .ok()
+                .filter(|s| s.ends_with('\n'))
+        },
+    );
+    assert_eq!(
+        status.trim(),
+        "0",
+        "the dashboard's exit status; the screen:\n{}",
+        tmux.capture()
+    );
+    step("dashboard quit");
+
+    // The agent outlives the dashboard; stop it the documented way (pid in agent.lock).
+    assert!(
+        alive(agent_pid),
+        "the local agent must outlive the dashboard"
+    );
+    assert_eq!(_agent.pid(), Some(agent_pid));
+    let kids: Vec<u32> = children_of(agent_pid);
+    // SAFETY: signalling the agent this test's dashboard started.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
+    wait_for(
+        Duration::from_secs(20),
+        "the local agent to stop on SIGTERM",
+        || (!alive(agent_pid)).then_some(()),
+    );
+    for pid in kids.iter().copied().chain([worker_pid]) {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("process {pid} ({}) to end", comm(pid)),
+            || (!alive(pid)).then_some(()),
+        );
+    }
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(log.contains("dashboard starting"), "tui log: {log}");
+    let agent_log = _agent.log();
+    assert!(
+        !agent_log.is_empty(),
+        "the started agent logs to agent.log in its state dir"
+    );
+    step("agent stopped; no worker left");
+}
+
+/// This test needs a real `tmux`; say which.
+fn check_tmux(step: &dyn Fn(&str)) {
+    let version = Command::new("tmux").arg("-V").output();
+    match &version {
+        Ok(o) if o.status.success() => step(&format!(
+            "using {}",
+            String::from_utf8_lossy(&o.stdout).trim()
+        )),
+        _ => panic!(
+            "this test drives the dashboard in a real terminal and needs `tmux` on PATH \
+             (apt-get install tmux); `tmux -V` gave {version:?}"
+        ),
+    }
+}
+
+/// `rbee-tui` in a fresh tmux session of COLS×ROWS, started in `dir` with the first-run
+/// environment; returns the file its exit status lands in.
+fn start_dashboard(
+    tmux: &Tmux,
+    dir: &Path,
+    local_state: &Path,
+    cfg: &Path,
+    log_file: &Path,
+    tmux_conf: &Path,
+) -> PathBuf {
+    let agent_bin = bin("rbee-agent");
+    let env = [
+        format!("RBEE_LOCAL_STATE={}", local_state.display()),
+        format!("RBEE_AGENT_BIN={}", agent_bin.display()),
+        format!("RBEE_MODEL_DIR={}", model_dir().display()),
+        "RUST_LOG=info".to_string(),
+    ];
+    let mut new = tmux.cmd(&[
+        "-f",
+        tmux_conf.to_str().unwrap(),
+        "new-session",
+        "-d",
+        "-s",
+        SESSION,
+    ]);
+    new.args(["-x", &COLS.to_string(), "-y", &ROWS.to_string()]);
+    // The start directory has no ./assets/models, so the model dir is RBEE_MODEL_DIR alone.
+    new.arg("-c").arg(dir);
+    for e in &env {
+        new.arg("-e").arg(e);
+    }
+    // More than one argument: tmux runs the command directly, no shell quoting involved. A shell
+    // around the dashboard records its exit status: tmux 3.3 sometimes leaves a finished pane's
+    // process unreaped (a zombie, `pane_dead_status` empty), so tmux cannot be asked for it.
+    let exit_file = dir.join("exit-status");
+    new.args(["sh", "-c", r#""$@"; echo $? > "$0""#])
+        .arg(&exit_file);
+    new.arg(TUI)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--log-file")
+        .arg(log_file);
+    for var in [
+        "RBEE_CONFIG",
+        "RBEE_LOG_FILE",
+        "RBEE_LOCAL_STATE",
+        "RBEE_AGENT_BIN",
+        "RBEE_MODEL_DIR",
+        "TMUX",
+    ] {
+        new.env_remove(var);
+    }
+    new.env("TERM", "xterm-256color");
+    run_bounded(new, Duration::from_secs(10)).ok();
+    exit_file
+}
+
+/// Spawn dialog: the real model from the model dir, on cpu; the worker turns ready as the agent's
+/// only `rbee-worker` child. Returns its id and pid.
+fn spawn_from_the_dialog(tmux: &Tmux, agent_pid: u32, step: &dyn Fn(&str)) -> (String, u32) {
     tmux.keys(&["s"]);
     let screen = tmux.wait_screen(
         Duration::from_secs(10),
@@ -518,8 +605,12 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     );
     let worker_pid = workers[0];
     step(&format!("{id} ready (pid {worker_pid})"));
+    (id, worker_pid)
+}
 
-    // Prompt it.
+/// Prompt it: the answer streams into the pane (cancelled after a few tokens under load), with
+/// TTFT and a token count in the title.
+fn prompt_and_read_the_answer(tmux: &Tmux, id: &str, step: &dyn Fn(&str)) {
     tmux.keys(&["p"]);
     tmux.wait_screen(Duration::from_secs(5), "the prompt pane", |s| {
         s.contains(&format!("Prompt → {id} on local"))
@@ -596,8 +687,10 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         "no generated text on screen:\n{screen}"
     );
     step(&format!("generated {tokens} tokens: {:?}", answer.trim()));
+}
 
-    // Close the pane, then kill the worker through the confirm popup.
+/// Close the pane, then kill the worker through the confirm popup; its process ends.
+fn kill_from_the_confirm_popup(tmux: &Tmux, id: &str, worker_pid: u32, step: &dyn Fn(&str)) {
     tmux.keys(&["Escape"]);
     tmux.wait_screen(Duration::from_secs(5), "the prompt pane to close", |s| {
         !s.contains("Prompt →")
@@ -609,7 +702,7 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     assert!(screen.contains(&format!("Kill worker {id}")), "{screen}");
     tmux.keys(&["y"]);
     tmux.wait_screen(Duration::from_secs(20), "the worker row to go", |s| {
-        s.contains("Workers (0)") && worker_row(s, &id).is_none_or(|r| r.contains("exited"))
+        s.contains("Workers (0)") && worker_row(s, id).is_none_or(|r| r.contains("exited"))
     });
     wait_for(
         Duration::from_secs(20),
@@ -617,55 +710,6 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
         || (!alive(worker_pid)).then_some(()),
     );
     step(&format!("{id} killed"));
-
-    // Quit: the dashboard's process ends, cleanly.
-    tmux.keys(&["q"]);
-    let status = wait_for(
-        Duration::from_secs(10),
-        "the dashboard to quit on q",
-        || {
-            std::fs::read_to_string(&exit_file)
-                .ok()
-                .filter(|s| s.ends_with('\n'))
-        },
-    );
-    assert_eq!(
-        status.trim(),
-        "0",
-        "the dashboard's exit status; the screen:\n{}",
-        tmux.capture()
-    );
-    step("dashboard quit");
-
-    // The agent outlives the dashboard; stop it the documented way (pid in agent.lock).
-    assert!(
-        alive(agent_pid),
-        "the local agent must outlive the dashboard"
-    );
-    assert_eq!(_agent.pid(), Some(agent_pid));
-    let kids: Vec<u32> = children_of(agent_pid);
-    // SAFETY: signalling the agent this test's dashboard started.
-    unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
-    wait_for(
-        Duration::from_secs(20),
-        "the local agent to stop on SIGTERM",
-        || (!alive(agent_pid)).then_some(()),
-    );
-    for pid in kids.iter().copied().chain([worker_pid]) {
-        wait_for(
-            Duration::from_secs(10),
-            &format!("process {pid} ({}) to end", comm(pid)),
-            || (!alive(pid)).then_some(()),
-        );
-    }
-    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-    assert!(log.contains("dashboard starting"), "tui log: {log}");
-    let agent_log = _agent.log();
-    assert!(
-        !agent_log.is_empty(),
-        "the started agent logs to agent.log in its state dir"
-    );
-    step("agent stopped; no worker left");
 }
 
 /// A frozen agent (SIGSTOP: its sockets stay open, nothing answers) is noticed by the silence

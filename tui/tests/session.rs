@@ -4,10 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use rbee_testkit::standin::{StandIn, MODEL_REF};
 use rbee_proto::config::NodeConfig;
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{SamplingParams, WorkerState};
+use rbee_testkit::standin::{StandIn, MODEL_REF};
 use rbee_tui::dashboard::action::{Action, Effect};
 use rbee_tui::nodes::config::NodeTarget;
 use rbee_tui::nodes::session::run_node;
@@ -49,8 +49,25 @@ async fn session_follows_a_node_and_survives_its_restart() {
     let (atx, mut arx) = mpsc::channel(1024);
     let (etx, erx) = mpsc::channel(16);
     let task = tokio::spawn(run_node(0, target(&agent, dir.path(), "sekret"), atx, erx));
+    connects(&mut arx).await;
+    spawns_a_worker(&etx, &mut arx).await;
+    streams_and_cancels_prompts(&etx, &mut arx).await;
 
-    next(&mut arx, "connecting", |a| {
+    // The agent goes away: the session says why, refuses work meanwhile, and comes back.
+    let agent = agent.restart().await;
+    comes_back_after_a_restart(&etx, &mut arx).await;
+
+    drop(etx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("session ends when the dashboard goes")
+        .unwrap();
+    drop(agent);
+}
+
+/// Connecting, connected (to the stand-in), the first snapshots and a latency sample.
+async fn connects(arx: &mut mpsc::Receiver<Action>) {
+    next(arx, "connecting", |a| {
         matches!(
             a,
             Action::Connecting {
@@ -61,13 +78,13 @@ async fn session_follows_a_node_and_survives_its_restart() {
         .then_some(())
     })
     .await;
-    let who = next(&mut arx, "connected", |a| match a {
+    let who = next(arx, "connected", |a| match a {
         Action::Connected { agent_node, .. } => Some(agent_node.clone()),
         _ => None,
     })
     .await;
     assert_eq!(who, "fake-node");
-    next(&mut arx, "model catalog", |a| {
+    next(arx, "model catalog", |a| {
         matches!(
             a,
             Action::Reply {
@@ -78,12 +95,14 @@ async fn session_follows_a_node_and_survives_its_restart() {
         .then_some(())
     })
     .await;
-    next(&mut arx, "latency", |a| {
+    next(arx, "latency", |a| {
         matches!(a, Action::Latency { .. }).then_some(())
     })
     .await;
+}
 
-    // A spawn is answered, and the subscription brings the worker's states.
+/// A spawn is answered, and the subscription brings the worker's states.
+async fn spawns_a_worker(etx: &mpsc::Sender<Effect>, arx: &mut mpsc::Receiver<Action>) {
     let spec = SpawnSpec {
         model: MODEL_REF.into(),
         device: "cpu".into(),
@@ -95,7 +114,7 @@ async fn session_follows_a_node_and_survives_its_restart() {
     })
     .await
     .unwrap();
-    next(&mut arx, "spawned", |a| {
+    next(arx, "spawned", |a| {
         matches!(
             a,
             Action::Reply {
@@ -106,7 +125,7 @@ async fn session_follows_a_node_and_survives_its_restart() {
         .then_some(())
     })
     .await;
-    next(&mut arx, "ready event", |a| match a {
+    next(arx, "ready event", |a| match a {
         Action::AgentEvent {
             event: Event::WorkerState { worker },
             ..
@@ -114,8 +133,10 @@ async fn session_follows_a_node_and_survives_its_restart() {
         _ => None,
     })
     .await;
+}
 
-    // A prompt streams every token, in order, then ends.
+/// A prompt streams every token, in order, then ends; a long one stops when cancelled.
+async fn streams_and_cancels_prompts(etx: &mpsc::Sender<Effect>, arx: &mut mpsc::Receiver<Action>) {
     etx.send(Effect::Infer {
         node: 0,
         prompt: 1,
@@ -123,7 +144,7 @@ async fn session_follows_a_node_and_survives_its_restart() {
     })
     .await
     .unwrap();
-    next(&mut arx, "prompt sent", |a| {
+    next(arx, "prompt sent", |a| {
         matches!(a, Action::PromptSent { prompt: 1, .. }).then_some(())
     })
     .await;
@@ -153,14 +174,14 @@ async fn session_follows_a_node_and_survives_its_restart() {
     })
     .await
     .unwrap();
-    next(&mut arx, "first slow token", |a| {
+    next(arx, "first slow token", |a| {
         matches!(a, Action::PromptToken { prompt: 2, .. }).then_some(())
     })
     .await;
     etx.send(Effect::CancelInfer { node: 0, prompt: 2 })
         .await
         .unwrap();
-    let err = next(&mut arx, "cancelled", |a| match a {
+    let err = next(arx, "cancelled", |a| match a {
         Action::PromptDone {
             prompt: 2, result, ..
         } => Some(result.clone()),
@@ -169,10 +190,12 @@ async fn session_follows_a_node_and_survives_its_restart() {
     .await
     .unwrap_err();
     assert!(err.contains("cancel"), "{err}");
+}
 
-    // The agent goes away: the session says why, refuses work meanwhile, and comes back.
-    let agent = agent.restart().await;
-    let reason = next(&mut arx, "disconnected", |a| match a {
+/// After the agent restarted: the reason, work refused at once, then a reconnect and a fresh
+/// snapshot.
+async fn comes_back_after_a_restart(etx: &mpsc::Sender<Effect>, arx: &mut mpsc::Receiver<Action>) {
+    let reason = next(arx, "disconnected", |a| match a {
         Action::Disconnected {
             reason,
             retry_in_ms,
@@ -188,7 +211,7 @@ async fn session_follows_a_node_and_survives_its_restart() {
     })
     .await
     .unwrap();
-    let refused = next(&mut arx, "refusal", |a| match a {
+    let refused = next(arx, "refusal", |a| match a {
         Action::Reply {
             request: Request::ListWorkers,
             result: Err(e),
@@ -198,11 +221,11 @@ async fn session_follows_a_node_and_survives_its_restart() {
     })
     .await;
     assert!(refused.contains("unreachable"), "{refused}");
-    next(&mut arx, "reconnected", |a| {
+    next(arx, "reconnected", |a| {
         matches!(a, Action::Connected { .. }).then_some(())
     })
     .await;
-    let workers = next(&mut arx, "fresh snapshot", |a| match a {
+    let workers = next(arx, "fresh snapshot", |a| match a {
         Action::Reply {
             result: Ok(Reply::Workers { workers }),
             ..
@@ -214,13 +237,6 @@ async fn session_follows_a_node_and_survives_its_restart() {
         workers, 1,
         "the agent's workers are listed again after the reconnect"
     );
-
-    drop(etx);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("session ends when the dashboard goes")
-        .unwrap();
-    drop(agent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

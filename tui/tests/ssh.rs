@@ -426,8 +426,13 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     assert!(agents_of(&remote).is_empty() && workers_of(&remote).is_empty());
     w.tui(&["nodes", "stop", "n1"]).ok();
 
-    // Two bring-ups at once (two names for the same node): exactly one agent comes up, and it
-    // restores the worker the operator asked for.
+    concurrent_bring_ups_leave_one_agent(&w, &remote);
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+}
+
+/// Two bring-ups at once (two names for the same node): exactly one agent comes up, and it
+/// restores the worker the operator asked for; `nodes stop` then leaves nothing.
+fn concurrent_bring_ups_leave_one_agent(w: &World, remote: &Path) {
     let spawn_list = |node: &str| {
         let mut cmd = Command::new(TUI);
         cmd.arg("--config")
@@ -448,20 +453,19 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     let a = a.join().unwrap();
     a.json();
     b.json();
-    let agents = agents_of(&remote);
+    let agents = agents_of(remote);
     assert_eq!(agents.len(), 1, "two concurrent bring-ups left {agents:?}");
     wait_for(
         Duration::from_secs(60),
         "the desired worker to come back",
-        || (!workers_of(&remote).is_empty()).then_some(()),
+        || (!workers_of(remote).is_empty()).then_some(()),
     );
     let stopped = w.tui(&["nodes", "stop", "n1b", "--json"]).json();
     assert_eq!(stopped["agent_pid"].as_u64(), Some(agents[0] as u64));
     assert!(
-        agents_of(&remote).is_empty() && workers_of(&remote).is_empty(),
+        agents_of(remote).is_empty() && workers_of(remote).is_empty(),
         "nothing left after stop"
     );
-    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
 
 /// A host whose key differs from the one in `~/.ssh/known_hosts` is refused loudly, even with

@@ -99,6 +99,7 @@ fn setup(mode: Mode, cmd: Cmd) -> State {
 }
 
 /// What the help text of `cmd` promises, checked on the state after the key.
+#[allow(clippy::too_many_lines)] // a flat match: one arm per command of the key table
 fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
     let none = fx.is_empty();
     match cmd {

@@ -138,33 +138,8 @@ fn main() -> anyhow::Result<()> {
             })
         })
         .collect();
-
-    let opts = DashOptions {
-        warmup: Duration::from_secs_f64(args.warmup),
-        measure: Duration::from_secs_f64(args.seconds),
-        screen: args.screen,
-        prompt: args.prompt,
-    };
-    // The dashboard's runtime, built as `rbee-tui`'s main builds it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (w, h) = (args.width, args.height);
-    let report = match args.backend {
-        BackendChoice::Test => {
-            let mut t = Terminal::new(TestBackend::new(w, h))?;
-            rt.block_on(fanin::run(&mut t, targets, &opts))?
-        }
-        BackendChoice::Ansi => {
-            let options = TerminalOptions {
-                viewport: Viewport::Fixed(Rect::new(0, 0, w, h)),
-            };
-            let mut t = Terminal::with_options(CrosstermBackend::new(std::io::sink()), options)?;
-            rt.block_on(fanin::run(&mut t, targets, &opts))?
-        }
-    };
+    let report = dashboard(&args, targets)?;
     let peak_rss = measure::proc_status_bytes("VmHWM").unwrap_or(0);
-    rt.shutdown_timeout(Duration::from_secs(1));
 
     let gen_stats = match child {
         Some(c) => stop_loadgen(c),
@@ -195,6 +170,36 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The dashboard over `targets` on a runtime built as `rbee-tui`'s main builds it, drawing into
+/// the chosen backend.
+fn dashboard(args: &Args, targets: Vec<NodeTarget>) -> anyhow::Result<DashReport> {
+    let opts = DashOptions {
+        warmup: Duration::from_secs_f64(args.warmup),
+        measure: Duration::from_secs_f64(args.seconds),
+        screen: args.screen,
+        prompt: args.prompt,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (w, h) = (args.width, args.height);
+    let report = match args.backend {
+        BackendChoice::Test => {
+            let mut t = Terminal::new(TestBackend::new(w, h))?;
+            rt.block_on(fanin::run(&mut t, targets, &opts))?
+        }
+        BackendChoice::Ansi => {
+            let options = TerminalOptions {
+                viewport: Viewport::Fixed(Rect::new(0, 0, w, h)),
+            };
+            let mut t = Terminal::with_options(CrosstermBackend::new(std::io::sink()), options)?;
+            rt.block_on(fanin::run(&mut t, targets, &opts))?
+        }
+    };
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(report)
 }
 
 fn random_token() -> anyhow::Result<String> {

@@ -1,7 +1,7 @@
 //! `keypress`: keypress-to-first-token as the operator sees it, on the real small model.
 //!
-//! The dashboard's real pieces run headless (`session::run_node` on the first-run `Local` target,
-//! so the dashboard starts its own `rbee-agent`, `update::update`, `view::render` into a
+//! The dashboard's own event loop runs headless (`rbee_tui::dashboard::runtime::Runtime` over the
+//! first-run `Local` target, so the dashboard starts its own `rbee-agent`; `view::render` into a
 //! `TestBackend`, frames on the dashboard's 33 ms tick when something changed). Keys go in as the
 //! dashboard receives them. A time is taken when the key is applied and stops at the first frame
 //! drawn with a token of the answer on it.
@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use crossterm::event::KeyCode;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use rbee_proto::now_millis;
-use rbee_tui::dashboard::action::Action;
-use rbee_tui::dashboard::runtime::{route, ACTION_QUEUE, CLOCK, EFFECT_QUEUE, FRAME};
-use rbee_tui::dashboard::state::{Conn, NodeState, Popup, Screen, State};
-use rbee_tui::dashboard::update::update;
+use rbee_tui::dashboard::runtime::{Driver, Input, Runtime};
+use rbee_tui::dashboard::state::{Conn, Popup, Screen, State};
+use rbee_tui::dashboard::update::key;
 use rbee_tui::nodes::config::NodeTarget;
-use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
 #[command(about = "Keypress-to-first-token through the headless dashboard on the real small model")]
@@ -44,10 +41,6 @@ struct Args {
     agent_bin: Option<PathBuf>,
     #[arg(long, default_value = "Tell me about bees")]
     prompt: String,
-}
-
-fn key(c: KeyCode) -> Action {
-    Action::Key(KeyEvent::new(c, KeyModifiers::NONE))
 }
 
 /// What the driver waits for next.
@@ -74,15 +67,39 @@ struct Results {
     spawn_ready_ms: Vec<f64>,
 }
 
-struct Driver {
+struct Keypress {
     args: Args,
     step: Step,
     res: Results,
     /// Warm-up prompt done (the first prompt on a fresh worker is not counted).
     warmed: bool,
+    /// Gives up after 600 s.
+    limit: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Why the run stopped early.
+    failed: Option<anyhow::Error>,
 }
 
-impl Driver {
+impl Driver for Keypress {
+    async fn input(&mut self) -> Input {
+        self.limit.as_mut().await;
+        self.failed = Some(anyhow::anyhow!("gave up after 600 s at step {:?}", self.step));
+        Input::Stop
+    }
+
+    /// After the draw: a token seen here is on the screen.
+    fn after_frame(&mut self, rt: &mut Runtime, _drawn: Option<Duration>) {
+        match self.step(rt) {
+            Ok(false) => {}
+            Ok(true) => rt.stop(),
+            Err(e) => {
+                self.failed = Some(e);
+                rt.stop();
+            }
+        }
+    }
+}
+
+impl Keypress {
     fn serving(state: &State) -> bool {
         state.nodes[0]
             .workers
@@ -90,23 +107,22 @@ impl Driver {
             .any(|w| w.info.state.is_serving())
     }
 
-    fn send_prompt(&self, state: &mut State, dispatch: &mut impl FnMut(&mut State, Action)) {
-        if !state.prompt.as_ref().is_some_and(|p| p.focused) {
-            dispatch(state, key(KeyCode::Char('p')));
+    fn send_prompt(&self, rt: &mut Runtime) {
+        if !rt.state.prompt.as_ref().is_some_and(|p| p.focused) {
+            rt.dispatch(key(KeyCode::Char('p')));
         }
         for c in self.args.prompt.chars() {
-            dispatch(state, key(KeyCode::Char(c)));
+            rt.dispatch(key(KeyCode::Char(c)));
         }
-        dispatch(state, key(KeyCode::Enter));
+        rt.dispatch(key(KeyCode::Enter));
     }
 
     /// Called after every frame; returns true when done.
-    fn after_frame(
+    fn step(
         &mut self,
-        state: &mut State,
-        dispatch: &mut impl FnMut(&mut State, Action),
+        rt: &mut Runtime,
     ) -> anyhow::Result<bool> {
-        let node = &state.nodes[0];
+        let node = &rt.state.nodes[0];
         if let Conn::Unreachable { reason, .. } = &node.conn {
             bail!("local agent unreachable: {reason}");
         }
@@ -115,11 +131,11 @@ impl Driver {
                 if node.conn != Conn::Connected || node.models.is_empty() {
                     return Ok(false);
                 }
-                dispatch(state, key(KeyCode::Enter)); // open the node
-                if !matches!(state.screen, Screen::Node(0)) {
+                rt.dispatch(key(KeyCode::Enter)); // open the node
+                if !matches!(rt.state.screen, Screen::Node(0)) {
                     bail!("Enter did not open the node");
                 }
-                self.start_cold(state, dispatch)?;
+                self.start_cold(rt)?;
             }
             Step::Spawning(t0) => {
                 if let Some(w) = node
@@ -129,14 +145,14 @@ impl Driver {
                 {
                     bail!("worker failed: {:?}", w.info.last_exit);
                 }
-                if Self::serving(state) {
+                if Self::serving(&rt.state) {
                     self.res
                         .spawn_ready_ms
                         .push(t0.elapsed().as_secs_f64() * 1e3);
                     // Select it, then prompt at once.
-                    dispatch(state, key(KeyCode::Down));
+                    rt.dispatch(key(KeyCode::Down));
                     let sent = Instant::now();
-                    self.send_prompt(state, dispatch);
+                    self.send_prompt(rt);
                     self.step = Step::Prompted {
                         sent,
                         cold: Some(t0),
@@ -144,7 +160,7 @@ impl Driver {
                 }
             }
             Step::Prompted { sent, cold } => {
-                let run = state.prompt.as_ref().and_then(|p| p.run.as_ref());
+                let run = rt.state.prompt.as_ref().and_then(|p| p.run.as_ref());
                 if let Some(e) = run.and_then(|r| r.error.clone()) {
                     bail!("prompt failed: {e}");
                 }
@@ -156,12 +172,12 @@ impl Driver {
                         None => {}
                     }
                     self.warmed = true;
-                    dispatch(state, key(KeyCode::Esc)); // cancel the rest of the answer
+                    rt.dispatch(key(KeyCode::Esc)); // cancel the rest of the answer
                     self.step = Step::Finishing;
                 }
             }
             Step::Finishing => {
-                if state
+                if rt.state
                     .prompt
                     .as_ref()
                     .and_then(|p| p.run.as_ref())
@@ -169,24 +185,24 @@ impl Driver {
                 {
                     return Ok(false);
                 }
-                dispatch(state, key(KeyCode::Esc)); // close the pane
+                rt.dispatch(key(KeyCode::Esc)); // close the pane
                 if self.res.warm_ms.len() >= self.args.runs {
                     if self.res.cold_ms.len() >= self.args.cold_runs {
                         return Ok(true);
                     }
                     // Kill the worker from the table (confirm with y), then spawn cold again.
-                    dispatch(state, key(KeyCode::Char('x')));
-                    dispatch(state, key(KeyCode::Char('y')));
+                    rt.dispatch(key(KeyCode::Char('x')));
+                    rt.dispatch(key(KeyCode::Char('y')));
                     self.step = Step::Killing;
                 } else {
                     let sent = Instant::now();
-                    self.send_prompt(state, dispatch);
+                    self.send_prompt(rt);
                     self.step = Step::Prompted { sent, cold: None };
                 }
             }
             Step::Killing => {
                 if node.workers.is_empty() {
-                    self.start_cold(state, dispatch)?;
+                    self.start_cold(rt)?;
                 }
             }
         }
@@ -195,15 +211,14 @@ impl Driver {
 
     fn start_cold(
         &mut self,
-        state: &mut State,
-        dispatch: &mut impl FnMut(&mut State, Action),
+        rt: &mut Runtime,
     ) -> anyhow::Result<()> {
-        dispatch(state, key(KeyCode::Char('s')));
-        if !matches!(state.popup, Some(Popup::Spawn(_))) {
+        rt.dispatch(key(KeyCode::Char('s')));
+        if !matches!(rt.state.popup, Some(Popup::Spawn(_))) {
             bail!("`s` did not open the spawn dialog");
         }
         let t0 = Instant::now();
-        dispatch(state, key(KeyCode::Enter));
+        rt.dispatch(key(KeyCode::Enter));
         self.step = Step::Spawning(t0);
         Ok(())
     }
@@ -274,53 +289,19 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(args: Args) -> anyhow::Result<Results> {
-    let mut state = State::new(vec![NodeState::new("local", "local agent")]);
-    state.now = now_millis();
-    let (action_tx, mut action_rx) = mpsc::channel::<Action>(ACTION_QUEUE);
-    let (etx, erx) = mpsc::channel(EFFECT_QUEUE);
-    let effect_txs = vec![etx];
-    let session = tokio::spawn(rbee_tui::nodes::session::run_node(
-        0,
-        NodeTarget::Local,
-        action_tx,
-        erx,
-    ));
+    let mut rt = Runtime::start(vec![NodeTarget::Local], None);
     let mut terminal = Terminal::new(TestBackend::new(120, 40))?;
-    let mut frame = tokio::time::interval(FRAME);
-    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut clock = tokio::time::interval(CLOCK);
-    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut dispatch = |state: &mut State, action: Action| {
-        state.now = now_millis();
-        for effect in update(state, action) {
-            route(state, &effect_txs, effect);
-        }
-    };
-    let mut driver = Driver {
+    let mut keypress = Keypress {
         args,
         step: Step::Connect,
         res: Results::default(),
         warmed: false,
+        limit: Box::pin(tokio::time::sleep(Duration::from_secs(600))),
+        failed: None,
     };
-    let limit = tokio::time::sleep(Duration::from_secs(600));
-    tokio::pin!(limit);
-    loop {
-        tokio::select! {
-            Some(action) = action_rx.recv() => dispatch(&mut state, action),
-            _ = clock.tick() => dispatch(&mut state, Action::Tick),
-            _ = frame.tick() => {
-                if state.dirty {
-                    terminal.draw(|f| rbee_tui::dashboard::view::render(&state, f))?;
-                    state.dirty = false;
-                }
-                // After the draw: a token seen here is on the screen.
-                if driver.after_frame(&mut state, &mut dispatch)? {
-                    break;
-                }
-            }
-            _ = &mut limit => bail!("gave up after 600 s at step {:?}", driver.step),
-        }
+    rt.run(&mut terminal, &mut keypress).await?;
+    match keypress.failed {
+        Some(e) => Err(e),
+        None => Ok(keypress.res),
     }
-    session.abort();
-    Ok(driver.res)
 }

@@ -61,7 +61,7 @@ pub async fn run(targets: Vec<NodeTarget>, config: std::path::PathBuf) -> Result
             _ => None,
         })
         .collect();
-    let mut rt = Runtime::start(targets, config);
+    let mut rt = Runtime::start(targets, Some(config));
     let result = in_terminal(&mut rt).await;
     ephemeral.extend_from_slice(rt.ephemeral());
     // Dropping the runtime ends every session before the ephemeral agents are stopped.

@@ -90,17 +90,17 @@ pub struct Runtime {
     effects: Vec<mpsc::Sender<Effect>>,
     added_tx: mpsc::Sender<Added>,
     added_rx: mpsc::Receiver<Added>,
-    /// Where `:add` records nodes.
-    config: PathBuf,
+    /// Where `:add` records nodes (a headless run may have nowhere).
+    config: Option<PathBuf>,
     /// Nodes added from the dashboard with `--ephemeral`.
     ephemeral: Vec<NodeConfig>,
     stop: bool,
 }
 
 impl Runtime {
-    /// Start one session per target. `config` is the file `:add` records nodes in. Must be
-    /// called inside a tokio runtime.
-    pub fn start(targets: Vec<NodeTarget>, config: PathBuf) -> Self {
+    /// Start one session per target. `config` is the file `:add` records nodes in (without one,
+    /// `:add` is refused). Must be called inside a tokio runtime.
+    pub fn start(targets: Vec<NodeTarget>, config: Option<PathBuf>) -> Self {
         let nodes = targets
             .iter()
             .map(|t| NodeState::new(t.name(), t.display_url()))
@@ -167,11 +167,13 @@ impl Runtime {
     /// Bring an SSH node up in the background and record it; it reports back through `added`,
     /// or as `Action::HostKeyUnknown` when its host key needs the operator's word.
     fn add_node(&mut self, req: AddNodeRequest) {
-        let (added, actions, config) = (
-            self.added_tx.clone(),
-            self.actions.clone(),
-            self.config.clone(),
-        );
+        let Some(config) = self.config.clone() else {
+            let name = &req.node.name;
+            let text = format!("adding {name} failed: no config file to record it in");
+            self.state.flash_error(text);
+            return;
+        };
+        let (added, actions) = (self.added_tx.clone(), self.actions.clone());
         tokio::spawn(async move {
             let name = req.node.name.clone();
             let result = match ConfigFile::load(&config) {

@@ -57,7 +57,34 @@ pub fn gpu_node() -> NodeState {
     n.agent_version = Some("0.1.0".into());
     n.agent_node = Some("gpu-a.lab".into());
     n.latency_ms = Some(3);
-    n.telemetry = Some(Telemetry {
+    n.telemetry = Some(two_h100s());
+    n.cpu_history = (0..60).map(|i| 10 + (i * 7) % 40).collect();
+    n.gpu_history = vec![
+        (0..60).map(|i| 30 + i % 25).collect(),
+        (0..60).map(|_| 95).collect(),
+    ];
+    n.tokps_history = (0..60).map(|i| (i * 3) % 50).collect::<History>();
+    n.workers = gpu_a_workers();
+    n.models = vec![
+        ModelEntry {
+            name: "SmolLM2-135M-Instruct.Q4_1".into(),
+            reference: "/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            size_bytes: 98 * MIB,
+            format: "gguf".into(),
+        },
+        ModelEntry {
+            name: "Qwen2.5-0.5B-Instruct.Q8_0".into(),
+            reference: "/models/Qwen2.5-0.5B-Instruct.Q8_0.gguf".into(),
+            size_bytes: 531 * MIB,
+            format: "gguf".into(),
+        },
+    ];
+    n
+}
+
+/// gpu-a's telemetry: two H100s, one half full, one nearly full.
+fn two_h100s() -> Telemetry {
+    Telemetry {
         at: NOW,
         cpu_percent: 23.0,
         mem_total_bytes: 64 * GIB,
@@ -86,14 +113,11 @@ pub fn gpu_node() -> NodeState {
             },
         ],
         gpu_status: String::new(),
-    });
-    n.cpu_history = (0..60).map(|i| 10 + (i * 7) % 40).collect();
-    n.gpu_history = vec![
-        (0..60).map(|i| 30 + i % 25).collect(),
-        (0..60).map(|_| 95).collect(),
-    ];
-    n.tokps_history = (0..60).map(|i| (i * 3) % 50).collect::<History>();
+    }
+}
 
+/// gpu-a's workers: ready, loading, failed (with a history and a log), busy.
+fn gpu_a_workers() -> Vec<WorkerView> {
     let mut w1 = worker(
         "w1",
         "/models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -167,22 +191,7 @@ pub fn gpu_node() -> NodeState {
     .into_iter()
     .map(String::from)
     .collect();
-    n.workers = vec![v1, view(w2), v3, view(w10)];
-    n.models = vec![
-        ModelEntry {
-            name: "SmolLM2-135M-Instruct.Q4_1".into(),
-            reference: "/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-            size_bytes: 98 * MIB,
-            format: "gguf".into(),
-        },
-        ModelEntry {
-            name: "Qwen2.5-0.5B-Instruct.Q8_0".into(),
-            reference: "/models/Qwen2.5-0.5B-Instruct.Q8_0.gguf".into(),
-            size_bytes: 531 * MIB,
-            format: "gguf".into(),
-        },
-    ];
-    n
+    vec![v1, view(w2), v3, view(w10)]
 }
 
 pub fn cpu_node() -> NodeState {
