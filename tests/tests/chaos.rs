@@ -580,6 +580,180 @@ async fn pid_of(node: &Node, id: &str) -> u32 {
         .unwrap_or_else(|| panic!("{id} has no pid"))
 }
 
+/// What a fault leaves to check: the audit lines it must have added, and the moment convergence
+/// is timed from (for a link flap: the link coming back).
+type Injected = (Vec<(&'static str, Option<String>)>, Instant);
+
+/// SIGKILL (crash) or SIGSTOP (hang) a ready worker of node `k`.
+async fn kill_worker(
+    fault: Fault,
+    nodes: &mut [Node],
+    k: usize,
+    dash: &Dashboard,
+    rng: &mut Rng,
+    what: &str,
+) -> Injected {
+    let mut lines = Vec::new();
+    let id = pick_ready(rng, &nodes[k].want);
+    let pid = pid_of(&nodes[k], &id).await;
+    let sig = if fault == Fault::KillWorker {
+        libc::SIGKILL
+    } else {
+        libc::SIGSTOP
+    };
+    // SAFETY: a worker of this test's agent.
+    unsafe { libc::kill(pid as i32, sig) };
+    lines.push((on_failure(&mut nodes[k].want, &id), Some(id.clone())));
+    converge(nodes, dash, what).await;
+    assert!(!alive(pid), "after {what}: old worker {pid} still there");
+    (lines, Instant::now())
+}
+
+/// kill -9 node `k`'s agent and start a fresh one on the same state directory.
+fn kill_agent(node: &mut Node) -> Injected {
+    let mut lines = Vec::new();
+    let mut old = node.agent.take().unwrap();
+    let old_workers = children_of(old.pid());
+    old.signal_and_wait(libc::SIGKILL);
+    drop(old);
+    // Even after kill -9 no worker outlives its agent.
+    rbee_testkit::wait_for(
+        Duration::from_secs(5),
+        "workers to die with their agent",
+        || old_workers.iter().all(|p| !alive(*p)).then_some(()),
+    );
+    tokio::task::block_in_place(|| node.start_agent());
+    // A fresh agent restores every desired worker, with fresh counters and breakers.
+    for v in node.want.good.values_mut() {
+        *v = (0, 0);
+    }
+    node.want.tripped.clear();
+    lines.push(("agent_start", None));
+    for b in &node.want.broken {
+        lines.push(("load_failed", Some(b.clone())));
+    }
+    (lines, Instant::now())
+}
+
+/// Cut node `k`'s link for a while, sometimes killing a worker behind the partition.
+async fn link_flap(node: &mut Node, rng: &mut Rng, what: &str) -> Injected {
+    let mut lines = Vec::new();
+    // Half the time a worker is killed behind the partition, so the dashboard has
+    // something to catch up on when the link comes back.
+    let victim = (rng.below(2) == 0).then(|| pick_ready(rng, &node.want));
+    let victim_pid = match &victim {
+        Some(id) => Some(pid_of(node, id).await),
+        None => None,
+    };
+    node.ns.link(false);
+    let cut = tokio::time::timeout(
+        Duration::from_millis(500),
+        list_workers(&node.url(), &node.agent().token),
+    )
+    .await;
+    assert!(
+        !matches!(cut, Ok(Ok(_))),
+        "after {what}: the node still answers with the link down"
+    );
+    if let (Some(id), Some(pid)) = (&victim, victim_pid) {
+        // SAFETY: a worker of this test's agent.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        lines.push((on_failure(&mut node.want, id), Some(id.clone())));
+    }
+    let down = Duration::from_millis(300 + rng.below(2500) as u64);
+    tokio::time::sleep(down).await;
+    node.ns.link(true);
+
+    (lines, Instant::now())
+}
+
+/// Spawn a worker on a corrupt model on node `k`: it must fail once and stay failed, then the
+/// operator removes it.
+async fn crash_at_load(nodes: &mut [Node], k: usize, dash: &Dashboard, what: &str) -> Injected {
+    let mut lines = Vec::new();
+    let id = spawn(&nodes[k], &nodes[k].bad_model()).await;
+    nodes[k].want.broken.insert(id.clone());
+    converge(nodes, dash, what).await;
+    let node = &mut nodes[k];
+    // Stays failed: no restart for a model that cannot load (3 × the longest backoff).
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_millis(1500) {
+        let ws = list_workers(&node.url(), &node.agent().token)
+            .await
+            .unwrap();
+        let w = ws.iter().find(|w| w.id == id).unwrap();
+        assert!(
+            w.state == WorkerState::Failed && w.restarts == 0,
+            "after {what}: corrupt worker came back: {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    audit_grew(
+        node,
+        &[("spawn", Some(&id)), ("load_failed", Some(&id))],
+        what,
+    );
+    // The operator removes it.
+    let c = client(&node.url(), &node.agent().token).await.unwrap();
+    let injected = Instant::now();
+    assert_eq!(
+        c.request(Request::Kill { worker: id.clone() }, None)
+            .await
+            .unwrap(),
+        Reply::Killed { worker: id.clone() }
+    );
+    node.want.broken.remove(&id);
+    lines.push(("kill", Some(id)));
+    (lines, injected)
+}
+
+/// Every node gets its good workers and one on a corrupt model; returns the time to converge.
+async fn setup(nodes: &mut [Node], dash: &Dashboard) -> Duration {
+    let model = model_path();
+    for node in nodes.iter_mut() {
+        for _ in 0..GOOD_WORKERS {
+            let id = spawn(node, &model).await;
+            node.want.good.insert(id, (0, 0));
+        }
+        let broken = spawn(node, &node.bad_model()).await;
+        node.want.broken.insert(broken);
+    }
+    let t = converge(nodes, dash, "setup").await;
+    for node in nodes.iter_mut() {
+        let broken = node.want.broken.first().cloned().unwrap();
+        audit_grew(
+            node,
+            &[
+                ("agent_start", None),
+                ("spawn", None),
+                ("load_failed", Some(&broken)),
+            ],
+            "setup",
+        );
+    }
+    t
+}
+
+/// Stop every agent: nothing may be left behind, and no audit line lost.
+fn stop_all(nodes: &mut [Node]) {
+    // Nothing left behind once the agents stop.
+    for node in nodes.iter_mut() {
+        let mut agent = node.agent.take().unwrap();
+        let workers = children_of(agent.pid());
+        agent.signal_and_wait(libc::SIGTERM);
+        assert!(
+            workers.iter().all(|p| !alive(*p)),
+            "node {}: workers outlived their agent",
+            node.index
+        );
+        assert!(
+            node.audit().starts_with(&node.audit),
+            "node {}: audit log lost lines at shutdown",
+            node.index
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
     let started = Instant::now();
@@ -600,28 +774,7 @@ async fn chaos() {
             .map(|n| (n.url(), n.state_dir.join(statedir::TOKEN)))
             .collect(),
     );
-    let model = model_path();
-    for node in &mut nodes {
-        for _ in 0..GOOD_WORKERS {
-            let id = spawn(node, &model).await;
-            node.want.good.insert(id, (0, 0));
-        }
-        let broken = spawn(node, &node.bad_model()).await;
-        node.want.broken.insert(broken);
-    }
-    let t = converge(&nodes, &dash, "setup").await;
-    for node in &mut nodes {
-        let broken = node.want.broken.first().cloned().unwrap();
-        audit_grew(
-            node,
-            &[
-                ("agent_start", None),
-                ("spawn", None),
-                ("load_failed", Some(&broken)),
-            ],
-            "setup",
-        );
-    }
+    let t = setup(&mut nodes, &dash).await;
     println!("chaos: setup converged in {t:?}");
 
     // One of each kind first (in a seeded order), then random faults until the time is up.
@@ -647,112 +800,14 @@ async fn chaos() {
         let k = rng.below(count);
         hits[k] += 1;
         let what = format!("cycle {cycles} ({fault:?} on node {k})");
-        let mut lines: Vec<(&str, Option<String>)> = Vec::new();
-        // Convergence is timed from the fault (for a link flap: from the link coming back).
-        let mut injected = Instant::now();
-        match fault {
+        let (lines, injected) = match fault {
             Fault::KillWorker | Fault::HangWorker => {
-                let id = pick_ready(&mut rng, &nodes[k].want);
-                let pid = pid_of(&nodes[k], &id).await;
-                let sig = if fault == Fault::KillWorker {
-                    libc::SIGKILL
-                } else {
-                    libc::SIGSTOP
-                };
-                // SAFETY: a worker of this test's agent.
-                unsafe { libc::kill(pid as i32, sig) };
-                lines.push((on_failure(&mut nodes[k].want, &id), Some(id.clone())));
-                converge(&nodes, &dash, &what).await;
-                assert!(!alive(pid), "after {what}: old worker {pid} still there");
+                kill_worker(fault, &mut nodes, k, &dash, &mut rng, &what).await
             }
-            Fault::KillAgent => {
-                let node = &mut nodes[k];
-                let mut old = node.agent.take().unwrap();
-                let old_workers = children_of(old.pid());
-                old.signal_and_wait(libc::SIGKILL);
-                drop(old);
-                // Even after kill -9 no worker outlives its agent.
-                rbee_testkit::wait_for(
-                    Duration::from_secs(5),
-                    "workers to die with their agent",
-                    || old_workers.iter().all(|p| !alive(*p)).then_some(()),
-                );
-                tokio::task::block_in_place(|| node.start_agent());
-                // A fresh agent restores every desired worker, with fresh counters and breakers.
-                for v in node.want.good.values_mut() {
-                    *v = (0, 0);
-                }
-                node.want.tripped.clear();
-                lines.push(("agent_start", None));
-                for b in &node.want.broken {
-                    lines.push(("load_failed", Some(b.clone())));
-                }
-            }
-            Fault::LinkFlap => {
-                // Half the time a worker is killed behind the partition, so the dashboard has
-                // something to catch up on when the link comes back.
-                let node = &mut nodes[k];
-                let victim = (rng.below(2) == 0).then(|| pick_ready(&mut rng, &node.want));
-                let victim_pid = match &victim {
-                    Some(id) => Some(pid_of(node, id).await),
-                    None => None,
-                };
-                node.ns.link(false);
-                let cut = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    list_workers(&node.url(), &node.agent().token),
-                )
-                .await;
-                assert!(
-                    !matches!(cut, Ok(Ok(_))),
-                    "after {what}: the node still answers with the link down"
-                );
-                if let (Some(id), Some(pid)) = (&victim, victim_pid) {
-                    // SAFETY: a worker of this test's agent.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    lines.push((on_failure(&mut node.want, id), Some(id.clone())));
-                }
-                let down = Duration::from_millis(300 + rng.below(2500) as u64);
-                tokio::time::sleep(down).await;
-                node.ns.link(true);
-                injected = Instant::now();
-            }
-            Fault::CrashAtLoad => {
-                let id = spawn(&nodes[k], &nodes[k].bad_model()).await;
-                nodes[k].want.broken.insert(id.clone());
-                converge(&nodes, &dash, &what).await;
-                let node = &mut nodes[k];
-                // Stays failed: no restart for a model that cannot load (3 × the longest backoff).
-                let hold = Instant::now();
-                while hold.elapsed() < Duration::from_millis(1500) {
-                    let ws = list_workers(&node.url(), &node.agent().token)
-                        .await
-                        .unwrap();
-                    let w = ws.iter().find(|w| w.id == id).unwrap();
-                    assert!(
-                        w.state == WorkerState::Failed && w.restarts == 0,
-                        "after {what}: corrupt worker came back: {w:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                audit_grew(
-                    node,
-                    &[("spawn", Some(&id)), ("load_failed", Some(&id))],
-                    &what,
-                );
-                // The operator removes it.
-                let c = client(&node.url(), &node.agent().token).await.unwrap();
-                injected = Instant::now();
-                assert_eq!(
-                    c.request(Request::Kill { worker: id.clone() }, None)
-                        .await
-                        .unwrap(),
-                    Reply::Killed { worker: id.clone() }
-                );
-                node.want.broken.remove(&id);
-                lines.push(("kill", Some(id)));
-            }
-        }
+            Fault::KillAgent => kill_agent(&mut nodes[k]),
+            Fault::LinkFlap => link_flap(&mut nodes[k], &mut rng, &what).await,
+            Fault::CrashAtLoad => crash_at_load(&mut nodes, k, &dash, &what).await,
+        };
         converge(&nodes, &dash, &what).await;
         let t = injected.elapsed();
         worst = worst.max(t);
@@ -790,21 +845,6 @@ async fn chaos() {
             "fault {f:?} never ran"
         );
     }
-    // Nothing left behind once the agents stop.
-    for node in &mut nodes {
-        let mut agent = node.agent.take().unwrap();
-        let workers = children_of(agent.pid());
-        agent.signal_and_wait(libc::SIGTERM);
-        assert!(
-            workers.iter().all(|p| !alive(*p)),
-            "node {}: workers outlived their agent",
-            node.index
-        );
-        assert!(
-            node.audit().starts_with(&node.audit),
-            "node {}: audit log lost lines at shutdown",
-            node.index
-        );
-    }
+    stop_all(&mut nodes);
     drop(dash);
 }
