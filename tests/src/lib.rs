@@ -1,5 +1,6 @@
 //! Helpers for end-to-end tests: locate the real binaries and the real model, start real agents
 //! on loopback, and wait for things with a bound instead of sleeping.
+#![warn(missing_docs)]
 pub mod standin;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The workspace's root directory (where `Cargo.toml` and `assets/` are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -76,9 +78,13 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 
 /// A real `rbee-agent` process on a free loopback port with its own state dir.
 pub struct AgentProc {
+    /// The agent process.
     pub child: Child,
+    /// Its state directory (token, lock, audit log, desired state).
     pub state_dir: PathBuf,
+    /// `ws://` address it listens on.
     pub url: String,
+    /// The session token it wrote.
     pub token: String,
 }
 
@@ -150,10 +156,12 @@ impl AgentProc {
         }
     }
 
+    /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Open an authenticated session, handshake done.
     pub async fn connect(&self) -> (Client, mpsc::Receiver<Incoming>) {
         Client::connect(&self.url, &self.token, "test")
             .await
@@ -182,6 +190,7 @@ impl AgentProc {
         std::fs::read_to_string(self.state_dir.join(statedir::AUDIT)).unwrap_or_default()
     }
 
+    /// Everything the agent has logged so far.
     pub fn log(&self) -> String {
         read_log(&self.state_dir)
     }
