@@ -39,10 +39,14 @@ pub enum ScreenChoice {
     Events,
 }
 
+/// How one run goes.
 #[derive(Debug, Clone)]
 pub struct DashOptions {
+    /// Time to connect and settle before measuring.
     pub warmup: Duration,
+    /// The measured window.
     pub measure: Duration,
+    /// The screen shown while measured.
     pub screen: ScreenChoice,
     /// Keep a prompt streaming on the first node through the prompt pane (real keys: `p`, text,
     /// Enter), sent again each time one finishes.
@@ -52,9 +56,13 @@ pub struct DashOptions {
 /// What one measured run saw.
 #[derive(Debug, Clone, Default)]
 pub struct DashReport {
+    /// Nodes followed.
     pub nodes: usize,
+    /// Of those, connected when measuring began.
     pub connected_at_start: usize,
+    /// Connected when it ended.
     pub connected_at_end: usize,
+    /// Workers the dashboard knew at the end.
     pub workers_at_end: usize,
     /// Wall time of the measured window.
     pub wall: Duration,
@@ -64,12 +72,19 @@ pub struct DashReport {
     pub frames: Vec<Duration>,
     /// Every action applied through `update`.
     pub actions: u64,
+    /// Of those, heartbeat events.
     pub heartbeats: u64,
+    /// Telemetry events.
     pub telemetry: u64,
+    /// Worker state changes.
     pub worker_states: u64,
+    /// Other agent events (audit, logs, pulls).
     pub other_events: u64,
+    /// Replies to the dashboard's requests.
     pub replies: u64,
+    /// Tokens of the prompt pane's generations.
     pub prompt_tokens: u64,
+    /// Generations finished.
     pub prompts_done: u64,
     /// Telemetry's age when `update` applied it (`now - telemetry.at`), ms, sorted.
     pub telemetry_lag_ms: Vec<u64>,
@@ -80,10 +95,12 @@ pub struct DashReport {
 }
 
 impl DashReport {
+    /// Events the agents pushed, all kinds.
     pub fn agent_events(&self) -> u64 {
         self.heartbeats + self.telemetry + self.worker_states + self.other_events
     }
 
+    /// `n` per second of the measured window.
     pub fn per_s(&self, n: u64) -> f64 {
         n as f64 / self.wall.as_secs_f64().max(1e-9)
     }

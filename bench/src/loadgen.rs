@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_proto::session::{
-    AuditEntry, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
-    ServerMsg, Telemetry, WorkerInfo,
+    AuditEntry, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request, ServerMsg,
+    Telemetry, WorkerInfo,
 };
 use rbee_proto::{
     now_millis, ErrorCode, FinishReason, ModelSummary, RequestId, Usage, WorkerState,
@@ -63,7 +63,9 @@ const WORDS: [&str; 8] = [
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
+    /// Simulated nodes, one stand-in agent each.
     pub agents: usize,
+    /// Workers per node.
     pub workers: usize,
     /// Heartbeats per second per worker (and the tokens/s they report, and the rate of `Token`
     /// frames of an `Infer`).

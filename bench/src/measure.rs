@@ -1,14 +1,18 @@
-//! Process measurements (CPU time, peak RSS), percentiles, and a description of the machine.
+//! Process measurements (CPU time; peak RSS is `rbee_host::proc`'s), percentiles, and a
+//! description of the machine.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// CPU time this process has used, all threads, user and system.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTime {
+    /// In user mode.
     pub user: Duration,
+    /// In the kernel on the process's behalf.
     pub system: Duration,
 }
 
 impl CpuTime {
+    /// User plus system.
     pub fn total(&self) -> Duration {
         self.user + self.system
     }
@@ -23,6 +27,7 @@ impl CpuTime {
         rusage(libc::RUSAGE_CHILDREN)
     }
 
+    /// What was used between `earlier` and `self`.
     pub fn since(&self, earlier: &CpuTime) -> CpuTime {
         CpuTime {
             user: self.user.saturating_sub(earlier.user),
@@ -47,14 +52,6 @@ fn rusage(who: libc::c_int) -> CpuTime {
     }
 }
 
-/// A `VmXxx:` line of `/proc/self/status`, in bytes (e.g. `VmHWM`: peak resident set).
-pub fn proc_status_bytes(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = text.lines().find(|l| l.split(':').next() == Some(key))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Nearest-rank percentile of sorted samples (`p` in 0..=100).
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -64,6 +61,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A duration in milliseconds, fractional.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -142,7 +140,14 @@ mod tests {
 
     #[test]
     fn own_process() {
-        assert!(proc_status_bytes("VmHWM").unwrap() > 0);
-        let _ = CpuTime::of_self().total();
+        let before = CpuTime::of_self();
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(
+            CpuTime::of_self().since(&before).total() > Duration::ZERO,
+            "{x}"
+        );
     }
 }

@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let report = dashboard(&args, targets)?;
-    let peak_rss = measure::proc_status_bytes("VmHWM").unwrap_or(0);
+    let peak_rss = rbee_host::proc::own_peak_rss_bytes();
 
     let gen_stats = match child {
         Some(c) => stop_loadgen(c),

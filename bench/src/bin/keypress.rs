@@ -82,7 +82,10 @@ struct Keypress {
 impl Driver for Keypress {
     async fn input(&mut self) -> Input {
         self.limit.as_mut().await;
-        self.failed = Some(anyhow::anyhow!("gave up after 600 s at step {:?}", self.step));
+        self.failed = Some(anyhow::anyhow!(
+            "gave up after 600 s at step {:?}",
+            self.step
+        ));
         Input::Stop
     }
 
@@ -118,10 +121,7 @@ impl Keypress {
     }
 
     /// Called after every frame; returns true when done.
-    fn step(
-        &mut self,
-        rt: &mut Runtime,
-    ) -> anyhow::Result<bool> {
+    fn step(&mut self, rt: &mut Runtime) -> anyhow::Result<bool> {
         let node = &rt.state.nodes[0];
         if let Conn::Unreachable { reason, .. } = &node.conn {
             bail!("local agent unreachable: {reason}");
@@ -177,7 +177,8 @@ impl Keypress {
                 }
             }
             Step::Finishing => {
-                if rt.state
+                if rt
+                    .state
                     .prompt
                     .as_ref()
                     .and_then(|p| p.run.as_ref())
@@ -209,10 +210,7 @@ impl Keypress {
         Ok(false)
     }
 
-    fn start_cold(
-        &mut self,
-        rt: &mut Runtime,
-    ) -> anyhow::Result<()> {
+    fn start_cold(&mut self, rt: &mut Runtime) -> anyhow::Result<()> {
         rt.dispatch(key(KeyCode::Char('s')));
         if !matches!(rt.state.popup, Some(Popup::Spawn(_))) {
             bail!("`s` did not open the spawn dialog");
