@@ -22,7 +22,7 @@ use crate::gateway::hub::HubHandle;
 use crate::gateway::job::{Cmd, GenEvent, Job, JobId};
 use crate::gateway::keys::ApiKeys;
 use crate::gateway::openai::{self, AnswerId, Endpoint, GenRequest};
-use crate::gateway::stats::Snapshot;
+use crate::gateway::stats::{AuditLine, Snapshot};
 
 /// What every handler shares.
 pub struct Shared {
@@ -51,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The key's id (`None` without keys), or the 401; refusals are audited.
 fn auth(shared: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(keys) = &shared.keys else {
         return Ok(None);
@@ -58,7 +59,32 @@ fn auth(shared: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    keys.check(value).map(Some).map_err(ApiError::unauthorized)
+    keys.check(value).map(Some).map_err(|why| {
+        let e = ApiError::unauthorized(why);
+        refused(shared, None, String::new(), "", "", &e);
+        e
+    })
+}
+
+/// Audit a request answered before it reached the scheduler.
+fn refused(
+    shared: &Shared,
+    key: Option<String>,
+    client: String,
+    endpoint: &'static str,
+    model: &str,
+    e: &ApiError,
+) {
+    let line = AuditLine {
+        at: rbee_proto::now_millis(),
+        key,
+        client,
+        endpoint,
+        model: model.into(),
+        outcome: e.code.into(),
+        ..AuditLine::default()
+    };
+    let _ = shared.hub.cmds.send(Cmd::Audit(Box::new(line)));
 }
 
 async fn snapshot(shared: &Shared) -> Result<Snapshot, ApiError> {
@@ -185,7 +211,14 @@ async fn generate(
     };
     let req = match openai::parse(endpoint, &body) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let name = match endpoint {
+                Endpoint::Chat => "chat",
+                Endpoint::Completion => "completion",
+            };
+            refused(&shared, key_id, peer.to_string(), name, "", &e);
+            return e.into_response();
+        }
     };
     let id = shared.next.fetch_add(1, Ordering::Relaxed);
     let job = Job {

@@ -187,6 +187,7 @@ impl Hub {
             Cmd::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Cmd::Audit(line) => self.audit.write(&line),
         }
     }
 

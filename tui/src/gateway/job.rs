@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::gateway::error::ApiError;
 use crate::gateway::openai::{Endpoint, Input, KeepAlive};
-use crate::gateway::stats::Snapshot;
+use crate::gateway::stats::{AuditLine, Snapshot};
 
 /// A request's number within this gateway's life.
 pub type JobId = u64;
@@ -69,4 +69,6 @@ pub enum Cmd {
     Cancel(JobId),
     /// The cluster view and counters, for `/v1/models`, `/health` and `/metrics`.
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Audit a request refused before it reached the scheduler (a bad key, a bad body).
+    Audit(Box<AuditLine>),
 }

@@ -1,0 +1,518 @@
+//! `rbee-tui serve` end to end: real agents on the real model, the real gateway binary, and
+//! clients nobody here wrote — the official `openai` Python package (`tests/gateway/*.py`) and
+//! curl (SSE as bytes).
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rbee_proto::session::{Reply, Request, WorkerInfo};
+use rbee_testkit::{bin, model_path, wait_for, AgentProc};
+use serde_json::{json, Value};
+
+const SECRET: &str = "sk-gateway-test-0123456789";
+const BOUND: Duration = Duration::from_secs(120);
+
+fn model() -> String {
+    model_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A running `rbee-tui serve` over the given agents.
+struct Gateway {
+    child: Child,
+    base: String,
+    audit: PathBuf,
+}
+
+impl Gateway {
+    fn start(dir: &Path, agents: &[(&str, &AgentProc)], extra: &[&str]) -> Gateway {
+        let mut toml = String::new();
+        for (name, agent) in agents {
+            let token = dir.join(format!("{name}.token"));
+            std::fs::write(&token, &agent.token).unwrap();
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\nurl = \"{}\"\ntoken_file = \"{}\"\n\n",
+                agent.url,
+                token.display()
+            ));
+        }
+        let config = dir.join("tui.toml");
+        std::fs::write(&config, toml).unwrap();
+        let keys = dir.join("keys");
+        std::fs::write(&keys, format!("# test\ntester {SECRET}\n")).unwrap();
+        let audit = dir.join("gateway-audit.jsonl");
+        let mut child = Command::new(bin("rbee-tui"))
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--listen", "127.0.0.1:0", "--api-key-file"])
+            .arg(&keys)
+            .arg("--audit-log")
+            .arg(&audit)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("gateway.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("start rbee-tui serve");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("gateway announces its address");
+        let base = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Gateway { child, base, audit }
+    }
+
+    /// `curl` with the key (unless `auth` is false): status, headers, body.
+    fn curl(&self, method: &str, path: &str, body: Option<&str>, auth: bool) -> Http {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-i", "-N", "-X", method]);
+        cmd.arg(format!("{}{path}", self.base));
+        if auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {SECRET}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd.output().expect("run curl");
+        assert!(out.status.success(), "curl failed: {out:?}");
+        Http::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Http {
+        self.curl("POST", path, Some(&body.to_string()), true)
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let m = self.curl("GET", "/metrics", None, true).body;
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("rbee_gateway_{name} ")))
+            .unwrap_or_else(|| panic!("no metric {name} in {m}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP answer as curl saw it.
+struct Http {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Http {
+    fn parse(raw: &str) -> Http {
+        let (head, body) = raw.split_once("\r\n\r\n").expect("headers and body");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        Http {
+            status,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_string(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Workers on an agent now, as it reports them.
+fn workers(agent: &AgentProc) -> Vec<WorkerInfo> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, _events) = agent.connect().await;
+        match client.request(Request::ListWorkers, None).await.unwrap() {
+            Reply::Workers { workers } => workers,
+            other => panic!("unexpected {other:?}"),
+        }
+    })
+}
+
+fn agent(dir: &Path, name: &str) -> AgentProc {
+    let state = dir.join(name);
+    std::fs::create_dir_all(&state).unwrap();
+    AgentProc::start(&state, &[])
+}
+
+fn chat(max_tokens: u32, extra: Value) -> Value {
+    let mut b = json!({
+        "model": model(),
+        "messages": [{"role": "user", "content": "Tell me about bees."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+#[test]
+fn official_openai_client_against_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (agent(dir.path(), "a"), agent(dir.path(), "b"));
+    let gw = Gateway::start(dir.path(), &[("a", &a), ("b", &b)], &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/openai_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(format!("{}/v1", gw.base))
+        .arg(SECRET)
+        .arg(model())
+        .output()
+        .expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'openai'"),
+        "the official client is missing: pip install openai"
+    );
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        report["chat"].as_str().unwrap().contains("Paris"),
+        "{report}"
+    );
+    assert_eq!(report["e401"]["type"], "authentication_error");
+
+    // The model was loaded on demand, once, on one of the two nodes.
+    let loaded = workers(&a).len() + workers(&b).len();
+    assert_eq!(loaded, 1, "one worker spawned on demand");
+    // Every request is audited with the key's id, never the key.
+    let audit = std::fs::read_to_string(&gw.audit).unwrap();
+    assert!(!audit.contains(SECRET));
+    let lines = gw.audit();
+    let outcome = |o: &str| {
+        lines
+            .iter()
+            .filter(|l| l["outcome"] == o)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("ok").len(), 5, "{audit}");
+    assert_eq!(outcome("model_not_found").len(), 1, "{audit}");
+    assert_eq!(outcome("unsupported_parameter").len(), 2, "{audit}");
+    let bad_key = outcome("invalid_api_key");
+    assert_eq!(bad_key.len(), 1, "{audit}");
+    assert!(bad_key[0]["key"].is_null());
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["outcome"] != "invalid_api_key")
+            .all(|l| l["key"] == "tester"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn sse_bytes_errors_and_refusals_with_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), "a");
+    let gw = Gateway::start(dir.path(), &[("a", &a)], &[]);
+
+    let r = gw.post(
+        "/v1/chat/completions",
+        &chat(
+            6,
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.headers.contains("content-type: text/event-stream"),
+        "{}",
+        r.headers
+    );
+    assert!(r.body.starts_with("data: {"), "{}", r.body);
+    assert!(r.body.ends_with("\n\ndata: [DONE]\n\n"), "{:?}", r.body);
+    let events: Vec<&str> = r.body.trim_end().split("\n\n").collect();
+    assert!(events.iter().all(|e| e.starts_with("data: ")));
+    let usage: Value = serde_json::from_str(&events[events.len() - 2][6..]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(
+        usage["usage"]["completion_tokens"].as_u64().unwrap()
+            + usage["usage"]["prompt_tokens"].as_u64().unwrap(),
+        usage["usage"]["total_tokens"].as_u64().unwrap()
+    );
+
+    // Errors in OpenAI's shape.
+    let r = gw.curl("POST", "/v1/chat/completions", Some("{\"model\": "), true);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!("invalid_json"))
+    );
+    let r = gw.post(
+        "/v1/chat/completions",
+        &json!({"model": model(), "messages": "hi"}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "messages");
+    let r = gw.post(
+        "/v1/completions",
+        &json!({"model": model(), "prompt": "x", "temperature": 9}),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].clone()),
+        (400, json!("temperature"))
+    );
+    let r = gw.curl("GET", "/v1/models", None, false);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    let r = gw.post("/v1/completions", &json!({"model": "nope", "prompt": "x"}));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (404, json!("model_not_found"))
+    );
+    let r = gw.curl("GET", "/health", None, false);
+    assert_eq!((r.status, r.json()["status"].clone()), (200, json!("ok")));
+    assert_eq!(
+        gw.metric("requests_total"),
+        2,
+        "the stream and the unknown model reached the scheduler"
+    );
+
+    // Off loopback without keys: refused at start.
+    let out = Command::new(bin("rbee-tui"))
+        .args([
+            "--config",
+            "/nonexistent/tui.toml",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-key-file"), "{err}");
+}
+
+/// Start a streaming request in the background; its whole output comes back on the channel.
+fn background(gw: &Gateway, body: Value) -> mpsc::Receiver<Http> {
+    let (tx, rx) = mpsc::channel();
+    let (base, body) = (gw.base.clone(), body.to_string());
+    std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-i",
+                "-N",
+                "-X",
+                "POST",
+                &format!("{base}/v1/chat/completions"),
+            ])
+            .args(["-H", &format!("Authorization: Bearer {SECRET}")])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ])
+            .output()
+            .unwrap();
+        let _ = tx.send(Http::parse(&String::from_utf8_lossy(&out.stdout)));
+    });
+    rx
+}
+
+#[test]
+fn spreads_over_two_nodes_and_unloads_after_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (agent(dir.path(), "a"), agent(dir.path(), "b"));
+    // One request per worker: the second concurrent request makes the gateway load the model
+    // on the other node too.
+    let gw = Gateway::start(
+        dir.path(),
+        &[("a", &a), ("b", &b)],
+        &["--worker-slots", "1"],
+    );
+    let long = || {
+        chat(
+            48,
+            json!({"stream": true, "ignore_eos": true, "keep_alive": 0}),
+        )
+    };
+    let first = background(&gw, long());
+    wait_for(BOUND, "the first request to run", || {
+        (gw.metric("running") == 1).then_some(())
+    });
+    let second = background(&gw, long());
+    for rx in [first, second] {
+        let r = rx.recv_timeout(BOUND).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
+    }
+    let audit = gw.audit();
+    let mut nodes: Vec<&str> = audit.iter().map(|l| l["node"].as_str().unwrap()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b"], "one request per node: {audit:?}");
+    assert_eq!(gw.metric("spawns_total"), 2);
+    // keep_alive 0: both workers are unloaded once idle.
+    wait_for(BOUND, "both workers to be unloaded", || {
+        (workers(&a).is_empty() && workers(&b).is_empty()).then_some(())
+    });
+    assert_eq!(gw.metric("unloads_total"), 2);
+}
+
+#[test]
+fn client_disconnect_cancels_the_generation_on_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), "a");
+    let gw = Gateway::start(dir.path(), &[("a", &a)], &[]);
+    // Thousands of tokens: minutes of work unless the cancel reaches the worker.
+    let body = chat(4000, json!({"stream": true, "ignore_eos": true})).to_string();
+    let mut curl = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-X",
+            "POST",
+            &format!("{}/v1/chat/completions", gw.base),
+        ])
+        .args(["-H", &format!("Authorization: Bearer {SECRET}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("data: {"), "{first}");
+    let busy = workers(&a);
+    assert_eq!(busy.len(), 1);
+    assert_eq!(busy[0].in_flight, 1, "generating");
+    curl.kill().unwrap();
+    curl.wait().unwrap();
+    drop(lines);
+    wait_for(BOUND, "the worker to stop generating", || {
+        let w = workers(&a);
+        (w.len() == 1 && w[0].in_flight == 0).then_some(())
+    });
+    wait_for(BOUND, "the gateway to count the cancel", || {
+        (gw.metric("cancelled_total") == 1).then_some(())
+    });
+    let audit = gw.audit();
+    assert_eq!(audit.last().unwrap()["outcome"], "cancelled", "{audit:?}");
+}
+
+#[test]
+fn full_queue_answers_429_then_the_wait_ends_in_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), "a");
+    let gw = Gateway::start(
+        dir.path(),
+        &[("a", &a)],
+        &[
+            "--worker-slots",
+            "1",
+            "--queue",
+            "1",
+            "--request-timeout",
+            "20",
+        ],
+    );
+    // Load the model first, so the timeout below measures only the wait.
+    assert_eq!(
+        gw.post("/v1/chat/completions", &chat(2, json!({}))).status,
+        200
+    );
+    let long = || chat(4000, json!({"stream": true, "ignore_eos": true}));
+    let running = background(&gw, long());
+    wait_for(BOUND, "one request running", || {
+        (gw.metric("running") == 1).then_some(())
+    });
+    let waiting = background(&gw, long());
+    wait_for(BOUND, "one request waiting", || {
+        (gw.metric("waiting") == 1).then_some(())
+    });
+    let r = gw.post("/v1/chat/completions", &chat(2, json!({})));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.headers.contains("retry-after: "), "{}", r.headers);
+    assert_eq!(r.json()["error"]["code"], "queue_full");
+    let r = waiting.recv_timeout(BOUND).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.contains("retry-after: "), "{}", r.headers);
+    // The running one reached its timeout too: an error event ends its stream.
+    let r = running.recv_timeout(BOUND).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("\"code\":\"timeout\""), "{}", r.body);
+}
+
+#[test]
+fn a_killed_node_sends_new_requests_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b) = (agent(dir.path(), "a"), agent(dir.path(), "b"));
+    let gw = Gateway::start(
+        dir.path(),
+        &[("a", &a), ("b", &b)],
+        &["--worker-slots", "1"],
+    );
+    // A worker on each node.
+    let long = || chat(24, json!({"stream": true, "ignore_eos": true}));
+    let first = background(&gw, long());
+    wait_for(BOUND, "the first request to run", || {
+        (gw.metric("running") == 1).then_some(())
+    });
+    let second = background(&gw, long());
+    for rx in [first, second] {
+        assert_eq!(rx.recv_timeout(BOUND).unwrap().status, 200);
+    }
+    assert_eq!(workers(&a).len() + workers(&b).len(), 2);
+    a.signal_and_wait(libc::SIGKILL);
+    // Whatever the gateway knows of a's death yet, every request is answered by b.
+    let answers: Vec<_> = (0..4)
+        .map(|_| background(&gw, chat(4, json!({"stream": true}))))
+        .collect();
+    for rx in answers {
+        let r = rx.recv_timeout(BOUND).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
+    }
+    let audit = gw.audit();
+    assert!(
+        audit.iter().rev().take(4).all(|l| l["node"] == "b"),
+        "{audit:?}"
+    );
+}
