@@ -25,4 +25,3 @@ pub mod logging;
 pub mod nodes;
 
 pub use error::TuiError;
-

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{ArgGroup, Parser, Subcommand};
 use rbee_proto::config::NodeConfig;
 
-use crate::nodes::add::AddNodeRequest;
+use crate::nodes::config::AddNodeRequest;
 
 /// `rbee-tui [global flags] [command]`.
 #[derive(Debug, Parser)]

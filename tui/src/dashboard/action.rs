@@ -6,7 +6,7 @@ use rbee_proto::{FinishReason, ProtoError, UnixMillis, Usage, WorkerId};
 
 use crate::dashboard::state::{NodeIdx, PromptId};
 use crate::fmt::short_model;
-use crate::nodes::add::AddNodeRequest;
+use crate::nodes::config::AddNodeRequest;
 
 /// One thing that happened, for `update` to apply.
 #[derive(Debug, Clone)]

@@ -24,8 +24,8 @@ use crate::dashboard::state::{EventKind, NodeIdx, NodeState, State};
 use crate::dashboard::update::update;
 use crate::dashboard::view;
 use crate::error::TuiError;
-use crate::nodes::add::{add_ssh_node, unknown_host_key, AddNodeRequest};
-use crate::nodes::config::{ConfigFile, NodeTarget};
+use crate::nodes::add::{add_ssh_node, unknown_host_key};
+use crate::nodes::config::{AddNodeRequest, ConfigFile, NodeTarget};
 use crate::nodes::connect::CONNECT_TIMEOUT;
 use crate::nodes::session::{run_node, DRAIN};
 

@@ -2,21 +2,10 @@
 //! config file only when that worked. `nodes add --ssh` and the dashboard's `:add` both come here.
 use std::time::Duration;
 
-use rbee_proto::config::NodeConfig;
-
 use crate::error::TuiError;
-use crate::nodes::config::ConfigFile;
+use crate::nodes::config::{AddNodeRequest, ConfigFile};
 use crate::nodes::connect::{bring_up, BroughtUp};
 use crate::nodes::ssh::SshError;
-
-/// An SSH node to add, as `nodes add --ssh` or `:add` describe it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AddNodeRequest {
-    /// The node as it will be recorded.
-    pub node: NodeConfig,
-    /// Trust (and record) the node's host key if nobody has seen it yet.
-    pub accept_new_host_key: bool,
-}
 
 /// Bring the requested node up and, when that worked, record it in `config` and save it.
 pub async fn add_ssh_node(

@@ -155,6 +155,15 @@ fn known_names(cfg: &TuiConfig) -> String {
         .join(", ")
 }
 
+/// An SSH node to add, as `nodes add --ssh` or `:add` describe it (`nodes::add` brings it up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddNodeRequest {
+    /// The node as it will be recorded.
+    pub node: NodeConfig,
+    /// Trust (and record) the node's host key if nobody has seen it yet.
+    pub accept_new_host_key: bool,
+}
+
 /// A node the dashboard or a subcommand talks to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeTarget {

@@ -11,7 +11,7 @@ use super::widgets::{block, popup_area, ACCENT, DIM};
 use crate::dashboard::keys::{self, Mode, BINDINGS, MODES};
 use crate::dashboard::state::{Pending, SpawnDialog, SpawnField, State};
 use crate::fmt::short_model;
-use crate::nodes::add::AddNodeRequest;
+use crate::nodes::config::AddNodeRequest;
 
 /// The `?` overlay: every binding of the key table, by mode; two columns when there is room.
 pub(super) fn help(f: &mut Frame, area: Rect) {
