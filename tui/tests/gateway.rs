@@ -1,7 +1,7 @@
 //! `rbee-tui serve` end to end: real agents on the real model, the real gateway binary, and
 //! clients nobody here wrote — the official `openai` Python package (`tests/gateway/*.py`) and
 //! curl (SSE as bytes).
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -85,10 +85,15 @@ impl Gateway {
         if auth {
             cmd.args(["-H", &format!("Authorization: Bearer {SECRET}")]);
         }
-        if let Some(b) = body {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        if body.is_some() {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
         }
-        let out = cmd.output().expect("run curl");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("run curl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "curl failed: {out:?}");
         Http::parse(&String::from_utf8_lossy(&out.stdout))
     }
@@ -307,6 +312,27 @@ fn sse_bytes_errors_and_refusals_with_curl() {
         gw.metric("requests_total"),
         2,
         "the stream and the unknown model reached the scheduler"
+    );
+
+    // A prompt longer than the model's context: 400, not a retry elsewhere.
+    let long_prompt = "bees ".repeat(40_000);
+    let r = gw.post(
+        "/v1/completions",
+        &json!({"model": model(), "prompt": long_prompt, "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    assert_eq!(gw.metric("retries_total"), 0);
+
+    // SIGTERM: the worker the gateway loaded on demand leaves with it.
+    assert_eq!(workers(&a).len(), 1);
+    let mut gw = gw;
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(gw.child.id() as i32, libc::SIGTERM) };
+    assert!(gw.child.wait().unwrap().success());
+    assert!(
+        workers(&a).is_empty(),
+        "on-demand worker unloaded at shutdown"
     );
 
     // Off loopback without keys: refused at start.

@@ -45,11 +45,23 @@ impl NodeView {
         })
     }
 
-    /// Memory free for a new worker: RAM (CPU workers), from the latest sample.
-    pub fn free_memory(&self) -> u64 {
-        self.telemetry
-            .as_ref()
-            .map_or(0, |t| t.mem_total_bytes.saturating_sub(t.mem_used_bytes))
+    /// Memory free for a new worker on `device` (`cpu`: RAM; `cuda:N`: that GPU; `auto`: the
+    /// freest GPU, else RAM), from the latest sample; 0 before the first.
+    pub fn free_memory(&self, device: &str) -> u64 {
+        let Some(t) = &self.telemetry else {
+            return 0;
+        };
+        let gpu_free = |g: &rbee_proto::session::GpuTelemetry| {
+            g.mem_total_bytes.saturating_sub(g.mem_used_bytes)
+        };
+        let ram = t.mem_total_bytes.saturating_sub(t.mem_used_bytes);
+        match device {
+            "auto" => t.gpus.iter().map(gpu_free).max().unwrap_or(ram),
+            d => match d.strip_prefix("cuda:").and_then(|i| i.parse::<u32>().ok()) {
+                Some(i) => t.gpus.iter().find(|g| g.index == i).map_or(0, gpu_free),
+                None => ram,
+            },
+        }
     }
 }
 

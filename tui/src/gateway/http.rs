@@ -38,6 +38,9 @@ pub struct Shared {
 
 type St = State<Arc<Shared>>;
 
+/// Largest request body: long conversations fit, a runaway upload does not.
+pub const BODY_LIMIT: usize = 32 << 20;
+
 /// The gateway's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -48,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
 }
 

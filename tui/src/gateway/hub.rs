@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rbee_proto::session::{Event, Request, SpawnSpec};
 use rbee_proto::{now_millis, ErrorCode, WorkerState};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::dashboard::action::{Action, Effect, InferDone};
@@ -19,7 +19,7 @@ use crate::gateway::cluster::Cluster;
 use crate::gateway::error::{parse_agent_error, ApiError};
 use crate::gateway::job::{Cmd, GenEvent, Job, JobId};
 use crate::gateway::openai::{Endpoint, Input, KeepAlive};
-use crate::gateway::sched::{pick_worker, spawn_node, supply, Load, Place};
+use crate::gateway::sched::{device_for, pick_worker, spawn_node, supply, Load, Place};
 use crate::gateway::stats::{AuditLine, AuditLog, Snapshot, Stats};
 use crate::nodes::config::NodeTarget;
 use crate::nodes::session::run_node;
@@ -42,7 +42,8 @@ pub struct HubConfig {
     pub queue: usize,
     /// Keep-alive of workers spawned on demand when the request does not say.
     pub keep_alive: KeepAlive,
-    /// Device of workers spawned on demand.
+    /// Device of workers spawned on demand: `cpu`, `cuda:N`, or `auto` (the node's GPU with the
+    /// most free memory, else its CPU).
     pub device: String,
     /// CPU threads of workers spawned on demand (all when `None`).
     pub threads: Option<usize>,
@@ -132,6 +133,8 @@ pub fn start(targets: Vec<NodeTarget>, cfg: HubConfig, audit: AuditLog) -> HubHa
         settled: settled_tx,
         stats: Stats::default(),
         audit,
+        unloading: HashSet::new(),
+        stopping: None,
     };
     tokio::spawn(hub.run(inbox, cmd_rx, sessions));
     HubHandle { cmds, settled }
@@ -154,6 +157,10 @@ struct Hub {
     settled: watch::Sender<bool>,
     stats: Stats,
     audit: AuditLog,
+    /// Kills sent at shutdown and not yet answered.
+    unloading: HashSet<Place>,
+    /// Answered once `unloading` is empty.
+    stopping: Option<oneshot::Sender<()>>,
 }
 
 impl Hub {
@@ -188,6 +195,37 @@ impl Hub {
                 let _ = reply.send(self.snapshot());
             }
             Cmd::Audit(line) => self.audit.write(&line),
+            Cmd::Shutdown(done) => self.shut_down(done),
+        }
+    }
+
+    /// Unload every worker the gateway spawned; `done` is answered when the last kill is.
+    fn shut_down(&mut self, done: oneshot::Sender<()>) {
+        let owned: Vec<Place> = self.owned.drain().map(|(p, _)| p).collect();
+        for (node, worker) in owned {
+            if !self.cluster.nodes[node].up {
+                continue;
+            }
+            let effect = Effect::Request {
+                node,
+                request: Request::Kill {
+                    worker: worker.clone(),
+                },
+            };
+            if self.effects[node].try_send(effect).is_ok() {
+                tracing::info!(node = %self.cluster.nodes[node].name, %worker, "unloading at shutdown");
+                self.unloading.insert((node, worker));
+            }
+        }
+        self.stopping = Some(done);
+        self.stopped_if_done();
+    }
+
+    fn stopped_if_done(&mut self) {
+        if self.unloading.is_empty() {
+            if let Some(done) = self.stopping.take() {
+                let _ = done.send(());
+            }
         }
     }
 
@@ -360,7 +398,7 @@ impl Hub {
             .get(model)
             .map(|r| r.keys().copied().collect())
             .unwrap_or_default();
-        if let Some(node) = spawn_node(&self.cluster, model, &refused) {
+        if let Some(node) = spawn_node(&self.cluster, model, &refused, &self.cfg.device) {
             let keep = self
                 .waiting
                 .iter()
@@ -393,7 +431,7 @@ impl Hub {
         };
         let spec = SpawnSpec {
             model: entry.reference.clone(),
-            device: self.cfg.device.clone(),
+            device: device_for(&self.cluster.nodes[node], &self.cfg.device),
             threads: self.cfg.threads,
         };
         let effect = Effect::Request {
@@ -471,6 +509,8 @@ impl Hub {
             Action::Disconnected { node, reason, .. } => {
                 self.settle(node);
                 self.node_lost(node, &reason);
+                self.unloading.retain(|(n, _)| *n != node);
+                self.stopped_if_done();
             }
             Action::Reply {
                 node,
@@ -482,6 +522,14 @@ impl Hub {
                 request: Request::ListModels,
                 ..
             } => self.settle(node),
+            Action::Reply {
+                node,
+                request: Request::Kill { worker },
+                ..
+            } => {
+                self.unloading.remove(&(node, worker));
+                self.stopped_if_done();
+            }
             Action::PromptToken { prompt, text, .. } => self.token(prompt, text),
             Action::PromptDone { prompt, result, .. } => self.done(prompt, result),
             Action::AgentEvent {

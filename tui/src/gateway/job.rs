@@ -71,4 +71,6 @@ pub enum Cmd {
     Snapshot(oneshot::Sender<Snapshot>),
     /// Audit a request refused before it reached the scheduler (a bad key, a bad body).
     Audit(Box<AuditLine>),
+    /// The gateway is stopping: unload the workers it spawned, answer when the nodes confirmed.
+    Shutdown(oneshot::Sender<()>),
 }

@@ -114,9 +114,19 @@ pub async fn serve(
     });
     tracing::info!(%addr, "gateway listening");
     on_listening(addr);
+    let cmds = shared.hub.cmds.clone();
     let app = http::router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(GatewayError::Serve)
+        .map_err(GatewayError::Serve);
+    // Workers loaded on demand leave with the gateway (bounded: a node may be gone).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if cmds.send(job::Cmd::Shutdown(tx)).is_ok() {
+        let _ = tokio::time::timeout(SHUTDOWN_UNLOAD, rx).await;
+    }
+    served
 }
+
+/// Longest wait at shutdown for the nodes to confirm the unloads.
+pub const SHUTDOWN_UNLOAD: Duration = Duration::from_secs(10);

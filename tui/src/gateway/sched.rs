@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use rbee_proto::{WorkerId, WorkerState};
 
 use crate::dashboard::state::NodeIdx;
-use crate::gateway::cluster::Cluster;
+use crate::gateway::cluster::{Cluster, NodeView};
 
 /// A worker, cluster-wide.
 pub type Place = (NodeIdx, WorkerId);
@@ -93,8 +93,14 @@ pub fn supply(cluster: &Cluster, load: &Load, slots: u32, model: &str) -> Supply
 
 /// The node that should load a new worker of `model`: reachable, lists the model, runs no
 /// worker of it yet (a failed one counts: it failed there), not in `refused`; the one with the
-/// most free memory, then the fewest workers, then config order.
-pub fn spawn_node(cluster: &Cluster, model: &str, refused: &HashSet<NodeIdx>) -> Option<NodeIdx> {
+/// most free memory on `device`, then the fewest workers, then config order. The agent's
+/// admission has the last word: a node that refuses is put in `refused` and the next is asked.
+pub fn spawn_node(
+    cluster: &Cluster,
+    model: &str,
+    refused: &HashSet<NodeIdx>,
+    device: &str,
+) -> Option<NodeIdx> {
     cluster
         .nodes
         .iter()
@@ -109,7 +115,7 @@ pub fn spawn_node(cluster: &Cluster, model: &str, refused: &HashSet<NodeIdx>) ->
         })
         .max_by_key(|(i, n)| {
             (
-                n.free_memory(),
+                n.free_memory(device),
                 usize::MAX - n.workers.len(),
                 usize::MAX - i,
             )
@@ -117,10 +123,25 @@ pub fn spawn_node(cluster: &Cluster, model: &str, refused: &HashSet<NodeIdx>) ->
         .map(|(i, _)| i)
 }
 
+/// The device a new worker gets on `node`: `auto` picks its GPU with the most free memory, or
+/// its CPU when it has none; anything else is used as given.
+pub fn device_for(node: &NodeView, wanted: &str) -> String {
+    if wanted != "auto" {
+        return wanted.to_string();
+    }
+    node.telemetry
+        .as_ref()
+        .and_then(|t| {
+            t.gpus
+                .iter()
+                .max_by_key(|g| g.mem_total_bytes.saturating_sub(g.mem_used_bytes))
+        })
+        .map_or_else(|| "cpu".to_string(), |g| format!("cuda:{}", g.index))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::cluster::NodeView;
     use rbee_proto::session::{ModelEntry, Telemetry, WorkerInfo};
 
     fn worker(id: &str, state: WorkerState, in_flight: u32) -> WorkerInfo {
@@ -191,11 +212,28 @@ mod tests {
                 node("n2", 8, vec![]),
             ],
         };
-        assert_eq!(spawn_node(&c, "a", &HashSet::new()), Some(2));
-        assert_eq!(spawn_node(&c, "a", &HashSet::from([2])), Some(1));
+        assert_eq!(spawn_node(&c, "a", &HashSet::new(), "cpu"), Some(2));
+        assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), Some(1));
         c.nodes[1].up = false;
-        assert_eq!(spawn_node(&c, "a", &HashSet::from([2])), None);
+        assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), None);
         let s = supply(&c, &Load::new(), 2, "a");
+        assert_eq!(device_for(&c.nodes[0], "auto"), "cpu");
+        c.nodes[0].telemetry.as_mut().unwrap().gpus = vec![
+            rbee_proto::session::GpuTelemetry {
+                index: 0,
+                mem_total_bytes: 8,
+                mem_used_bytes: 7,
+                ..Default::default()
+            },
+            rbee_proto::session::GpuTelemetry {
+                index: 1,
+                mem_total_bytes: 8,
+                mem_used_bytes: 1,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(device_for(&c.nodes[0], "auto"), "cuda:1");
+        assert_eq!(c.nodes[0].free_memory("cuda:0"), 1);
         assert_eq!(
             s,
             Supply {
