@@ -314,8 +314,10 @@ async fn parallel_spawns_are_admitted_against_memory_promised_to_starting_worker
             other => panic!("{other:?}"),
         }
     }
+    // Room for three; free memory moves with the rest of the machine, hence the slack. Without
+    // promises all fifteen were admitted.
     assert!(
-        (2..=4).contains(&admitted.len()),
+        (1..=5).contains(&admitted.len()),
         "{} of 15 admitted against room for 3",
         admitted.len()
     );
