@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::dashboard::action::{Action, Effect, InferDone};
 use crate::dashboard::state::{NodeIdx, PromptId};
+use crate::gateway::board::{Phase, RequestBoard, RequestRow};
 use crate::gateway::cluster::Cluster;
 use crate::gateway::error::{parse_agent_error, ApiError};
 use crate::gateway::job::{Cmd, GenEvent, Job, JobId};
@@ -78,6 +79,8 @@ struct Live {
     /// Set when the client went away or the timeout passed: the end is awaited, not reported.
     ending: Option<&'static str>,
     last_place: Option<(String, String)>,
+    /// The worker's decode speed, once done.
+    decode_tok_s: f64,
 }
 
 /// A worker the gateway started, and when it may be unloaded.
@@ -101,11 +104,14 @@ pub struct HubHandle {
     pub cmds: mpsc::UnboundedSender<Cmd>,
     /// Becomes true once every node connected and listed its models, or failed once.
     pub settled: watch::Receiver<bool>,
+    /// Every request, live and recent, for the dashboard's Requests view.
+    pub board: RequestBoard,
 }
 
 /// Start the hub and one session per target. Must be called inside a tokio runtime; the hub
 /// lives until every `HubHandle` is dropped.
 pub fn start(targets: Vec<NodeTarget>, cfg: HubConfig, audit: AuditLog) -> HubHandle {
+    let board = RequestBoard::default();
     let (cmds, cmd_rx) = mpsc::unbounded_channel();
     let (settled_tx, settled) = watch::channel(targets.is_empty());
     let (actions, inbox) = mpsc::channel(ACTION_QUEUE);
@@ -135,9 +141,14 @@ pub fn start(targets: Vec<NodeTarget>, cfg: HubConfig, audit: AuditLog) -> HubHa
         audit,
         unloading: HashSet::new(),
         stopping: None,
+        board: board.clone(),
     };
     tokio::spawn(hub.run(inbox, cmd_rx, sessions));
-    HubHandle { cmds, settled }
+    HubHandle {
+        cmds,
+        settled,
+        board,
+    }
 }
 
 struct Hub {
@@ -161,6 +172,7 @@ struct Hub {
     unloading: HashSet<Place>,
     /// Answered once `unloading` is empty.
     stopping: Option<oneshot::Sender<()>>,
+    board: RequestBoard,
 }
 
 impl Hub {
@@ -259,7 +271,23 @@ impl Hub {
             tokens: 0,
             ending: None,
             last_place: None,
+            decode_tok_s: 0.0,
         };
+        self.board.add(RequestRow {
+            id,
+            arrived: now_millis(),
+            client: live.job.client.clone(),
+            key: live.job.key_id.clone(),
+            model: model.clone(),
+            node: String::new(),
+            worker: String::new(),
+            phase: Phase::Waiting,
+            queue_ms: None,
+            ttft_ms: None,
+            tokens: 0,
+            tok_s: 0.0,
+            total_ms: None,
+        });
         self.jobs.insert(id, live);
         if !self.cluster.knows(&model) {
             let err = if self.cluster.nodes.iter().any(|n| n.up) {
@@ -347,6 +375,15 @@ impl Hub {
         live.running = Some((place.clone(), prompt));
         let node_name = self.cluster.nodes[node].name.clone();
         live.last_place = Some((node_name.clone(), worker.clone()));
+        let queue_ms = live
+            .started
+            .map(|t| t.duration_since(live.arrived).as_millis() as u64);
+        self.board.update(id, |r| {
+            r.node = node_name.clone();
+            r.worker = worker.clone();
+            r.phase = Phase::Running;
+            r.queue_ms = queue_ms;
+        });
         let _ = live.events.send(GenEvent::Started {
             node: node_name,
             worker,
@@ -599,7 +636,17 @@ impl Hub {
         if live.ending.is_some() {
             return;
         }
-        live.first_token.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let first = *live.first_token.get_or_insert(now);
+        let ttft = first.duration_since(live.arrived).as_millis() as u64;
+        let secs = now.duration_since(first).as_secs_f64();
+        self.board.update(id, |r| {
+            r.tokens += 1;
+            r.ttft_ms = Some(ttft);
+            if secs > 0.0 {
+                r.tok_s = (r.tokens - 1) as f64 / secs;
+            }
+        });
         if live.events.send(GenEvent::Token(text)).is_err() {
             self.cancel(id, "cancelled");
         }
@@ -629,6 +676,7 @@ impl Hub {
                 self.stats.tokens += n;
                 if let Some(live) = self.jobs.get_mut(&id) {
                     live.tokens = n;
+                    live.decode_tok_s = d.usage.decode_tokens_per_s;
                 }
                 let live = &self.jobs[&id];
                 let _ = live.events.send(GenEvent::Done {
@@ -768,6 +816,16 @@ impl Hub {
             _ => self.stats.failed += 1,
         }
         let now = Instant::now();
+        let total_ms = now.duration_since(live.arrived).as_millis() as u64;
+        let ok = outcome == "ok";
+        self.board.update(id, |r| {
+            r.phase = Phase::Done(outcome.clone());
+            r.total_ms = Some(total_ms);
+            if ok {
+                r.tokens = live.tokens;
+                r.tok_s = live.decode_tok_s;
+            }
+        });
         let (node, worker) = live.last_place.clone().unwrap_or_default();
         self.audit.write(&AuditLine {
             at: now_millis(),
@@ -790,7 +848,7 @@ impl Hub {
                 .first_token
                 .map(|t| t.duration_since(live.arrived).as_millis() as u64),
             tokens: live.tokens,
-            total_ms: now.duration_since(live.arrived).as_millis() as u64,
+            total_ms,
         });
         self.unload_idle();
     }

@@ -7,6 +7,7 @@
 //!   SSE), `/health`, `/metrics` — over [`openai`] (request and response shapes), [`error`]
 //!   (OpenAI's error JSON) and [`keys`] (bearer API keys).
 //! * [`job`] and [`stats`]: what the two sides pass each other, counters and the audit line.
+//! * [`board`] and [`view`]: the live list of requests and its table, for the dashboard.
 //!
 //! Nothing here speaks the agent's wire format: the sessions do, exactly as for the dashboard.
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod board;
 pub mod cluster;
 pub mod error;
 pub mod http;
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod openai;
 pub mod sched;
 pub mod stats;
+pub mod view;
 
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::CONNECT_TIMEOUT;
