@@ -86,6 +86,25 @@ pub async fn serve(
     on_listening: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let bound = bind(targets, cfg).await?;
+    on_listening(bound.addr);
+    bound.serve(shutdown).await
+}
+
+/// A gateway whose address is bound and whose sessions run, not yet taking requests.
+pub struct Bound {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Every request, live and recent (the dashboard's Requests view reads it).
+    pub board: board::RequestBoard,
+    listener: tokio::net::TcpListener,
+    shared: Arc<http::Shared>,
+}
+
+/// Check the config, bind the address, start the hub and its node sessions, and wait until every
+/// node has connected and listed its models, or failed once (bounded by twice the connect
+/// timeout): requests that came earlier would be refused for nothing.
+pub async fn bind(targets: Vec<NodeTarget>, cfg: GatewayConfig) -> Result<Bound, GatewayError> {
     if cfg.keys.is_none() && !cfg.listen.ip().is_loopback() {
         return Err(GatewayError::NoKeysOffLoopback(cfg.listen));
     }
@@ -94,41 +113,53 @@ pub async fn serve(
             path: cfg.audit_log.clone().unwrap_or_default(),
             source,
         })?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+    let bind_error = |source| GatewayError::Bind {
         addr: cfg.listen,
         source,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let handle = hub::start(targets, cfg.hub.clone(), audit);
-    // Requests that arrive before the nodes answered would be refused for nothing: wait for
-    // every node's first connect (or its first failure), bounded by the connect timeout.
     let mut settled = handle.settled.clone();
     let _ = tokio::time::timeout(CONNECT_TIMEOUT * 2, settled.wait_for(|s| *s)).await;
+    let board = handle.board.clone();
     let shared = Arc::new(http::Shared {
         hub: handle,
         keys: cfg.keys,
         timeout: cfg.timeout,
         next: AtomicU64::new(1),
     });
-    tracing::info!(%addr, "gateway listening");
-    on_listening(addr);
-    let cmds = shared.hub.cmds.clone();
-    let app = http::router(shared).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(GatewayError::Serve);
-    // Workers loaded on demand leave with the gateway (bounded: a node may be gone).
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if cmds.send(job::Cmd::Shutdown(tx)).is_ok() {
-        let _ = tokio::time::timeout(SHUTDOWN_UNLOAD, rx).await;
+    Ok(Bound {
+        addr,
+        board,
+        listener,
+        shared,
+    })
+}
+
+impl Bound {
+    /// Take requests until `shutdown` resolves; then unload the workers loaded on demand.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let addr = self.addr;
+        tracing::info!(%addr, "gateway listening");
+        let cmds = self.shared.hub.cmds.clone();
+        let app = http::router(self.shared).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(GatewayError::Serve);
+        // Workers loaded on demand leave with the gateway (bounded: a node may be gone).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if cmds.send(job::Cmd::Shutdown(tx)).is_ok() {
+            let _ = tokio::time::timeout(SHUTDOWN_UNLOAD, rx).await;
+        }
+        served
     }
-    served
 }
 
 /// Longest wait at shutdown for the nodes to confirm the unloads.
