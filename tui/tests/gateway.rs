@@ -7,7 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rbee_proto::session::{Reply, Request, WorkerInfo};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rbee_proto::session::{ModelEntry, NodeStatus, Reply, Request, Telemetry, WorkerInfo};
+use rbee_proto::{ErrorCode, WorkerState};
+use rbee_testkit::standin::{Answer, Behaviour, Ctx, StandIn, MODEL_REF};
 use rbee_testkit::{bin, model_path, wait_for, AgentProc};
 use serde_json::{json, Value};
 
@@ -31,13 +36,21 @@ struct Gateway {
 
 impl Gateway {
     fn start(dir: &Path, agents: &[(&str, &AgentProc)], extra: &[&str]) -> Gateway {
+        let nodes: Vec<(&str, String, String)> = agents
+            .iter()
+            .map(|(n, a)| (*n, a.url.clone(), a.token.clone()))
+            .collect();
+        Self::over(dir, &nodes, extra)
+    }
+
+    /// Over any agents: (name, `ws://` URL, token).
+    fn over(dir: &Path, nodes: &[(&str, String, String)], extra: &[&str]) -> Gateway {
         let mut toml = String::new();
-        for (name, agent) in agents {
+        for (name, url, secret) in nodes {
             let token = dir.join(format!("{name}.token"));
-            std::fs::write(&token, &agent.token).unwrap();
+            std::fs::write(&token, secret).unwrap();
             toml.push_str(&format!(
-                "[[nodes]]\nname = \"{name}\"\nurl = \"{}\"\ntoken_file = \"{}\"\n\n",
-                agent.url,
+                "[[nodes]]\nname = \"{name}\"\nurl = \"{url}\"\ntoken_file = \"{}\"\n\n",
                 token.display()
             ));
         }
@@ -86,7 +99,12 @@ impl Gateway {
             cmd.args(["-H", &format!("Authorization: Bearer {SECRET}")]);
         }
         if body.is_some() {
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary", "@-"]);
+            cmd.args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                "@-",
+            ]);
         }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("run curl");
@@ -541,4 +559,128 @@ fn a_killed_node_sends_new_requests_to_the_other() {
         audit.iter().rev().take(4).all(|l| l["node"] == "b"),
         "{audit:?}"
     );
+}
+
+/// A node whose one worker always dies before its first token (the agent's `worker_gone`).
+#[derive(Default)]
+struct DyingWorker {
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl Behaviour for DyingWorker {
+    fn node(&self) -> String {
+        "dying".into()
+    }
+
+    fn agent_version(&self) -> String {
+        "0.0.0-test".into()
+    }
+
+    fn answer(&self, _ctx: &Ctx, request: Request) -> Answer {
+        let worker = standin_worker();
+        match request {
+            Request::ListModels => Answer::Reply(Reply::Models {
+                models: vec![ModelEntry {
+                    name: "tiny".into(),
+                    reference: MODEL_REF.into(),
+                    size_bytes: 1 << 20,
+                    format: "gguf".into(),
+                }],
+            }),
+            Request::ListWorkers => Answer::Reply(Reply::Workers {
+                workers: vec![worker.clone()],
+            }),
+            Request::Status => Answer::Reply(Reply::Status {
+                status: NodeStatus {
+                    node: self.node(),
+                    agent_version: self.agent_version(),
+                    telemetry: Telemetry::default(),
+                    workers: vec![worker],
+                },
+            }),
+            Request::Infer { .. } | Request::Chat { .. } => {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
+                Answer::Error(
+                    ErrorCode::WorkerGone,
+                    "worker w1 exited: killed by signal 9".into(),
+                )
+            }
+            other => Answer::Error(ErrorCode::BadRequest, format!("not here: {other:?}")),
+        }
+    }
+}
+
+fn standin_worker() -> WorkerInfo {
+    WorkerInfo {
+        id: "w1".into(),
+        model: MODEL_REF.into(),
+        device: "cpu".into(),
+        state: WorkerState::Ready,
+        pid: Some(4242),
+        restarts: 0,
+        last_exit: None,
+        summary: None,
+        heartbeat_age_ms: None,
+        tokens_per_s: 0.0,
+        rss_bytes: 1 << 20,
+        vram_bytes: 0,
+        in_flight: 0,
+        detail: String::new(),
+    }
+}
+
+#[test]
+fn a_worker_gone_before_its_first_token_is_retried_once_elsewhere() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "standin-token";
+    let dying = Arc::new(DyingWorker::default());
+    let (a, b, c) = rt.block_on(async {
+        (
+            StandIn::serve(token, dying.clone()).await.unwrap(),
+            StandIn::start(token).await,
+            StandIn::serve(token, Arc::new(DyingWorker::default()))
+                .await
+                .unwrap(),
+        )
+    });
+    // a: its worker dies on every request; b: an echo node with no worker yet.
+    let gw = Gateway::over(
+        dir.path(),
+        &[("a", a.url(), token.into()), ("b", b.url(), token.into())],
+        &[],
+    );
+    let r = gw.post(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "hello bees"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], "echo: hello bees");
+    assert_eq!(dying.attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(gw.metric("retries_total"), 1);
+    assert_eq!(b.workers().len(), 1, "b loaded the model for the retry");
+    assert_eq!(gw.audit().last().unwrap()["node"], "b");
+    drop(gw);
+
+    // Two nodes whose workers both die: one retry, then the client gets the error.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::over(
+        dir.path(),
+        &[("a", a.url(), token.into()), ("c", c.url(), token.into())],
+        &[],
+    );
+    let r = gw.post(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "hello"}),
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "worker_gone");
+    assert!(r.headers.contains("retry-after: "));
+    assert_eq!(dying.attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(c.behaviour().attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(gw.metric("retries_total"), 1);
 }

@@ -309,7 +309,7 @@ impl Hub {
             return self.fail(id, ApiError::queue_full(self.cfg.queue, 1));
         }
         self.waiting.push_back(id);
-        self.ensure_supply(&model);
+        self.ensure_supply(&model, &[]);
     }
 
     /// Send job `id` to the best free worker; false when there is none.
@@ -409,23 +409,24 @@ impl Hub {
             }
         }
         self.waiting = still;
-        let mut models: Vec<String> = self
+        let mut wanted: Vec<(String, Vec<Place>)> = self
             .waiting
             .iter()
-            .filter_map(|id| self.jobs.get(id).map(|j| j.job.model.clone()))
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| (j.job.model.clone(), j.tried.clone()))
             .collect();
-        models.sort();
-        models.dedup();
-        for m in models {
-            self.ensure_supply(&m);
+        wanted.sort();
+        wanted.dedup();
+        for (model, tried) in wanted {
+            self.ensure_supply(&model, &tried);
         }
     }
 
-    /// A worker of `model` is needed when none is serving or coming, or when every serving one
-    /// is full: spawn one on the best node that has none, or refuse the waiting requests when no
+    /// A worker of `model` is needed (for a request that failed on `exclude`) when none is
+    /// serving or coming, or when every serving one is full: spawn one on the best node that has none, or refuse the waiting requests when no
     /// node can hold it and nothing else will come.
-    fn ensure_supply(&mut self, model: &str) {
-        let s = supply(&self.cluster, &self.load, self.cfg.worker_slots, model);
+    fn ensure_supply(&mut self, model: &str, exclude: &[Place]) {
+        let s = supply(&self.cluster, &self.load, self.cfg.worker_slots, model, exclude);
         let spawning = self.spawns.iter().any(|p| p.model == model);
         if s.free > 0 || spawning || (s.serving == 0 && s.coming > 0) {
             return;
@@ -453,7 +454,11 @@ impl Hub {
                 .waiting
                 .iter()
                 .copied()
-                .filter(|id| self.jobs.get(id).is_some_and(|j| j.job.model == model))
+                .filter(|id| {
+                    self.jobs.get(id).is_some_and(|j| {
+                        j.job.model == model && exclude.iter().all(|p| j.tried.contains(p))
+                    })
+                })
                 .collect();
             self.waiting.retain(|id| !ids.contains(id));
             for id in ids {
@@ -712,10 +717,10 @@ impl Hub {
             live.tried.extend(place);
             self.stats.retries += 1;
             tracing::info!(job = id, error = msg, "retrying on another worker");
-            let model = live.job.model.clone();
+            let (model, tried) = (live.job.model.clone(), live.tried.clone());
             if !self.place(id) {
                 self.waiting.push_front(id);
-                self.ensure_supply(&model);
+                self.ensure_supply(&model, &tried);
             }
             return;
         }

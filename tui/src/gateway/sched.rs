@@ -61,15 +61,16 @@ pub struct Supply {
     pub coming: u32,
 }
 
-/// Count the workers of `model` on reachable nodes.
-pub fn supply(cluster: &Cluster, load: &Load, slots: u32, model: &str) -> Supply {
+/// Count the workers of `model` on reachable nodes, leaving out `exclude` (workers a request
+/// already failed on).
+pub fn supply(cluster: &Cluster, load: &Load, slots: u32, model: &str, exclude: &[Place]) -> Supply {
     let mut s = Supply::default();
     for (i, node) in cluster.nodes.iter().enumerate() {
         if !node.up {
             continue;
         }
         for w in node.workers.values() {
-            if !node.serves(w, model) {
+            if !node.serves(w, model) || exclude.contains(&(i, w.id.clone())) {
                 continue;
             }
             match w.state {
@@ -216,7 +217,7 @@ mod tests {
         assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), Some(1));
         c.nodes[1].up = false;
         assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), None);
-        let s = supply(&c, &Load::new(), 2, "a");
+        let s = supply(&c, &Load::new(), 2, "a", &[]);
         assert_eq!(device_for(&c.nodes[0], "auto"), "cpu");
         c.nodes[0].telemetry.as_mut().unwrap().gpus = vec![
             rbee_proto::session::GpuTelemetry {
