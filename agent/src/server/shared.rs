@@ -24,7 +24,7 @@ pub struct Shared {
     /// The latest telemetry sample.
     pub telemetry: watch::Receiver<Telemetry>,
     /// The server's bounds.
-    pub limits: super::Limits,
+    pub limits: super::limits::Limits,
     /// One permit per authenticated session (`limits.sessions` in all).
     pub sessions: Arc<Semaphore>,
 }
