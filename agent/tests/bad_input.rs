@@ -813,3 +813,54 @@ async fn http_get(agent: &AgentProc, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn bad_sampling_is_refused_by_name_before_routing() {
+    let (_d, agent) = agent_with("", &[]);
+    let (c, _ev) = agent.connect().await;
+    let infer = |params: SamplingParams| Request::Infer {
+        worker: None,
+        model: Some("no-such-model".into()),
+        prompt: "Hi".into(),
+        params,
+    };
+    // repeat_penalty 0 used to reach the worker and come back as `internal` with a backtrace.
+    for penalty in [0.0f32, -2.0] {
+        let params = SamplingParams {
+            repeat_penalty: penalty,
+            ..Default::default()
+        };
+        let e = agent_error(c.request(infer(params), None).await);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+        assert!(
+            e.message
+                .starts_with("`repeat_penalty` must be a number above 0"),
+            "{}",
+            e.message
+        );
+    }
+    // NaN travels as JSON null: named, not "invalid type: null".
+    let params = SamplingParams {
+        temperature: f64::NAN,
+        ..Default::default()
+    };
+    let e = agent_error(c.request(infer(params), None).await);
+    assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+    assert!(
+        e.message
+            .starts_with("`temperature` must be a number from 0 to 2")
+            && e.message.contains("NaN"),
+        "{}",
+        e.message
+    );
+    let params = SamplingParams {
+        top_k: Some(0),
+        ..Default::default()
+    };
+    let e = agent_error(c.request(infer(params), None).await);
+    assert!(e.message.starts_with("`top_k`"), "{}", e.message);
+    // Valid parameters reach routing (and find no such model).
+    let e = agent_error(c.request(infer(SamplingParams::default()), None).await);
+    assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
+    still_serving(&agent).await;
+}

@@ -1,6 +1,8 @@
 //! Plain data shared by both links.
 use serde::{Deserialize, Serialize};
 
+use crate::{ErrorCode, ProtoError};
+
 /// Id a client picks for each of its requests; replies and streams carry it back.
 pub type RequestId = u64;
 
@@ -22,13 +24,17 @@ pub fn now_millis() -> UnixMillis {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingParams {
-    /// 0 means greedy (argmax).
+    /// 0 means greedy (argmax). JSON `null` (what NaN becomes on the wire) reads as NaN, so
+    /// [`SamplingParams::validate`] can refuse it by name.
+    #[serde(deserialize_with = "null_is_nan")]
     pub temperature: f64,
     /// Sample only among the `k` likeliest tokens.
     pub top_k: Option<usize>,
     /// Sample only among the likeliest tokens whose probabilities add up to `p`.
     pub top_p: Option<f64>,
-    /// 1.0 disables the penalty.
+    /// 1.0 disables the penalty. JSON `null` reads as NaN, refused by
+    /// [`SamplingParams::validate`].
+    #[serde(deserialize_with = "null_is_nan")]
     pub repeat_penalty: f32,
     /// How many of the most recent tokens the penalty looks at.
     pub repeat_last_n: usize,
@@ -55,6 +61,101 @@ impl Default for SamplingParams {
             seed: 299_792_458,
             ignore_eos: false,
         }
+    }
+}
+
+/// Most stop sequences a request may carry (as the OpenAI API).
+pub const MAX_STOP_SEQUENCES: usize = 4;
+/// Longest stop sequence, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Highest temperature accepted (as the OpenAI API).
+pub const MAX_TEMPERATURE: f64 = 2.0;
+
+/// A number that may arrive as `null`: serde_json writes NaN and the infinities as `null`, and
+/// the sender meant a number, so it reads as NaN and the validation names the field.
+fn null_is_nan<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + num_nan::Nan,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_else(T::nan))
+}
+
+mod num_nan {
+    /// Number types with a NaN.
+    pub trait Nan {
+        /// Not a number.
+        fn nan() -> Self;
+    }
+    impl Nan for f64 {
+        fn nan() -> Self {
+            f64::NAN
+        }
+    }
+    impl Nan for f32 {
+        fn nan() -> Self {
+            f32::NAN
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Refuse parameters no sampler can honour, naming the field: the one rule every entry
+    /// point (agent, worker, gateway) applies before a request is routed or generated.
+    pub fn validate(&self) -> Result<(), ProtoError> {
+        let bad = |msg: String| Err(ProtoError::new(ErrorCode::BadRequest, msg));
+        let t = self.temperature;
+        if !t.is_finite() || !(0.0..=MAX_TEMPERATURE).contains(&t) {
+            return bad(format!(
+                "`temperature` must be a number from 0 to {MAX_TEMPERATURE} (got {})",
+                show(t)
+            ));
+        }
+        if let Some(p) = self.top_p {
+            if !(p.is_finite() && p > 0.0 && p <= 1.0) {
+                return bad(format!(
+                    "`top_p` must be above 0 and at most 1 (got {})",
+                    show(p)
+                ));
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad(
+                "`top_k` must be at least 1 (leave it out to sample from every token)".into(),
+            );
+        }
+        let r = self.repeat_penalty;
+        if !(r.is_finite() && r > 0.0) {
+            return bad(format!(
+                "`repeat_penalty` must be a number above 0; 1 disables it (got {})",
+                show(f64::from(r))
+            ));
+        }
+        if self.max_tokens == 0 {
+            return bad("`max_tokens` must be at least 1".into());
+        }
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return bad(format!(
+                "`stop` takes at most {MAX_STOP_SEQUENCES} sequences (got {})",
+                self.stop.len()
+            ));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return bad(format!(
+                "`stop` sequences must be at most {MAX_STOP_BYTES} bytes each (got one of {})",
+                s.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A number as a message shows it; NaN is named as such (it arrived as JSON `null`).
+fn show(x: f64) -> String {
+    if x.is_nan() {
+        "NaN or null".into()
+    } else {
+        x.to_string()
     }
 }
 
@@ -221,6 +322,20 @@ impl HubRef {
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
             return Some(Err(bad()));
         }
+        // Each part is joined into a path of the model cache: none may leave it.
+        let parts = [
+            ("repository", Some(repo)),
+            ("revision", revision.as_deref()),
+            ("file", file.as_deref()),
+        ];
+        for (what, part) in parts {
+            if let Some(why) = part.and_then(escapes) {
+                return Some(Err(format!(
+                    "invalid model reference `{}`: the {what} part {why}",
+                    crate::fmt::printable(s)
+                )));
+            }
+        }
         Some(Ok(HubRef {
             repo: repo.to_string(),
             revision,
@@ -231,5 +346,135 @@ impl HubRef {
     /// The revision asked for, `main` by default.
     pub fn revision(&self) -> &str {
         self.revision.as_deref().unwrap_or("main")
+    }
+}
+
+/// Why a part of an `hf:` reference could lead out of the cache directory it is joined to, if
+/// it could: absolute, a `.` or `..` component, an empty component, a backslash, NUL or
+/// another control character.
+fn escapes(part: &str) -> Option<&'static str> {
+    if part.starts_with('/') {
+        Some("must not be an absolute path")
+    } else if part.contains('\\') {
+        Some("must not contain a backslash")
+    } else if part.contains('\0') {
+        Some("must not contain a NUL byte")
+    } else if part.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else if part.split('/').any(|c| c == ".." || c == ".") {
+        Some("must not contain `.` or `..` components")
+    } else if part.split('/').any(str::is_empty) {
+        Some("must not contain empty path components")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(p: SamplingParams) -> String {
+        let e = p.validate().unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+        e.message
+    }
+
+    #[test]
+    fn sampling_defaults_and_edges_are_accepted() {
+        SamplingParams::default().validate().unwrap();
+        let edges = SamplingParams {
+            temperature: 2.0,
+            top_p: Some(1.0),
+            top_k: Some(1),
+            repeat_penalty: 0.01,
+            max_tokens: 1,
+            stop: vec!["x".repeat(MAX_STOP_BYTES); MAX_STOP_SEQUENCES],
+            ..Default::default()
+        };
+        edges.validate().unwrap();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            ..Default::default()
+        };
+        greedy.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_sampling_is_refused_naming_the_field() {
+        type Edit = fn(&mut SamplingParams);
+        let cases: [(Edit, &str); 14] = [
+            (|p| p.temperature = f64::NAN, "`temperature`"),
+            (|p| p.temperature = f64::INFINITY, "`temperature`"),
+            (|p| p.temperature = -0.1, "`temperature`"),
+            (|p| p.temperature = 2.5, "`temperature`"),
+            (|p| p.top_p = Some(0.0), "`top_p`"),
+            (|p| p.top_p = Some(1.5), "`top_p`"),
+            (|p| p.top_p = Some(f64::NAN), "`top_p`"),
+            (|p| p.top_k = Some(0), "`top_k`"),
+            (|p| p.repeat_penalty = 0.0, "`repeat_penalty`"),
+            (|p| p.repeat_penalty = -1.0, "`repeat_penalty`"),
+            (|p| p.repeat_penalty = f32::NAN, "`repeat_penalty`"),
+            (|p| p.max_tokens = 0, "`max_tokens`"),
+            (|p| p.stop = vec!["a".into(); 5], "`stop`"),
+            (|p| p.stop = vec!["a".repeat(257)], "`stop`"),
+        ];
+        for (edit, field) in cases {
+            let mut p = SamplingParams::default();
+            edit(&mut p);
+            let m = refused(p.clone());
+            assert!(m.starts_with(field), "{p:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn nan_over_json_is_named_not_a_type_error() {
+        // serde_json writes NaN as null; the far side must still say which field and why.
+        let p = SamplingParams {
+            temperature: f64::NAN,
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"temperature\":null"), "{json}");
+        let back: SamplingParams = serde_json::from_str(&json).unwrap();
+        let m = refused(back);
+        assert!(
+            m.starts_with("`temperature` must be a number") && m.contains("NaN"),
+            "{m}"
+        );
+        let back: SamplingParams = serde_json::from_str(r#"{"repeat_penalty":null}"#).unwrap();
+        assert!(refused(back).starts_with("`repeat_penalty`"));
+    }
+
+    #[test]
+    fn hub_parts_that_leave_the_cache_are_refused_naming_the_part() {
+        for (r, part) in [
+            ("hf:o/r:/etc/passwd", "file"),
+            ("hf:o/r:../../x.gguf", "file"),
+            ("hf:o/r:a/../../x.gguf", "file"),
+            ("hf:o/r:a\\..\\x.gguf", "file"),
+            ("hf:o/r:x\0.gguf", "file"),
+            ("hf:o/r:a//x.gguf", "file"),
+            ("hf:o/r@../../x:m.gguf", "revision"),
+            ("hf:o/r@/abs:m.gguf", "revision"),
+            ("hf:o/r@v\n1", "revision"),
+            ("hf:../..:m.gguf", "repository"),
+            ("hf:o/.", "repository"),
+        ] {
+            let e = HubRef::parse(r).unwrap().unwrap_err();
+            assert!(
+                e.starts_with("invalid model reference") && e.contains(&format!("the {part} part")),
+                "{r}: {e}"
+            );
+        }
+        for ok in [
+            "hf:o/r:sub/m.gguf",
+            "hf:o/r@refs/pr/1:m.gguf",
+            "hf:o/r@v1.0:m..q4.gguf",
+        ] {
+            assert!(HubRef::parse(ok).unwrap().is_ok(), "{ok}");
+        }
     }
 }

@@ -134,6 +134,9 @@ fn load(args: &Args, progress: &mut dyn FnMut(&str, f32)) -> Result<LoadedModel,
 }
 
 fn one_shot(args: &Args) -> anyhow::Result<()> {
+    params(args)
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let loaded = load(args, &mut |_, _| {})?;
     if let Some(path) = &args.export_tokenizer {
         loaded

@@ -169,8 +169,20 @@ fn read_loop(input: impl BufRead, tx: &SyncSender<Job>, shared: &Shared, sink: &
     }
 }
 
-/// Queue a job, or answer `busy` when the queue is full.
+/// Queue a job, or answer `busy` when the queue is full; parameters no sampler can honour are
+/// refused first, naming the field (the same rule the agent applies).
 fn enqueue(job: Job, tx: &SyncSender<Job>, shared: &Shared, sink: &Sink) {
+    if let Err(e) = job.params.validate() {
+        send(
+            sink,
+            &FromWorker::Error {
+                id: Some(job.id),
+                code: e.code,
+                message: e.message,
+            },
+        );
+        return;
+    }
     shared.queued_ids.lock().unwrap().insert(job.id);
     shared.queued.fetch_add(1, Ordering::SeqCst);
     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = tx.try_send(job) {

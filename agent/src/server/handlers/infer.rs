@@ -19,6 +19,8 @@ pub(super) fn infer(
     prompt: Prompt,
     params: SamplingParams,
 ) -> Answer {
+    // Parameters no sampler can honour are refused here, naming the field, before routing.
+    params.validate()?;
     let sup = &ctx.shared.supervisor;
     let (w, req) = sup.infer(
         ctx.out.clone(),
