@@ -864,3 +864,71 @@ async fn bad_sampling_is_refused_by_name_before_routing() {
     assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message);
     still_serving(&agent).await;
 }
+
+#[tokio::test]
+async fn hub_references_and_paths_cannot_leave_the_store_or_probe_it() {
+    let (d, agent) = agent_with("", &[]);
+    let (c, _ev) = agent.connect().await;
+    let spawn = |model: String| {
+        Request::Spawn(SpawnSpec {
+            model,
+            device: "cpu".into(),
+            threads: Some(1),
+        })
+    };
+    // A loadable model outside every model dir: an `hf:` FILE or REVISION part must not reach it.
+    let outside = d.path().join("outside.gguf");
+    std::fs::copy(model_path(), &outside).unwrap();
+    let o = outside.display();
+    for (r, why) in [
+        (
+            format!("hf:org/repo:{o}"),
+            "the file part must not be an absolute path",
+        ),
+        (
+            format!("hf:org/repo:../../../../../../../..{o}"),
+            "the file part must not contain `.` or `..` components",
+        ),
+        (
+            "hf:org/repo@../../x:m.gguf".to_string(),
+            "the revision part must not contain `.` or `..` components",
+        ),
+        (
+            "hf:org/repo:a\\b.gguf".to_string(),
+            "the file part must not contain a backslash",
+        ),
+    ] {
+        let e = agent_error(c.request(spawn(r.clone()), None).await);
+        assert_eq!(e.code, ErrorCode::BadRequest, "{r}: {}", e.message);
+        assert!(
+            e.message.starts_with("invalid model reference") && e.message.contains(why),
+            "{r}: {}",
+            e.message
+        );
+    }
+    // A path outside the store gets the same answer whether it exists or not.
+    let answer = |p: &str| {
+        let c = &c;
+        let p = p.to_string();
+        async move {
+            let e = agent_error(c.request(spawn(p.clone()), None).await);
+            (e.code, e.message.replace(&p, "PATH"))
+        }
+    };
+    let missing = d.path().join("missing.gguf").display().to_string();
+    assert_eq!(answer(&o.to_string()).await, answer(&missing).await);
+    assert_eq!(
+        answer("/etc/passwd").await,
+        answer("/etc/no-such-file").await
+    );
+    let (code, message) = answer("/etc/no-such-file").await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(
+        message.starts_with("model `PATH` is outside the model store"),
+        "{message}"
+    );
+    assert!(
+        still_serving(&agent).await.is_empty(),
+        "nothing was spawned"
+    );
+}

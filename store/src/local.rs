@@ -72,7 +72,14 @@ impl Store {
                 }
             }
         }
-        let path = check_allowed(Path::new(model), &self.dirs)?;
+        let path = check_allowed(Path::new(model), &self.dirs).map_err(|e| match e {
+            // A bare name is a name first: one no model answers to is not found, wherever
+            // (and whether) a file of that name exists in the working directory.
+            StoreError::OutsideStore { .. } if !model.contains('/') => StoreError::Missing(
+                format!("model `{model}` not found: no model of the store answers to that name"),
+            ),
+            e => e,
+        })?;
         Ok(Found {
             size_bytes: model_size(&path),
             reference: path.display().to_string(),
@@ -108,21 +115,64 @@ fn answers_to(e: &ModelEntry, name: &str) -> bool {
 }
 
 /// Resolve `path` and refuse it unless it lies inside one of `dirs`. Returns the canonical path.
+///
+/// Whether the path is inside is decided before its existence is looked at, from where it
+/// would be (`.` and `..` resolved by name, then the longest existing parent canonicalized), so
+/// a path outside the store is refused with the same message whether it exists or not: spawn
+/// errors reveal nothing about files outside the store. Only then does a missing model inside
+/// the store answer "not found", and a symlink inside the store that leads out is refused.
 pub fn check_allowed(path: &Path, dirs: &[PathBuf]) -> Result<PathBuf, StoreError> {
+    let outside = || StoreError::OutsideStore {
+        model: path.display().to_string(),
+        dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
+    };
+    let roots: Vec<PathBuf> = dirs.iter().filter_map(|d| d.canonicalize().ok()).collect();
+    let inside = |p: &Path| roots.iter().any(|d| p.starts_with(d));
+    if !inside(&would_be(path)) {
+        return Err(outside());
+    }
     let real = path
         .canonicalize()
         .map_err(|e| StoreError::Missing(format!("model `{}` not found: {e}", path.display())))?;
-    let inside = dirs
-        .iter()
-        .filter_map(|d| d.canonicalize().ok())
-        .any(|d| real.starts_with(&d));
-    if !inside {
-        return Err(StoreError::OutsideStore {
-            model: path.display().to_string(),
-            dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
-        });
+    if !inside(&real) {
+        return Err(outside());
     }
     Ok(real)
+}
+
+/// Where `path` lies, without asking whether it exists: made absolute, `.` and `..` resolved
+/// by name, then its longest existing parent replaced by that parent's canonical path.
+fn would_be(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut lexical = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut missing = Vec::new();
+    let mut base = lexical.as_path();
+    loop {
+        if let Ok(real) = base.canonicalize() {
+            return missing.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                base = parent;
+            }
+            _ => return lexical,
+        }
+    }
 }
 
 /// Every `*.gguf` file and safetensors directory (one with a `config.json`) directly inside
@@ -184,6 +234,70 @@ mod tests {
         let e = check_allowed(&store.path().join("zz.gguf"), &dirs).unwrap_err();
         assert_eq!(e.code(), ErrorCode::NotFound);
         assert!(e.to_string().starts_with("model `"), "{e}");
+    }
+
+    #[test]
+    fn outside_paths_answer_alike_whether_they_exist_or_not() {
+        let store = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("b.gguf"), b"x").unwrap();
+        std::os::unix::fs::symlink(other.path().join("b.gguf"), store.path().join("l.gguf"))
+            .unwrap();
+        let dirs = vec![store.path().to_path_buf()];
+        let o = other.path().display().to_string();
+        let s = store.path().display().to_string();
+        let oname = other.path().file_name().unwrap().to_string_lossy();
+        // Pairs of (existing, missing) outside paths, each spelled several ways.
+        for (there, absent) in [
+            (format!("{o}/b.gguf"), format!("{o}/nope.gguf")),
+            (
+                format!("{s}/../{oname}/b.gguf"),
+                format!("{s}/../{oname}/nope.gguf"),
+            ),
+            (
+                format!("{s}/no/such/../../../{oname}/b.gguf"),
+                format!("{s}/no/such/../../../{oname}/nope.gguf"),
+            ),
+            ("/etc/passwd".into(), "/etc/passwd-nope".into()),
+        ] {
+            let a = check_allowed(Path::new(&there), &dirs).unwrap_err();
+            let b = check_allowed(Path::new(&absent), &dirs).unwrap_err();
+            assert!(matches!(a, StoreError::OutsideStore { .. }), "{there}: {a}");
+            assert!(
+                matches!(b, StoreError::OutsideStore { .. }),
+                "{absent}: {b}"
+            );
+            assert_eq!(a.code(), b.code());
+            assert_eq!(
+                a.to_string().replace(&there, "P"),
+                b.to_string().replace(&absent, "P"),
+                "the answers must not differ but for the path"
+            );
+        }
+        // A symlink inside the store that leads out is refused too.
+        let e = check_allowed(&store.path().join("l.gguf"), &dirs).unwrap_err();
+        assert!(matches!(e, StoreError::OutsideStore { .. }), "{e}");
+    }
+
+    #[test]
+    fn hub_references_that_leave_the_cache_are_refused_at_parse() {
+        let (_root, store) = sample();
+        for (r, part) in [
+            ("hf:org/tiny:/etc/passwd", "file"),
+            ("hf:org/tiny:../../../../etc/passwd", "file"),
+            ("hf:org/tiny:snap\\..\\x.gguf", "file"),
+            ("hf:org/tiny:c.gguf\0", "file"),
+            ("hf:org/tiny@../../x:c.gguf", "revision"),
+            ("hf:org/tiny@/abs:c.gguf", "revision"),
+        ] {
+            let e = store.find(r).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{r}: {e}");
+            assert!(
+                e.to_string().contains(&format!("the {part} part")),
+                "{r}: {e}"
+            );
+            assert!(crate::ModelRef::parse(r).is_err(), "{r}");
+        }
     }
 
     #[test]
