@@ -28,6 +28,10 @@ struct Args {
     /// Tokens per request (generated to the end: `ignore_eos`).
     #[arg(long, default_value_t = 32)]
     tokens: u32,
+    /// `chat` (`/v1/chat/completions`) or `completions` (`/v1/completions`, the prompt as is:
+    /// the same work as `rbee-tui infer --prompt`).
+    #[arg(long, default_value = "chat")]
+    endpoint: String,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -65,14 +69,14 @@ enum Outcome {
     Hung,
 }
 
-async fn one(addr: &str, body: &str, limit: Duration) -> Outcome {
-    match tokio::time::timeout(limit, request(addr, body)).await {
+async fn one(addr: &str, path: &str, body: &str, limit: Duration) -> Outcome {
+    match tokio::time::timeout(limit, request(addr, path, body)).await {
         Ok(o) => o,
         Err(_) => Outcome::Hung,
     }
 }
 
-async fn request(addr: &str, body: &str) -> Outcome {
+async fn request(addr: &str, path: &str, body: &str) -> Outcome {
     let t0 = Instant::now();
     let mut s = match TcpStream::connect(addr).await {
         Ok(s) => s,
@@ -80,7 +84,7 @@ async fn request(addr: &str, body: &str) -> Outcome {
     };
     let _ = s.set_nodelay(true);
     let req = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
@@ -98,7 +102,7 @@ async fn request(addr: &str, body: &str) -> Outcome {
         };
         let now = Instant::now();
         let piece = &buf[..n];
-        if contains(piece, b"\"content\":") {
+        if has_token(piece) {
             first.get_or_insert(now);
             last = Some(now);
         }
@@ -146,12 +150,35 @@ async fn request(addr: &str, body: &str) -> Outcome {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether this piece of the response carries generated text: a chat delta's `"content":` or a
+/// completion chunk's non-empty `"text":"…"` (the closing chunks carry neither).
+fn has_token(piece: &[u8]) -> bool {
+    let chat = b"\"content\":";
+    let text = b"\"text\":\"";
+    piece.windows(chat.len()).any(|w| w == chat)
+        || piece
+            .windows(text.len() + 1)
+            .any(|w| &w[..text.len()] == text && w[text.len()] != b'"')
 }
 
-/// A streamed chat request of exactly `tokens` tokens; `n` varies the prompt.
-fn body(model: &str, tokens: u32, n: u64) -> String {
+/// The path for `--endpoint`.
+fn path(endpoint: &str) -> &'static str {
+    if endpoint == "completions" {
+        "/v1/completions"
+    } else {
+        "/v1/chat/completions"
+    }
+}
+
+/// A streamed request of exactly `tokens` tokens; `n` varies the prompt.
+fn body(endpoint: &str, model: &str, tokens: u32, n: u64) -> String {
+    if endpoint == "completions" {
+        return format!(
+            "{{\"model\":\"{model}\",\"prompt\":\"Tell me a story about bee number {n}.\",\
+             \"max_tokens\":{tokens},\"temperature\":0,\"ignore_eos\":true,\"stream\":true,\
+             \"stream_options\":{{\"include_usage\":true}}}}"
+        );
+    }
     format!(
         "{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me a story about bee number {n}.\"}}],\
          \"max_tokens\":{tokens},\"temperature\":0,\"ignore_eos\":true,\"stream\":true,\
@@ -161,7 +188,8 @@ fn body(model: &str, tokens: u32, n: u64) -> String {
 
 async fn single(args: &Args, runs: u32) {
     for i in 0..runs {
-        match one(&args.addr, &body(&args.model, args.tokens, u64::from(i)), Duration::from_secs(600)).await {
+        let b = body(&args.endpoint, &args.model, args.tokens, u64::from(i));
+        match one(&args.addr, path(&args.endpoint), &b, Duration::from_secs(600)).await {
             Outcome::Ok {
                 ttft,
                 decode_tok_s,
@@ -184,16 +212,13 @@ async fn load(args: &Args, clients: usize, seconds: u64) {
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         let (addr, model, tokens) = (args.addr.clone(), args.model.clone(), args.tokens);
+        let endpoint = args.endpoint.clone();
         tasks.spawn(async move {
             let mut out = Vec::new();
             let mut n = 0u64;
             while Instant::now() < end {
-                let o = one(
-                    &addr,
-                    &body(&model, tokens, (c as u64) << 32 | n),
-                    Duration::from_secs(300),
-                )
-                .await;
+                let b = body(&endpoint, &model, tokens, (c as u64) << 32 | n);
+                let o = one(&addr, path(&endpoint), &b, Duration::from_secs(300)).await;
                 if let Outcome::Refused(_) = o {
                     // Retry-After is at least a second; a client that honours it waits.
                     tokio::time::sleep(Duration::from_secs(1)).await;

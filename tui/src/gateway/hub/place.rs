@@ -51,7 +51,13 @@ impl Hub {
             };
             return self.fail(id, err);
         }
-        if self.place(id) {
+        // First come, first served: a request may skip the queue only when nobody waits for
+        // its model.
+        let queued = self
+            .waiting
+            .iter()
+            .any(|w| self.jobs.get(w).is_some_and(|j| j.job.model == model));
+        if !queued && self.place(id) {
             return;
         }
         if self.waiting.len() >= self.cfg.queue {
@@ -59,7 +65,11 @@ impl Hub {
             return self.fail(id, ApiError::queue_full(self.cfg.queue, 1));
         }
         self.waiting.push_back(id);
-        self.ensure_supply(&model, &[]);
+        if queued {
+            self.pump();
+        } else {
+            self.ensure_supply(&model, &[]);
+        }
     }
 
     /// Send job `id` to the best free worker; false when there is none.

@@ -115,7 +115,14 @@ impl Hub {
         }
     }
 
+    /// A generation ended (or its node was lost); the slot it frees goes to the oldest waiting
+    /// request.
     pub(super) fn done(&mut self, prompt: PromptId, result: Result<InferDone, String>) {
+        self.end_of(prompt, result);
+        self.pump();
+    }
+
+    fn end_of(&mut self, prompt: PromptId, result: Result<InferDone, String>) {
         let Some(id) = self.prompts.remove(&prompt) else {
             return;
         };
