@@ -54,19 +54,11 @@ pub fn family_of(ct: &gguf_file::Content, path: &Path) -> Result<Family, LoadErr
     })
 }
 
-/// The context the worker offers: the file's, within what the implementation holds. Gemma 3 is
-/// held to its sliding window: candle-transformers' quantized gemma3 masks the window when a
-/// prompt is processed but not while decoding token by token, so past the window its sliding
-/// layers would attend to positions the model never saw in training.
+/// The context the worker offers: the file's, within what the implementation holds.
 fn context_length(ct: &gguf_file::Content, family: Family) -> u32 {
-    let md = |k: &str| md_u32(ct, &format!("{}.{k}", family.name())).map(|n| n as usize);
-    let mut n = md("context_length")
-        .unwrap_or(2048)
-        .min(family.max_context());
-    if family == Family::Gemma3 {
-        n = n.min(md("attention.sliding_window").unwrap_or(n));
-    }
-    n as u32
+    md_u32(ct, &format!("{}.context_length", family.name()))
+        .map_or(2048, |n| n as usize)
+        .min(family.max_context()) as u32
 }
 
 /// What the file says about special tokens: the BOS to prepend (if the model wants one), the
@@ -154,9 +146,9 @@ pub fn load(
     let keep = std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some();
     let network = if device.is_cpu() && !keep && requantise::needed(&ct) {
         let (ct2, mut cursor) = requantise::requantise(&ct, &mut f, path)?;
-        Network::from_gguf(family, ct2, &mut cursor, device)
+        Network::from_gguf(family, ct2, &mut cursor, context_length as usize, device)
     } else {
-        Network::from_gguf(family, ct, &mut f, device)
+        Network::from_gguf(family, ct, &mut f, context_length as usize, device)
     }
     .map_err(|e| LoadError::corrupt(path, e))?;
     tracing::debug!(elapsed = ?started.elapsed(), "weights loaded");

@@ -3,6 +3,7 @@
 //!
 //! - [`network`]: the family table and each family's network.
 //! - [`gguf`]: GGUF files (quantized), with [`requantise`] for formats slow on CPU.
+//! - [`gemma3`]: rbee's own Gemma 3 decoder for GGUF files.
 //! - [`safetensors`]: safetensors directories (full precision).
 //! - [`tokenizer`]: `tokenizer.json`, or one rebuilt from a GGUF vocabulary.
 //! - [`device`]: `cpu` / `cuda:N` to a candle device.
@@ -18,6 +19,7 @@ use crate::error::LoadError;
 pub use network::{Family, Network};
 
 pub mod device;
+pub mod gemma3;
 pub mod gguf;
 pub mod network;
 pub mod requantise;

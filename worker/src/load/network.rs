@@ -9,8 +9,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    gemma3, llama, phi3, quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2,
-    quantized_qwen3, qwen2, qwen3,
+    gemma3, llama, phi3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3, qwen2,
+    qwen3,
 };
 
 /// A model family: one architecture, one implementation.
@@ -75,8 +75,7 @@ impl Family {
     pub fn max_context(self) -> usize {
         match self {
             Family::Llama => quantized_llama::MAX_SEQ_LEN,
-            Family::Gemma3 => quantized_gemma3::MAX_SEQ_LEN,
-            Family::Qwen2 | Family::Qwen3 | Family::Phi3 => usize::MAX,
+            Family::Gemma3 | Family::Qwen2 | Family::Qwen3 | Family::Phi3 => usize::MAX,
         }
     }
 }
@@ -89,8 +88,8 @@ pub enum Network {
     Qwen2(quantized_qwen2::ModelWeights),
     /// Quantized Qwen3 family.
     Qwen3(quantized_qwen3::ModelWeights),
-    /// Quantized Gemma 3.
-    Gemma3(quantized_gemma3::ModelWeights),
+    /// Quantized Gemma 3 (rbee's own implementation, see [`super::gemma3`]).
+    Gemma3(super::gemma3::Gemma3),
     /// Quantized Phi-3.
     Phi3(quantized_phi3::ModelWeights),
     /// Full-precision Qwen2 from safetensors.
@@ -115,11 +114,13 @@ pub enum Network {
 }
 
 impl Network {
-    /// Build `family`'s quantized network from a GGUF file's tensors.
+    /// Build `family`'s quantized network from a GGUF file's tensors, for prompts of up to
+    /// `context` tokens.
     pub fn from_gguf<R: Read + Seek>(
         family: Family,
         ct: gguf_file::Content,
         reader: &mut R,
+        context: usize,
         device: &Device,
     ) -> candle_core::Result<Self> {
         Ok(match family {
@@ -132,8 +133,8 @@ impl Network {
             Family::Qwen3 => Network::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
                 ct, reader, device,
             )?),
-            Family::Gemma3 => Network::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
-                ct, reader, device,
+            Family::Gemma3 => Network::Gemma3(super::gemma3::Gemma3::from_gguf(
+                &ct, reader, context, device,
             )?),
             Family::Phi3 => Network::Phi3(quantized_phi3::ModelWeights::from_gguf(
                 false, ct, reader, device,
@@ -188,14 +189,15 @@ impl Network {
         }
     }
 
-    /// Forget the KV cache before an unrelated prompt. (Gemma 3 and Phi-3 drop theirs by
-    /// themselves when a forward pass starts at position 0.)
+    /// Forget the KV cache before an unrelated prompt. (Phi-3 drops its own when a forward pass
+    /// starts at position 0.)
     pub fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
             Network::Llama(m) => m.clear_kv_cache(),
             Network::Qwen2(m) => m.clear_kv_cache(),
             Network::Qwen3(m) => m.clear_kv_cache(),
-            Network::Gemma3(_) | Network::Phi3(_) => {}
+            Network::Gemma3(m) => m.clear_kv_cache(),
+            Network::Phi3(_) => {}
             Network::Qwen2Full(m) => m.clear_kv_cache(),
             Network::Qwen3Full(m) => m.clear_kv_cache(),
             Network::Gemma3Full(m) => m.clear_kv_cache(),
