@@ -254,6 +254,12 @@ fn params(obj: &Map<String, Value>) -> Result<SamplingParams, ApiError> {
         }
     };
     p.stop.retain(|s| !s.is_empty());
+    // The protocol's own rule, so the gateway and the agent cannot disagree; its messages
+    // start with the field's name in backticks.
+    p.validate().map_err(|e| {
+        let field = e.message.split('`').nth(1).unwrap_or("").to_string();
+        ApiError::bad_field(&field, e.message)
+    })?;
     Ok(p)
 }
 
@@ -611,6 +617,7 @@ mod tests {
             ("temperature", json!("hot")),
             ("max_tokens", json!(-1)),
             ("stop", json!(5)),
+            ("stop", json!("x".repeat(300))),
         ];
         for (field, value) in cases {
             let mut b = base();

@@ -63,7 +63,13 @@ pub struct Supply {
 
 /// Count the workers of `model` on reachable nodes, leaving out `exclude` (workers a request
 /// already failed on).
-pub fn supply(cluster: &Cluster, load: &Load, slots: u32, model: &str, exclude: &[Place]) -> Supply {
+pub fn supply(
+    cluster: &Cluster,
+    load: &Load,
+    slots: u32,
+    model: &str,
+    exclude: &[Place],
+) -> Supply {
     let mut s = Supply::default();
     for (i, node) in cluster.nodes.iter().enumerate() {
         if !node.up {

@@ -186,7 +186,13 @@ impl Hub {
     /// serving or coming, or when every serving one is full: spawn one on the best node that has none, or refuse the waiting requests when no
     /// node can hold it and nothing else will come.
     pub(super) fn ensure_supply(&mut self, model: &str, exclude: &[Place]) {
-        let s = supply(&self.cluster, &self.load, self.cfg.worker_slots, model, exclude);
+        let s = supply(
+            &self.cluster,
+            &self.load,
+            self.cfg.worker_slots,
+            model,
+            exclude,
+        );
         let spawning = self.spawns.iter().any(|p| p.model == model);
         if s.free > 0 || spawning || (s.serving == 0 && s.coming > 0) {
             return;

@@ -51,7 +51,12 @@ impl Hub {
         }
     }
 
-    pub(super) fn spawn_answered(&mut self, node: NodeIdx, spec: &SpawnSpec, result: Result<(), String>) {
+    pub(super) fn spawn_answered(
+        &mut self,
+        node: NodeIdx,
+        spec: &SpawnSpec,
+        result: Result<(), String>,
+    ) {
         let Some(i) = self
             .spawns
             .iter()
