@@ -22,7 +22,7 @@ struct Args {
     /// cpu, or cuda:N (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CPU threads for the matmuls (default: all cores).
+    /// CPU threads for the matmuls, 1 to 4096 (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
     /// Generate once from this prompt (completion: the text as it is), print the text to
@@ -73,8 +73,17 @@ struct Args {
     json: bool,
 }
 
+/// Most `--threads` accepted: beyond this the thread pool cannot start (10⁹ aborts).
+const MAX_THREADS: usize = 4096;
+
 fn main() {
     let args = Args::parse();
+    if let Some(t) = args.threads.filter(|t| !(1..=MAX_THREADS).contains(t)) {
+        refuse_at_start(
+            &args,
+            &format!("--threads {t}: must be from 1 to {MAX_THREADS}"),
+        );
+    }
     if args.keep_quant {
         std::env::set_var("RBEE_WORKER_KEEP_QUANT", "1");
     }
@@ -113,6 +122,31 @@ fn main() {
         protocol(&args)
     };
     std::process::exit(code);
+}
+
+/// Exit with the model-load code (3) and `why`: on stderr, and in protocol mode also as the
+/// `model_load` error the agent shows once (a load failure, not a crash to restart).
+fn refuse_at_start(args: &Args, why: &str) -> ! {
+    eprintln!("rbee-worker: {why}");
+    if args.prompt.is_none() && args.chat.is_none() && args.export_tokenizer.is_none() {
+        let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+        send(
+            &sink,
+            &FromWorker::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                pid: std::process::id(),
+            },
+        );
+        send(
+            &sink,
+            &FromWorker::Error {
+                id: None,
+                code: ErrorCode::ModelLoad,
+                message: why.to_string(),
+            },
+        );
+    }
+    std::process::exit(3);
 }
 
 fn params(args: &Args) -> SamplingParams {

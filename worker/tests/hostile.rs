@@ -84,3 +84,92 @@ fn bad_sampling_in_prompt_mode_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A GGUF v3 header with `kvs` (key, value type, value bytes) and no tensors.
+fn gguf(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((kvs.len() as u64).to_le_bytes());
+    for (key, ty, value) in kvs {
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key.as_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(value);
+    }
+    b
+}
+
+/// Start the real worker in protocol mode on `model` with `extra` flags; its exit code, stdout
+/// and stderr.
+fn protocol_run(model: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rbee-worker"))
+        .arg("--model")
+        .arg(model)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn crafted_gguf_headers_are_load_failures_not_panics_or_blow_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = (
+        "general.architecture",
+        8,
+        [5u64.to_le_bytes().as_slice(), b"llama"].concat(),
+    );
+    // 4 MiB of u8 metadata: candle would hold it as 128 MiB of 32-byte values.
+    let n: u64 = 4 << 20;
+    let mut array = 0u32.to_le_bytes().to_vec();
+    array.extend(n.to_le_bytes());
+    array.resize(array.len() + n as usize, 1);
+    let alignment_zero = ("general.alignment", 4, 0u32.to_le_bytes().to_vec());
+    for (name, kvs, says) in [
+        (
+            "huge-array.gguf",
+            vec![arch.clone(), ("junk", 9, array)],
+            "metadata would take over",
+        ),
+        (
+            "alignment-zero.gguf",
+            vec![arch.clone(), alignment_zero],
+            "`general.alignment` is 0",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, gguf(&kvs)).unwrap();
+        let (code, stdout, stderr) = protocol_run(&path, &["--threads", "1"]);
+        assert_eq!(code, Some(3), "{name}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("\"model_load\"")
+                && stdout.contains("GGUF header refused")
+                && stdout.contains(says),
+            "{name}: {stdout}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn absurd_thread_counts_are_refused_at_start() {
+    for t in ["0", "1000000000"] {
+        let (code, stdout, stderr) = protocol_run(&model_path(), &["--threads", t]);
+        assert_eq!(code, Some(3), "{t}: {stdout}\n{stderr}");
+        let want = format!("--threads {t}: must be from 1 to 4096");
+        assert!(
+            stdout.contains("\"model_load\"") && stdout.contains(&want),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&want) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}

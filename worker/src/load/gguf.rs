@@ -118,6 +118,7 @@ pub fn load(
 ) -> Result<LoadedModel, LoadError> {
     progress("reading header", 0.05);
     let started = std::time::Instant::now();
+    super::guard::check_file(path).map_err(|e| LoadError::corrupt(path, e))?;
     let mut f = File::open(path).map_err(|e| {
         LoadError::Store(rbee_store::StoreError::NotFound(format!(
             "{}: {e}",

@@ -3,6 +3,7 @@
 //!
 //! - [`network`]: the family table and each family's network.
 //! - [`gguf`]: GGUF files (quantized), with [`requantise`] for formats slow on CPU.
+//! - [`guard`]: a strict scan of a GGUF header (bounds, memory, alignment) before candle parses it.
 //! - [`gemma3`]: rbee's own Gemma 3 decoder for GGUF files.
 //! - [`safetensors`]: safetensors directories (full precision).
 //! - [`tokenizer`]: `tokenizer.json`, or one rebuilt from a GGUF vocabulary.
@@ -21,6 +22,7 @@ pub use network::{Family, Network};
 pub mod device;
 pub mod gemma3;
 pub mod gguf;
+pub mod guard;
 pub mod network;
 pub mod requantise;
 pub mod safetensors;
