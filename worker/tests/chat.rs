@@ -127,7 +127,7 @@ fn gemma_completes_and_refuses_chat_clearly_then_lives_on() {
     assert_eq!(summary.family, "gemma3");
     assert_eq!(summary.architecture, "gemma3");
     assert_eq!(summary.chat_template, None);
-    assert_eq!(summary.context_length, 512, "held to the sliding window");
+    assert_eq!(summary.context_length, 32_768);
     w.send(&ToWorker::Chat {
         id: 1,
         messages: vec![msg(Role::User, "Hello")],
