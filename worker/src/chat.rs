@@ -199,4 +199,36 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn constructs_real_templates_use_render_as_in_python() {
+        // The constructs of the Llama 3, Qwen 2.5, DeepSeek-R1 and Gemma 3 templates, in one.
+        let t = tpl(concat!(
+            "{%- set ns = namespace(system='') -%}",
+            "{%- if messages[0].role == 'system' -%}{%- set ns.system = messages[0].content -%}",
+            "{%- set rest = messages[1:] -%}{%- else -%}{%- set rest = messages -%}{%- endif -%}",
+            "{{ bos_token }}[{{ ns.system | trim }}]",
+            "{%- for m in rest -%}",
+            "{%- if m.content is string and m.content.startswith('!') -%}{{ raise_exception('no bangs') }}{%- endif -%}",
+            "{%- set c = m.content.split('</think>')[-1] -%}",
+            "<{{ m.role }}>{{ c | tojson }}{% if loop.last %}.{% endif %}",
+            "{%- endfor -%}",
+            "{%- if add_generation_prompt %}<assistant>{% endif -%}",
+        ));
+        let msgs = [
+            message(Role::System, "  Be brief.  "),
+            message(Role::User, "hi \"there\""),
+            message(Role::Assistant, "<think>hmm</think>hello"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<s>[Be brief.]<user>\"hi \\\"there\\\"\"<assistant>\"hello\".<assistant>"
+        );
+        let e = t.render(&[message(Role::User, "!")], true).unwrap_err();
+        assert!(e.contains("no bangs"), "{e}");
+        let date = tpl("{{ strftime_now('%d %b %Y') }}")
+            .render(&[], true)
+            .unwrap();
+        assert_eq!(date.len(), 11, "{date}");
+    }
 }
