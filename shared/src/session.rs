@@ -107,6 +107,9 @@ pub enum Request {
         /// The `hf:` reference to fetch.
         model: String,
     },
+    /// The agent's Prometheus exposition (what its `GET /metrics` serves), so a gateway can relay
+    /// every node's metrics over the sessions it already holds, with no extra port per node.
+    Metrics,
 }
 
 /// What to run: a model reference as `rbee-worker --model` accepts, on a device.
@@ -368,6 +371,11 @@ pub enum Reply {
         path: String,
         /// Bytes fetched by this pull.
         downloaded_bytes: u64,
+    },
+    /// Answer to `Metrics`: the OpenMetrics text, as `GET /metrics` would serve it.
+    Metrics {
+        /// The exposition, ending with `# EOF`.
+        text: String,
     },
 }
 

@@ -231,6 +231,7 @@ fn request() -> BoxedStrategy<Request> {
         Just(Request::Status),
         Just(Request::Ping),
         text().prop_map(|model| Request::Pull { model }),
+        Just(Request::Metrics),
     ]
     .boxed()
 }
@@ -271,6 +272,7 @@ fn reply() -> BoxedStrategy<Reply> {
             path,
             downloaded_bytes
         }),
+        text().prop_map(|text| Reply::Metrics { text }),
     ]
     .boxed()
 }
@@ -421,7 +423,8 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Request::Subscribe
         | Request::Status
         | Request::Ping
-        | Request::Pull { .. } => {}
+        | Request::Pull { .. }
+        | Request::Metrics => {}
     }
     match s {
         ServerMsg::Welcome { .. }
@@ -442,7 +445,8 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Reply::Subscribed
         | Reply::Status { .. }
         | Reply::Pong { .. }
-        | Reply::Pulled { .. } => {}
+        | Reply::Pulled { .. }
+        | Reply::Metrics { .. } => {}
     }
     match e {
         Event::WorkerState { .. }

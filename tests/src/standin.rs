@@ -673,6 +673,9 @@ impl Behaviour for Echo {
                 let lines = all[all.len().saturating_sub(lines)..].to_vec();
                 Answer::Reply(Reply::Log { worker, lines })
             }
+            Request::Metrics => Answer::Reply(Reply::Metrics {
+                text: "# TYPE rbee_standin_up gauge\nrbee_standin_up 1\n# EOF\n".into(),
+            }),
             Request::Pull { .. } => Answer::Error(
                 ErrorCode::BadRequest,
                 "the stand-in agent pulls nothing".into(),

@@ -17,7 +17,7 @@ pub(super) async fn serve(
 ) -> anyhow::Result<()> {
     let ok = token_ok(head.authorization.as_deref(), &shared.token);
     let (status, body) = if ok {
-        ("200 OK", shared.metrics.render(&shared.supervisor.states()))
+        ("200 OK", render(shared))
     } else {
         shared.audit.record_limited(
             "auth_failed",
@@ -36,4 +36,9 @@ pub(super) async fn serve(
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(())
+}
+
+/// The exposition as `GET /metrics` and `Request::Metrics` answer it.
+pub(crate) fn render(shared: &Shared) -> String {
+    shared.metrics.render(&shared.supervisor.states())
 }

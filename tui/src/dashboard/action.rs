@@ -188,5 +188,6 @@ pub fn describe(request: &Request) -> String {
         Request::Status => "status".into(),
         Request::Ping => "ping".into(),
         Request::Pull { model } => format!("pull {model}"),
+        Request::Metrics => "metrics".into(),
     }
 }

@@ -2,6 +2,7 @@
 //! reply (or the error) back under the request's id.
 mod ctx;
 mod infer;
+mod metrics;
 mod node;
 mod pull;
 mod workers;
@@ -58,5 +59,6 @@ async fn dispatch(ctx: &Ctx, id: RequestId, deadline: Option<UnixMillis>, body: 
         Request::Cancel { request } => infer::cancel(ctx, request),
         Request::Subscribe => Ok(Some(Reply::Subscribed)),
         Request::Pull { model } => pull::pull(ctx, model).await,
+        Request::Metrics => metrics::metrics(ctx),
     }
 }

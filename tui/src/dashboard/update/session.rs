@@ -330,6 +330,7 @@ fn on_reply(state: &mut State, node: NodeIdx, request: Request, result: Result<R
         Reply::InferDone { .. }
         | Reply::Cancelled { .. }
         | Reply::Subscribed
-        | Reply::Pong { .. } => {}
+        | Reply::Pong { .. }
+        | Reply::Metrics { .. } => {}
     }
 }
