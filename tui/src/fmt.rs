@@ -113,6 +113,17 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
 
 /// Columns padded to the widest cell; the last column is not padded.
 pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Cells hold agent- and user-supplied names: control characters (terminal escapes that set
+    // the title or clear the screen) are shown escaped, never sent to the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| rbee_proto::fmt::printable(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -172,5 +183,13 @@ mod tests {
     fn text_table_aligns() {
         let t = text_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn text_table_escapes_control_characters() {
+        let evil = "m\x1b]0;owned\x07\x1b[2J\nx".to_string();
+        let t = text_table(&["NAME", "REF"], &[vec![evil, "r".into()]]);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t:?}");
     }
 }

@@ -23,8 +23,9 @@ fn main() -> ExitCode {
                 .map(|e| e.exit_code())
                 .unwrap_or(1);
             // Our errors already name their cause, so the chain would repeat it; one line only.
+            // Agent- and user-supplied names inside it are shown with control characters escaped.
             let msg = format!("{e}").replace('\n', " ");
-            eprintln!("rbee-tui: {msg}");
+            eprintln!("rbee-tui: {}", rbee_proto::fmt::printable(&msg));
             ExitCode::from(code)
         }
     }

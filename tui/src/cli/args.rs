@@ -7,6 +7,10 @@ use rbee_proto::config::NodeConfig;
 
 use crate::nodes::config::AddNodeRequest;
 
+/// The longest `--timeout`: a year. Deadlines are instants, and one past the clock's range
+/// would panic.
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+
 /// `rbee-tui [global flags] [command]`.
 #[derive(Debug, Parser)]
 #[command(
@@ -21,8 +25,9 @@ pub struct Cli {
     /// Machine-readable output on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for a connection, a reply, a generation or `--wait`.
-    #[arg(long, global = true, default_value_t = 60, value_name = "SECS")]
+    /// Seconds to wait for a connection, a reply, a generation or `--wait` (at most a year).
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub timeout: u64,
     /// Where the dashboard logs [default: <state dir>/rbee/tui.log].
     #[arg(long, env = "RBEE_LOG_FILE", global = true, value_name = "FILE")]
@@ -289,6 +294,16 @@ mod tests {
         assert!(
             Cli::try_parse_from(["rbee-tui", "infer", "--prompt", "hi", "--model", "m"]).is_ok()
         );
+    }
+
+    #[test]
+    fn absurd_timeouts_are_refused_not_a_panic() {
+        let e = Cli::try_parse_from(["rbee-tui", "--timeout", "18446744073709551615", "status"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--timeout") && e.contains("0..=31536000"), "{e}");
+        let c = Cli::try_parse_from(["rbee-tui", "--timeout", "31536000", "status"]).unwrap();
+        assert_eq!(c.timeout, MAX_TIMEOUT_SECS);
     }
 
     #[test]

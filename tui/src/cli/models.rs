@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use rbee_client::{ClientError, Incoming};
-use rbee_proto::fmt::bytes as fmt_bytes;
+use rbee_proto::fmt::{bytes as fmt_bytes, printable};
 use rbee_proto::session::{Event, Reply, Request};
 use serde_json::{json, Value};
 
@@ -37,6 +37,7 @@ pub(super) async fn pull(
                 if let Incoming::Event(Event::PullProgress { model: m, file, downloaded_bytes, total_bytes }) = m {
                     if m == model && !file.is_empty() {
                         let pct = (downloaded_bytes * 100).checked_div(total_bytes).unwrap_or(100);
+                        let (m, file) = (printable(&m), printable(&file));
                         eprintln!("{m}: {pct:>3}% {} of {} ({file})", fmt_bytes(downloaded_bytes), fmt_bytes(total_bytes));
                     }
                 }

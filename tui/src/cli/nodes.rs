@@ -25,8 +25,7 @@ pub(super) async fn run(
         NodesCmd::Add(args) => add_url(cf, args, out),
         NodesCmd::List => list(cf, out),
         NodesCmd::Rm { name } => {
-            cf.remove_node(&name)?;
-            cf.save()?;
+            cf.edit(|cf| cf.remove_node(&name))?;
             out.print(
                 &format!("removed node {name} from {}\n", cf.path.display()),
                 json!({ "removed": name }),
@@ -98,13 +97,13 @@ fn add_url(cf: &mut ConfigFile, args: AddArgs, out: Out) -> Result<(), TuiError>
     check_node_name(&path, &name)?;
     // Stored absolute: the config is read from any working directory.
     let token_file = std::path::absolute(&token_file).unwrap_or(token_file);
-    cf.add_node(NodeConfig {
+    let node = NodeConfig {
         name: name.clone(),
         url: url.clone(),
         token_file: token_file.clone(),
         ..Default::default()
-    })?;
-    cf.save()?;
+    };
+    cf.edit(|cf| cf.add_node(node))?;
     out.print(
         &format!("added node {name} ({url}) to {}\n", path.display()),
         json!({ "added": name, "url": url, "token_file": token_file, "config": path }),

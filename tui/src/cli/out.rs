@@ -15,16 +15,27 @@ pub(super) struct Out {
 }
 
 impl Out {
-    /// `text` as is, or `value` on one line with `--json`.
+    /// `text` (its lines with control characters escaped: it carries agent- and user-supplied
+    /// names), or `value` on one line with `--json`.
     pub(super) fn print(&self, text: &str, value: Value) -> Result<(), TuiError> {
         let mut stdout = std::io::stdout().lock();
         let r = if self.json {
             writeln!(stdout, "{value}")
         } else {
-            write!(stdout, "{text}")
+            write!(stdout, "{}", terminal_safe(text))
         };
         r.and_then(|_| stdout.flush()).map_err(TuiError::Output)
     }
+}
+
+/// `text` with every control character but the line ends escaped (`rbee_proto::fmt::printable`).
+pub(super) fn terminal_safe(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(l) => format!("{}\n", rbee_proto::fmt::printable(l)),
+            None => rbee_proto::fmt::printable(line).into_owned(),
+        })
+        .collect()
 }
 
 /// A worker as JSON, with its node's name added.
@@ -55,4 +66,18 @@ pub(super) fn first_error<T>(
         }
     }
     (ok, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn output_keeps_lines_and_escapes_the_rest() {
+        assert_eq!(terminal_safe("a\nb\n"), "a\nb\n");
+        assert_eq!(
+            terminal_safe("w1 \x1b]0;pwned\x07\n\x1b[2J"),
+            "w1 \\x1b]0;pwned\\x07\n\\x1b[2J"
+        );
+    }
 }

@@ -213,7 +213,7 @@ async fn spawn(
                         if worker.detail.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({})", worker.detail)
+                            format!(" ({})", rbee_proto::fmt::printable(&worker.detail))
                         }
                     );
                 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::TuiError;
-use crate::nodes::config::{AddNodeRequest, ConfigFile};
+use crate::nodes::config::{check_remote_paths, AddNodeRequest, ConfigFile};
 use crate::nodes::connect::{bring_up, BroughtUp};
 use crate::nodes::ssh::SshError;
 
@@ -13,13 +13,12 @@ pub async fn add_ssh_node(
     req: &AddNodeRequest,
     timeout: Duration,
 ) -> Result<BroughtUp, TuiError> {
-    // Refuse a duplicate before touching the node.
+    // Refuse a duplicate or an unusable remote path before touching the node.
+    check_remote_paths(&req.node, &config.path)?;
     config.clone().add_node(req.node.clone())?;
     let up = bring_up(&req.node, req.accept_new_host_key, timeout).await?;
-    // Read again: the file may have changed while the node came up.
-    *config = ConfigFile::load(&config.path)?;
-    config.add_node(req.node.clone())?;
-    config.save()?;
+    // Under the file's lock and read again: it may have changed while the node came up.
+    config.edit(|c| c.add_node(req.node.clone()))?;
     tracing::info!(node = %req.node.name, config = %config.path.display(), "added SSH node");
     Ok(up)
 }

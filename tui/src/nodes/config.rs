@@ -51,21 +51,87 @@ impl ConfigFile {
         })
     }
 
-    /// Write through a temporary file and rename, so a crash never leaves half a config.
+    /// Write through a temporary file of its own and rename, so a crash never leaves half a
+    /// config; under the file's lock (see [`ConfigFile::edit`]). The file is private (0600): it
+    /// names token files and hosts.
     pub fn save(&self) -> Result<(), TuiError> {
-        let err = |source| TuiError::ConfigWrite {
+        let _lock = self.lock()?;
+        self.write()
+    }
+
+    /// Read-modify-write under an exclusive lock on the sibling `<file>.lock`: the file is read
+    /// again under the lock, `change` applied to it and the result written, so concurrent
+    /// editors (parallel `nodes add`, the dashboard's `:add`) never lose each other's changes.
+    pub fn edit<T>(
+        &mut self,
+        change: impl FnOnce(&mut ConfigFile) -> Result<T, TuiError>,
+    ) -> Result<T, TuiError> {
+        let _lock = self.lock()?;
+        *self = ConfigFile::load(&self.path)?;
+        let out = change(self)?;
+        self.write()?;
+        Ok(out)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> TuiError {
+        TuiError::ConfigWrite {
             path: self.path.clone(),
             source,
-        };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let tmp = self.path.with_extension("toml.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(self.config.to_toml().as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        Ok(())
+    }
+
+    /// Hold the config's lock file (flock, exclusive) until the returned file is dropped.
+    fn lock(&self) -> Result<std::fs::File, TuiError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.write_error(e))?;
+        }
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.path.with_file_name(name))
+            .map_err(|e| self.write_error(e))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(f);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(self.write_error(e));
+            }
+        }
+    }
+
+    /// The write itself (the caller holds the lock): a temporary file unique to this process,
+    /// created 0600, synced, renamed over the config.
+    fn write(&self) -> Result<(), TuiError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".tmp.{}", std::process::id()));
+        let tmp = self.path.with_file_name(name);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            // A stale temporary file of an earlier process keeps its mode on open: set it.
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(self.config.to_toml().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(|e| self.write_error(e))
     }
 
     /// Add a node, refusing a name that is taken.
@@ -153,6 +219,28 @@ fn known_names(cfg: &TuiConfig) -> String {
         .map(|n| n.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Refuse remote paths the node's shell scripts and probe output cannot carry: a newline or
+/// other control character in `remote_dir` or a model dir (the probe answers in key=value
+/// lines, which such a path would forge).
+pub fn check_remote_paths(node: &NodeConfig, path: &Path) -> Result<(), TuiError> {
+    let dirs = node.remote_dir.iter().map(|d| ("remote_dir", d));
+    let models = node.model_dirs.iter().map(|d| ("model_dirs", d));
+    for (key, dir) in dirs.chain(models) {
+        if dir.chars().any(char::is_control) {
+            return Err(rbee_proto::config::ConfigError::Invalid {
+                path: path.into(),
+                message: format!(
+                    "node `{}`: key `{key}`: `{}` contains a newline or control character",
+                    rbee_proto::fmt::printable(&node.name),
+                    rbee_proto::fmt::printable(dir)
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// An SSH node to add, as `nodes add --ssh` or `:add` describe it (`nodes::add` brings it up).
