@@ -1,6 +1,7 @@
 //! `rbee-tui serve`: the headless gateway. Parses its flags into a [`GatewayConfig`], prints the
 //! address it listens on (one line on stdout, `listening on http://ADDR`), and serves until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM. With `--watch` the terminal shows the API traffic live instead (the
+//! Requests view, `gateway::view`) until `q`.
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +10,12 @@ use std::time::Duration;
 use rbee_proto::config::ConfigError;
 
 use crate::error::TuiError;
+use crate::gateway::board::RequestBoard;
 use crate::gateway::hub::HubConfig;
 use crate::gateway::keys::ApiKeys;
 use crate::gateway::openai::{parse_keep_alive, KeepAlive};
-use crate::gateway::{serve, GatewayConfig, GatewayError};
+use crate::gateway::view::render_requests;
+use crate::gateway::{bind, serve, GatewayConfig, GatewayError};
 use crate::nodes::config::NodeTarget;
 
 /// `serve` flags.
@@ -48,6 +51,9 @@ pub struct ServeArgs {
     /// Append one JSON line per request here (key id, client, model, node, outcome, timings).
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Show the API traffic live in this terminal (the Requests view); `q` stops the gateway.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 fn keep_alive_arg(s: &str) -> Result<KeepAlive, String> {
@@ -73,9 +79,82 @@ pub async fn run(targets: Vec<NodeTarget>, args: ServeArgs) -> Result<(), TuiErr
         },
         audit_log: args.audit_log,
     };
-    serve(targets, cfg, announce, shutdown_signal())
+    if !args.watch {
+        return serve(targets, cfg, announce, shutdown_signal())
+            .await
+            .map_err(gateway_error);
+    }
+    let bound = bind(targets, cfg).await.map_err(gateway_error)?;
+    let (addr, board) = (bound.addr, bound.board.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async move {
+        tokio::select! {
+            _ = stop_rx => {}
+            _ = shutdown_signal() => {}
+        }
+    };
+    let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let served = bound.serve(stopped).await;
+        let _ = ended_tx.send(());
+        served
+    });
+    let watched = watch(addr, &board, ended).await;
+    let _ = stop_tx.send(());
+    let served = server
         .await
-        .map_err(gateway_error)
+        .map_err(|e| gateway_error(GatewayError::Serve(std::io::Error::other(e.to_string()))))?;
+    watched.map_err(TuiError::Terminal)?;
+    served.map_err(gateway_error)
+}
+
+/// Draw the Requests view four times a second until `q`, `Esc` or Ctrl-C, or until the server
+/// ends (a signal).
+async fn watch(
+    addr: SocketAddr,
+    board: &RequestBoard,
+    mut ended: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind, KeyModifiers};
+    use futures_util::StreamExt;
+    use ratatui::layout::{Constraint, Layout};
+    use ratatui::text::Line;
+
+    let mut terminal = ratatui::try_init()?;
+    let mut keys = EventStream::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let result = loop {
+        tokio::select! {
+            _ = &mut ended => break Ok(()),
+            _ = tick.tick() => {
+                let rows = board.snapshot();
+                let now = rbee_proto::now_millis();
+                let drawn = terminal.draw(|f| {
+                    let [head, body] =
+                        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(f.area());
+                    let title = format!(" rbee gateway · http://{addr} · q quits");
+                    f.render_widget(Line::from(title), head);
+                    render_requests(&rows, now, f, body);
+                });
+                if let Err(e) = drawn {
+                    break Err(e);
+                }
+            }
+            ev = keys.next() => match ev {
+                Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => {
+                    let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                    if ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) {
+                        break Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            },
+        }
+    };
+    ratatui::restore();
+    result
 }
 
 /// The one line scripts and tests wait for.

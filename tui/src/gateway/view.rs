@@ -31,7 +31,8 @@ pub fn render_requests(rows: &[RequestRow], now: UnixMillis, f: &mut Frame, area
         .iter()
         .filter(|r| r.phase == Phase::Running)
         .map(|r| r.tok_s)
-        .sum();
+        .sum::<f64>()
+        .max(0.0);
     let title = format!(
         " Requests · {running} running · {waiting} waiting · {failed} failed · {live_tok_s:.0} tok/s "
     );
