@@ -684,3 +684,94 @@ fn a_worker_gone_before_its_first_token_is_retried_once_elsewhere() {
     assert_eq!(c.behaviour().attempts.load(Ordering::SeqCst), 1);
     assert_eq!(gw.metric("retries_total"), 1);
 }
+
+#[test]
+fn serve_watch_shows_the_requests_live_and_q_stops_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "standin-token";
+    let node = rt.block_on(StandIn::start(token));
+    let tokfile = dir.path().join("n.token");
+    std::fs::write(&tokfile, token).unwrap();
+    let config = dir.path().join("tui.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[nodes]]\nname = \"n\"\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+            node.url(),
+            tokfile.display()
+        ),
+    )
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let session = format!("rbee-gw-watch-{}", std::process::id());
+    let cmd = format!(
+        "{} --config {} serve --listen 127.0.0.1:{port} --watch",
+        bin("rbee-tui").display(),
+        config.display()
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux (the terminal tests need it)")
+    };
+    // The session goes away with the test, whatever happens.
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .output();
+        }
+    }
+    let _kill = Kill(session.clone());
+    assert!(tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "110",
+        "-y",
+        "12",
+        &cmd
+    ])
+    .status
+    .success());
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    wait_for(BOUND, "the Requests view", || {
+        pane().contains("Requests").then_some(())
+    });
+    let out = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{port}/v1/completions")])
+        .args(["-d", r#"{"model": "tiny", "prompt": "hello bees"}"#])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo: hello bees"));
+    let shown = wait_for(BOUND, "the answered request on screen", || {
+        let p = pane();
+        p.lines()
+            .find(|l| l.contains("tiny") && l.contains(" ok "))
+            .map(|l| l.to_string())
+    });
+    assert!(shown.contains("n/w1"), "{shown}");
+    assert_eq!(node.workers().len(), 1);
+    tmux(&["send-keys", "-t", &session, "q"]);
+    wait_for(BOUND, "the gateway to stop", || {
+        (!tmux(&["has-session", "-t", &session]).status.success()).then_some(())
+    });
+    assert!(
+        node.workers().is_empty(),
+        "the worker loaded on demand leaves with the gateway"
+    );
+}
