@@ -215,7 +215,6 @@ fn gemma_follows_llama_cpp_step_by_step() {
         );
         e.model.reset().unwrap();
         let mut logits = e.model.forward(path.ids, 0).unwrap();
-        let mut pos = path.ids.len();
         let mut worst = 0f32;
         for (step, (top, want)) in path.steps.iter().enumerate() {
             let ours: Vec<f32> = logits.to_vec1().unwrap();
@@ -241,8 +240,7 @@ fn gemma_follows_llama_cpp_step_by_step() {
                     ours[*id as usize]
                 );
             }
-            logits = e.model.forward(&[top[0]], pos).unwrap();
-            pos += 1;
+            logits = e.model.forward(&[top[0]], path.ids.len() + step).unwrap();
         }
         eprintln!(
             "{:?}: largest logit difference from llama.cpp {worst:.3}",

@@ -213,6 +213,202 @@ impl Block {
     }
 }
 
+/// The hyper-parameters of a Gemma 3 model, from GGUF metadata or config.json.
+pub struct Shape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Positions a sliding layer sees.
+    pub window: usize,
+    /// Every `every`-th layer is global.
+    pub every: usize,
+    /// RMS norm epsilon.
+    pub eps: f32,
+    /// Rotary base of global layers.
+    pub rope_base: f32,
+    /// Rotary base of sliding layers.
+    pub rope_base_local: f32,
+    /// Attention scores are multiplied by `1/√query_pre_attn_scalar`.
+    pub query_pre_attn_scalar: f64,
+}
+
+/// Where the weights come from, under GGUF names (`blk.N.attn_q`, `output_norm` …).
+pub trait Weights {
+    /// A projection matrix.
+    fn matmul(&mut self, name: &str) -> candle_core::Result<QMatMul>;
+    /// A norm's weight, as the model multiplies by it (GGUF files store Gemma's `1 + w`).
+    fn norm(&mut self, name: &str) -> candle_core::Result<Tensor>;
+    /// The embedding table (for lookups) and the output projection (tied to it unless the
+    /// model has its own).
+    fn embedding(&mut self) -> candle_core::Result<(Tensor, QMatMul)>;
+}
+
+/// Weights read from a GGUF file.
+struct GgufWeights<'a, R> {
+    ct: &'a gguf_file::Content,
+    r: &'a mut R,
+    device: &'a Device,
+}
+
+impl<R: Read + Seek> Weights for GgufWeights<'_, R> {
+    fn matmul(&mut self, name: &str) -> candle_core::Result<QMatMul> {
+        QMatMul::from_qtensor(
+            self.ct
+                .tensor(self.r, &format!("{name}.weight"), self.device)?,
+        )
+    }
+    fn norm(&mut self, name: &str) -> candle_core::Result<Tensor> {
+        self.ct
+            .tensor(self.r, &format!("{name}.weight"), self.device)?
+            .dequantize(self.device)
+    }
+    fn embedding(&mut self) -> candle_core::Result<(Tensor, QMatMul)> {
+        let q = self.ct.tensor(self.r, "token_embd.weight", self.device)?;
+        let table = q.dequantize_f16(self.device)?;
+        let output = match self.ct.tensor(self.r, "output.weight", self.device) {
+            Ok(t) => QMatMul::from_qtensor(t)?,
+            Err(_) => QMatMul::from_qtensor(q)?,
+        };
+        Ok((table, output))
+    }
+}
+
+/// Weights of a safetensors directory, under the transformers names.
+pub struct HfWeights<'a> {
+    /// The mapped files.
+    pub vb: candle_nn::VarBuilder<'a>,
+    /// Whether `lm_head.weight` exists (else the output is tied to the embeddings).
+    pub own_output: bool,
+    /// The vocabulary size.
+    pub vocab: usize,
+    /// Width of the MLP.
+    pub ff: usize,
+    /// The model's shape (every tensor's size follows from it).
+    pub shape: &'a Shape,
+}
+
+impl HfWeights<'_> {
+    /// The size of the tensor a GGUF-style `name` stands for.
+    fn dims(&self, name: &str) -> Vec<usize> {
+        let s = self.shape;
+        let (q, kv) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        match name.rsplit('.').next().unwrap_or(name) {
+            "attn_q" => vec![q, s.dim],
+            "attn_k" | "attn_v" => vec![kv, s.dim],
+            "attn_output" => vec![s.dim, q],
+            "ffn_gate" | "ffn_up" => vec![self.ff, s.dim],
+            "ffn_down" => vec![s.dim, self.ff],
+            "attn_q_norm" | "attn_k_norm" => vec![s.head_dim],
+            _ => vec![s.dim],
+        }
+    }
+
+    fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        let hf = format!("{}.weight", hf_name(name));
+        self.vb.get(self.dims(name), &hf)?.to_dtype(DType::F32)
+    }
+}
+
+/// The transformers name of a GGUF-style Gemma 3 tensor name.
+fn hf_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return "model.norm".into();
+    };
+    let (layer, part) = rest.split_once('.').unwrap_or((rest, ""));
+    let part = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "ffn_norm" => "pre_feedforward_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        other => other,
+    };
+    format!("model.layers.{layer}.{part}")
+}
+
+impl Weights for HfWeights<'_> {
+    fn matmul(&mut self, name: &str) -> candle_core::Result<QMatMul> {
+        Ok(QMatMul::Tensor(self.get(name)?))
+    }
+    fn norm(&mut self, name: &str) -> candle_core::Result<Tensor> {
+        // transformers' Gemma norms multiply by `1 + w`; GGUF files store the sum.
+        self.get(name)? + 1.0
+    }
+    fn embedding(&mut self) -> candle_core::Result<(Tensor, QMatMul)> {
+        let size = (self.vocab, self.shape.dim);
+        let table = self
+            .vb
+            .get(size, "model.embed_tokens.weight")?
+            .to_dtype(DType::F32)?;
+        let output = if self.own_output {
+            self.vb.get(size, "lm_head.weight")?.to_dtype(DType::F32)?
+        } else {
+            table.clone()
+        };
+        Ok((table, QMatMul::Tensor(output)))
+    }
+}
+
+impl Shape {
+    /// The shape a GGUF file's `gemma3.*` metadata describes.
+    pub fn from_gguf(ct: &gguf_file::Content) -> candle_core::Result<Self> {
+        let head_dim = md_u32(ct, "attention.key_length")? as usize;
+        Ok(Self {
+            heads: md_u32(ct, "attention.head_count")? as usize,
+            kv_heads: md_u32(ct, "attention.head_count_kv")? as usize,
+            head_dim,
+            layers: md_u32(ct, "block_count")? as usize,
+            dim: md_u32(ct, "embedding_length")? as usize,
+            window: md_u32(ct, "attention.sliding_window")? as usize,
+            every: md_u32(ct, "attention.sliding_window_type")
+                .map_or(DEFAULT_SLIDING_WINDOW_TYPE, |n| n as usize),
+            eps: md_f32(ct, "attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rope_base: md_f32(ct, "rope.freq_base").unwrap_or(DEFAULT_ROPE_BASE),
+            rope_base_local: md_f32(ct, "rope.local_freq_base").unwrap_or(DEFAULT_ROPE_BASE_LOCAL),
+            query_pre_attn_scalar: head_dim as f64,
+        })
+    }
+
+    /// The shape a transformers config.json describes.
+    pub fn from_config(c: &serde_json::Value) -> candle_core::Result<Self> {
+        let n = |k: &str| {
+            c[k].as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| candle_core::Error::msg(format!("config.json has no `{k}`")))
+        };
+        let f = |k: &str, d: f64| c[k].as_f64().unwrap_or(d);
+        let head_dim = n("head_dim")?;
+        Ok(Self {
+            heads: n("num_attention_heads")?,
+            kv_heads: n("num_key_value_heads")?,
+            head_dim,
+            layers: n("num_hidden_layers")?,
+            dim: n("hidden_size")?,
+            window: n("sliding_window")?,
+            every: n("sliding_window_pattern").unwrap_or(DEFAULT_SLIDING_WINDOW_TYPE),
+            eps: f("rms_norm_eps", 1e-6) as f32,
+            rope_base: f("rope_theta", DEFAULT_ROPE_BASE as f64) as f32,
+            rope_base_local: f("rope_local_base_freq", DEFAULT_ROPE_BASE_LOCAL as f64) as f32,
+            query_pre_attn_scalar: f("query_pre_attn_scalar", head_dim as f64),
+        })
+    }
+}
+
 impl Gemma3 {
     /// Read the network from a GGUF file; `positions` bounds the rotary tables (the context).
     pub fn from_gguf<R: Read + Seek>(
@@ -221,64 +417,62 @@ impl Gemma3 {
         positions: usize,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let heads = md_u32(ct, "attention.head_count")? as usize;
-        let kv_heads = md_u32(ct, "attention.head_count_kv")? as usize;
-        let head_dim = md_u32(ct, "attention.key_length")? as usize;
-        let layers = md_u32(ct, "block_count")? as usize;
-        let dim = md_u32(ct, "embedding_length")? as usize;
-        let window = md_u32(ct, "attention.sliding_window")? as usize;
-        let every = md_u32(ct, "attention.sliding_window_type")
-            .map_or(DEFAULT_SLIDING_WINDOW_TYPE, |n| n as usize);
-        let eps = md_f32(ct, "attention.layer_norm_rms_epsilon").unwrap_or(1e-6);
-        let dims = Dims {
-            heads,
-            kv_heads,
-            head_dim,
-            eps,
-            scale: 1.0 / (head_dim as f64).sqrt(),
-        };
-        let mut get = |name: &str| ct.tensor(r, name, device);
-        let embed_q = get("token_embd.weight")?;
-        let embed = embed_q.dequantize_f16(device)?;
-        let output = match get("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_qtensor(embed_q)?,
-        };
-        let norm = get("output_norm.weight")?.dequantize(device)?;
-        let mut blocks = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let mut t = |n: &str| get(&format!("blk.{i}.{n}.weight"));
-            let global = (i + 1) % every == 0;
+        let shape = Shape::from_gguf(ct)?;
+        Self::build(
+            &shape,
+            &mut GgufWeights { ct, r, device },
+            positions,
+            device,
+        )
+    }
+
+    /// Build the network of `shape` from `w`; `positions` bounds the rotary tables.
+    pub fn build(
+        shape: &Shape,
+        w: &mut dyn Weights,
+        positions: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let (embed, output) = w.embedding()?;
+        let mut blocks = Vec::with_capacity(shape.layers);
+        for i in 0..shape.layers {
+            let n = |part: &str| format!("blk.{i}.{part}");
+            let global = (i + 1) % shape.every == 0;
             blocks.push(Block {
-                attn_norm: t("attn_norm")?.dequantize(device)?,
-                q: QMatMul::from_qtensor(t("attn_q")?)?,
-                k: QMatMul::from_qtensor(t("attn_k")?)?,
-                v: QMatMul::from_qtensor(t("attn_v")?)?,
-                q_norm: t("attn_q_norm")?.dequantize(device)?,
-                k_norm: t("attn_k_norm")?.dequantize(device)?,
-                out: QMatMul::from_qtensor(t("attn_output")?)?,
-                post_attn_norm: t("post_attention_norm")?.dequantize(device)?,
-                ffn_norm: t("ffn_norm")?.dequantize(device)?,
-                gate: QMatMul::from_qtensor(t("ffn_gate")?)?,
-                up: QMatMul::from_qtensor(t("ffn_up")?)?,
-                down: QMatMul::from_qtensor(t("ffn_down")?)?,
-                post_ffn_norm: t("post_ffw_norm")?.dequantize(device)?,
-                window: (!global).then_some(window),
+                attn_norm: w.norm(&n("attn_norm"))?,
+                q: w.matmul(&n("attn_q"))?,
+                k: w.matmul(&n("attn_k"))?,
+                v: w.matmul(&n("attn_v"))?,
+                q_norm: w.norm(&n("attn_q_norm"))?,
+                k_norm: w.norm(&n("attn_k_norm"))?,
+                out: w.matmul(&n("attn_output"))?,
+                post_attn_norm: w.norm(&n("post_attention_norm"))?,
+                ffn_norm: w.norm(&n("ffn_norm"))?,
+                gate: w.matmul(&n("ffn_gate"))?,
+                up: w.matmul(&n("ffn_up"))?,
+                down: w.matmul(&n("ffn_down"))?,
+                post_ffn_norm: w.norm(&n("post_ffw_norm"))?,
+                window: (!global).then_some(shape.window),
                 global_rope: global,
                 cache: None,
             });
         }
-        let base = md_f32(ct, "rope.freq_base").unwrap_or(DEFAULT_ROPE_BASE);
-        let base_local = md_f32(ct, "rope.local_freq_base").unwrap_or(DEFAULT_ROPE_BASE_LOCAL);
+        let hd = shape.head_dim;
         Ok(Self {
             embed,
-            embed_scale: (dim as f64).sqrt(),
+            embed_scale: (shape.dim as f64).sqrt(),
             blocks,
-            norm,
+            norm: w.norm("output_norm")?,
             output,
-            rope_local: Rope::new(head_dim, base_local, positions, device)?,
-            rope_global: Rope::new(head_dim, base, positions, device)?,
-            dims,
+            rope_local: Rope::new(hd, shape.rope_base_local, positions, device)?,
+            rope_global: Rope::new(hd, shape.rope_base, positions, device)?,
+            dims: Dims {
+                heads: shape.heads,
+                kv_heads: shape.kv_heads,
+                head_dim: hd,
+                eps: shape.eps,
+                scale: 1.0 / shape.query_pre_attn_scalar.sqrt(),
+            },
         })
     }
 

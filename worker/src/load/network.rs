@@ -9,8 +9,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    gemma3, llama, phi3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3, qwen2,
-    qwen3,
+    llama, phi3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3, qwen2, qwen3,
 };
 
 /// A model family: one architecture, one implementation.
@@ -88,7 +87,7 @@ pub enum Network {
     Qwen2(quantized_qwen2::ModelWeights),
     /// Quantized Qwen3 family.
     Qwen3(quantized_qwen3::ModelWeights),
-    /// Quantized Gemma 3 (rbee's own implementation, see [`super::gemma3`]).
+    /// Gemma 3, from GGUF or safetensors (rbee's own implementation, see [`super::gemma3`]).
     Gemma3(super::gemma3::Gemma3),
     /// Quantized Phi-3.
     Phi3(quantized_phi3::ModelWeights),
@@ -96,8 +95,6 @@ pub enum Network {
     Qwen2Full(qwen2::ModelForCausalLM),
     /// Full-precision Qwen3 from safetensors.
     Qwen3Full(qwen3::ModelForCausalLM),
-    /// Full-precision Gemma 3 from safetensors.
-    Gemma3Full(gemma3::Model),
     /// Full-precision Phi-3 from safetensors.
     Phi3Full(phi3::Model),
     /// A full-precision llama model from safetensors, with its KV cache.
@@ -168,7 +165,29 @@ impl Network {
             }
             Family::Qwen2 => Network::Qwen2Full(qwen2::ModelForCausalLM::new(&cfg(config)?, vb)?),
             Family::Qwen3 => Network::Qwen3Full(qwen3::ModelForCausalLM::new(&cfg(config)?, vb)?),
-            Family::Gemma3 => Network::Gemma3Full(gemma3::Model::new(false, &cfg(config)?, vb)?),
+            Family::Gemma3 => {
+                // rbee's decoder: candle's full-precision gemma3 fails on a prompt longer than
+                // the sliding window (its rotating cache cannot take it).
+                let shape = super::gemma3::Shape::from_config(&config)?;
+                let n = |k: &str| config[k].as_u64().unwrap_or(0) as usize;
+                let mut weights = super::gemma3::HfWeights {
+                    own_output: vb.contains_tensor("lm_head.weight"),
+                    vb,
+                    vocab: n("vocab_size"),
+                    ff: n("intermediate_size"),
+                    shape: &shape,
+                };
+                let positions = match n("max_position_embeddings") {
+                    0 => 8192,
+                    p => p,
+                };
+                Network::Gemma3(super::gemma3::Gemma3::build(
+                    &shape,
+                    &mut weights,
+                    positions,
+                    device,
+                )?)
+            }
             Family::Phi3 => Network::Phi3Full(phi3::Model::new(&cfg(config)?, vb)?),
         })
     }
@@ -183,7 +202,6 @@ impl Network {
             Network::Phi3(m) => m.forward(input, pos),
             Network::Qwen2Full(m) => m.forward(input, pos),
             Network::Qwen3Full(m) => m.forward(input, pos),
-            Network::Gemma3Full(m) => m.forward(input, pos),
             Network::Phi3Full(m) => m.forward(input, pos),
             Network::LlamaFull { model, cache, .. } => model.forward(input, pos, cache),
         }
@@ -200,7 +218,6 @@ impl Network {
             Network::Phi3(_) => {}
             Network::Qwen2Full(m) => m.clear_kv_cache(),
             Network::Qwen3Full(m) => m.clear_kv_cache(),
-            Network::Gemma3Full(m) => m.clear_kv_cache(),
             Network::Phi3Full(m) => m.clear_kv_cache(),
             Network::LlamaFull {
                 cache,
