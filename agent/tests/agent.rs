@@ -258,7 +258,11 @@ async fn cancel_stops_generation_and_metrics_count_it() {
 
     let body = http_get(&agent, "/metrics", Some(&agent.token)).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(body.contains("rbee_workers{state=\"ready\"} 1"), "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("rbee_workers{state=\"ready\",") && l.ends_with("} 1")),
+        "{body}"
+    );
     assert!(
         body.contains("rbee_errors_total{kind=\"cancelled\"} 1"),
         "{body}"

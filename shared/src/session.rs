@@ -372,9 +372,9 @@ pub enum Reply {
         /// Bytes fetched by this pull.
         downloaded_bytes: u64,
     },
-    /// Answer to `Metrics`: the OpenMetrics text, as `GET /metrics` would serve it.
+    /// Answer to `Metrics`: the exposition, as `GET /metrics` serves it.
     Metrics {
-        /// The exposition, ending with `# EOF`.
+        /// Prometheus' text format (0.0.4).
         text: String,
     },
 }

@@ -30,7 +30,7 @@ pub(super) async fn serve(
         )
     };
     let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(resp.as_bytes()).await?;
@@ -40,5 +40,15 @@ pub(super) async fn serve(
 
 /// The exposition as `GET /metrics` and `Request::Metrics` answer it.
 pub(crate) fn render(shared: &Shared) -> String {
-    shared.metrics.render(&shared.supervisor.states())
+    let workers = shared.supervisor.list();
+    let telemetry = shared.telemetry.borrow().clone();
+    let open = shared
+        .limits
+        .sessions
+        .saturating_sub(shared.sessions.available_permits());
+    shared.metrics.render(&crate::metrics::Snapshot {
+        workers: &workers,
+        telemetry: &telemetry,
+        active_sessions: open as u64,
+    })
 }

@@ -84,7 +84,7 @@ impl Core {
 
     fn on_ready(&self, slot: &Slot, model: ModelSummary, notes: &RunNotes) {
         let ms = notes.spawned_at.elapsed().as_millis() as u64;
-        self.metrics.ready(ms as f64 / 1e3);
+        self.metrics.ready(&slot.spec.model, ms as f64 / 1e3);
         {
             let mut st = slot.lock();
             st.last_heartbeat = Some(Instant::now());
@@ -121,8 +121,13 @@ impl Core {
     async fn on_done(&self, slot: &Slot, id: u64, finish_reason: FinishReason, usage: Usage) {
         let p = slot.lock().pending.remove(&id);
         if let Some(p) = p {
-            self.metrics
-                .infer_done(p.started.elapsed().as_secs_f64(), p.tokens);
+            self.metrics.infer_done(
+                &slot.spec.model,
+                p.started.elapsed().as_secs_f64(),
+                p.tokens,
+                finish_reason,
+                &usage,
+            );
             let _ = p
                 .out
                 .send(ServerMsg::Reply {
@@ -141,7 +146,8 @@ impl Core {
     async fn on_request_error(&self, slot: &Slot, id: u64, code: ErrorCode, message: String) {
         let p = slot.lock().pending.remove(&id);
         if let Some(p) = p {
-            self.metrics.error(code.as_str());
+            self.metrics
+                .infer_failed(&slot.spec.model, code.as_str(), p.tokens);
             let _ = p
                 .out
                 .send(ServerMsg::Error {

@@ -133,7 +133,10 @@ impl Lifecycle {
                 return Phase::BackingOff { delay, reason };
             }
             AfterFailure::BreakerOpen => (
-                "breaker_open",
+                {
+                    core.metrics.breaker_trip(&self.slot.spec.model);
+                    "breaker_open"
+                },
                 format!(
                     "circuit breaker open: {} failures within {} s; last: {reason}",
                     policy.breaker_failures, policy.breaker_window_secs
@@ -169,7 +172,7 @@ impl Lifecycle {
         }
         self.restarts += 1;
         let restarts = self.restarts;
-        self.core.metrics.restart();
+        self.core.metrics.restart(&self.slot.spec.model);
         self.core.audit.record(
             "auto_restart",
             None,
