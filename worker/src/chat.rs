@@ -60,6 +60,10 @@ impl fmt::Debug for ChatTemplate {
     }
 }
 
+/// Instructions one render may execute: a long conversation through a real template takes a few
+/// thousand.
+const RENDER_FUEL: u64 = 5_000_000;
+
 /// `strftime_now(format)`: the local time, as templates that print today's date ask for it.
 fn strftime_now(format: String) -> Result<String, Error> {
     let bad = || Error::new(ErrorKind::InvalidOperation, "strftime_now: invalid format");
@@ -92,6 +96,9 @@ impl ChatTemplate {
         eos_token: String,
     ) -> Result<Self, String> {
         let mut env = Environment::new();
+        // A template comes with the model file, from wherever it was downloaded: bound the work
+        // one render may do, so a hostile or broken one fails instead of hanging the worker.
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -230,5 +237,28 @@ mod tests {
             .render(&[], true)
             .unwrap();
         assert_eq!(date.len(), 11, "{date}");
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let t = tpl(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        );
+        let e = t.render(&[], true).unwrap_err();
+        assert!(e.contains("fuel"), "{e}");
+        // A long real conversation stays far below the bound.
+        let many: Vec<ChatMessage> = (0..500)
+            .map(|i| {
+                message(
+                    if i % 2 == 0 {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    "some words",
+                )
+            })
+            .collect();
+        assert!(tpl(CHATML).render(&many, true).is_ok());
     }
 }
