@@ -138,14 +138,59 @@ async fn metrics(State(shared): St, headers: HeaderMap) -> Response {
     if let Err(e) = auth(&shared, &headers) {
         return e.into_response();
     }
-    match snapshot(&shared).await {
-        Ok(s) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            s.metrics(),
+    match cluster_metrics(&shared).await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
         )
             .into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// Longest a scrape waits for the nodes; a node that has not answered by then shows as down.
+const SCRAPE_WAIT: Duration = Duration::from_secs(5);
+
+/// Every node's exposition labelled `node`, `rbee_node_up` for each, then the gateway's own.
+async fn cluster_metrics(shared: &Shared) -> Result<String, ApiError> {
+    use crate::gateway::job::ScrapeMsg;
+    use crate::gateway::relay::{render, NodeScrape};
+    let gone = || {
+        ApiError::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the gateway's scheduler stopped",
+        )
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    shared.hub.cmds.send(Cmd::Metrics(tx)).map_err(|_| gone())?;
+    let Some(ScrapeMsg::Snapshot(snap)) = rx.recv().await else {
+        return Err(gone());
+    };
+    let mut nodes: Vec<NodeScrape> = snap
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| NodeScrape {
+            node: n.name.clone(),
+            text: Err("no answer in time".into()),
+        })
+        .collect();
+    let mut left = nodes.len();
+    let until = tokio::time::Instant::now() + SCRAPE_WAIT;
+    while left > 0 {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(ScrapeMsg::Node(i, text))) => {
+                if let Some(n) = nodes.get_mut(i) {
+                    n.text = text;
+                    left -= 1;
+                }
+            }
+            Ok(Some(ScrapeMsg::Snapshot(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(render(&nodes, &snap.metrics()))
 }
 
 async fn models(State(shared): St, headers: HeaderMap) -> Response {

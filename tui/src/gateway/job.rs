@@ -71,6 +71,17 @@ pub enum Cmd {
     Snapshot(oneshot::Sender<Snapshot>),
     /// Audit a request refused before it reached the scheduler (a bad key, a bad body).
     Audit(Box<AuditLine>),
+    /// `/metrics`: scrape every node over its session; the answers come as [`ScrapeMsg`]s.
+    Metrics(mpsc::UnboundedSender<ScrapeMsg>),
     /// The gateway is stopping: unload the workers it spawned, answer when the nodes confirmed.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What a scrape hands back: the hub's snapshot first, then one answer per configured node.
+#[derive(Debug)]
+pub enum ScrapeMsg {
+    /// The cluster view and the gateway's counters at the start of the scrape.
+    Snapshot(Box<Snapshot>),
+    /// A node's exposition, or why there is none.
+    Node(usize, Result<String, String>),
 }

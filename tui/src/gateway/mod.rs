@@ -6,6 +6,7 @@
 //! * [`http`]: axum routes — `/v1/models`, `/v1/chat/completions`, `/v1/completions` (JSON or
 //!   SSE), `/health`, `/metrics` — over [`openai`] (request and response shapes), [`error`]
 //!   (OpenAI's error JSON) and [`keys`] (bearer API keys).
+//! * [`relay`]: `/metrics` for the whole cluster, every node's exposition labelled `node`.
 //! * [`job`] and [`stats`]: what the two sides pass each other, counters and the audit line.
 //! * [`board`] and [`view`]: the live list of requests and its table, for the dashboard.
 //!
@@ -25,6 +26,7 @@ pub mod hub;
 pub mod job;
 pub mod keys;
 pub mod openai;
+pub mod relay;
 pub mod sched;
 pub mod stats;
 pub mod view;

@@ -28,6 +28,7 @@ use crate::nodes::session::run_node;
 mod end;
 mod place;
 mod report;
+mod scrape;
 
 /// Actions queued from all sessions before they wait for the hub.
 const ACTION_QUEUE: usize = 4096;
@@ -146,6 +147,7 @@ pub fn start(targets: Vec<NodeTarget>, cfg: HubConfig, audit: AuditLog) -> HubHa
         unloading: HashSet::new(),
         stopping: None,
         board: board.clone(),
+        scrapes: HashMap::new(),
     };
     tokio::spawn(hub.run(inbox, cmd_rx, sessions));
     HubHandle {
@@ -177,6 +179,8 @@ struct Hub {
     /// Answered once `unloading` is empty.
     stopping: Option<oneshot::Sender<()>>,
     board: RequestBoard,
+    /// Scrapes waiting for a node's `Request::Metrics` answer, oldest first.
+    scrapes: HashMap<NodeIdx, VecDeque<mpsc::UnboundedSender<crate::gateway::job::ScrapeMsg>>>,
 }
 
 impl Hub {
@@ -211,6 +215,7 @@ impl Hub {
                 let _ = reply.send(self.snapshot());
             }
             Cmd::Audit(line) => self.audit.write(&line),
+            Cmd::Metrics(to) => self.scrape(to),
             Cmd::Shutdown(done) => self.shut_down(done),
         }
     }

@@ -9,6 +9,7 @@ impl Hub {
             Action::Disconnected { node, reason, .. } => {
                 self.settle(node);
                 self.node_lost(node, &reason);
+                self.scrapes_lost(node, &reason);
                 self.unloading.retain(|(n, _)| *n != node);
                 self.stopped_if_done();
             }
@@ -30,6 +31,17 @@ impl Hub {
                 self.unloading.remove(&(node, worker));
                 self.stopped_if_done();
             }
+            Action::Reply {
+                node,
+                request: Request::Metrics,
+                result,
+            } => self.scraped(
+                node,
+                result.and_then(|r| match r {
+                    rbee_proto::session::Reply::Metrics { text } => Ok(text),
+                    other => Err(format!("unexpected answer {other:?}")),
+                }),
+            ),
             Action::PromptToken { prompt, text, .. } => self.token(prompt, text),
             Action::PromptDone { prompt, result, .. } => self.done(prompt, result),
             Action::AgentEvent {
