@@ -115,10 +115,10 @@ impl Snapshot {
             s.unloads.to_string(),
         );
         put(
-            "queue_wait_ms_total",
+            "queue_wait_seconds_total",
             "counter",
             "Summed queue wait of started requests.",
-            s.queue_ms_sum.to_string(),
+            (s.queue_ms_sum as f64 / 1e3).to_string(),
         );
         put(
             "waiting",
