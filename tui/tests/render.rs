@@ -289,7 +289,7 @@ fn confirm_kill_80x24() {
 fn trust_host_key_80x24() {
     let mut s = on(Screen::Nodes);
     s.popup = Some(Popup::Confirm(Pending::TrustHostKey {
-        req: rbee_tui::cli::args::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap(),
+        req: rbee_tui::nodes::add::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap(),
         host: "gpu-a:22".into(),
         key: "ssh-ed25519 SHA256:q1Vt8Zk0sJ0mXb0oQ2cX1m5b3n4e8Yk7QyU0mK3wZ9c".into(),
     }));

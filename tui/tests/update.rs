@@ -926,7 +926,7 @@ fn killed_workers_leave_the_table() {
 
 #[test]
 fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
-    let req = rbee_tui::cli::args::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap();
+    let req = rbee_tui::nodes::add::parse_dashboard_add(&["far", "me@gpu-a"]).unwrap();
     assert!(!req.accept_new_host_key);
     let asked = || Action::HostKeyUnknown {
         req: req.clone(),

@@ -1,11 +1,11 @@
 //! The command line's definition, all of it: global flags, the subcommands and their arguments.
-//! The dashboard's `:add` is read by the same `nodes add` definition ([`parse_dashboard_add`]).
+//! `nodes add`'s arguments live with the rest of adding a node, in [`crate::nodes::add`], where the
+//! dashboard's `:add` reads them too.
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Parser, Subcommand};
-use rbee_proto::config::NodeConfig;
 
-use crate::nodes::config::AddNodeRequest;
+pub use crate::nodes::add::AddArgs;
 
 /// The longest `--timeout`: a year. Deadlines are instants, and one past the clock's range
 /// would panic.
@@ -76,106 +76,6 @@ pub enum NodesCmd {
         /// The node's name.
         name: String,
     },
-}
-
-/// `nodes add`, and the dashboard's `:add` (see [`parse_dashboard_add`]).
-#[derive(Debug, Clone, clap::Args)]
-#[command(group(ArgGroup::new("how").required(true).args(["url", "ssh"])))]
-pub struct AddArgs {
-    /// The node's name, one word.
-    pub name: String,
-    /// The agent's address.
-    #[arg(long, value_name = "ws://HOST:PORT", requires = "token_file")]
-    pub url: Option<String>,
-    /// The file holding the agent's token.
-    #[arg(long, value_name = "FILE", requires = "url")]
-    pub token_file: Option<PathBuf>,
-    /// Reach the node over SSH; its agent is installed and started as needed.
-    #[arg(long, value_name = "USER@HOST[:PORT]", conflicts_with_all = ["url", "token_file"])]
-    pub ssh: Option<String>,
-    /// Private key for SSH [default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa].
-    #[arg(long, value_name = "FILE", requires = "ssh")]
-    pub identity: Option<PathBuf>,
-    /// Trust the node's host key if it is not known yet (it is recorded in rbee's known_hosts).
-    #[arg(long, requires = "ssh")]
-    pub accept_new_host_key: bool,
-    /// Stop the node's agent when the dashboard quits.
-    #[arg(long, requires = "ssh")]
-    pub ephemeral: bool,
-    /// Directory on the node for rbee's binaries and the agent's state [default: ~/.local/share/rbee].
-    #[arg(long, value_name = "DIR", requires = "ssh")]
-    pub remote_dir: Option<String>,
-    /// A model directory on the node for its agent (repeatable).
-    #[arg(long = "model-dir", value_name = "DIR", requires = "ssh")]
-    pub model_dirs: Vec<String>,
-}
-
-impl AddArgs {
-    /// The SSH node these arguments describe (`None` for a `--url` node), its identity file made
-    /// absolute: the config is read from any working directory.
-    pub fn ssh_request(&self) -> Option<AddNodeRequest> {
-        let ssh = self.ssh.clone()?;
-        let node = NodeConfig {
-            name: self.name.clone(),
-            ssh: Some(ssh),
-            identity: self
-                .identity
-                .clone()
-                .map(|i| std::path::absolute(&i).unwrap_or(i)),
-            ephemeral: self.ephemeral,
-            remote_dir: self.remote_dir.clone(),
-            model_dirs: self.model_dirs.clone(),
-            ..Default::default()
-        };
-        Some(AddNodeRequest {
-            node,
-            accept_new_host_key: self.accept_new_host_key,
-        })
-    }
-}
-
-/// What the dashboard says when `:add` is not understood.
-const ADD_USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR]";
-
-/// The dashboard's `:add NAME USER@HOST[:PORT] [flags]`: read by the same definition as
-/// `nodes add NAME --ssh USER@HOST[:PORT] [flags]`, and checked the same way. Errors are one line.
-pub fn parse_dashboard_add(words: &[&str]) -> Result<AddNodeRequest, String> {
-    #[derive(Debug, Parser)]
-    #[command(name = ":add")]
-    struct DashboardAdd {
-        #[command(flatten)]
-        args: AddArgs,
-    }
-    let (Some(name), Some(ssh)) = (words.first(), words.get(1)) else {
-        return Err(ADD_USAGE.into());
-    };
-    if name.starts_with('-') || ssh.starts_with('-') {
-        return Err(ADD_USAGE.into());
-    }
-    let argv = [":add", name, "--ssh", ssh]
-        .into_iter()
-        .chain(words[2..].iter().copied());
-    let parsed = DashboardAdd::try_parse_from(argv).map_err(one_line)?;
-    let req = parsed.args.ssh_request().ok_or(ADD_USAGE)?;
-    req.node.validate()?;
-    Ok(req)
-}
-
-/// A clap error as one line for the status bar: what is wrong, then the usage.
-fn one_line(e: clap::Error) -> String {
-    let text = e.render().to_string();
-    let what: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !l.is_empty()
-                && !l.starts_with("Usage:")
-                && !l.starts_with("tip:")
-                && !l.starts_with("For more information")
-        })
-        .collect();
-    let what = what.join(" ");
-    format!("{}; {ADD_USAGE}", what.trim_start_matches("error: "))
 }
 
 /// `models …`.
@@ -276,6 +176,7 @@ pub struct InferArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nodes::add::parse_dashboard_add;
     use clap::CommandFactory;
     use std::path::Path;
 

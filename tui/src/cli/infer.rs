@@ -10,10 +10,10 @@ use serde_json::json;
 use super::args::InferArgs;
 use super::conn::{open, Session};
 use super::out::Out;
-use crate::dashboard::action::describe;
 use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::deadline_in;
+use crate::nodes::describe::describe;
 
 /// A finished generation as this client saw it.
 struct Generated {

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use super::conn::{each_node, open};
 use super::out::{first_error, Out};
-use crate::dashboard::action::describe;
 use crate::error::TuiError;
 use crate::fmt::text_table;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::deadline_in;
+use crate::nodes::describe::describe;
 
 /// `models pull`: the request, with the node's progress events shown while it runs.
 pub(super) async fn pull(

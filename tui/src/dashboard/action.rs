@@ -5,7 +5,6 @@ use rbee_proto::session::{Event, Reply, Request};
 use rbee_proto::{FinishReason, ProtoError, UnixMillis, Usage, WorkerId};
 
 use crate::dashboard::state::{NodeIdx, PromptId};
-use crate::fmt::short_model;
 use crate::nodes::config::AddNodeRequest;
 
 /// One thing that happened, for `update` to apply.
@@ -162,32 +161,5 @@ impl Effect {
             | Effect::CancelInfer { node, .. } => Some(*node),
             Effect::AddNode(_) => None,
         }
-    }
-}
-
-/// Short human name of a request, for error messages ("kill w3 failed: …").
-pub fn describe(request: &Request) -> String {
-    match request {
-        Request::ListModels => "list models".into(),
-        Request::Spawn(s) => format!("spawn {} on {}", short_model(&s.model), s.device),
-        Request::Kill { worker } => format!("kill {worker}"),
-        Request::Restart { worker } => format!("restart {worker}"),
-        Request::ListWorkers => "list workers".into(),
-        Request::Infer { worker, model, .. } | Request::Chat { worker, model, .. } => {
-            format!(
-                "infer on {}",
-                worker
-                    .as_deref()
-                    .or(model.as_deref())
-                    .unwrap_or("any worker")
-            )
-        }
-        Request::Cancel { request } => format!("cancel request {request}"),
-        Request::TailLog { worker, .. } => format!("log of {worker}"),
-        Request::Subscribe => "subscribe".into(),
-        Request::Status => "status".into(),
-        Request::Ping => "ping".into(),
-        Request::Pull { model } => format!("pull {model}"),
-        Request::Metrics => "metrics".into(),
     }
 }

@@ -9,6 +9,7 @@
 pub mod add;
 pub mod config;
 pub mod connect;
+pub mod describe;
 pub mod local;
 pub mod session;
 pub mod ssh;

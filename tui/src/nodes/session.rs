@@ -13,10 +13,11 @@ use rbee_proto::session::{Reply, Request};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::dashboard::action::{describe, Action, Effect, InferDone};
+use crate::dashboard::action::{Action, Effect, InferDone};
 use crate::dashboard::state::{NodeIdx, PromptId};
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::{connect, deadline_in, reason, Connection, CONNECT_TIMEOUT};
+use crate::nodes::describe::describe;
 
 /// Deadline the dashboard gives each request (the agent cancels work past it).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);

@@ -2,9 +2,9 @@
 use rbee_proto::session::Request;
 
 use super::nav::set_screen;
-use crate::cli::args::parse_dashboard_add;
 use crate::dashboard::action::Effect;
 use crate::dashboard::state::{Popup, Screen, State};
+use crate::nodes::add::parse_dashboard_add;
 
 /// Run a `:` command line.
 pub(super) fn run(state: &mut State, text: &str) -> Vec<Effect> {

@@ -3,12 +3,13 @@
 use rbee_proto::session::{AuditEntry, Event, Reply, Request, Telemetry, WorkerInfo};
 use rbee_proto::{UnixMillis, WorkerState};
 
-use crate::dashboard::action::{describe, Action};
+use crate::dashboard::action::Action;
 use crate::dashboard::state::{
     natural_key, Conn, EventKind, History, NodeIdx, NodeState, Pending, Popup, PullView, State,
     WorkerView,
 };
 use crate::fmt::short_model;
+use crate::nodes::describe::describe;
 
 /// Apply an action a node's session (or an `:add` bring-up) sent.
 pub(super) fn on_report(state: &mut State, action: Action) {
