@@ -219,17 +219,20 @@ fn every_family_loads_and_decodes_incrementally_like_a_full_recompute() {
         );
         let full = m.forward(&ids, 0).unwrap();
         m.reset().unwrap();
-        let split = 5;
-        let mut last = m.forward(&ids[..split], 0).unwrap();
-        for (pos, id) in ids.iter().enumerate().skip(split) {
-            last = m.forward(&[*id], pos).unwrap();
+        // Prompts shorter and longer than gemma3's sliding window of 6, then token by token.
+        for split in [5, 9] {
+            m.reset().unwrap();
+            let mut last = m.forward(&ids[..split], 0).unwrap();
+            for (pos, id) in ids.iter().enumerate().skip(split) {
+                last = m.forward(&[*id], pos).unwrap();
+            }
+            let d = max_abs_diff(&full, &last);
+            let name = family.name();
+            assert!(
+                d < 1e-3,
+                "{name}: incremental after {split} differs from full by {d}"
+            );
         }
-        let d = max_abs_diff(&full, &last);
-        assert!(
-            d < 1e-3,
-            "{}: incremental differs from full by {d}",
-            family.name()
-        );
         // A second prompt after reset starts clean.
         m.reset().unwrap();
         let again = m.forward(&ids, 0).unwrap();
@@ -413,16 +416,19 @@ fn every_family_loads_from_safetensors_and_decodes_incrementally_like_a_full_rec
             .collect();
         let full = m.forward(&ids, 0).unwrap();
         m.reset().unwrap();
-        let mut last = m.forward(&ids[..4], 0).unwrap();
-        for (pos, id) in ids.iter().enumerate().skip(4) {
-            last = m.forward(&[*id], pos).unwrap();
+        for split in [4, 9] {
+            m.reset().unwrap();
+            let mut last = m.forward(&ids[..split], 0).unwrap();
+            for (pos, id) in ids.iter().enumerate().skip(split) {
+                last = m.forward(&[*id], pos).unwrap();
+            }
+            let d = max_abs_diff(&full, &last);
+            let name = family.name();
+            assert!(
+                d < 1e-3,
+                "{name}: incremental after {split} differs from full by {d}"
+            );
         }
-        let d = max_abs_diff(&full, &last);
-        assert!(
-            d < 1e-3,
-            "{}: incremental differs from full by {d}",
-            family.name()
-        );
         assert!(m.eos_tokens.contains(&(bos + 1)), "{}", family.name());
     }
     // A model_type outside the table is refused naming it.

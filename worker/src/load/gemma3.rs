@@ -73,8 +73,83 @@ struct Block {
     /// `Some(w)`: attends to the last `w` positions only.
     window: Option<usize>,
     global_rope: bool,
-    /// Cached keys and values (`[b, kv_heads, n, d]`) and the position of their first entry.
-    cache: Option<(Tensor, Tensor, usize)>,
+    /// Keys and values of the positions this block can still attend to.
+    cache: Option<KvCache>,
+}
+
+/// Keys and values in preallocated buffers (`[b, kv_heads, capacity, d]`), written in place:
+/// no copy of the whole cache per token. Global layers append and double their buffers when
+/// full; sliding layers keep a ring of `window` slots, position `p` in slot `p % window`, which
+/// holds exactly the positions the next query may see.
+struct KvCache {
+    k: Tensor,
+    v: Tensor,
+    /// Entries written (at most the capacity for a ring).
+    len: usize,
+    /// `Some(window)`: a ring of that many slots.
+    ring: Option<usize>,
+}
+
+impl KvCache {
+    fn new(like: &Tensor, capacity: usize, ring: Option<usize>) -> candle_core::Result<Self> {
+        let (b, h, _, d) = like.dims4()?;
+        let k = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
+        Ok(Self {
+            v: k.zeros_like()?,
+            k,
+            len: 0,
+            ring,
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.dim(2).unwrap_or(0)
+    }
+
+    /// Write `k`, `v` (`[b, kv_heads, t, d]`, contiguous) for positions `pos..pos + t`.
+    fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> candle_core::Result<()> {
+        let t = k.dim(2)?;
+        match self.ring {
+            Some(w) => {
+                // Only the last `w` positions can be seen again.
+                let skip = t.saturating_sub(w);
+                for i in skip..t {
+                    let slot = (pos + i) % w;
+                    self.k
+                        .slice_set(&k.narrow(2, i, 1)?.contiguous()?, 2, slot)?;
+                    self.v
+                        .slice_set(&v.narrow(2, i, 1)?.contiguous()?, 2, slot)?;
+                }
+                self.len = (self.len + t).min(w);
+            }
+            None => {
+                if self.len + t > self.capacity() {
+                    let cap = (self.len + t).next_power_of_two().max(2 * self.capacity());
+                    let mut grown = KvCache::new(&self.k, cap, None)?;
+                    grown
+                        .k
+                        .slice_set(&self.k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    grown
+                        .v
+                        .slice_set(&self.v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    grown.len = self.len;
+                    *self = grown;
+                }
+                self.k.slice_set(k, 2, self.len)?;
+                self.v.slice_set(v, 2, self.len)?;
+                self.len += t;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every cached key and value (`[b, kv_heads, len, d]`).
+    fn view(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
+    }
 }
 
 /// Shapes and constants every block shares.
@@ -155,42 +230,45 @@ impl Block {
         let v = heads(&self.v, d.kv_heads)?.transpose(1, 2)?;
         let q = rope.apply(&q.transpose(1, 2)?, pos)?;
         let k = rope.apply(&k.transpose(1, 2)?, pos)?;
-        // Sliding layers keep only what the next query can still see.
-        let (k, v, k_pos) = match self.cache.take() {
-            Some((ck, cv, start)) => {
-                let keep = self.window.map_or(usize::MAX, |w| w.saturating_sub(1));
-                let n = ck.dim(2)?;
-                let (ck, cv, start) = if n > keep {
-                    (
-                        ck.narrow(2, n - keep, keep)?,
-                        cv.narrow(2, n - keep, keep)?,
-                        start + n - keep,
-                    )
-                } else {
-                    (ck, cv, start)
-                };
-                (
-                    Tensor::cat(&[&ck, &k], 2)?,
-                    Tensor::cat(&[&cv, &v], 2)?,
-                    start,
-                )
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let fresh = self.cache.as_ref().is_none_or(|c| c.len == 0);
+        // A prompt on an empty cache attends to itself (masked); a new token to the cache,
+        // which holds exactly what it may see.
+        let (keys, values, mask) = if t > 1 {
+            if !fresh {
+                candle_core::bail!("gemma3: a multi-token step must start on an empty cache");
             }
-            None => (k.contiguous()?, v.contiguous()?, pos),
+            let m = mask(t, pos, t, pos, self.window, x.device())?;
+            (k.clone(), v.clone(), Some(m))
+        } else {
+            (k.clone(), v.clone(), None)
         };
-        self.cache = Some((k.clone(), v.clone(), k_pos));
+        let cache = match &mut self.cache {
+            Some(c) => c,
+            None => self
+                .cache
+                .insert(KvCache::new(&k, self.window.unwrap_or(256), self.window)?),
+        };
+        cache.append(&k, &v, pos)?;
+        let (keys, values) = if t > 1 { (keys, values) } else { cache.view()? };
+        // Grouped-query attention without copying keys: the query heads that share a key head
+        // are stacked as rows of one matrix.
         let rep = d.heads / d.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let n = k.dim(2)?;
-        let mut scores = (q.contiguous()?.matmul(&k.t()?)? * d.scale)?;
-        // One new position sees every cached one (the cache is already cut to the window).
-        if t > 1 {
-            let m = mask(t, pos, n, k_pos, self.window, x.device())?;
-            scores = scores.broadcast_add(&m)?;
+        let n = keys.dim(2)?;
+        let qg = q
+            .contiguous()?
+            .reshape((b, d.kv_heads, rep * t, d.head_dim))?;
+        let mut scores = (qg.matmul(&keys.t()?)? * d.scale)?;
+        if let Some(m) = mask {
+            scores = scores
+                .reshape((b, d.kv_heads, rep, t, n))?
+                .broadcast_add(&m)?
+                .reshape((b, d.kv_heads, rep * t, n))?;
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs
-            .matmul(&v)?
+            .matmul(&values.contiguous()?)?
+            .reshape((b, d.heads, t, d.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, d.heads * d.head_dim))?;
         self.out.forward(&y)
@@ -479,6 +557,19 @@ impl Gemma3 {
     /// Logits (`[b, vocab]`) of the last position of `input` (`[b, t]` ids) placed at `pos`.
     pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         let (b, t) = input.dims2()?;
+        let cached = self
+            .blocks
+            .iter()
+            .any(|bl| bl.cache.as_ref().is_some_and(|c| c.len > 0));
+        if t > 1 && cached {
+            // Several new tokens after earlier ones: one at a time (prompts start on an empty
+            // cache, so generation never takes this path).
+            let mut last = None;
+            for i in 0..t {
+                last = Some(self.forward(&input.narrow(1, i, 1)?, pos + i)?);
+            }
+            return last.ok_or_else(|| candle_core::Error::msg("empty input"));
+        }
         let ids = input.flatten_all()?;
         let mut x = self
             .embed
@@ -501,8 +592,11 @@ impl Gemma3 {
 
     /// Forget every layer's KV cache.
     pub fn clear_kv_cache(&mut self) {
+        // The buffers stay allocated for the next request.
         for b in &mut self.blocks {
-            b.cache = None;
+            if let Some(c) = &mut b.cache {
+                c.len = 0;
+            }
         }
     }
 }
