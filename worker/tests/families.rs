@@ -107,18 +107,24 @@ fn block(family: Family) -> Vec<(&'static str, Vec<usize>)> {
 
 /// Write a tiny model of `arch` (a family's name, or any other architecture) to `dir`.
 fn tiny_gguf(dir: &Path, arch: &str, family: Family) -> PathBuf {
-    tiny_gguf_with(dir, arch, family, None)
+    tiny_gguf_with(dir, arch, family, None, 256)
 }
 
 /// [`tiny_gguf`] with a chat template in its metadata.
-fn tiny_gguf_with(dir: &Path, arch: &str, family: Family, template: Option<&str>) -> PathBuf {
+fn tiny_gguf_with(
+    dir: &Path,
+    arch: &str,
+    family: Family,
+    template: Option<&str>,
+    context: u32,
+) -> PathBuf {
     let (tokens, types) = vocab();
     let vocab_len = tokens.len();
     let a = |k: &str| format!("{arch}.{k}");
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(format!("tiny-{arch}"))),
-        (a("context_length"), Value::U32(256)),
+        (a("context_length"), Value::U32(context)),
         (a("embedding_length"), Value::U32(DIM as u32)),
         (a("block_count"), Value::U32(LAYERS as u32)),
         (a("feed_forward_length"), Value::U32(FF as u32)),
@@ -262,7 +268,7 @@ fn a_template_that_fails_is_a_clear_error_and_the_engine_lives_on() {
     let dir = tempfile::tempdir().unwrap();
     let template = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}\
         {{ raise_exception('System role not supported') }}{% endif %}{{ m.content }}{% endfor %}";
-    let path = tiny_gguf_with(dir.path(), "llama", Family::Llama, Some(template));
+    let path = tiny_gguf_with(dir.path(), "llama", Family::Llama, Some(template), 256);
     let mut engine = Engine::new(load(&path));
     assert_eq!(engine.model.chat_template_source(), Some("gguf"));
     let params = SamplingParams {
@@ -449,4 +455,21 @@ fn every_family_loads_from_safetensors_and_decodes_incrementally_like_a_full_rec
         e.contains("model_type `falcon`; this worker runs llama, qwen2"),
         "{e}"
     );
+}
+
+#[test]
+fn a_huge_phi3_context_is_held_to_what_the_implementation_can_allocate() {
+    // Phi-3-mini-128k claims 131 072 positions; candle's phi3 would allocate its KV cache for all
+    // of them at the first token.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf_with(dir.path(), "phi3", Family::Phi3, None, 131_072);
+    let mut m = load(&path);
+    assert_eq!(m.summary.context_length, 4096);
+    let ids = m
+        .tokenizer
+        .encode("hello", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(m.forward(&ids, 0).unwrap().dims(), &[vocab().0.len()]);
 }

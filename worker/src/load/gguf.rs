@@ -125,7 +125,7 @@ pub fn load(
             path.display()
         )))
     })?;
-    let ct = gguf_file::Content::read(&mut f).map_err(|e| LoadError::corrupt(path, e))?;
+    let mut ct = gguf_file::Content::read(&mut f).map_err(|e| LoadError::corrupt(path, e))?;
     let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     check_not_truncated(&ct, file_len, path)?;
     let family = family_of(&ct, path)?;
@@ -136,6 +136,12 @@ pub fn load(
             .into_owned()
     });
     let context_length = context_length(&ct, family);
+    // The implementations size their tables and caches from this key: give them the context
+    // actually offered.
+    ct.metadata.insert(
+        format!("{}.context_length", family.name()),
+        gguf_file::Value::U32(context_length),
+    );
     progress("tokenizer", 0.1);
     let tokenizer = match tokenizer_path {
         Some(t) => tokenizer::from_file(t)?,

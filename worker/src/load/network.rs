@@ -70,11 +70,14 @@ impl Family {
         Family::ALL.map(Family::name).join(", ")
     }
 
-    /// The longest context the implementation can hold, whatever the file claims.
+    /// The longest context the worker offers, whatever the file claims: quantized llama's
+    /// rotary table ends at 4 096 positions, and quantized phi3 allocates its KV cache for the
+    /// whole context at the first token (Phi-3-mini-128k: over 100 GB), so it is held to 4 096.
     pub fn max_context(self) -> usize {
         match self {
             Family::Llama => quantized_llama::MAX_SEQ_LEN,
-            Family::Gemma3 | Family::Qwen2 | Family::Qwen3 | Family::Phi3 => usize::MAX,
+            Family::Phi3 => 4096,
+            Family::Gemma3 | Family::Qwen2 | Family::Qwen3 => usize::MAX,
         }
     }
 }
