@@ -20,9 +20,33 @@ pub struct NodeScrape {
 
 #[derive(Default)]
 struct Family {
+    name: String,
     help: Option<String>,
     kind: Option<String>,
-    samples: Vec<String>,
+    /// The samples of every node, one per line.
+    samples: String,
+}
+
+/// Families in the order first seen, found by name.
+#[derive(Default)]
+struct Families {
+    list: Vec<Family>,
+    index: HashMap<String, usize>,
+}
+
+impl Families {
+    /// The family `name`, created when first seen.
+    fn get(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        self.list.push(Family {
+            name: name.to_string(),
+            ..Family::default()
+        });
+        self.index.insert(name.to_string(), self.list.len() - 1);
+        self.list.len() - 1
+    }
 }
 
 /// The merged exposition: `rbee_node_up`, every node's families labelled with `node`, then
@@ -35,41 +59,28 @@ pub fn render(nodes: &[NodeScrape], own: &str) -> String {
         let up = u8::from(n.text.is_ok());
         let _ = writeln!(out, "rbee_node_up{{node=\"{}\"}} {up}", escape(&n.node));
     }
-    let mut order: Vec<String> = Vec::new();
-    let mut families: HashMap<String, Family> = HashMap::new();
+    let mut families = Families::default();
     for n in nodes {
         if let Ok(text) = &n.text {
-            merge(text, &escape(&n.node), &mut order, &mut families);
+            merge(text, &escape(&n.node), &mut families);
         }
     }
-    for name in &order {
-        let f = &families[name];
-        if f.samples.is_empty() {
-            continue;
-        }
+    for f in families.list.iter().filter(|f| !f.samples.is_empty()) {
         if let Some(h) = &f.help {
-            let _ = writeln!(out, "# HELP {name} {h}");
+            let _ = writeln!(out, "# HELP {} {h}", f.name);
         }
         if let Some(k) = &f.kind {
-            let _ = writeln!(out, "# TYPE {name} {k}");
+            let _ = writeln!(out, "# TYPE {} {k}", f.name);
         }
-        for s in &f.samples {
-            out.push_str(s);
-            out.push('\n');
-        }
+        out.push_str(&f.samples);
     }
     out.push_str(own);
     out
 }
 
 /// Add one node's text to the families, its samples labelled `node`.
-fn merge(
-    text: &str,
-    node: &str,
-    order: &mut Vec<String>,
-    families: &mut HashMap<String, Family>,
-) {
-    let mut current: Option<String> = None;
+fn merge(text: &str, node: &str, families: &mut Families) {
+    let mut current: Option<usize> = None;
     for line in text.lines() {
         let line = line.trim_end();
         if line.is_empty() {
@@ -80,18 +91,15 @@ fn merge(
             let (Some(what), Some(name)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let value = parts.next().unwrap_or("").to_string();
             if what != "HELP" && what != "TYPE" {
                 continue;
             }
-            let key = family(name, order, families);
-            let f = families.entry(key.clone()).or_default();
-            if what == "HELP" {
-                f.help.get_or_insert(value);
-            } else {
-                f.kind.get_or_insert(value);
-            }
-            current = Some(key);
+            let value = parts.next().unwrap_or("");
+            let i = families.get(name);
+            let f = &mut families.list[i];
+            let slot = if what == "HELP" { &mut f.help } else { &mut f.kind };
+            slot.get_or_insert_with(|| value.to_string());
+            current = Some(i);
             continue;
         }
         if line.starts_with('#') {
@@ -99,27 +107,29 @@ fn merge(
         }
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = &line[..name_end];
-        let key = match &current {
-            Some(c) if name.starts_with(c.as_str()) => c.clone(),
-            _ => family(name, order, families),
+        let i = match current {
+            Some(c) if name.starts_with(families.list[c].name.as_str()) => c,
+            _ => families.get(name),
         };
+        let s = &mut families.list[i].samples;
         let rest = &line[name_end..];
-        let labelled = match rest.strip_prefix('{') {
-            Some(r) if r.starts_with('}') => format!("{name}{{node=\"{node}\"{r}"),
-            Some(r) => format!("{name}{{node=\"{node}\",{r}"),
-            None => format!("{name}{{node=\"{node}\"}}{rest}"),
-        };
-        families.entry(key).or_default().samples.push(labelled);
+        s.push_str(name);
+        match rest.strip_prefix('{') {
+            Some(r) => {
+                s.push_str("{node=\"");
+                s.push_str(node);
+                s.push_str(if r.starts_with('}') { "\"" } else { "\"," });
+                s.push_str(r);
+            }
+            None => {
+                s.push_str("{node=\"");
+                s.push_str(node);
+                s.push_str("\"}");
+                s.push_str(rest);
+            }
+        }
+        s.push('\n');
     }
-}
-
-/// The family `name`, created (and put in `order`) when first seen.
-fn family(name: &str, order: &mut Vec<String>, families: &mut HashMap<String, Family>) -> String {
-    if !families.contains_key(name) {
-        order.push(name.to_string());
-        families.insert(name.to_string(), Family::default());
-    }
-    name.to_string()
 }
 
 /// A label value as the text format writes it.
@@ -151,13 +161,19 @@ mod tests {
                 text: Err("session down".into()),
             },
         ];
-        let out = render(&nodes, "# TYPE rbee_gateway_waiting gauge\nrbee_gateway_waiting 0\n");
+        let out = render(
+            &nodes,
+            "# TYPE rbee_gateway_waiting gauge\nrbee_gateway_waiting 0\n",
+        );
         assert!(out.contains("rbee_node_up{node=\"a\"} 1\n"), "{out}");
         assert!(out.contains("rbee_node_up{node=\"b\\\"2\"} 1\n"), "{out}");
         assert!(out.contains("rbee_node_up{node=\"c\"} 0\n"), "{out}");
         assert_eq!(out.matches("# TYPE rbee_errors_total counter").count(), 1);
         assert_eq!(out.matches("# TYPE rbee_t_seconds histogram").count(), 1);
-        assert!(out.contains("rbee_errors_total{node=\"a\",kind=\"x\"} 2\n"), "{out}");
+        assert!(
+            out.contains("rbee_errors_total{node=\"a\",kind=\"x\"} 2\n"),
+            "{out}"
+        );
         assert!(out.contains("rbee_up_seconds{node=\"a\"} 5\n"), "{out}");
         assert!(out.contains("rbee_t_seconds_bucket{node=\"b\\\"2\",le=\"+Inf\",model=\"m\"} 1\n"));
         // The histogram's samples stay under their family, not families of their own.
