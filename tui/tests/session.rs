@@ -204,7 +204,12 @@ async fn comes_back_after_a_restart(etx: &mpsc::Sender<Effect>, arx: &mut mpsc::
         _ => None,
     })
     .await;
-    assert_eq!(reason.1, 1000, "first retry after 1 s");
+    // 1 s, spread by ±20 % so dashboards that lost the same agent do not redial together.
+    assert!(
+        (800..=1200).contains(&reason.1),
+        "first retry after about 1 s: {}",
+        reason.1
+    );
     etx.send(Effect::Request {
         node: 0,
         request: Request::ListWorkers,
@@ -252,13 +257,12 @@ async fn wrong_token_is_unreachable_with_the_reason() {
     })
     .await;
     assert!(reason.contains("refused the token"), "{reason}");
-    // Backoff doubles.
     let retry = next(&mut arx, "second failure", |a| match a {
         Action::Disconnected { retry_in_ms, .. } => Some(*retry_in_ms),
         _ => None,
     })
     .await;
-    assert_eq!(retry, 2000);
+    assert!((1600..=2400).contains(&retry), "backoff doubles, ±20 %: {retry}");
     task.abort();
 }
 

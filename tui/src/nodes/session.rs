@@ -31,7 +31,7 @@ pub const SILENT_LIMIT: Duration = Duration::from_secs(10);
 /// inputs again (a key press, a tick): fewer wake-ups under a flood, no starvation.
 pub const DRAIN: usize = 256;
 
-/// Reconnect delays: 1 s, 2 s, 4 s … capped at 30 s.
+/// Reconnect delays: 1 s, 2 s, 4 s … capped at 30 s, each spread by ±20 % (`rbee_client::reconnect_delay`).
 pub fn reconnect_policy() -> RestartPolicy {
     RestartPolicy {
         initial_backoff_ms: 1000,
@@ -90,7 +90,7 @@ pub async fn run_node(
             }
             Err(e) => reason(&e),
         };
-        let delay = policy.backoff(attempt);
+        let delay = rbee_client::reconnect_delay(&policy, attempt);
         attempt = attempt.saturating_add(1);
         tracing::warn!(node = target.name(), %reason, retry_in_ms = delay.as_millis() as u64, "node unreachable");
         let down = Action::Disconnected {
