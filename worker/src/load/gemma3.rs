@@ -14,6 +14,8 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::attention::{attend, KvCache};
+
 /// Layers `n·type − 1` attend globally; the others through the sliding window.
 const DEFAULT_SLIDING_WINDOW_TYPE: usize = 6;
 const DEFAULT_ROPE_BASE: f32 = 1_000_000.0;
@@ -77,81 +79,6 @@ struct Block {
     cache: Option<KvCache>,
 }
 
-/// Keys and values in preallocated buffers (`[b, kv_heads, capacity, d]`), written in place:
-/// no copy of the whole cache per token. Global layers append and double their buffers when
-/// full; sliding layers keep a ring of `window` slots, position `p` in slot `p % window`, which
-/// holds exactly the positions the next query may see.
-struct KvCache {
-    k: Tensor,
-    v: Tensor,
-    /// Entries written (at most the capacity for a ring).
-    len: usize,
-    /// `Some(window)`: a ring of that many slots.
-    ring: Option<usize>,
-}
-
-impl KvCache {
-    fn new(like: &Tensor, capacity: usize, ring: Option<usize>) -> candle_core::Result<Self> {
-        let (b, h, _, d) = like.dims4()?;
-        let k = Tensor::zeros((b, h, capacity, d), like.dtype(), like.device())?;
-        Ok(Self {
-            v: k.zeros_like()?,
-            k,
-            len: 0,
-            ring,
-        })
-    }
-
-    fn capacity(&self) -> usize {
-        self.k.dim(2).unwrap_or(0)
-    }
-
-    /// Write `k`, `v` (`[b, kv_heads, t, d]`, contiguous) for positions `pos..pos + t`.
-    fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> candle_core::Result<()> {
-        let t = k.dim(2)?;
-        match self.ring {
-            Some(w) => {
-                // Only the last `w` positions can be seen again.
-                let skip = t.saturating_sub(w);
-                for i in skip..t {
-                    let slot = (pos + i) % w;
-                    self.k
-                        .slice_set(&k.narrow(2, i, 1)?.contiguous()?, 2, slot)?;
-                    self.v
-                        .slice_set(&v.narrow(2, i, 1)?.contiguous()?, 2, slot)?;
-                }
-                self.len = (self.len + t).min(w);
-            }
-            None => {
-                if self.len + t > self.capacity() {
-                    let cap = (self.len + t).next_power_of_two().max(2 * self.capacity());
-                    let mut grown = KvCache::new(&self.k, cap, None)?;
-                    grown
-                        .k
-                        .slice_set(&self.k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                    grown
-                        .v
-                        .slice_set(&self.v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                    grown.len = self.len;
-                    *self = grown;
-                }
-                self.k.slice_set(k, 2, self.len)?;
-                self.v.slice_set(v, 2, self.len)?;
-                self.len += t;
-            }
-        }
-        Ok(())
-    }
-
-    /// Every cached key and value (`[b, kv_heads, len, d]`).
-    fn view(&self) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.k.narrow(2, 0, self.len)?,
-            self.v.narrow(2, 0, self.len)?,
-        ))
-    }
-}
-
 /// Shapes and constants every block shares.
 struct Dims {
     heads: usize,
@@ -186,33 +113,6 @@ fn md_f32(ct: &gguf_file::Content, key: &str) -> Option<f32> {
         .and_then(|v| v.to_f32().ok())
 }
 
-/// A sliding-window or causal mask for queries at `q_pos..q_pos + t` over keys at
-/// `k_pos..k_pos + n`: 0 where attention is allowed, −∞ elsewhere.
-fn mask(
-    t: usize,
-    q_pos: usize,
-    n: usize,
-    k_pos: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    let w = window.unwrap_or(usize::MAX);
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let q = q_pos + i;
-            (0..n).map(move |j| {
-                let k = k_pos + j;
-                if k <= q && q - k < w {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(m, (t, n), device)
-}
-
 impl Block {
     fn attention(
         &mut self,
@@ -230,47 +130,15 @@ impl Block {
         let v = heads(&self.v, d.kv_heads)?.transpose(1, 2)?;
         let q = rope.apply(&q.transpose(1, 2)?, pos)?;
         let k = rope.apply(&k.transpose(1, 2)?, pos)?;
-        let (k, v) = (k.contiguous()?, v.contiguous()?);
-        let fresh = self.cache.as_ref().is_none_or(|c| c.len == 0);
-        // A prompt on an empty cache attends to itself (masked); a new token to the cache,
-        // which holds exactly what it may see.
-        let (keys, values, mask) = if t > 1 {
-            if !fresh {
-                candle_core::bail!("gemma3: a multi-token step must start on an empty cache");
-            }
-            let m = mask(t, pos, t, pos, self.window, x.device())?;
-            (k.clone(), v.clone(), Some(m))
-        } else {
-            (k.clone(), v.clone(), None)
-        };
-        let cache = match &mut self.cache {
-            Some(c) => c,
-            None => self
-                .cache
-                .insert(KvCache::new(&k, self.window.unwrap_or(256), self.window)?),
-        };
-        cache.append(&k, &v, pos)?;
-        let (keys, values) = if t > 1 { (keys, values) } else { cache.view()? };
-        // Grouped-query attention without copying keys: the query heads that share a key head
-        // are stacked as rows of one matrix.
-        let rep = d.heads / d.kv_heads;
-        let n = keys.dim(2)?;
-        let qg = q
-            .contiguous()?
-            .reshape((b, d.kv_heads, rep * t, d.head_dim))?;
-        let mut scores = (qg.matmul(&keys.t()?)? * d.scale)?;
-        if let Some(m) = mask {
-            scores = scores
-                .reshape((b, d.kv_heads, rep, t, n))?
-                .broadcast_add(&m)?
-                .reshape((b, d.kv_heads, rep * t, n))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs
-            .matmul(&values.contiguous()?)?
-            .reshape((b, d.heads, t, d.head_dim))?
-            .transpose(1, 2)?
-            .reshape((b, t, d.heads * d.head_dim))?;
+        let y = attend(
+            &q,
+            &k,
+            &v,
+            &mut self.cache,
+            self.window,
+            pos,
+            (d.heads, d.kv_heads, d.head_dim, d.scale),
+        )?;
         self.out.forward(&y)
     }
 

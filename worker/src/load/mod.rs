@@ -4,7 +4,8 @@
 //! - [`network`]: the family table and each family's network.
 //! - [`gguf`]: GGUF files (quantized), with [`requantise`] for formats slow on CPU.
 //! - [`guard`]: a strict scan of a GGUF header (bounds, memory, alignment) before candle parses it.
-//! - [`gemma3`]: rbee's own Gemma 3 decoder for GGUF files.
+//! - [`gemma3`]: rbee's own Gemma 3 decoder (GGUF and safetensors).
+//! - [`attention`]: attention over a KV cache kept in place, for rbee's own decoders.
 //! - [`safetensors`]: safetensors directories (full precision).
 //! - [`tokenizer`]: `tokenizer.json`, or one rebuilt from a GGUF vocabulary.
 //! - [`device`]: `cpu` / `cuda:N` to a candle device.
@@ -19,6 +20,7 @@ use crate::chat::ChatTemplate;
 use crate::error::LoadError;
 pub use network::{Family, Network};
 
+pub mod attention;
 pub mod device;
 pub mod gemma3;
 pub mod gguf;
