@@ -238,7 +238,9 @@ impl Metrics {
 
     /// An automatic worker restart of a worker of `model`.
     pub fn restart(&self, model: &str) {
-        self.restarts.get_or_create(&[("model", model.into())]).inc();
+        self.restarts
+            .get_or_create(&[("model", model.into())])
+            .inc();
     }
     /// The circuit breaker opened for a worker of `model`.
     pub fn breaker_trip(&self, model: &str) {
@@ -301,7 +303,9 @@ impl Metrics {
     /// A connection was closed by a limit (`evicted`, `handshake_timeout`, `head_too_large`,
     /// `too_many_sessions`, `write_stall`).
     pub fn dropped(&self, reason: &'static str) {
-        self.dropped.get_or_create(&[("reason", reason.into())]).inc();
+        self.dropped
+            .get_or_create(&[("reason", reason.into())])
+            .inc();
     }
     /// A session was authenticated.
     pub fn session(&self) {
@@ -386,7 +390,9 @@ impl GpuGauges {
         self.power.clear();
         for g in &t.gpus {
             let l = [("gpu", g.index.to_string()), ("name", g.name.clone())];
-            self.mem_used.get_or_create(&l).set(gauge_i64(g.mem_used_bytes));
+            self.mem_used
+                .get_or_create(&l)
+                .set(gauge_i64(g.mem_used_bytes));
             self.mem_total
                 .get_or_create(&l)
                 .set(gauge_i64(g.mem_total_bytes));

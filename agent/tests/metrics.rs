@@ -35,7 +35,9 @@ fn promtool(text: &str) -> Option<(bool, String)> {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIP promtool check: promtool not runnable ({e}); apt-get install prometheus");
+            eprintln!(
+                "SKIP promtool check: promtool not runnable ({e}); apt-get install prometheus"
+            );
             return None;
         }
     };
@@ -128,7 +130,10 @@ async fn exposition_passes_promtool_and_moves_with_an_inference() {
         "rbee_node_cpu_usage_cores ",
         "rbee_sessions_active ",
     ] {
-        assert!(value(&before, family).is_some(), "{family} missing:\n{before}");
+        assert!(
+            value(&before, family).is_some(),
+            "{family} missing:\n{before}"
+        );
     }
     assert!(value(&before, "rbee_node_memory_total_bytes ").unwrap() > 0.0);
     assert!(value(&before, "rbee_sessions_active ").unwrap() >= 1.0);
@@ -154,7 +159,10 @@ async fn exposition_passes_promtool_and_moves_with_an_inference() {
         "{after}"
     );
     assert_eq!(
-        value(&after, &format!("rbee_time_to_first_token_seconds_count{m}")),
+        value(
+            &after,
+            &format!("rbee_time_to_first_token_seconds_count{m}")
+        ),
         Some(1.0),
         "{after}"
     );
@@ -184,7 +192,10 @@ async fn exposition_passes_promtool_and_moves_with_an_inference() {
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
 
     if let Some((ok, said)) = promtool(&after) {
-        assert!(ok, "promtool check metrics refused the agent's exposition:\n{said}\n{after}");
+        assert!(
+            ok,
+            "promtool check metrics refused the agent's exposition:\n{said}\n{after}"
+        );
     }
     let body = http.split("\r\n\r\n").nth(1).unwrap();
     if let Some((ok, said)) = promtool(body) {

@@ -107,7 +107,9 @@ fn promtool_accepts(text: &str) {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIP promtool check: promtool not runnable ({e}); apt-get install prometheus");
+            eprintln!(
+                "SKIP promtool check: promtool not runnable ({e}); apt-get install prometheus"
+            );
             return;
         }
     };
@@ -139,8 +141,14 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
 
 /// A real Prometheus server scraping the gateway every second; None when it is not installed.
 fn prometheus(dir: &Path, gateway: &str) -> Option<(Killed, String)> {
-    if Command::new("prometheus").arg("--version").output().is_err() {
-        eprintln!("SKIP Prometheus server check: `prometheus` not installed (apt-get install prometheus)");
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIP Prometheus server check: `prometheus` not installed (apt-get install prometheus)"
+        );
         return None;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -160,7 +168,10 @@ fn prometheus(dir: &Path, gateway: &str) -> Option<(Killed, String)> {
             "--config.file={}",
             dir.join("prometheus.yml").display()
         ))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -209,10 +220,7 @@ fn dashboard_exprs() -> Vec<String> {
     for p in dash["panels"].as_array().expect("panels") {
         for t in p["targets"].as_array().expect("targets") {
             let e = t["expr"].as_str().expect("expr");
-            out.push(
-                e.replace("$__rate_interval", "1m")
-                    .replace("$node", ".*"),
-            );
+            out.push(e.replace("$__rate_interval", "1m").replace("$node", ".*"));
         }
     }
     assert!(out.len() >= 20, "{out:?}");
@@ -267,8 +275,16 @@ fn one_scrape_target_for_the_cluster_checked_by_promtool_and_prometheus() {
     let (_gw, base) = gateway(dir.path(), &[("alpha", &a), ("beta", &b)]);
 
     let first = scrape(&base);
-    assert_eq!(value(&first, "rbee_node_up{node=\"alpha\"}"), Some(1.0), "{first}");
-    assert_eq!(value(&first, "rbee_node_up{node=\"beta\"}"), Some(1.0), "{first}");
+    assert_eq!(
+        value(&first, "rbee_node_up{node=\"alpha\"}"),
+        Some(1.0),
+        "{first}"
+    );
+    assert_eq!(
+        value(&first, "rbee_node_up{node=\"beta\"}"),
+        Some(1.0),
+        "{first}"
+    );
     for node in ["alpha", "beta"] {
         let up = format!("rbee_agent_uptime_seconds{{node=\"{node}\"}}");
         assert!(value(&first, &up).is_some(), "{up} missing:\n{first}");
@@ -299,10 +315,14 @@ fn one_scrape_target_for_the_cluster_checked_by_promtool_and_prometheus() {
             ("alpha".to_string(), "1".to_string()),
             ("beta".to_string(), "1".to_string()),
         ];
-        wait_until("Prometheus to scrape both nodes", Duration::from_secs(60), || {
-            try_curl(&[&format!("{url}/-/ready")])?;
-            Some(nodes_up(url)).filter(|v| *v == both)
-        });
+        wait_until(
+            "Prometheus to scrape both nodes",
+            Duration::from_secs(60),
+            || {
+                try_curl(&[&format!("{url}/-/ready")])?;
+                Some(nodes_up(url)).filter(|v| *v == both)
+            },
+        );
         check_dashboard(url);
     }
 
@@ -320,9 +340,11 @@ fn one_scrape_target_for_the_cluster_checked_by_promtool_and_prometheus() {
             ("alpha".to_string(), "1".to_string()),
             ("beta".to_string(), "0".to_string()),
         ];
-        wait_until("Prometheus to see beta down", Duration::from_secs(30), || {
-            Some(nodes_up(url)).filter(|v| *v == want)
-        });
+        wait_until(
+            "Prometheus to see beta down",
+            Duration::from_secs(30),
+            || Some(nodes_up(url)).filter(|v| *v == want),
+        );
     }
 }
 

@@ -140,7 +140,10 @@ async fn metrics(State(shared): St, headers: HeaderMap) -> Response {
     }
     match cluster_metrics(&shared).await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

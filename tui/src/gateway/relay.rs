@@ -97,7 +97,11 @@ fn merge(text: &str, node: &str, families: &mut Families) {
             let value = parts.next().unwrap_or("");
             let i = families.get(name);
             let f = &mut families.list[i];
-            let slot = if what == "HELP" { &mut f.help } else { &mut f.kind };
+            let slot = if what == "HELP" {
+                &mut f.help
+            } else {
+                &mut f.kind
+            };
             slot.get_or_insert_with(|| value.to_string());
             current = Some(i);
             continue;
