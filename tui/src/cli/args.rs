@@ -51,6 +51,8 @@ pub enum Command {
     Workers(WorkersCmd),
     /// Generate text; streams it to stdout as it arrives.
     Infer(InferArgs),
+    /// Talk with a model: one turn with --prompt, else a conversation read from stdin.
+    Chat(ChatArgs),
     /// Every node's connection state, telemetry and workers.
     Status,
     /// The OpenAI-compatible gateway for every node's models (headless queen).
@@ -171,6 +173,32 @@ pub struct InferArgs {
     /// Keep generating past end-of-sequence (fixed-length runs, e.g. benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+/// `chat`.
+#[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// The node (may be left out when there is only one).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Any ready worker of this model (a NAME, file name or reference as `models list` shows).
+    #[arg(long)]
+    pub model: String,
+    /// Instructions that frame the conversation (the system turn).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// One question: answer it and exit. Without it the conversation is read from stdin.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Most tokens per answer [default: the protocol's].
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sampling seed, for repeatable answers.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 #[cfg(test)]

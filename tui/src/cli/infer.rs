@@ -16,11 +16,11 @@ use crate::nodes::connect::deadline_in;
 use crate::nodes::describe::describe;
 
 /// A finished generation as this client saw it.
-struct Generated {
-    worker: WorkerId,
-    finish: FinishReason,
-    usage: Usage,
-    text: String,
+pub(super) struct Generated {
+    pub(super) worker: WorkerId,
+    pub(super) finish: FinishReason,
+    pub(super) usage: Usage,
+    pub(super) text: String,
     /// Arrival times at this client, for the relay benchmark (what a user sees, not what the
     /// worker did).
     sent_at: Instant,
@@ -41,16 +41,7 @@ pub(super) async fn run(
 }
 
 fn request(args: InferArgs) -> Request {
-    let mut params = SamplingParams::default();
-    if let Some(n) = args.max_tokens {
-        params.max_tokens = n;
-    }
-    if let Some(t) = args.temperature {
-        params.temperature = t;
-    }
-    if let Some(seed) = args.seed {
-        params.seed = seed;
-    }
+    let mut params = params(args.max_tokens, args.temperature, args.seed);
     params.ignore_eos = args.ignore_eos;
     Request::Infer {
         worker: args.worker,
@@ -60,9 +51,28 @@ fn request(args: InferArgs) -> Request {
     }
 }
 
+/// Sampling parameters from the flags, the protocol's defaults for what is left out.
+pub(super) fn params(
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    seed: Option<u64>,
+) -> SamplingParams {
+    let mut params = SamplingParams::default();
+    if let Some(n) = max_tokens {
+        params.max_tokens = n;
+    }
+    if let Some(t) = temperature {
+        params.temperature = t;
+    }
+    if let Some(seed) = seed {
+        params.seed = seed;
+    }
+    params
+}
+
 /// Send the request and stream its tokens to stdout (unless `--json`) until the final reply.
 /// Ctrl-C cancels on the agent and ends with [`TuiError::Interrupted`].
-async fn generate(
+pub(super) async fn generate(
     s: &Session,
     request: Request,
     timeout: Duration,
@@ -138,7 +148,7 @@ async fn generate(
 
 /// With `--json` the whole answer as one object; else a newline for a terminal and the `usage:`
 /// line on stderr.
-fn report(s: &Session, g: Generated, out: Out) -> Result<(), TuiError> {
+pub(super) fn report(s: &Session, g: Generated, out: Out) -> Result<(), TuiError> {
     let Generated {
         worker,
         finish,

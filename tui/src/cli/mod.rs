@@ -1,6 +1,6 @@
 //! The command line: the dashboard (no subcommand) and the headless subcommands scripts and tests
 //! use. The definition is `args`; each subcommand family has its file (`nodes`, `models`,
-//! `workers`, `infer`, `status`), over `conn` (one connected node, or all of them) and `out`
+//! `workers`, `infer`, `chat`, `status`), over `conn` (one connected node, or all of them) and `out`
 //! (stdout as text or JSON). [`run`] loads the config file once and hands each command what it
 //! needs. Every subcommand goes through the same `nodes::connect` as the dashboard. Success is
 //! exit 0 with the answer on stdout (`--json` for machines); failure is a `TuiError` the binary
@@ -11,6 +11,7 @@ use crate::error::TuiError;
 use crate::nodes::config::{config_path, ConfigFile};
 
 pub mod args;
+mod chat;
 mod conn;
 mod infer;
 mod models;
@@ -52,6 +53,10 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
         Command::Infer(args) => {
             let target = cf.select_one(args.node.as_deref())?;
             infer::run(&target, args, timeout, out).await
+        }
+        Command::Chat(args) => {
+            let target = cf.select_one(args.node.as_deref())?;
+            chat::run(&target, args, timeout, out).await
         }
         Command::Status => status::run(&cf.targets(), timeout, out).await,
         Command::Serve(args) => serve::run(cf.targets(), *args).await,

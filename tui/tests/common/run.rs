@@ -56,9 +56,14 @@ impl Run {
 }
 
 /// Run `cmd` to completion, killing it (and failing the test) after `limit`.
-pub fn run_bounded(mut cmd: Command, limit: Duration) -> Run {
+pub fn run_bounded(cmd: Command, limit: Duration) -> Run {
+    run_bounded_stdin(cmd, Stdio::null(), limit)
+}
+
+/// `run_bounded` with `stdin` as the command's standard input (a file, for a scripted session).
+pub fn run_bounded_stdin(mut cmd: Command, stdin: Stdio, limit: Duration) -> Run {
     let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
