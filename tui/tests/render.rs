@@ -167,6 +167,7 @@ fn prompt_state(run: PromptRun, output: &str) -> State {
         asked: "Write a haiku about GPUs".into(),
         output: output.into(),
         run: Some(run),
+        ..PromptPane::default()
     });
     s
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
-use rbee_proto::{FinishReason, Usage, WorkerState};
+use rbee_proto::{ChatMessage, FinishReason, Role, Usage, WorkerState};
 use rbee_tui::dashboard::action::{Action, Effect, InferDone};
 use rbee_tui::dashboard::keys::{self, Cmd, Mode, BINDINGS};
 use rbee_tui::dashboard::state::{
@@ -29,6 +29,13 @@ fn on_node() -> State {
     s.node_sel = 0;
     s.worker_sel = Some("w1".into());
     s
+}
+
+fn chat(role: Role, content: &str) -> ChatMessage {
+    ChatMessage {
+        role,
+        content: content.into(),
+    }
 }
 
 fn with_prompt(mut s: State, input: &str, active: bool) -> State {
@@ -57,7 +64,11 @@ fn setup(mode: Mode, cmd: Cmd) -> State {
             Cmd::Back => s.screen = Screen::Worker(0, "w1".into()),
             _ => {}
         },
-        Mode::Prompt => s = with_prompt(s, "hi", cmd == Cmd::PromptCancel),
+        Mode::Prompt => {
+            s = with_prompt(s, "hi", cmd == Cmd::PromptCancel);
+            let p = s.prompt.as_mut().unwrap();
+            p.history = vec![chat(Role::User, "q"), chat(Role::Assistant, "a")];
+        }
         Mode::Input => {
             let kind = if cmd == Cmd::InputSubmit {
                 InputKind::Command
@@ -175,14 +186,30 @@ fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
         Cmd::PromptSend => {
             let [Effect::Infer {
                 node: 0,
-                request: Request::Infer { worker, prompt, .. },
+                request: Request::Chat {
+                    worker, messages, ..
+                },
                 ..
             }] = fx
             else {
                 panic!("{label}: {fx:?}")
             };
-            assert_eq!((worker.as_deref(), prompt.as_str()), (Some("w1"), "hi"));
+            assert_eq!(worker.as_deref(), Some("w1"), "{label}");
+            let want = [
+                chat(Role::User, "q"),
+                chat(Role::Assistant, "a"),
+                chat(Role::User, "hi"),
+            ];
+            assert_eq!(
+                messages[..],
+                want,
+                "{label}: the history goes with the turn"
+            );
             assert!(s.prompt.as_ref().unwrap().run.as_ref().unwrap().active);
+        }
+        Cmd::PromptNew => {
+            let p = s.prompt.as_ref().unwrap();
+            assert!(p.history.is_empty() && p.run.is_none() && none, "{label}");
         }
         Cmd::PromptCancel => {
             assert_eq!(fx, [Effect::CancelInfer { node: 0, prompt: 7 }], "{label}");

@@ -68,6 +68,8 @@ pub enum Cmd {
     PromptSend,
     /// Stop the generation, else close the pane.
     PromptCancel,
+    /// Start a new conversation in the pane (the history is dropped, the system turn kept).
+    PromptNew,
     /// Delete the last typed character.
     DeleteChar,
     /// Apply the filter or run the command.
@@ -291,7 +293,14 @@ pub const BINDINGS: &[Binding] = &[
         PromptSend,
         &[k(KeyCode::Enter)],
         "send",
-        "send the prompt",
+        "send, /system T: system turn",
+    ),
+    b(
+        MPrompt,
+        PromptNew,
+        &[ctrl('n')],
+        "new chat",
+        "new conversation",
     ),
     b(
         MPrompt,

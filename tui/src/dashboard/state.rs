@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use rbee_proto::session::Telemetry;
 use rbee_proto::session::{ModelEntry, WorkerInfo};
-use rbee_proto::{FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
+use rbee_proto::{ChatMessage, FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
 
 use crate::nodes::config::AddNodeRequest;
 
@@ -457,12 +457,18 @@ pub struct PromptPane {
     pub focused: bool,
     /// What is typed so far.
     pub input: String,
-    /// The last prompt sent, shown above its answer.
+    /// The question being answered (or the last one that failed), shown above its answer.
     pub asked: String,
     /// The answer so far.
     pub output: String,
     /// The latest generation.
     pub run: Option<PromptRun>,
+    /// The conversation's finished turns (user, assistant, …), sent again with each new turn.
+    pub history: Vec<ChatMessage>,
+    /// The system turn that frames the conversation; empty when none.
+    pub system: String,
+    /// The model has no chat template: turns go as plain completions of the typed text.
+    pub completion: bool,
 }
 
 /// What an events-list entry is about.

@@ -39,7 +39,8 @@ pub fn summary(name: &str, device: &str) -> ModelSummary {
         context_length: 8192,
         memory_bytes: 98 * MIB,
         device: device.into(),
-        ..Default::default()
+        family: "llama".into(),
+        chat_template: Some("gguf".into()),
     }
 }
 

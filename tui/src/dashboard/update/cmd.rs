@@ -87,6 +87,7 @@ pub(super) fn run(state: &mut State, cmd: Cmd) -> Vec<Effect> {
         Cmd::Quit => state.should_quit = true,
         Cmd::PromptSend => return prompt::send(state),
         Cmd::PromptCancel => return prompt::cancel(state),
+        Cmd::PromptNew => prompt::new_conversation(state),
         Cmd::DeleteChar => {
             if let Some(line) = state.input.as_mut() {
                 line.text.pop();

@@ -1,4 +1,5 @@
-//! The `:` command line: screens by name, `:pull`, `:add`, `:q`.
+//! The `:` command line: screens by name, `:pull`, `:add`, `:system` (the prompt pane's system
+//! turn), `:q`.
 use rbee_proto::session::Request;
 
 use super::nav::set_screen;
@@ -41,13 +42,14 @@ pub(super) fn run(state: &mut State, text: &str) -> Vec<Effect> {
             }
         }
         ("help", _) => state.popup = Some(Popup::Help),
+        ("system", _) => super::prompt::set_system(state, text.strip_prefix("system").unwrap_or("")),
         ("pull", Some(model)) => return pull(state, model),
         ("add", _) => {
             let words: Vec<&str> = text.split_whitespace().skip(1).collect();
             return add(state, &words);
         }
         _ => state.flash_error(format!(
-            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :add NAME USER@HOST, :q)"
+            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :add NAME USER@HOST, :system TEXT, :q)"
         )),
     }
     Vec::new()

@@ -1,7 +1,8 @@
-//! The prompt pane: opening it on a worker or model, sending, cancelling, and the stream of a
-//! generation coming back.
+//! The prompt pane, a conversation: opening it on a worker or model, sending each turn with the
+//! history before it (or as a plain completion when the model has no chat template), a new
+//! conversation, the system turn, cancelling, and the stream of an answer coming back.
 use rbee_proto::session::Request;
-use rbee_proto::SamplingParams;
+use rbee_proto::{ChatMessage, Role, SamplingParams};
 
 use crate::dashboard::action::{Action, Effect, InferDone};
 use crate::dashboard::state::{Conn, PromptId, PromptPane, PromptRun, Screen, State};
@@ -25,7 +26,9 @@ pub(super) fn on_progress(state: &mut State, action: Action) {
             }
         }
         Action::PromptDone { prompt, result, at } => {
+            let finished = result.is_ok();
             if let Some(run) = run_mut(state, prompt) {
+                let keep = finished && !run.cancelled;
                 run.active = false;
                 run.last_token_at.get_or_insert(at);
                 match result {
@@ -42,9 +45,73 @@ pub(super) fn on_progress(state: &mut State, action: Action) {
                     Err(e) if !run.cancelled => run.error = Some(e),
                     Err(_) => {}
                 }
+                if keep {
+                    finish_turn(state);
+                }
             }
         }
         _ => {}
+    }
+}
+
+/// An answered turn joins the history: the question and the answer, in that order.
+fn finish_turn(state: &mut State) {
+    if let Some(pane) = state.prompt.as_mut() {
+        let asked = std::mem::take(&mut pane.asked);
+        let answer = std::mem::take(&mut pane.output);
+        pane.history.push(message(Role::User, asked));
+        pane.history.push(message(Role::Assistant, answer));
+    }
+}
+
+fn message(role: Role, content: String) -> ChatMessage {
+    ChatMessage { role, content }
+}
+
+/// Whether the worker the pane aims at (or the first serving worker of its model) reported no
+/// chat template. Unknown (not ready yet) counts as chat: the worker says so if it cannot.
+fn completion_only(state: &State, node: usize, worker: Option<&str>, model: Option<&str>) -> bool {
+    let Some(n) = state.nodes.get(node) else {
+        return false;
+    };
+    let view = match worker {
+        Some(w) => n.worker(w),
+        None => n
+            .workers
+            .iter()
+            .find(|w| w.info.state.is_serving() && Some(w.info.model.as_str()) == model),
+    };
+    view.and_then(|v| v.info.summary.as_ref())
+        .is_some_and(|s| s.chat_template.is_none())
+}
+
+/// `Ctrl-N` in the pane: a new conversation (the system turn stays).
+pub(super) fn new_conversation(state: &mut State) {
+    let Some(pane) = state.prompt.as_mut() else {
+        return;
+    };
+    if pane.run.as_ref().is_some_and(|r| r.active) {
+        state.flash_error("still generating: Esc cancels");
+        return;
+    }
+    pane.history.clear();
+    pane.asked.clear();
+    pane.output.clear();
+    pane.run = None;
+    state.flash("new conversation");
+}
+
+/// `:system TEXT` (or `/system TEXT` typed in the pane): the system turn; empty clears it.
+pub(super) fn set_system(state: &mut State, text: &str) {
+    let Some(pane) = state.prompt.as_mut() else {
+        state.flash_error("open the prompt pane first (p)");
+        return;
+    };
+    pane.system = text.trim().to_string();
+    if pane.system.is_empty() {
+        state.flash("system prompt cleared");
+    } else {
+        state.flash("system prompt set");
     }
 }
 
@@ -87,12 +154,15 @@ pub(super) fn open(state: &mut State) {
             }
         }
     };
+    let completion = completion_only(state, node, worker.as_deref(), model.as_deref());
     let pane = state.prompt.get_or_insert_with(PromptPane::default);
     if pane.node != node || pane.worker != worker || pane.model != model {
         pane.output.clear();
         pane.asked.clear();
+        pane.history.clear();
         pane.run = None;
     }
+    pane.completion = completion;
     pane.node = node;
     pane.worker = worker;
     pane.model = model;
@@ -108,7 +178,22 @@ pub(super) fn send(state: &mut State) -> Vec<Effect> {
         state.flash_error("still generating: Esc cancels");
         return Vec::new();
     }
-    if pane.input.trim().is_empty() {
+    let typed = pane.input.trim();
+    if typed.is_empty() {
+        return Vec::new();
+    }
+    if typed == "/clear" || typed == "/new" {
+        state.prompt.as_mut().expect("checked above").input.clear();
+        new_conversation(state);
+        return Vec::new();
+    }
+    if let Some(text) = typed
+        .strip_prefix("/system")
+        .filter(|t| t.is_empty() || t.starts_with(' '))
+    {
+        let text = text.to_string();
+        state.prompt.as_mut().expect("checked above").input.clear();
+        set_system(state, &text);
         return Vec::new();
     }
     let node = pane.node;
@@ -121,9 +206,11 @@ pub(super) fn send(state: &mut State) -> Vec<Effect> {
         state.flash_error(text);
         return Vec::new();
     }
+    let completion = completion_only(state, node, pane.worker.as_deref(), pane.model.as_deref());
     let id = state.next_prompt;
     state.next_prompt += 1;
     let pane = state.prompt.as_mut().expect("checked above");
+    pane.completion = completion;
     let prompt = std::mem::take(&mut pane.input);
     // When aimed at a worker, send only the worker: the agent routes by it.
     let model = if pane.worker.is_some() {
@@ -131,11 +218,26 @@ pub(super) fn send(state: &mut State) -> Vec<Effect> {
     } else {
         pane.model.clone()
     };
-    let request = Request::Infer {
-        worker: pane.worker.clone(),
-        model,
-        prompt: prompt.clone(),
-        params: SamplingParams::default(),
+    let request = if completion {
+        Request::Infer {
+            worker: pane.worker.clone(),
+            model,
+            prompt: prompt.clone(),
+            params: SamplingParams::default(),
+        }
+    } else {
+        let system = (!pane.system.is_empty()).then(|| message(Role::System, pane.system.clone()));
+        let messages = system
+            .into_iter()
+            .chain(pane.history.iter().cloned())
+            .chain([message(Role::User, prompt.clone())])
+            .collect();
+        Request::Chat {
+            worker: pane.worker.clone(),
+            model,
+            messages,
+            params: SamplingParams::default(),
+        }
     };
     pane.asked = prompt;
     pane.output.clear();

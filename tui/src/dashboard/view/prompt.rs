@@ -1,4 +1,7 @@
-//! The prompt pane: where the prompt goes, live TTFT and tok/s, the streamed answer, the input.
+//! The prompt pane: where the conversation goes (and whether it is a chat or, for a model
+//! without a chat template, plain completion), live TTFT and tok/s, the turns with their roles
+//! (the system turn once at the top), the streamed answer, the input. Agent text is shown through
+//! `printable`, so a model's output cannot drive the terminal.
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
@@ -6,6 +9,9 @@ use ratatui::widgets::{Block, BorderType, Paragraph};
 use ratatui::Frame;
 
 use super::widgets::{ACCENT, DIM};
+use rbee_proto::fmt::printable;
+use rbee_proto::Role;
+
 use crate::dashboard::state::{PromptPane, State};
 use crate::fmt::{short_model, truncate, wrap};
 
@@ -52,7 +58,16 @@ pub(super) fn render(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
     let b = Block::bordered()
         .border_type(BorderType::Rounded)
         .border_style(border)
-        .title(format!(" Prompt → {target} on {node} "))
+        .title(format!(
+            " Prompt → {} on {} · {} ",
+            printable(&target),
+            printable(node),
+            if p.completion {
+                "completion: model has no chat template"
+            } else {
+                "chat"
+            }
+        ))
         .title(Line::from(format!(" {} ", stats.join(" · "))).right_aligned());
     let inner = b.inner(area);
     f.render_widget(b, area);
@@ -62,18 +77,10 @@ pub(super) fn render(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
     let [out_area, in_area] =
         Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(inner);
     let width = out_area.width as usize;
-    let mut lines: Vec<Line> = Vec::new();
-    if !p.asked.is_empty() {
-        lines.extend(
-            wrap(&format!("› {}", p.asked), width)
-                .into_iter()
-                .map(|l| Line::styled(l, DIM)),
-        );
-    }
-    lines.extend(wrap(&p.output, width).into_iter().map(Line::raw));
+    let mut lines = conversation(p, width);
     if let Some(e) = p.run.as_ref().and_then(|r| r.error.as_ref()) {
         lines.extend(
-            wrap(&format!("error: {e}"), width)
+            wrap(&format!("error: {}", printable(e)), width)
                 .into_iter()
                 .map(|l| Line::styled(l, Style::new().fg(Color::Red))),
         );
@@ -104,4 +111,39 @@ pub(super) fn render(state: &State, p: &PromptPane, f: &mut Frame, area: Rect) {
         ])
     };
     f.render_widget(Paragraph::new(input), in_area);
+}
+
+/// The turns with their roles: the system turn once at the top, the finished exchanges, then the
+/// question being answered and the answer so far.
+fn conversation(p: &PromptPane, width: usize) -> Vec<Line<'static>> {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut turn = |role: Role, text: &str| {
+        let (label, style) = match role {
+            Role::System => ("system", DIM),
+            Role::User => ("user", Style::new().fg(ACCENT)),
+            Role::Assistant => ("assistant", Style::new()),
+        };
+        let shown: Vec<String> = text
+            .split('\n')
+            .map(|l| printable(l).into_owned())
+            .collect();
+        lines.extend(
+            wrap(&format!("{label} › {}", shown.join("\n")), width)
+                .into_iter()
+                .map(|l| Line::styled(l, style)),
+        );
+    };
+    if !p.system.is_empty() {
+        turn(Role::System, &p.system);
+    }
+    for m in &p.history {
+        turn(m.role, &m.content);
+    }
+    if !p.asked.is_empty() {
+        turn(Role::User, &p.asked);
+        if !p.output.is_empty() || p.run.as_ref().is_some_and(|r| r.active) {
+            turn(Role::Assistant, &p.output);
+        }
+    }
+    lines
 }
