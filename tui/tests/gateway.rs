@@ -525,7 +525,7 @@ fn full_queue_answers_429_then_the_wait_ends_in_503() {
 }
 
 #[test]
-fn a_killed_node_sends_new_requests_to_the_other() {
+fn a_node_killed_mid_load_cuts_its_streams_and_the_other_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b) = (agent(dir.path(), "a"), agent(dir.path(), "b"));
     let gw = Gateway::start(
@@ -544,7 +544,60 @@ fn a_killed_node_sends_new_requests_to_the_other() {
         assert_eq!(rx.recv_timeout(BOUND).unwrap().status, 200);
     }
     assert_eq!(workers(&a).len() + workers(&b).len(), 2);
+    // Mid-load: one long answer streaming on each node (its first token seen), then a dies.
+    let body = chat(120, json!({"stream": true, "ignore_eos": true})).to_string();
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let mut curl = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-N",
+                    "-X",
+                    "POST",
+                    &format!("{}/v1/chat/completions", gw.base),
+                ])
+                .args(["-H", &format!("Authorization: Bearer {SECRET}")])
+                .args([
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    &body,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+            let first = lines.next().unwrap().unwrap();
+            assert!(first.starts_with("data: {"), "{first}");
+            (curl, lines)
+        })
+        .collect();
     a.signal_and_wait(libc::SIGKILL);
+    // The stream on a ends with an error event (no hang, no [DONE]); b's completes.
+    let mut ends: Vec<bool> = streams
+        .into_iter()
+        .map(|(mut curl, lines)| {
+            let rest: Vec<String> = lines.map_while(Result::ok).collect();
+            curl.wait().unwrap();
+            let last = rest
+                .iter()
+                .rev()
+                .find(|l| !l.is_empty())
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                last == "data: [DONE]" || last.contains("{\"error\":"),
+                "{last}"
+            );
+            last == "data: [DONE]"
+        })
+        .collect();
+    ends.sort();
+    assert_eq!(
+        ends,
+        [false, true],
+        "one stream cut by the dead node, one complete"
+    );
     // Whatever the gateway knows of a's death yet, every request is answered by b.
     let answers: Vec<_> = (0..4)
         .map(|_| background(&gw, chat(4, json!({"stream": true}))))
@@ -557,6 +610,12 @@ fn a_killed_node_sends_new_requests_to_the_other() {
     let audit = gw.audit();
     assert!(
         audit.iter().rev().take(4).all(|l| l["node"] == "b"),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["node"] == "a" && l["outcome"] != "ok"),
         "{audit:?}"
     );
 }
