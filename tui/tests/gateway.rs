@@ -10,7 +10,9 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rbee_proto::session::{ModelEntry, NodeStatus, Reply, Request, Telemetry, WorkerInfo};
+use rbee_proto::session::{
+    ModelEntry, NodeStatus, Reply, Request, SpawnSpec, Telemetry, WorkerInfo,
+};
 use rbee_proto::{ErrorCode, WorkerState};
 use rbee_testkit::standin::{Answer, Behaviour, Ctx, StandIn, MODEL_REF};
 use rbee_testkit::{bin, model_path, wait_for, AgentProc};
@@ -408,22 +410,42 @@ fn spreads_over_two_nodes_and_unloads_after_keep_alive() {
         &[("a", &a), ("b", &b)],
         &["--worker-slots", "1"],
     );
-    let long = || {
-        chat(
-            48,
-            json!({"stream": true, "ignore_eos": true, "keep_alive": 0}),
-        )
-    };
-    let first = background(&gw, long());
-    wait_for(BOUND, "the first request to run", || {
-        (gw.metric("running") == 1).then_some(())
+    // The first streams for as long as the test needs (its client leaves at the end).
+    let body = chat(
+        4000,
+        json!({"stream": true, "ignore_eos": true, "keep_alive": 0}),
+    )
+    .to_string();
+    let mut first = Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "-X",
+            "POST",
+            &format!("{}/v1/chat/completions", gw.base),
+        ])
+        .args(["-H", &format!("Authorization: Bearer {SECRET}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: {"));
+    let second = background(&gw, chat(8, json!({"stream": true, "keep_alive": 0})));
+    let r = second.recv_timeout(BOUND).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(lines);
+    wait_for(BOUND, "the first request to be cancelled", || {
+        (gw.metric("cancelled_total") == 1).then_some(())
     });
-    let second = background(&gw, long());
-    for rx in [first, second] {
-        let r = rx.recv_timeout(BOUND).unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert!(r.body.ends_with("data: [DONE]\n\n"), "{}", r.body);
-    }
     let audit = gw.audit();
     let mut nodes: Vec<&str> = audit.iter().map(|l| l["node"].as_str().unwrap()).collect();
     nodes.sort();
@@ -485,6 +507,8 @@ fn client_disconnect_cancels_the_generation_on_the_worker() {
 fn full_queue_answers_429_then_the_wait_ends_in_503() {
     let dir = tempfile::tempdir().unwrap();
     let a = agent(dir.path(), "a");
+    // A worker loaded before the gateway starts: the timeouts below measure only the waits.
+    spawn_ready(&a);
     let gw = Gateway::start(
         dir.path(),
         &[("a", &a)],
@@ -493,15 +517,13 @@ fn full_queue_answers_429_then_the_wait_ends_in_503() {
             "1",
             "--queue",
             "1",
+            "--queue-timeout",
+            "3",
             "--request-timeout",
-            "20",
+            "10",
         ],
     );
-    // Load the model first, so the timeout below measures only the wait.
-    assert_eq!(
-        gw.post("/v1/chat/completions", &chat(2, json!({}))).status,
-        200
-    );
+    // Far longer than the request timeout at any speed this worker has.
     let long = || chat(4000, json!({"stream": true, "ignore_eos": true}));
     let running = background(&gw, long());
     wait_for(BOUND, "one request running", || {
@@ -515,35 +537,57 @@ fn full_queue_answers_429_then_the_wait_ends_in_503() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.headers.contains("retry-after: "), "{}", r.headers);
     assert_eq!(r.json()["error"]["code"], "queue_full");
+    // The waiting one: 503 once its queue timeout passed, the worker still busy.
     let r = waiting.recv_timeout(BOUND).unwrap();
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.headers.contains("retry-after: "), "{}", r.headers);
-    // The running one reached its timeout too: an error event ends its stream.
+    assert_eq!(r.json()["error"]["code"], "queue_timeout");
+    // The running one reached its request timeout: an error event ends its stream and the
+    // worker stops generating.
     let r = running.recv_timeout(BOUND).unwrap();
     assert_eq!(r.status, 200);
     assert!(r.body.contains("\"code\":\"timeout\""), "{}", r.body);
+    wait_for(BOUND, "the worker to stop generating", || {
+        workers(&a).iter().all(|w| w.in_flight == 0).then_some(())
+    });
+}
+
+/// Spawn a worker of the test model on `agent` directly and wait until it serves.
+fn spawn_ready(agent: &AgentProc) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, _events) = agent.connect().await;
+        let spec = SpawnSpec {
+            model: model_path().display().to_string(),
+            device: "cpu".into(),
+            threads: None,
+        };
+        let reply = client.request(Request::Spawn(spec), None).await.unwrap();
+        assert!(matches!(reply, Reply::Spawned { .. }), "{reply:?}");
+    });
+    wait_for(BOUND, "the worker to be ready", || {
+        workers(agent)
+            .iter()
+            .any(|w| w.state.is_serving())
+            .then_some(())
+    });
 }
 
 #[test]
 fn a_node_killed_mid_load_cuts_its_streams_and_the_other_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, b) = (agent(dir.path(), "a"), agent(dir.path(), "b"));
+    // A worker on each node, loaded before the gateway starts.
+    spawn_ready(&a);
+    spawn_ready(&b);
     let gw = Gateway::start(
         dir.path(),
         &[("a", &a), ("b", &b)],
         &["--worker-slots", "1"],
     );
-    // A worker on each node.
-    let long = || chat(24, json!({"stream": true, "ignore_eos": true}));
-    let first = background(&gw, long());
-    wait_for(BOUND, "the first request to run", || {
-        (gw.metric("running") == 1).then_some(())
-    });
-    let second = background(&gw, long());
-    for rx in [first, second] {
-        assert_eq!(rx.recv_timeout(BOUND).unwrap().status, 200);
-    }
-    assert_eq!(workers(&a).len() + workers(&b).len(), 2);
     // Mid-load: one long answer streaming on each node (its first token seen), then a dies.
     let body = chat(120, json!({"stream": true, "ignore_eos": true})).to_string();
     let streams: Vec<_> = (0..2)

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Requests that may wait for a worker; one more is answered 429.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub queue: usize,
+    /// Seconds a request may wait for a worker (loading one included) before it is answered 503
+    /// with Retry-After; never more than --request-timeout.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub queue_timeout: u64,
     /// How long a worker spawned on demand stays loaded once idle: `5m`, `300`, `0` (unload
     /// after the answer), `-1` (keep). Requests may set their own with `keep_alive`.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = keep_alive_arg)]
@@ -73,6 +77,7 @@ pub async fn run(targets: Vec<NodeTarget>, args: ServeArgs) -> Result<(), TuiErr
         hub: HubConfig {
             worker_slots: args.worker_slots.max(1),
             queue: args.queue,
+            queue_timeout: Duration::from_secs(args.queue_timeout.max(1)),
             keep_alive: args.keep_alive,
             device: args.device,
             threads: args.threads,

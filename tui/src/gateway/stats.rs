@@ -1,6 +1,5 @@
 //! Counters, the snapshot the read-only endpoints are built from, `/metrics` in Prometheus' text
 //! format, and the audit line written for every request.
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -51,89 +50,71 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// `/metrics`, Prometheus' text format.
+    /// The gateway's own metrics, Prometheus' text format (0.0.4), through a `prometheus-client`
+    /// registry filled from this snapshot (the hub keeps plain totals; a registry per scrape costs
+    /// microseconds).
     pub fn metrics(&self) -> String {
+        use prometheus_client::encoding::prometheus_text;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::{Registry, Unit};
         let s = &self.stats;
-        let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP rbee_gateway_{name} {help}");
-            let _ = writeln!(out, "# TYPE rbee_gateway_{name} {kind}");
-            let _ = writeln!(out, "rbee_gateway_{name} {value}");
+        let mut r = Registry::with_prefix("rbee_gateway");
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            r.register(name, help, c);
         };
-        put(
-            "requests_total",
-            "counter",
-            "Generation requests accepted.",
-            s.requests.to_string(),
+        counter("requests", "Generation requests accepted", s.requests);
+        counter("ok", "Requests answered in full", s.ok);
+        counter(
+            "failed",
+            "Requests that failed or were refused after scheduling",
+            s.failed,
         );
-        put(
-            "ok_total",
-            "counter",
-            "Requests answered in full.",
-            s.ok.to_string(),
+        counter(
+            "queue_full",
+            "Requests refused with 429 (queue full)",
+            s.queue_full,
         );
-        put(
-            "failed_total",
-            "counter",
-            "Requests that failed or were refused after scheduling.",
-            s.failed.to_string(),
+        counter("cancelled", "Requests whose client went away", s.cancelled);
+        counter(
+            "retries",
+            "Requests moved to another worker before their first token",
+            s.retries,
         );
-        put(
-            "queue_full_total",
-            "counter",
-            "Requests refused with 429 (queue full).",
-            s.queue_full.to_string(),
+        counter(
+            "tokens",
+            "Completion tokens of requests answered in full",
+            s.tokens,
         );
-        put(
-            "cancelled_total",
-            "counter",
-            "Requests whose client went away.",
-            s.cancelled.to_string(),
+        counter("spawns", "Workers started on demand", s.spawns);
+        counter(
+            "unloads",
+            "Workers unloaded after their keep-alive",
+            s.unloads,
         );
-        put(
-            "retries_total",
-            "counter",
-            "Requests moved to another worker before their first token.",
-            s.retries.to_string(),
-        );
-        put(
-            "tokens_total",
-            "counter",
-            "Completion tokens of requests answered in full.",
-            s.tokens.to_string(),
-        );
-        put(
-            "spawns_total",
-            "counter",
-            "Workers started on demand.",
-            s.spawns.to_string(),
-        );
-        put(
-            "unloads_total",
-            "counter",
-            "Workers unloaded after their keep-alive.",
-            s.unloads.to_string(),
-        );
-        put(
-            "queue_wait_seconds_total",
-            "counter",
-            "Summed queue wait of started requests.",
-            (s.queue_ms_sum as f64 / 1e3).to_string(),
-        );
-        put(
-            "waiting",
-            "gauge",
-            "Requests waiting for a worker.",
-            self.waiting.to_string(),
-        );
-        put(
-            "running",
-            "gauge",
-            "Requests on a worker.",
-            self.running.to_string(),
+        let wait: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
+        wait.inc_by(s.queue_ms_sum as f64 / 1e3);
+        r.register_with_unit(
+            "queue_wait",
+            "Summed queue wait of started requests",
+            Unit::Seconds,
+            wait,
         );
         let up = self.cluster.nodes.iter().filter(|n| n.up).count();
-        put("nodes_up", "gauge", "Nodes with a session.", up.to_string());
+        for (name, help, v) in [
+            ("waiting", "Requests waiting for a worker", self.waiting),
+            ("running", "Requests on a worker", self.running),
+            ("nodes_up", "Nodes with a session", up),
+        ] {
+            let g: Gauge = Gauge::default();
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            r.register(name, help, g);
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &r);
         out
     }
 

@@ -96,13 +96,21 @@ impl Hub {
         let late: Vec<(JobId, bool)> = self
             .jobs
             .iter()
-            .filter(|(_, l)| l.ending.is_none() && now >= l.deadline)
+            .filter(|(_, l)| {
+                l.ending.is_none()
+                    && match l.running {
+                        Some(_) => now >= l.deadline,
+                        None => now >= l.wait_deadline,
+                    }
+            })
             .map(|(id, l)| (*id, l.running.is_some()))
             .collect();
         for (id, running) in late {
-            let secs = self.jobs[&id].job.timeout.as_secs();
+            let l = &self.jobs[&id];
+            let secs = l.wait_deadline.duration_since(l.arrived).as_secs();
             let model = self.jobs[&id].job.model.clone();
             if running {
+                let secs = self.jobs[&id].job.timeout.as_secs();
                 let err = ApiError::server(
                     axum::http::StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
@@ -115,7 +123,7 @@ impl Hub {
                     "no worker of `{model}` could take the request within {secs} s (waiting: {})",
                     self.waiting.len()
                 );
-                self.fail(id, ApiError::unavailable("timeout", msg, 5));
+                self.fail(id, ApiError::unavailable("queue_timeout", msg, 5));
             }
         }
         for r in self.refused.values_mut() {

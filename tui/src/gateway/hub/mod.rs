@@ -46,6 +46,9 @@ pub struct HubConfig {
     pub worker_slots: u32,
     /// Requests that may wait for a worker; one more is refused with 429.
     pub queue: usize,
+    /// Longest a request waits for a worker (loading one included) before a 503; never past
+    /// the request's own timeout.
+    pub queue_timeout: Duration,
     /// Keep-alive of workers spawned on demand when the request does not say.
     pub keep_alive: KeepAlive,
     /// Device of workers spawned on demand: `cpu`, `cuda:N`, or `auto` (the node's GPU with the
@@ -60,6 +63,7 @@ impl Default for HubConfig {
         Self {
             worker_slots: 2,
             queue: 256,
+            queue_timeout: Duration::from_secs(300),
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             device: "cpu".into(),
             threads: None,
@@ -73,6 +77,8 @@ struct Live {
     events: mpsc::UnboundedSender<GenEvent>,
     arrived: Instant,
     deadline: Instant,
+    /// Past this while still waiting for a worker: 503.
+    wait_deadline: Instant,
     /// Where it runs now, with the prompt id its session knows it by.
     running: Option<(Place, PromptId)>,
     /// Workers it failed on.

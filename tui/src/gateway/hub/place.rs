@@ -10,6 +10,7 @@ impl Hub {
         let model = job.model.clone();
         let live = Live {
             deadline: now + job.timeout,
+            wait_deadline: now + job.timeout.min(self.cfg.queue_timeout),
             job,
             events,
             arrived: now,
