@@ -19,6 +19,8 @@ echo; echo "## Dashboard fan-in (bench/fanin.sh)"; echo
 bench/fanin.sh
 echo; echo "## Dashboard keypress to first token (target/release/keypress)"; echo
 target/release/keypress
+echo; echo "## Gateway: cold request, overhead, 64 clients (bench/gateway.sh)"; echo
+bench/gateway.sh 5 60 64
 if [ -x bench/ssh.sh ]; then
   echo; echo "## SSH (bench/ssh.sh)"; echo
   bench/ssh.sh
