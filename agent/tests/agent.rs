@@ -151,13 +151,42 @@ async fn spawn_ready_infer_streams_tokens_and_kill() {
                 worker: None,
                 model: Some(file),
                 prompt: "Hi".into(),
-                params,
+                params: params.clone(),
             },
             None,
         )
         .await
         .unwrap();
     assert!(matches!(r, Reply::InferDone { .. }), "{r:?}");
+    // And by the NAME `models list` prints (one name everywhere), chat included.
+    let name = models
+        .iter()
+        .find(|m| m.reference.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .map(|m| m.name.clone())
+        .expect("the model is listed");
+    for request in [
+        Request::Infer {
+            worker: None,
+            model: Some(name.clone()),
+            prompt: "Hi".into(),
+            params: params.clone(),
+        },
+        Request::Chat {
+            worker: None,
+            model: Some(name.clone()),
+            messages: vec![rbee_proto::ChatMessage {
+                role: rbee_proto::Role::User,
+                content: "Hi".into(),
+            }],
+            params: params.clone(),
+        },
+    ] {
+        let r = c.request(request, None).await;
+        assert!(
+            matches!(r, Ok(Reply::InferDone { .. })),
+            "by name {name}: {r:?}"
+        );
+    }
 
     let pid = w.pid.unwrap();
     assert_eq!(

@@ -337,7 +337,17 @@ impl Supervisor {
         params: SamplingParams,
         deadline: Option<UnixMillis>,
     ) -> Result<(WorkerId, u64), ProtoError> {
-        let slot = routing::pick(&self.registry(), worker, model)?;
+        let registry = self.registry();
+        let slot = match routing::pick(&registry, worker, model) {
+            // `model` may be a name as `models list` prints it: resolve it as a spawn does and
+            // look again (only on a miss, so the usual request pays no store lookup).
+            Err(e) if e.code == ErrorCode::NotFound && worker.is_none() => {
+                let store = rbee_store::Store::new(self.core.cfg.model_dirs.clone());
+                let found = model.and_then(|m| store.find(m).ok()).ok_or(e.clone())?;
+                routing::pick(&registry, None, Some(&found.reference)).map_err(|_| e)?
+            }
+            picked => picked?,
+        };
         let req = self.next_request.fetch_add(1, Ordering::SeqCst);
         let stdin = {
             let mut st = slot.lock();
