@@ -103,6 +103,42 @@ async fn infer_text(
 // Bad input (tokens, versions, malformed frames, unknown ids, paths outside the store, …) has its
 // own catalogue, one test per case: agent/tests/bad_input.rs.
 
+/// An inference and a chat for the model by the NAME `models list` prints (one name everywhere).
+async fn answers_by_listed_name(
+    c: &rbee_client::Client,
+    models: &[rbee_proto::session::ModelEntry],
+    params: &SamplingParams,
+) {
+    let name = models
+        .iter()
+        .find(|m| m.reference.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .map(|m| m.name.clone())
+        .expect("the model is listed");
+    for request in [
+        Request::Infer {
+            worker: None,
+            model: Some(name.clone()),
+            prompt: "Hi".into(),
+            params: params.clone(),
+        },
+        Request::Chat {
+            worker: None,
+            model: Some(name.clone()),
+            messages: vec![rbee_proto::ChatMessage {
+                role: rbee_proto::Role::User,
+                content: "Hi".into(),
+            }],
+            params: params.clone(),
+        },
+    ] {
+        let r = c.request(request, None).await;
+        assert!(
+            matches!(r, Ok(Reply::InferDone { .. })),
+            "by name {name}: {r:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn spawn_ready_infer_streams_tokens_and_kill() {
     let (_d, agent) = agent_with(FAST);
@@ -158,35 +194,7 @@ async fn spawn_ready_infer_streams_tokens_and_kill() {
         .await
         .unwrap();
     assert!(matches!(r, Reply::InferDone { .. }), "{r:?}");
-    // And by the NAME `models list` prints (one name everywhere), chat included.
-    let name = models
-        .iter()
-        .find(|m| m.reference.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"))
-        .map(|m| m.name.clone())
-        .expect("the model is listed");
-    for request in [
-        Request::Infer {
-            worker: None,
-            model: Some(name.clone()),
-            prompt: "Hi".into(),
-            params: params.clone(),
-        },
-        Request::Chat {
-            worker: None,
-            model: Some(name.clone()),
-            messages: vec![rbee_proto::ChatMessage {
-                role: rbee_proto::Role::User,
-                content: "Hi".into(),
-            }],
-            params: params.clone(),
-        },
-    ] {
-        let r = c.request(request, None).await;
-        assert!(
-            matches!(r, Ok(Reply::InferDone { .. })),
-            "by name {name}: {r:?}"
-        );
-    }
+    answers_by_listed_name(&c, &models, &params).await;
 
     let pid = w.pid.unwrap();
     assert_eq!(
