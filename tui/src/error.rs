@@ -173,6 +173,9 @@ pub enum TuiError {
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// The person at the terminal answered no to a destructive action.
+    #[error("{0}: not confirmed, nothing done")]
+    Declined(String),
 }
 
 impl TuiError {

@@ -143,6 +143,15 @@ pub enum WorkersCmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Stop every worker of every node (or of one) for good; asks first on a terminal.
+    UnloadAll {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
 }
 
 /// `infer`.

@@ -19,6 +19,7 @@ mod nodes;
 mod out;
 pub mod serve;
 mod status;
+mod unload;
 mod workers;
 
 use args::{Cli, Command, ModelsCmd};

@@ -1,4 +1,4 @@
-//! `workers list | spawn | kill | restart`.
+//! `workers list | spawn | kill | restart` (`unload-all` is `unload`).
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -87,6 +87,9 @@ pub(super) async fn run(
                 ),
                 other => Err(s.unexpected("kill", other)),
             }
+        }
+        WorkersCmd::UnloadAll { node, yes } => {
+            super::unload::run(&cf.select(node.as_deref())?, yes, timeout, out).await
         }
         WorkersCmd::Restart { id, node } => {
             let (s, id) = find_worker(cf, &id, node.as_deref(), timeout).await?;

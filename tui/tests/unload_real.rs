@@ -1,0 +1,110 @@
+//! `rbee-tui workers unload-all` against the real agent with two real workers on the real model:
+//! both killed, the node's worker list and its desired state empty afterwards.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::run::{run_bounded, Run};
+use rbee_testkit::{bin, model_dir, AgentProc};
+
+fn tui(cfg: &Path, local_state: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee-tui"));
+    for var in [
+        "RUST_LOG",
+        "RBEE_CONFIG",
+        "RBEE_LOG_FILE",
+        "RBEE_LOCAL_STATE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(cfg).args(args);
+    cmd.env("RBEE_LOCAL_STATE", local_state)
+        .env("RBEE_AGENT_BIN", bin("rbee-agent"))
+        .env("RBEE_MODEL_DIR", model_dir());
+    run_bounded(cmd, Duration::from_secs(300))
+}
+
+/// The worker ids in the agent's `desired.json`.
+fn desired_ids(state: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(state.join("desired.json")).unwrap_or_default();
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn unload_all_kills_every_worker_and_empties_the_desired_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("agent-state");
+    let agent = AgentProc::start(&state, &[]);
+    let cfg = dir.path().join("conf/tui.toml");
+    let local = dir.path().join("local-state");
+    let tui = |args: &[&str]| tui(&cfg, &local, args);
+    let token_file = state.join("token");
+    tui(&[
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .ok();
+    let models = tui(&["models", "list", "--json"]).json();
+    let name = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .find(|n| n.contains("SmolLM2-135M-Instruct"))
+        .unwrap_or_else(|| panic!("the test model is not listed: {models}"))
+        .to_string();
+    let spawn = [
+        "--timeout",
+        "120",
+        "workers",
+        "spawn",
+        "--model",
+        &name,
+        "--wait",
+        "--json",
+    ];
+    let a = tui(&spawn).json()["id"].as_str().unwrap().to_string();
+    let b = tui(&spawn).json()["id"].as_str().unwrap().to_string();
+    let mut before = desired_ids(&state);
+    before.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(before, want, "both workers are desired before");
+
+    let r = tui(&["workers", "unload-all", "--yes", "--json"]).json();
+    let mut killed: Vec<String> = r[0]["killed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    killed.sort();
+    assert_eq!(r[0]["node"], "n1", "{r}");
+    assert_eq!(killed, want, "{r}");
+
+    let left = tui(&["workers", "list", "--json"]).json();
+    assert_eq!(left, serde_json::json!([]), "no worker left: {left}");
+    assert!(desired_ids(&state).is_empty(), "desired state empty");
+
+    // Nothing left: said so, exit 0.
+    let again = tui(&["workers", "unload-all", "--yes"]).ok().stdout.clone();
+    assert_eq!(again, "no workers\n");
+    drop(agent);
+}
