@@ -410,3 +410,78 @@ fn dashboard_conversation_in_tmux() {
     drop(tmux);
     drop(agent);
 }
+
+/// Ctrl-C (SIGINT) during an answer cancels it and the conversation goes on; end of input
+/// then leaves with exit 0.
+#[test]
+fn ctrl_c_cancels_the_answer_and_stays() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("conf/tui.toml");
+    let _agent = agent_with_a_worker(dir.path(), &cfg);
+    let model = rbee_testkit::model_path();
+    let mut cmd = tui_cmd(
+        &cfg,
+        &dir.path().join("local-state"),
+        &[
+            "--timeout",
+            "240",
+            "chat",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "400",
+        ],
+    );
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let seen2 = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen2
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut err = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    writeln!(
+        stdin,
+        "Write a very long story about a dragon who learns to bake bread."
+    )
+    .unwrap();
+    rbee_testkit::wait_for(Duration::from_secs(120), "the answer to start", || {
+        (seen.lock().unwrap().len() >= 20).then_some(())
+    });
+    // SAFETY: signalling the child this test started and still holds.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_secs(3));
+    writeln!(stdin, "What is the capital of France?").unwrap();
+    drop(stdin);
+    let status = rbee_testkit::wait_for(Duration::from_secs(300), "chat to end", || {
+        child.try_wait().unwrap()
+    });
+    reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    assert!(status.success(), "{status}\nstderr: {stderr}");
+    assert!(stderr.lines().any(|l| l == "cancelled"), "{stderr}");
+    assert_eq!(
+        usages(&stderr).len(),
+        1,
+        "only the second turn finished: {stderr}"
+    );
+}
