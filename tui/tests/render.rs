@@ -287,6 +287,14 @@ fn confirm_kill_80x24() {
 }
 
 #[test]
+fn confirm_unload_all_80x24() {
+    let mut s = on(Screen::Node(0));
+    let workers = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+    s.popup = Some(Popup::Confirm(Pending::UnloadAll { node: 0, workers }));
+    insta::assert_snapshot!(draw(&s, 80, 24));
+}
+
+#[test]
 fn trust_host_key_80x24() {
     let mut s = on(Screen::Nodes);
     s.popup = Some(Popup::Confirm(Pending::TrustHostKey {

@@ -167,6 +167,14 @@ fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
             );
             assert!(none, "{label}: nothing is sent before confirmation");
         }
+        Cmd::UnloadAll => {
+            let Some(Popup::Confirm(Pending::UnloadAll { node: 0, workers })) = &s.popup else {
+                panic!("{label}: {:?}", s.popup)
+            };
+            let all: Vec<String> = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+            assert!(workers.len() > 1 && *workers == all, "{label}: {workers:?}");
+            assert!(none, "{label}: nothing is sent before confirmation");
+        }
         Cmd::Prompt => {
             let p = s.prompt.as_ref().expect(label);
             assert!(p.focused && p.worker.as_deref() == Some("w1"), "{label}");
@@ -984,4 +992,46 @@ fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
     );
     assert_eq!(retry.node, req.node);
     assert!(s.popup.is_none());
+}
+
+/// `:unload-all` asks about every worker of the current node; `y` kills each, any other key
+/// sends nothing.
+#[test]
+fn unload_all_asks_then_kills_every_worker_of_the_node() {
+    let mut s = on_node();
+    let all: Vec<String> = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+    assert!(all.len() > 1);
+    s.input = Some(InputLine {
+        kind: InputKind::Command,
+        text: "unload-all".into(),
+    });
+    assert!(press(&mut s, KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)).is_empty());
+    let asked = s.popup.clone();
+    assert_eq!(
+        asked,
+        Some(Popup::Confirm(Pending::UnloadAll {
+            node: 0,
+            workers: all.clone()
+        }))
+    );
+    assert!(press(&mut s, ch('z')).is_empty(), "any other key cancels");
+    assert!(s.popup.is_none());
+    s.popup = asked;
+    let fx = press(&mut s, ch('y'));
+    let want: Vec<Effect> = all
+        .iter()
+        .map(|w| Effect::Request {
+            node: 0,
+            request: Request::Kill { worker: w.clone() },
+        })
+        .collect();
+    assert_eq!(fx, want);
+    assert!(s.popup.is_none());
+    // A node without workers: said so, no popup.
+    let mut s = sample();
+    s.nodes[1].workers.clear();
+    s.node_sel = 1;
+    assert!(press(&mut s, ch('U')).is_empty());
+    assert!(s.popup.is_none());
+    assert!(s.flash.is_some());
 }

@@ -54,6 +54,8 @@ pub enum Cmd {
     Kill,
     /// Ask to restart the selected worker.
     Restart,
+    /// Ask to kill every worker of the current node.
+    UnloadAll,
     /// Open the prompt pane.
     Prompt,
     /// Start typing a `/` filter.
@@ -264,6 +266,13 @@ pub const BINDINGS: &[Binding] = &[
         "restart",
         "restart worker (asks first)",
     ),
+    quiet(
+        MNormal,
+        UnloadAll,
+        &[ch('U')],
+        "unload all",
+        "kill all workers (asks first)",
+    ),
     b(
         MNormal,
         Prompt,
@@ -453,6 +462,13 @@ pub fn applies(state: &State, cmd: Cmd) -> bool {
         },
         Back => state.screen != Screen::Nodes || !state.filter.is_empty(),
         Kill | Restart => state.selected_worker().is_some(),
+        UnloadAll => {
+            on_node_screens
+                && state
+                    .nodes
+                    .get(state.current_node())
+                    .is_some_and(|n| !n.workers.is_empty())
+        }
         Spawn | Prompt => on_node_screens && !state.nodes.is_empty(),
         _ => true,
     }

@@ -328,6 +328,13 @@ pub enum Pending {
         /// The worker.
         worker: WorkerId,
     },
+    /// Stop every worker of a node for good (`U` / `:unload-all`); the ids as they were when asked.
+    UnloadAll {
+        /// The node.
+        node: NodeIdx,
+        /// Its workers at the time of asking.
+        workers: Vec<WorkerId>,
+    },
     /// `:add` met a host key it does not know: trust it (`key` is "ALGO SHA256:…") and go on?
     TrustHostKey {
         /// The `:add` to run again.

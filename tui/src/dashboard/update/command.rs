@@ -1,4 +1,4 @@
-//! The `:` command line: screens by name, `:pull`, `:add`, `:system` (the prompt pane's system
+//! The `:` command line: screens by name, `:pull`, `:add`, `:unload-all`, `:system` (the prompt pane's system
 //! turn), `:q`.
 use rbee_proto::session::Request;
 
@@ -42,6 +42,7 @@ pub(super) fn run(state: &mut State, text: &str) -> Vec<Effect> {
             }
         }
         ("help", _) => state.popup = Some(Popup::Help),
+        ("unload-all", _) => super::popup::ask_unload_all(state),
         ("system", _) => super::prompt::set_system(state, text.strip_prefix("system").unwrap_or("")),
         ("pull", Some(model)) => return pull(state, model),
         ("add", _) => {
@@ -49,7 +50,7 @@ pub(super) fn run(state: &mut State, text: &str) -> Vec<Effect> {
             return add(state, &words);
         }
         _ => state.flash_error(format!(
-            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :add NAME USER@HOST, :system TEXT, :q)"
+            "unknown command :{text} (try :nodes, :events, :node NAME, :pull hf:ORG/REPO:FILE, :add NAME USER@HOST, :system TEXT, :unload-all, :q)"
         )),
     }
     Vec::new()

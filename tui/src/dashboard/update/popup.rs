@@ -113,9 +113,36 @@ pub(super) fn submit_spawn(state: &mut State) -> Vec<Effect> {
         .collect()
 }
 
+/// `U` / `:unload-all`: ask before killing every worker of the current node.
+pub(super) fn ask_unload_all(state: &mut State) {
+    let node = state.current_node();
+    let Some(n) = state.nodes.get(node) else {
+        state.flash_error("no node to unload");
+        return;
+    };
+    if n.workers.is_empty() {
+        let text = format!("no workers on {}", n.name);
+        state.flash_error(text);
+        return;
+    }
+    let workers = n.workers.iter().map(|w| w.info.id.clone()).collect();
+    state.popup = Some(Popup::Confirm(Pending::UnloadAll { node, workers }));
+}
+
 /// `y` in a confirm popup: do what it asked about.
 pub(super) fn confirmed(state: &mut State, p: Pending) -> Vec<Effect> {
     let (node, request, verb) = match p {
+        Pending::UnloadAll { node, workers } => {
+            let name = state.node_name(node);
+            state.flash(format!("unloading {} worker(s) on {name}…", workers.len()));
+            return workers
+                .into_iter()
+                .map(|worker| Effect::Request {
+                    node,
+                    request: Request::Kill { worker },
+                })
+                .collect();
+        }
         Pending::TrustHostKey { mut req, host, key } => {
             state.flash(format!(
                 "trusting {key} for {host}; adding {} over SSH…",

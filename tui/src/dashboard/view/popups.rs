@@ -5,7 +5,7 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
 use ratatui::Frame;
-use rbee_proto::fmt::bytes as fmt_bytes;
+use rbee_proto::fmt::{bytes as fmt_bytes, printable};
 
 use super::widgets::{block, popup_area, ACCENT, DIM};
 use crate::dashboard::keys::{self, Mode, BINDINGS, MODES};
@@ -75,6 +75,7 @@ pub(super) fn confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
         Pending::Kill { node, worker } => ("Kill", *node, worker),
         Pending::Restart { node, worker } => ("Restart", *node, worker),
         Pending::TrustHostKey { req, host, key } => return render_trust(req, host, key, f, area),
+        Pending::UnloadAll { node, workers } => return unload_all(state, *node, workers, f, area),
     };
     let n = state.nodes.get(node);
     let model = n
@@ -95,6 +96,30 @@ pub(super) fn confirm(state: &State, p: &Pending, f: &mut Frame, area: Rect) {
     f.render_widget(
         Paragraph::new(text)
             .block(block(format!(" {verb}? ")).border_style(Style::new().fg(Color::Red))),
+        r,
+    );
+}
+
+/// "Unload all 2 workers on gpu-a?" with the ids, and the keys that answer.
+fn unload_all(state: &State, node: usize, workers: &[String], f: &mut Frame, area: Rect) {
+    let q = format!(
+        "Kill all {} worker(s) on {}?",
+        workers.len(),
+        state.node_name(node)
+    );
+    let ids = workers.join(" ");
+    let width = q.chars().count().max(ids.chars().count()) as u16 + 6;
+    let r = popup_area(area, width.clamp(40, area.width.max(40)), 7);
+    f.render_widget(Clear, r);
+    let text = vec![
+        Line::raw(""),
+        Line::from(q).bold().centered(),
+        Line::from(printable(&ids).into_owned()).centered(),
+        Line::from(mode_hints(Mode::Confirm)).centered(),
+    ];
+    f.render_widget(
+        Paragraph::new(text)
+            .block(block(" Unload all? ").border_style(Style::new().fg(Color::Red))),
         r,
     );
 }
