@@ -19,6 +19,8 @@ echo; echo "## Dashboard fan-in (bench/fanin.sh)"; echo
 bench/fanin.sh
 echo; echo "## Dashboard keypress to first token (target/release/keypress)"; echo
 target/release/keypress
+echo; echo "## Metrics: the cluster endpoint's scrape cost, 100 nodes x 8 workers (target/release/scrape)"; echo
+target/release/scrape 100 50
 echo; echo "## Gateway: cold request, overhead, 64 clients (bench/gateway.sh)"; echo
 bench/gateway.sh 5 60 64
 if [ -x bench/ssh.sh ]; then
