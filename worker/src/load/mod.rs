@@ -5,6 +5,7 @@
 //! - [`gguf`]: GGUF files (quantized), with [`requantise`] for formats slow on CPU.
 //! - [`guard`]: a strict scan of a GGUF header (bounds, memory, alignment) before candle parses it.
 //! - [`gemma3`]: rbee's own Gemma 3 decoder (GGUF and safetensors).
+//! - [`llama`]: rbee's own llama-family decoder for GGUF files.
 //! - [`attention`]: attention over a KV cache kept in place, for rbee's own decoders.
 //! - [`safetensors`]: safetensors directories (full precision).
 //! - [`tokenizer`]: `tokenizer.json`, or one rebuilt from a GGUF vocabulary.
@@ -25,6 +26,7 @@ pub mod device;
 pub mod gemma3;
 pub mod gguf;
 pub mod guard;
+pub mod llama;
 pub mod network;
 pub mod requantise;
 pub mod safetensors;

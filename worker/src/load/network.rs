@@ -84,8 +84,11 @@ impl Family {
 
 /// The network, whichever family and format it came from.
 pub enum Network {
-    /// Quantized llama family.
-    Llama(quantized_llama::ModelWeights),
+    /// Quantized llama family (rbee's own decoder, see [`super::llama`]).
+    Llama(super::llama::Llama),
+    /// Quantized llama-family files that decoder does not cover (mixture of experts, partial
+    /// rotary dimensions), on candle's implementation.
+    LlamaCandle(quantized_llama::ModelWeights),
     /// Quantized Qwen2 family.
     Qwen2(quantized_qwen2::ModelWeights),
     /// Quantized Qwen3 family.
@@ -124,7 +127,10 @@ impl Network {
         device: &Device,
     ) -> candle_core::Result<Self> {
         Ok(match family {
-            Family::Llama => Network::Llama(quantized_llama::ModelWeights::from_gguf(
+            Family::Llama if super::llama::covers(&ct) => Network::Llama(
+                super::llama::Llama::from_gguf(&ct, reader, context, device)?,
+            ),
+            Family::Llama => Network::LlamaCandle(quantized_llama::ModelWeights::from_gguf(
                 ct, reader, device,
             )?),
             Family::Qwen2 => Network::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
@@ -199,6 +205,7 @@ impl Network {
     pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         match self {
             Network::Llama(m) => m.forward(input, pos),
+            Network::LlamaCandle(m) => m.forward(input, pos),
             Network::Qwen2(m) => m.forward(input, pos),
             Network::Qwen3(m) => m.forward(input, pos),
             Network::Gemma3(m) => m.forward(input, pos),
@@ -215,6 +222,7 @@ impl Network {
     pub fn reset(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
             Network::Llama(m) => m.clear_kv_cache(),
+            Network::LlamaCandle(m) => m.clear_kv_cache(),
             Network::Qwen2(m) => m.clear_kv_cache(),
             Network::Qwen3(m) => m.clear_kv_cache(),
             Network::Gemma3(m) => m.clear_kv_cache(),
