@@ -289,7 +289,11 @@ fn confirm_kill_80x24() {
 #[test]
 fn confirm_unload_all_80x24() {
     let mut s = on(Screen::Node(0));
-    let workers = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+    let workers = s.nodes[0]
+        .workers
+        .iter()
+        .map(|w| w.info.id.clone())
+        .collect();
     s.popup = Some(Popup::Confirm(Pending::UnloadAll { node: 0, workers }));
     insta::assert_snapshot!(draw(&s, 80, 24));
 }
@@ -411,4 +415,56 @@ fn worker_detail_with_unfocused_prompt_80x24() {
     s.screen = Screen::Worker(0, "w1".into());
     s.prompt.as_mut().unwrap().focused = false;
     insta::assert_snapshot!(draw(&s, 80, 24));
+}
+
+/// A request as the gateway's board holds it.
+fn request(
+    id: u64,
+    phase: rbee_tui::gateway::board::Phase,
+    node: &str,
+) -> rbee_tui::gateway::board::RequestRow {
+    let placed = !node.is_empty();
+    rbee_tui::gateway::board::RequestRow {
+        id,
+        arrived: NOW - 9_000 + id * 1_000,
+        client: format!("127.0.0.1:{}", 50_000 + id),
+        key: (id == 2).then(|| "alice".into()),
+        model: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        node: node.into(),
+        worker: if placed {
+            format!("w{id}")
+        } else {
+            String::new()
+        },
+        phase,
+        queue_ms: placed.then_some(12 * id),
+        ttft_ms: placed.then_some(300 + id),
+        tokens: 10 * id,
+        tok_s: 40.0 + id as f64,
+        total_ms: None,
+    }
+}
+
+#[test]
+fn requests_screen_80x24() {
+    use rbee_tui::gateway::board::Phase;
+    let mut s = on(Screen::Requests);
+    s.serving = Some("127.0.0.1:8080".into());
+    s.requests = vec![
+        request(1, Phase::Done("ok".into()), "gpu-a"),
+        request(2, Phase::Done("queue_full".into()), ""),
+        request(3, Phase::Running, "gpu-b"),
+        request(4, Phase::Waiting, ""),
+    ];
+    let screen = draw(&s, 80, 24);
+    assert!(screen.contains("Requests"), "{screen}");
+    assert!(screen.contains("gpu-b/w3"), "{screen}");
+    insta::assert_snapshot!(screen);
+}
+
+#[test]
+fn requests_screen_without_gateway_says_how_80x24() {
+    let s = on(Screen::Requests);
+    let screen = draw(&s, 80, 24);
+    assert!(screen.contains("--serve"), "{screen}");
 }

@@ -167,11 +167,16 @@ fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
             );
             assert!(none, "{label}: nothing is sent before confirmation");
         }
+        Cmd::Requests => assert_eq!(s.screen, Screen::Requests, "{label}"),
         Cmd::UnloadAll => {
             let Some(Popup::Confirm(Pending::UnloadAll { node: 0, workers })) = &s.popup else {
                 panic!("{label}: {:?}", s.popup)
             };
-            let all: Vec<String> = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+            let all: Vec<String> = s.nodes[0]
+                .workers
+                .iter()
+                .map(|w| w.info.id.clone())
+                .collect();
             assert!(workers.len() > 1 && *workers == all, "{label}: {workers:?}");
             assert!(none, "{label}: nothing is sent before confirmation");
         }
@@ -999,7 +1004,11 @@ fn unknown_host_key_is_asked_about_and_only_y_trusts_it() {
 #[test]
 fn unload_all_asks_then_kills_every_worker_of_the_node() {
     let mut s = on_node();
-    let all: Vec<String> = s.nodes[0].workers.iter().map(|w| w.info.id.clone()).collect();
+    let all: Vec<String> = s.nodes[0]
+        .workers
+        .iter()
+        .map(|w| w.info.id.clone())
+        .collect();
     assert!(all.len() > 1);
     s.input = Some(InputLine {
         kind: InputKind::Command,

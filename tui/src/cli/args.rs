@@ -32,6 +32,13 @@ pub struct Cli {
     /// Where the dashboard logs [default: <state dir>/rbee/tui.log].
     #[arg(long, env = "RBEE_LOG_FILE", global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Dashboard only: also run the OpenAI-compatible gateway on ADDR (as `serve --listen`), its
+    /// traffic on the Requests screen (`R`); it stops when the dashboard quits.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
+    /// With --serve: the API key file (as `serve --api-key-file`).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    pub api_key_file: Option<PathBuf>,
     /// What to do; the dashboard when absent.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -38,7 +38,15 @@ pub async fn run(cli: Cli) -> Result<(), TuiError> {
         crate::logging::init_file(&log)?;
         let cf = ConfigFile::load(&path)?;
         tracing::info!(config = %path.display(), nodes = cf.config.nodes.len(), "dashboard starting");
-        return crate::dashboard::app::run(cf.targets(), path).await;
+        let Some(listen) = cli.serve else {
+            return crate::dashboard::app::run(cf.targets(), path, None).await;
+        };
+        // Bound before the terminal is taken, so its errors print as usual.
+        let gw = serve::beside_dashboard(cf.targets(), listen, cli.api_key_file).await?;
+        let shown = (gw.addr.to_string(), gw.board.clone());
+        let result = crate::dashboard::app::run(cf.targets(), path, Some(shown)).await;
+        let stopped = gw.stop().await;
+        return result.and(stopped);
     };
     crate::logging::init_stderr_if_asked();
     let mut cf = ConfigFile::load(&path)?;

@@ -64,13 +64,71 @@ fn keep_alive_arg(s: &str) -> Result<KeepAlive, String> {
     parse_keep_alive(s).ok_or_else(|| format!("`{s}` is not a duration like 5m, 300, 0 or -1"))
 }
 
-/// Run the gateway over `targets` until a signal.
-pub async fn run(targets: Vec<NodeTarget>, args: ServeArgs) -> Result<(), TuiError> {
+/// A gateway serving beside the dashboard (`rbee-tui --serve ADDR`).
+pub struct Beside {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its requests, for the Requests screen.
+    pub board: RequestBoard,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), GatewayError>>,
+}
+
+#[derive(clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// `serve`'s defaults with this address and key file; bound here (so errors print before the
+/// dashboard takes the terminal) and serving in a task until [`Beside::stop`].
+pub async fn beside_dashboard(
+    targets: Vec<NodeTarget>,
+    listen: SocketAddr,
+    api_key_file: Option<PathBuf>,
+) -> Result<Beside, TuiError> {
+    use clap::Parser as _;
+    let mut args = Defaults::try_parse_from(["rbee-tui"])
+        .map_err(|e| gateway_error(GatewayError::Serve(std::io::Error::other(e.to_string()))))?
+        .args;
+    args.listen = listen;
+    if api_key_file.is_some() {
+        args.api_key_file = api_key_file;
+    }
+    let bound = bind(targets, config(args)?).await.map_err(gateway_error)?;
+    let (addr, board) = (bound.addr, bound.board.clone());
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(Beside {
+        addr,
+        board,
+        stop,
+        server,
+    })
+}
+
+impl Beside {
+    /// Stop taking requests and wait for the gateway to end (it unloads its on-demand workers).
+    pub async fn stop(self) -> Result<(), TuiError> {
+        let _ = self.stop.send(());
+        match self.server.await {
+            Ok(r) => r.map_err(gateway_error),
+            Err(e) => Err(gateway_error(GatewayError::Serve(std::io::Error::other(
+                e.to_string(),
+            )))),
+        }
+    }
+}
+
+/// The gateway's config from `serve`'s flags (the key file read here).
+fn config(args: ServeArgs) -> Result<GatewayConfig, TuiError> {
     let keys = match &args.api_key_file {
         Some(p) => Some(ApiKeys::load(p).map_err(|e| gateway_error(GatewayError::Keys(e)))?),
         None => None,
     };
-    let cfg = GatewayConfig {
+    Ok(GatewayConfig {
         listen: args.listen,
         keys,
         timeout: Duration::from_secs(args.request_timeout.max(1)),
@@ -83,8 +141,14 @@ pub async fn run(targets: Vec<NodeTarget>, args: ServeArgs) -> Result<(), TuiErr
             threads: args.threads,
         },
         audit_log: args.audit_log,
-    };
-    if !args.watch {
+    })
+}
+
+/// Run the gateway over `targets` until a signal.
+pub async fn run(targets: Vec<NodeTarget>, args: ServeArgs) -> Result<(), TuiError> {
+    let watch_it = args.watch;
+    let cfg = config(args)?;
+    if !watch_it {
         return serve(targets, cfg, announce, shutdown_signal())
             .await
             .map_err(gateway_error);

@@ -5,6 +5,7 @@ use rbee_proto::session::{Event, Reply, Request};
 use rbee_proto::{FinishReason, ProtoError, UnixMillis, Usage, WorkerId};
 
 use crate::dashboard::state::{NodeIdx, PromptId};
+use crate::gateway::board::RequestRow;
 use crate::nodes::config::AddNodeRequest;
 
 /// One thing that happened, for `update` to apply.
@@ -14,6 +15,8 @@ pub enum Action {
     Key(KeyEvent),
     /// The clock moved (heartbeat ages, "retry in" counters).
     Tick,
+    /// The gateway's request board as it is now (`--serve`), taken on each clock tick.
+    Requests(Vec<RequestRow>),
     /// The terminal changed size (the next frame redraws everything).
     Resize(u16, u16),
     /// A session task started connection attempt `attempt` (0 = first).

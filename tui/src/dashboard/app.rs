@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::dashboard::action::Action;
 use crate::dashboard::runtime::{Driver, Input, Runtime};
 use crate::error::TuiError;
+use crate::gateway::board::RequestBoard;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::stop::stop_ephemeral;
 
@@ -52,8 +53,13 @@ fn install_panic_hook() {
 
 /// Run the dashboard over `targets` until the operator quits; then stop the agents of SSH nodes
 /// added as ephemeral (other agents are daemons and keep running). `config` is where `:add`
-/// records nodes.
-pub async fn run(targets: Vec<NodeTarget>, config: std::path::PathBuf) -> Result<(), TuiError> {
+/// records nodes; `gateway` is the address and request board of a gateway serving beside it
+/// (`--serve`), shown on the Requests screen.
+pub async fn run(
+    targets: Vec<NodeTarget>,
+    config: std::path::PathBuf,
+    gateway: Option<(String, RequestBoard)>,
+) -> Result<(), TuiError> {
     let mut ephemeral: Vec<NodeConfig> = targets
         .iter()
         .filter_map(|t| match t {
@@ -62,6 +68,9 @@ pub async fn run(targets: Vec<NodeTarget>, config: std::path::PathBuf) -> Result
         })
         .collect();
     let mut rt = Runtime::start(targets, Some(config));
+    if let Some((addr, board)) = gateway {
+        rt.show_gateway(addr, board);
+    }
     let result = in_terminal(&mut rt).await;
     ephemeral.extend_from_slice(rt.ephemeral());
     // Dropping the runtime ends every session before the ephemeral agents are stopped.

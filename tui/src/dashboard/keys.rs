@@ -56,6 +56,8 @@ pub enum Cmd {
     Restart,
     /// Ask to kill every worker of the current node.
     UnloadAll,
+    /// The gateway's Requests screen (`--serve`).
+    Requests,
     /// Open the prompt pane.
     Prompt,
     /// Start typing a `/` filter.
@@ -272,6 +274,13 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('U')],
         "unload all",
         "kill all workers (asks first)",
+    ),
+    quiet(
+        MNormal,
+        Requests,
+        &[ch('R')],
+        "requests",
+        "API requests (--serve)",
     ),
     b(
         MNormal,

@@ -24,6 +24,7 @@ use crate::dashboard::state::{EventKind, NodeIdx, NodeState, State};
 use crate::dashboard::update::update;
 use crate::dashboard::view;
 use crate::error::TuiError;
+use crate::gateway::board::RequestBoard;
 use crate::nodes::add::{add_ssh_node, unknown_host_key};
 use crate::nodes::config::{AddNodeRequest, ConfigFile, NodeTarget};
 use crate::nodes::connect::CONNECT_TIMEOUT;
@@ -94,6 +95,8 @@ pub struct Runtime {
     config: Option<PathBuf>,
     /// Nodes added from the dashboard with `--ephemeral`.
     ephemeral: Vec<NodeConfig>,
+    /// The request board of the gateway running beside the dashboard (`--serve`).
+    board: Option<RequestBoard>,
     stop: bool,
 }
 
@@ -120,6 +123,7 @@ impl Runtime {
             added_rx,
             config,
             ephemeral: Vec::new(),
+            board: None,
             stop: false,
         };
         for (i, target) in targets.into_iter().enumerate() {
@@ -147,6 +151,13 @@ impl Runtime {
                 effect => route(&mut self.state, &self.effects, effect),
             }
         }
+    }
+
+    /// Show the requests of the gateway listening on `addr` (snapshot on every clock tick).
+    pub fn show_gateway(&mut self, addr: String, board: RequestBoard) {
+        self.state.serving = Some(addr);
+        self.state.requests = board.snapshot();
+        self.board = Some(board);
     }
 
     /// Actions waiting to be applied.
@@ -270,6 +281,10 @@ impl Runtime {
                 Some(added) = self.added_rx.recv() => self.added(added),
                 _ = clock.tick() => {
                     self.dispatch(Action::Tick);
+                    if let Some(board) = &self.board {
+                        let rows = board.snapshot();
+                        self.dispatch(Action::Requests(rows));
+                    }
                     driver.after_clock(self);
                 }
                 _ = frame.tick() => {

@@ -6,6 +6,7 @@ use rbee_proto::session::Telemetry;
 use rbee_proto::session::{ModelEntry, WorkerInfo};
 use rbee_proto::{ChatMessage, FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
 
+use crate::gateway::board::RequestRow;
 use crate::nodes::config::AddNodeRequest;
 
 /// Position of a node in `State::nodes`; nodes are fixed for the life of the dashboard.
@@ -289,6 +290,8 @@ pub enum Screen {
     Worker(NodeIdx, WorkerId),
     /// Worker state changes, audit entries and errors of every node.
     Events,
+    /// The API traffic of the gateway the dashboard runs (`--serve`).
+    Requests,
 }
 
 impl Screen {
@@ -299,6 +302,7 @@ impl Screen {
             Screen::Node(_) => "Node",
             Screen::Worker(..) => "Worker",
             Screen::Events => "Events",
+            Screen::Requests => "Requests",
         }
     }
 
@@ -562,6 +566,10 @@ pub struct State {
     pub should_quit: bool,
     /// Something visible changed since the last frame.
     pub dirty: bool,
+    /// Where the gateway listens when the dashboard runs one (`--serve`).
+    pub serving: Option<String>,
+    /// The gateway's requests as of the last clock tick, oldest first.
+    pub requests: Vec<RequestRow>,
 }
 
 impl State {
@@ -585,6 +593,8 @@ impl State {
             now: 0,
             should_quit: false,
             dirty: true,
+            serving: None,
+            requests: Vec::new(),
         }
     }
 

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use rbee_proto::UnixMillis;
 
-use crate::gateway::job::JobId;
+/// The gateway's number for a request (`job::JobId`; spelled here so this file imports nothing of
+/// the gateway and the dashboard's state can hold rows without an import circle).
+type JobId = u64;
 
 /// Finished requests kept for the view.
 pub const KEPT: usize = 500;

@@ -71,6 +71,7 @@ pub(super) fn run(state: &mut State, cmd: Cmd) -> Vec<Effect> {
             None => state.flash_error("no worker selected: open a node with Enter and pick one"),
         },
         Cmd::UnloadAll => popup::ask_unload_all(state),
+        Cmd::Requests => nav::toggle_requests(state),
         Cmd::Prompt => prompt::open(state),
         Cmd::Filter => {
             state.input = Some(InputLine {

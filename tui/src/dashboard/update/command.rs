@@ -43,6 +43,7 @@ pub(super) fn run(state: &mut State, text: &str) -> Vec<Effect> {
         }
         ("help", _) => state.popup = Some(Popup::Help),
         ("unload-all", _) => super::popup::ask_unload_all(state),
+        ("requests" | "req", _) => set_screen(state, Screen::Requests),
         ("system", _) => super::prompt::set_system(state, text.strip_prefix("system").unwrap_or("")),
         ("pull", Some(model)) => return pull(state, model),
         ("add", _) => {

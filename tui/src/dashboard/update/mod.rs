@@ -26,6 +26,10 @@ pub fn update(state: &mut State, action: Action) -> Vec<Effect> {
         Action::Key(key) => cmd::on_key(state, key),
         Action::Tick => nav::refresh_log(state),
         Action::Resize(..) => Vec::new(),
+        Action::Requests(rows) => {
+            state.requests = rows;
+            Vec::new()
+        }
         Action::PromptSent { .. } | Action::PromptToken { .. } | Action::PromptDone { .. } => {
             prompt::on_progress(state, action);
             Vec::new()

@@ -67,7 +67,7 @@ pub(super) fn move_selection(state: &mut State, delta: isize) {
                 state.event_sel = p;
             }
         }
-        Screen::Worker(..) => {}
+        Screen::Worker(..) | Screen::Requests => {}
     }
 }
 
@@ -112,7 +112,7 @@ pub(super) fn open(state: &mut State) -> Vec<Effect> {
                 Vec::new()
             }
         }
-        Screen::Worker(..) | Screen::Events => Vec::new(),
+        Screen::Worker(..) | Screen::Events | Screen::Requests => Vec::new(),
     }
 }
 
@@ -130,7 +130,7 @@ pub(super) fn back(state: &mut State) {
             state.node_sel = n;
             set_screen(state, Screen::Nodes);
         }
-        Screen::Events => {
+        Screen::Events | Screen::Requests => {
             let to = state.events_return.clone();
             set_screen(state, to);
         }
@@ -150,5 +150,18 @@ pub(super) fn switch_pane(state: &mut State) {
         state.events_return = state.screen.clone();
         state.event_sel = 0;
         set_screen(state, Screen::Events);
+    }
+}
+
+/// `R`: the gateway's Requests screen, or back to where it was opened from.
+pub(super) fn toggle_requests(state: &mut State) {
+    if state.screen == Screen::Requests {
+        let to = state.events_return.clone();
+        set_screen(state, to);
+    } else {
+        if state.screen != Screen::Events {
+            state.events_return = state.screen.clone();
+        }
+        set_screen(state, Screen::Requests);
     }
 }

@@ -54,6 +54,7 @@ pub(super) fn on_report(state: &mut State, action: Action) {
         Action::Key(_)
         | Action::Tick
         | Action::Resize(..)
+        | Action::Requests(_)
         | Action::PromptSent { .. }
         | Action::PromptToken { .. }
         | Action::PromptDone { .. } => {}

@@ -2,7 +2,7 @@
 //! `TestBackend` snapshot of a fixed state is a full test of what the operator sees.
 //!
 //! `mod.rs` lays out the frame and draws the chrome (header, status line, footer); one file per
-//! screen (`nodes`, `node`, `worker`, `events`), the prompt pane (`prompt`), the popups
+//! screen (`nodes`, `node`, `worker`, `events`, `requests`), the prompt pane (`prompt`), the popups
 //! (`popups`), and the pieces they share (`widgets`).
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -20,6 +20,7 @@ mod node;
 mod nodes;
 mod popups;
 mod prompt;
+mod requests;
 mod widgets;
 mod worker;
 
@@ -53,6 +54,7 @@ pub fn render(state: &State, f: &mut Frame) {
         Screen::Node(n) => node::render(state, *n, f, main),
         Screen::Worker(n, w) => worker::render(state, *n, w, f, main),
         Screen::Events => events::render(state, f, main),
+        Screen::Requests => requests::render(state, f, main),
     }
     if let (Some(p), Some(a)) = (&state.prompt, prompt_area) {
         prompt::render(state, p, f, a);
@@ -88,6 +90,7 @@ fn render_header(state: &State, f: &mut Frame, area: Rect) {
             crumbs.push(w.as_str().bold());
         }
         Screen::Events => crumbs.push("Events".bold()),
+        Screen::Requests => crumbs.push("Requests".bold()),
     }
     let connected = state
         .nodes
