@@ -1,0 +1,192 @@
+//! `rbee-tui --serve ADDR` in a real terminal (a tmux pane): the dashboard runs the gateway beside
+//! itself over a real agent and a real worker on the real model; one completion sent with curl
+//! shows up on the Requests screen (`R`) with its node/worker and outcome.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::run::{run_bounded, Run};
+use rbee_testkit::{bin, model_dir, model_path, AgentProc};
+
+const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
+const SESSION: &str = "rbee";
+
+fn tui(cfg: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(TUI);
+    for var in [
+        "RUST_LOG",
+        "RBEE_CONFIG",
+        "RBEE_LOG_FILE",
+        "RBEE_API_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("--config").arg(cfg).args(args);
+    cmd.env("RBEE_AGENT_BIN", bin("rbee-agent"))
+        .env("RBEE_MODEL_DIR", model_dir());
+    run_bounded(cmd, Duration::from_secs(300))
+}
+
+/// A tmux server on a private socket, killed on drop (pass or fail).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("tmux");
+        c.arg("-L").arg(&self.socket).args(args);
+        c
+    }
+
+    fn capture(&self) -> String {
+        run_bounded(
+            self.cmd(&["capture-pane", "-p", "-t", SESSION]),
+            Duration::from_secs(10),
+        )
+        .stdout
+    }
+
+    fn key(&self, key: &str) {
+        run_bounded(
+            self.cmd(&["send-keys", "-t", SESSION, key]),
+            Duration::from_secs(10),
+        )
+        .ok();
+    }
+
+    fn wait_screen(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd(&["kill-server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_beside_the_dashboard_shows_a_curl_request_on_the_requests_screen() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is needed for this test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("agent-state");
+    let agent = AgentProc::start(&state, &[]);
+    let cfg = dir.path().join("conf/tui.toml");
+    let token_file = state.join("token");
+    let add = [
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    tui(&cfg, &add).ok();
+    let model = model_path().to_string_lossy().into_owned();
+    let spawn = [
+        "--timeout",
+        "120",
+        "workers",
+        "spawn",
+        "--model",
+        &model,
+        "--wait",
+        "--json",
+    ];
+    let worker = tui(&cfg, &spawn).json()["id"].as_str().unwrap().to_string();
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let tmux = Tmux {
+        socket: format!("rbee-serve-{}", std::process::id()),
+    };
+    let log = dir.path().join("tui.log");
+    let mut new = tmux.cmd(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "30"]);
+    new.arg("-e")
+        .arg(format!("RBEE_AGENT_BIN={}", bin("rbee-agent").display()));
+    new.arg(TUI)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--log-file")
+        .arg(&log)
+        .arg("--serve")
+        .arg(&addr);
+    run_bounded(new, Duration::from_secs(10)).ok();
+    tmux.wait_screen(Duration::from_secs(60), "node n1 connected", |s| {
+        s.contains("n1") && s.contains("1/1 up")
+    });
+
+    // One completion through the gateway the dashboard runs.
+    let body = serde_json::json!({
+        "model": model_path().file_stem().unwrap().to_string_lossy(),
+        "prompt": "The capital of France is",
+        "max_tokens": 8,
+        "temperature": 0,
+    });
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-sS",
+        "--max-time",
+        "240",
+        "-H",
+        "content-type: application/json",
+    ])
+    .arg("-d")
+    .arg(body.to_string())
+    .arg(format!("http://{addr}/v1/completions"));
+    let r = run_bounded(curl, Duration::from_secs(250));
+    let answer: serde_json::Value = r.json();
+    assert_eq!(answer["object"], "text_completion", "{answer}");
+
+    tmux.key("R");
+    let want = format!("n1/{worker}");
+    let screen = tmux.wait_screen(Duration::from_secs(10), "the request's row", |s| {
+        s.contains("Requests") && s.lines().any(|l| l.contains(&want) && l.contains("ok"))
+    });
+    assert!(
+        screen.contains("127.0.0.1:"),
+        "the client is shown:\n{screen}"
+    );
+
+    // q leaves the dashboard and the gateway with it: the port is free again.
+    tmux.key("q");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the gateway still listens after q"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(agent);
+}
