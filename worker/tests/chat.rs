@@ -64,7 +64,7 @@ fn protocol_chat_reports_the_template_and_carries_the_history() {
     let summary = w.ready_summary();
     assert_eq!(summary.family, "llama");
     assert_eq!(summary.chat_template.as_deref(), Some("gguf"));
-    assert_eq!(summary.context_length, 4096, "llama implementation's limit");
+    assert_eq!(summary.context_length, 8192, "the file's");
     let first = vec![
         msg(Role::System, "You are a helpful assistant."),
         msg(Role::User, "What is the capital of France?"),

@@ -58,7 +58,7 @@ pub fn family_of(ct: &gguf_file::Content, path: &Path) -> Result<Family, LoadErr
 fn context_length(ct: &gguf_file::Content, family: Family) -> u32 {
     md_u32(ct, &format!("{}.context_length", family.name()))
         .map_or(2048, |n| n as usize)
-        .min(family.max_context()) as u32
+        .min(family.max_context(ct)) as u32
 }
 
 /// What the file says about special tokens: the BOS to prepend (if the model wants one), the

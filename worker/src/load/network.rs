@@ -70,14 +70,15 @@ impl Family {
         Family::ALL.map(Family::name).join(", ")
     }
 
-    /// The longest context the worker offers, whatever the file claims: quantized llama's
-    /// rotary table ends at 4 096 positions, and quantized phi3 allocates its KV cache for the
-    /// whole context at the first token (Phi-3-mini-128k: over 100 GB), so it is held to 4 096.
-    pub fn max_context(self) -> usize {
+    /// The longest context the worker offers, whatever the file claims: quantized phi3
+    /// allocates its KV cache for the whole context at the first token (Phi-3-mini-128k: over
+    /// 100 GB), so it is held to 4 096; llama files on candle's implementation (mixture of
+    /// experts) end at its rotary table, 4 096 positions.
+    pub fn max_context(self, ct: &gguf_file::Content) -> usize {
         match self {
-            Family::Llama => quantized_llama::MAX_SEQ_LEN,
+            Family::Llama if !super::llama::covers(ct) => quantized_llama::MAX_SEQ_LEN,
             Family::Phi3 => 4096,
-            Family::Gemma3 | Family::Qwen2 | Family::Qwen3 => usize::MAX,
+            _ => usize::MAX,
         }
     }
 }
