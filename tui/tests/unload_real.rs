@@ -88,6 +88,9 @@ fn unload_all_kills_every_worker_and_empties_the_desired_state() {
     want.sort();
     assert_eq!(before, want, "both workers are desired before");
 
+    declined_on_a_terminal(&cfg, &a, &b);
+    assert_eq!(desired_ids(&state).len(), 2, "nothing unloaded after no");
+
     let r = tui(&["workers", "unload-all", "--yes", "--json"]).json();
     let mut killed: Vec<String> = r[0]["killed"]
         .as_array()
@@ -107,4 +110,69 @@ fn unload_all_kills_every_worker_and_empties_the_desired_state() {
     let again = tui(&["workers", "unload-all", "--yes"]).ok().stdout.clone();
     assert_eq!(again, "no workers\n");
     drop(agent);
+}
+
+/// On a terminal (a tmux pane) it asks first, naming the count and node; `n` leaves both workers.
+fn declined_on_a_terminal(cfg: &Path, a: &str, b: &str) {
+    let socket = format!("rbee-unload-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let mut c = Command::new("tmux");
+        c.arg("-L").arg(&socket).args(args);
+        run_bounded(c, Duration::from_secs(10))
+    };
+    let conf = cfg.with_file_name("tmux.conf");
+    std::fs::write(&conf, "set -g remain-on-exit on\n").unwrap();
+    let (tui_bin, cfg_s) = (env!("CARGO_BIN_EXE_rbee-tui"), cfg.to_str().unwrap());
+    let conf_s = conf.to_str().unwrap();
+    tmux(&[
+        "-f",
+        conf_s,
+        "new-session",
+        "-d",
+        "-s",
+        "u",
+        "-x",
+        "100",
+        "-y",
+        "10",
+    ]);
+    tmux(&[
+        "send-keys",
+        "-t",
+        "u",
+        "-l",
+        &format!("{tui_bin} --config {cfg_s} workers unload-all"),
+    ]);
+    tmux(&["send-keys", "-t", "u", "Enter"]);
+    let screen = |want: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let s = tmux(&["capture-pane", "-p", "-t", "u"]).stdout;
+            if s.contains(want) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no `{want}`:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    screen("unload 2 worker(s) on n1? [y/N]");
+    tmux(&["send-keys", "-t", "u", "n", "Enter"]);
+    screen("not confirmed, nothing done");
+    tmux(&["kill-server"]);
+    let listed = tui(
+        cfg,
+        &cfg.with_file_name("local"),
+        &["workers", "list", "--json"],
+    )
+    .json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["id"].as_str())
+        .collect();
+    assert!(ids.contains(&a) && ids.contains(&b), "{listed}");
 }
