@@ -1,8 +1,10 @@
-//! The llama family (Llama 2/3.x, Mistral, SmolLM …) from a GGUF file, written for rbee.
+//! The dense decoder families (llama — Llama 2/3.x, Mistral, SmolLM —, qwen2 and qwen3) from a
+//! GGUF file, written for rbee.
 //!
-//! Same arithmetic as candle-transformers' quantized llama (RMS norms, interleaved rotary
-//! embeddings on the GGUF-permuted projections, SwiGLU MLP, output tied to the embeddings unless
-//! the file has its own), but attention runs on [`super::attention`]: keys and values written in
+//! Same arithmetic as candle-transformers' quantized llama, qwen2 and qwen3 (RMS norms, rotary
+//! embeddings — interleaved on llama's GGUF-permuted projections, NeoX halves on Qwen's —, Qwen2's
+//! q/k/v biases, Qwen3's per-head q/k norms, SwiGLU MLP, output tied to the embeddings unless the
+//! file has its own), but attention runs on [`super::attention`]: keys and values written in
 //! place instead of the whole cache copied at every token, and grouped-query heads without
 //! copying keys. At 1 000 tokens of context that copying was most of a decode step's memory
 //! traffic. Files this decoder does not cover (mixture of experts, partial rotary dimensions)
@@ -16,25 +18,58 @@ use super::attention::{attend, KvCache};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 
-fn md<'a>(ct: &'a gguf_file::Content, key: &str) -> Option<&'a gguf_file::Value> {
-    ct.metadata.get(&format!("llama.{key}"))
+/// Which dense family a file is: names its metadata and picks the variations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `llama.*`: interleaved rotary embeddings.
+    Llama,
+    /// `qwen2.*`: NeoX rotary embeddings, biases on q/k/v.
+    Qwen2,
+    /// `qwen3.*`: NeoX rotary embeddings, per-head RMS norms on q and k.
+    Qwen3,
 }
 
-fn md_u32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<u32> {
-    md(ct, key)
-        .ok_or_else(|| candle_core::Error::msg(format!("GGUF metadata has no `llama.{key}`")))?
+impl Variant {
+    fn prefix(self) -> &'static str {
+        match self {
+            Variant::Llama => "llama",
+            Variant::Qwen2 => "qwen2",
+            Variant::Qwen3 => "qwen3",
+        }
+    }
+}
+
+fn md<'a>(ct: &'a gguf_file::Content, v: Variant, key: &str) -> Option<&'a gguf_file::Value> {
+    ct.metadata.get(&format!("{}.{key}", v.prefix()))
+}
+
+fn md_u32(ct: &gguf_file::Content, v: Variant, key: &str) -> candle_core::Result<u32> {
+    md(ct, v, key)
+        .ok_or_else(|| {
+            candle_core::Error::msg(format!("GGUF metadata has no `{}.{key}`", v.prefix()))
+        })?
         .to_u32()
 }
 
+/// The width of one attention head.
+fn head_dim(ct: &gguf_file::Content, v: Variant) -> usize {
+    let heads = md_u32(ct, v, "attention.head_count").unwrap_or(0) as usize;
+    let dim = md_u32(ct, v, "embedding_length").unwrap_or(0) as usize;
+    match (v, md_u32(ct, v, "attention.key_length")) {
+        (Variant::Qwen3, Ok(k)) => k as usize,
+        _ if heads > 0 && dim.is_multiple_of(heads) => dim / heads,
+        _ => 0,
+    }
+}
+
 /// Whether this decoder covers the file: dense (no experts), rotary over whole heads.
-pub fn covers(ct: &gguf_file::Content) -> bool {
-    let experts = md(ct, "expert_count")
-        .and_then(|v| v.to_u32().ok())
+pub fn covers(ct: &gguf_file::Content, v: Variant) -> bool {
+    let experts = md(ct, v, "expert_count")
+        .and_then(|x| x.to_u32().ok())
         .unwrap_or(0);
-    let heads = md_u32(ct, "attention.head_count").unwrap_or(0) as usize;
-    let dim = md_u32(ct, "embedding_length").unwrap_or(0) as usize;
-    let rope = md_u32(ct, "rope.dimension_count").unwrap_or(0) as usize;
-    experts == 0 && heads > 0 && dim.is_multiple_of(heads) && rope == dim / heads
+    let hd = head_dim(ct, v);
+    let rope = md_u32(ct, v, "rope.dimension_count").map_or(hd, |r| r as usize);
+    experts == 0 && hd > 0 && rope == hd
 }
 
 struct Block {
@@ -42,6 +77,10 @@ struct Block {
     q: QMatMul,
     k: QMatMul,
     v: QMatMul,
+    /// Qwen2's biases on q, k and v.
+    bias: Option<[Tensor; 3]>,
+    /// Qwen3's per-head norms on q and k.
+    qk_norm: Option<[Tensor; 2]>,
     out: QMatMul,
     ffn_norm: Tensor,
     gate: QMatMul,
@@ -62,6 +101,7 @@ pub struct Llama {
     kv_heads: usize,
     head_dim: usize,
     eps: f32,
+    variant: Variant,
 }
 
 /// Rotary tables for `positions` positions: `θᵢ = base^(−2i/d)`, divided by the file's
@@ -95,20 +135,21 @@ impl Llama {
     /// Read the network from a GGUF file ([`covers`] must hold); `positions` bounds the
     /// rotary tables (the context).
     pub fn from_gguf<R: Read + Seek>(
+        variant: Variant,
         ct: &gguf_file::Content,
         r: &mut R,
         positions: usize,
         device: &Device,
     ) -> candle_core::Result<Self> {
-        let heads = md_u32(ct, "attention.head_count")? as usize;
-        let kv_heads = md_u32(ct, "attention.head_count_kv")? as usize;
-        let layers = md_u32(ct, "block_count")? as usize;
-        let dim = md_u32(ct, "embedding_length")? as usize;
-        let head_dim = dim / heads;
-        let eps = md(ct, "attention.layer_norm_rms_epsilon")
+        let v = variant;
+        let heads = md_u32(ct, v, "attention.head_count")? as usize;
+        let kv_heads = md_u32(ct, v, "attention.head_count_kv")? as usize;
+        let layers = md_u32(ct, v, "block_count")? as usize;
+        let head_dim = head_dim(ct, v);
+        let eps = md(ct, v, "attention.layer_norm_rms_epsilon")
             .ok_or_else(|| candle_core::Error::msg("GGUF metadata has no rms epsilon"))?
             .to_f32()?;
-        let base = md(ct, "rope.freq_base")
+        let base = md(ct, v, "rope.freq_base")
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(DEFAULT_ROPE_BASE);
         let mut get = |name: &str| ct.tensor(r, name, device);
@@ -125,12 +166,30 @@ impl Llama {
         let norm = get("output_norm.weight")?.dequantize(device)?;
         let mut blocks = Vec::with_capacity(layers);
         for i in 0..layers {
+            let mut t = |n: &str| get(&format!("blk.{i}.{n}"));
+            let bias = match v {
+                Variant::Qwen2 => Some([
+                    t("attn_q.bias")?.dequantize(device)?,
+                    t("attn_k.bias")?.dequantize(device)?,
+                    t("attn_v.bias")?.dequantize(device)?,
+                ]),
+                _ => None,
+            };
+            let qk_norm = match v {
+                Variant::Qwen3 => Some([
+                    t("attn_q_norm.weight")?.dequantize(device)?,
+                    t("attn_k_norm.weight")?.dequantize(device)?,
+                ]),
+                _ => None,
+            };
             let mut t = |n: &str| get(&format!("blk.{i}.{n}.weight"));
             blocks.push(Block {
                 attn_norm: t("attn_norm")?.dequantize(device)?,
                 q: QMatMul::from_qtensor(t("attn_q")?)?,
                 k: QMatMul::from_qtensor(t("attn_k")?)?,
                 v: QMatMul::from_qtensor(t("attn_v")?)?,
+                bias,
+                qk_norm,
                 out: QMatMul::from_qtensor(t("attn_output")?)?,
                 ffn_norm: t("ffn_norm")?.dequantize(device)?,
                 gate: QMatMul::from_qtensor(t("ffn_gate")?)?,
@@ -151,25 +210,42 @@ impl Llama {
             kv_heads,
             head_dim,
             eps,
+            variant,
         })
     }
 
     fn block(&mut self, i: usize, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (hd, eps, heads, kv_heads) = (self.head_dim, self.eps, self.heads, self.kv_heads);
+        let variant = self.variant;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         let blk = &mut self.blocks[i];
         let h = candle_nn::ops::rms_norm(x, &blk.attn_norm, eps)?;
-        let split = |m: &QMatMul, n: usize| -> candle_core::Result<Tensor> {
-            m.forward(&h)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()
+        // Project, add the bias, split into heads ([b, t, n, d]), norm each head.
+        let split = |m: &QMatMul, which: usize, n: usize| -> candle_core::Result<Tensor> {
+            let mut y = m.forward(&h)?;
+            if let Some(bias) = &blk.bias {
+                y = y.broadcast_add(&bias[which])?;
+            }
+            let y = y.reshape((b, t, n, hd))?;
+            match &blk.qk_norm {
+                Some(norms) if which < 2 => {
+                    candle_nn::ops::rms_norm(&y.contiguous()?, &norms[which], eps)
+                }
+                _ => Ok(y),
+            }
         };
-        let q = candle_nn::rotary_emb::rope_i(&split(&blk.q, heads)?, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&split(&blk.k, kv_heads)?, &cos, &sin)?;
-        let v = split(&blk.v, kv_heads)?;
+        let rope = |x: Tensor| -> candle_core::Result<Tensor> {
+            let x = x.transpose(1, 2)?.contiguous()?;
+            match variant {
+                Variant::Llama => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
+                Variant::Qwen2 | Variant::Qwen3 => candle_nn::rotary_emb::rope(&x, &cos, &sin),
+            }
+        };
+        let q = rope(split(&blk.q, 0, heads)?)?;
+        let k = rope(split(&blk.k, 1, kv_heads)?)?;
+        let v = split(&blk.v, 2, kv_heads)?.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (hd as f64).sqrt();
         let y = attend(
             &q,

@@ -8,6 +8,8 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+
+use super::llama::Variant;
 use candle_transformers::models::{
     llama, phi3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3, qwen2, qwen3,
 };
@@ -76,7 +78,9 @@ impl Family {
     /// experts) end at its rotary table, 4 096 positions.
     pub fn max_context(self, ct: &gguf_file::Content) -> usize {
         match self {
-            Family::Llama if !super::llama::covers(ct) => quantized_llama::MAX_SEQ_LEN,
+            Family::Llama if !super::llama::covers(ct, Variant::Llama) => {
+                quantized_llama::MAX_SEQ_LEN
+            }
             Family::Phi3 => 4096,
             _ => usize::MAX,
         }
@@ -85,14 +89,14 @@ impl Family {
 
 /// The network, whichever family and format it came from.
 pub enum Network {
-    /// Quantized llama family (rbee's own decoder, see [`super::llama`]).
+    /// Quantized dense llama, qwen2 or qwen3 (rbee's own decoder, see [`super::llama`]).
     Llama(super::llama::Llama),
     /// Quantized llama-family files that decoder does not cover (mixture of experts, partial
     /// rotary dimensions), on candle's implementation.
     LlamaCandle(quantized_llama::ModelWeights),
-    /// Quantized Qwen2 family.
+    /// Quantized Qwen2 files rbee's decoder does not cover, on candle's implementation.
     Qwen2(quantized_qwen2::ModelWeights),
-    /// Quantized Qwen3 family.
+    /// Quantized Qwen3 files rbee's decoder does not cover, on candle's implementation.
     Qwen3(quantized_qwen3::ModelWeights),
     /// Gemma 3, from GGUF or safetensors (rbee's own implementation, see [`super::gemma3`]).
     Gemma3(super::gemma3::Gemma3),
@@ -128,8 +132,14 @@ impl Network {
         device: &Device,
     ) -> candle_core::Result<Self> {
         Ok(match family {
-            Family::Llama if super::llama::covers(&ct) => Network::Llama(
-                super::llama::Llama::from_gguf(&ct, reader, context, device)?,
+            Family::Llama if super::llama::covers(&ct, Variant::Llama) => Network::Llama(
+                super::llama::Llama::from_gguf(Variant::Llama, &ct, reader, context, device)?,
+            ),
+            Family::Qwen2 if super::llama::covers(&ct, Variant::Qwen2) => Network::Llama(
+                super::llama::Llama::from_gguf(Variant::Qwen2, &ct, reader, context, device)?,
+            ),
+            Family::Qwen3 if super::llama::covers(&ct, Variant::Qwen3) => Network::Llama(
+                super::llama::Llama::from_gguf(Variant::Qwen3, &ct, reader, context, device)?,
             ),
             Family::Llama => Network::LlamaCandle(quantized_llama::ModelWeights::from_gguf(
                 ct, reader, device,
