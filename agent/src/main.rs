@@ -48,13 +48,7 @@ fn main() -> anyhow::Result<()> {
     );
     let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
         .unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    rbee_host::logging::init_stderr();
     let mut config = match &args.config {
         Some(p) => AgentConfig::load(p)?,
         None => AgentConfig::default(),

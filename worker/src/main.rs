@@ -103,13 +103,7 @@ fn main() {
     if let Some(t) = threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RBEE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    rbee_host::logging::init_stderr();
     let code = if args.prompt.is_some() || args.chat.is_some() || args.export_tokenizer.is_some() {
         match one_shot(&args) {
             Ok(()) => 0,
@@ -205,7 +199,7 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
     if args.json {
         eprintln!(
             "{}",
-            serde_json::json!({"finish_reason": finish, "usage": usage, "peak_rss_bytes": peak_rss_bytes()})
+            serde_json::json!({"finish_reason": finish, "usage": usage, "peak_rss_bytes": rbee_host::proc::own_peak_rss_bytes()})
         );
     } else {
         eprintln!(
@@ -221,19 +215,6 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
 
 fn protocol(args: &Args) -> i32 {
     let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));

@@ -326,21 +326,9 @@ fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
                 queued: shared.queued.load(Ordering::SeqCst),
                 tokens_generated: shared.tokens_generated.load(Ordering::Relaxed),
                 last_tokens_per_s: shared.last_tokens_per_s(),
-                rss_bytes: rss_bytes(),
+                rss_bytes: rbee_host::proc::own_rss_bytes(),
             },
         );
     }
 }
 
-/// Resident memory of this process.
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}

@@ -12,7 +12,6 @@
 //! | `admission`   | may this spawn run here (model, device, memory)               |
 //! | `routing`     | which worker serves an inference                              |
 //! | `logs`        | worker stderr: in-memory tail and rotated file                |
-//! | `procfs`      | figures read from `/proc`                                     |
 mod admission;
 mod core;
 mod frames;
@@ -20,7 +19,6 @@ mod lifecycle;
 mod lines;
 mod logs;
 pub mod process;
-mod procfs;
 mod routing;
 mod run;
 mod slot;
@@ -249,7 +247,7 @@ impl Supervisor {
         for s in self.registry().values() {
             let mut st = s.lock();
             if let Some(pid) = st.info.pid {
-                st.info.rss_bytes = procfs::rss_bytes(pid).unwrap_or(st.info.rss_bytes);
+                st.info.rss_bytes = rbee_host::proc::rss_bytes(pid).unwrap_or(st.info.rss_bytes);
                 st.info.vram_bytes = vram.get(&pid).copied().unwrap_or(0);
             }
         }
