@@ -13,6 +13,8 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo
 echo "## Worker: decode and prompt speed (bench/worker.sh)"; echo
 bench/worker.sh
+echo; echo "## Chat-length prompts per family (bench/chat.sh)"; echo
+bench/chat.sh
 echo; echo "## Agent: relay, latency, idle cost (bench/agent.sh)"; echo
 bench/agent.sh
 echo; echo "## Dashboard fan-in (bench/fanin.sh)"; echo
