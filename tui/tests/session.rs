@@ -262,7 +262,10 @@ async fn wrong_token_is_unreachable_with_the_reason() {
         _ => None,
     })
     .await;
-    assert!((1600..=2400).contains(&retry), "backoff doubles, ±20 %: {retry}");
+    assert!(
+        (1600..=2400).contains(&retry),
+        "backoff doubles, ±20 %: {retry}"
+    );
     task.abort();
 }
 

@@ -215,7 +215,6 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-
 fn protocol(args: &Args) -> i32 {
     let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     send(

@@ -331,4 +331,3 @@ fn heartbeat_loop(shared: &Shared, sink: &Sink, every: Duration) {
         );
     }
 }
-

@@ -23,7 +23,11 @@ fn agent_exposition() -> (String, Duration) {
             id: format!("w{i}"),
             model: models[i % 4].into(),
             device: format!("cuda:{}", i % 2),
-            state: if i == 7 { WorkerState::Busy } else { WorkerState::Ready },
+            state: if i == 7 {
+                WorkerState::Busy
+            } else {
+                WorkerState::Ready
+            },
             pid: Some(1000 + i as u32),
             restarts: 0,
             last_exit: None,

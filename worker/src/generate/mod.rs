@@ -118,7 +118,11 @@ impl Engine {
     ) -> Result<(FinishReason, Usage), GenerateError> {
         let text = self.render_chat(messages)?;
         let tokens = self.prompt_tokens(&text)?;
-        tracing::debug!(messages = messages.len(), tokens = tokens.len(), "chat prompt rendered");
+        tracing::debug!(
+            messages = messages.len(),
+            tokens = tokens.len(),
+            "chat prompt rendered"
+        );
         self.generate_tokens(&tokens, params, should_stop, emit)
     }
 
