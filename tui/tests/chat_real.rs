@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::run::{run_bounded, run_bounded_stdin, Run};
+use common::tmux::Tmux;
 use rbee_testkit::{bin, model_dir, AgentProc};
 
 const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
@@ -187,63 +188,6 @@ fn conversation_through_stdin(cfg: &Path, local_state: &Path, dir: &Path, name: 
 // ---------------------------------------------------------------------------------------------
 // The dashboard's conversation pane in a real terminal (tmux on a private socket).
 
-/// A tmux server on a private socket, killed on drop (pass or fail).
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        run_bounded(self.cmd(args), Duration::from_secs(10))
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "chat"]).stdout
-    }
-
-    /// tmux key names or, with `literal`, text typed as is; a pause so keys are read one by one.
-    fn send(&self, keys: &str, literal: bool) {
-        let mut args = vec!["send-keys", "-t", "chat"];
-        if literal {
-            args.push("-l");
-        }
-        args.push(keys);
-        self.run(&args).ok();
-        std::thread::sleep(Duration::from_millis(250));
-    }
-
-    fn wait(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}; the screen:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self
-            .cmd(&["kill-server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// The pane's title line.
 fn pane_title(screen: &str) -> Option<&str> {
     screen.lines().find(|l| l.contains("Prompt →"))
@@ -286,13 +230,7 @@ fn agent_with_a_worker(dir: &Path, cfg: &Path) -> AgentProc {
 fn dashboard_in_tmux(dir: &Path, cfg: &Path) -> Tmux {
     let conf = dir.join("tmux.conf");
     std::fs::write(&conf, "set -g status off\nset -sg escape-time 0\n").unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tmux = Tmux {
-        socket: format!("rbee-chat-{}-{nanos}", std::process::id()),
-    };
+    let tmux = Tmux::new("chat", "chat");
     let mut new = tmux.cmd(&[
         "-f",
         conf.to_str().unwrap(),
@@ -333,7 +271,7 @@ fn dashboard_conversation_in_tmux() {
     let cfg = dir.path().join("conf/tui.toml");
     let agent = agent_with_a_worker(dir.path(), &cfg);
     let tmux = dashboard_in_tmux(dir.path(), &cfg);
-    tmux.wait(
+    tmux.wait_screen(
         Duration::from_secs(30),
         "n1 connected with a ready worker",
         |s| {
@@ -343,14 +281,14 @@ fn dashboard_conversation_in_tmux() {
     );
     // `p` on the Nodes screen: any ready worker of the node's serving model; a chat, since
     // SmolLM2-Instruct has a template.
-    tmux.wait(Duration::from_secs(30), "the pane to open as a chat", |s| {
+    tmux.wait_screen(Duration::from_secs(30), "the pane to open as a chat", |s| {
         if pane_title(s).is_none() {
-            tmux.send("p", false);
+            tmux.keys(&["p"]);
         }
         pane_title(s).is_some_and(|t| t.contains("· chat"))
     });
-    tmux.send("What is the capital of France?", true);
-    tmux.send("Enter", false);
+    tmux.type_text("What is the capital of France?");
+    tmux.keys(&["Enter"]);
     let tokens = |s: &str| -> u32 {
         pane_title(s)
             .and_then(|t| {
@@ -360,15 +298,15 @@ fn dashboard_conversation_in_tmux() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let screen = tmux.wait(Duration::from_secs(90), "the answer to stream", |s| {
+    let screen = tmux.wait_screen(Duration::from_secs(90), "the answer to stream", |s| {
         finished(s) || tokens(s) >= 12
     });
     let screen = if finished(&screen) {
         screen
     } else {
         // Under load the whole answer may take long: Esc cancels the rest, as the help says.
-        tmux.send("Escape", false);
-        tmux.wait(Duration::from_secs(20), "the answer to stop", finished)
+        tmux.keys(&["Escape"]);
+        tmux.wait_screen(Duration::from_secs(20), "the answer to stop", finished)
     };
     eprintln!("{screen}");
     assert!(!screen.contains("error:"), "{screen}");
@@ -390,9 +328,9 @@ fn dashboard_conversation_in_tmux() {
     // A second turn: the first exchange stays on screen above it (and went with it).
     let first_done = finished(&screen) && !screen.contains(" · cancelled");
     if first_done {
-        tmux.send("And of Italy?", true);
-        tmux.send("Enter", false);
-        let screen = tmux.wait(Duration::from_secs(90), "the second answer", |s| {
+        tmux.type_text("And of Italy?");
+        tmux.keys(&["Enter"]);
+        let screen = tmux.wait_screen(Duration::from_secs(90), "the second answer", |s| {
             s.contains("user › And of Italy?") && finished(s)
         });
         eprintln!("{screen}");
@@ -402,8 +340,8 @@ fn dashboard_conversation_in_tmux() {
     }
 
     // Ctrl-N: a new conversation, the turns are gone.
-    tmux.send("C-n", false);
-    let screen = tmux.wait(Duration::from_secs(5), "the conversation to clear", |s| {
+    tmux.keys(&["C-n"]);
+    let screen = tmux.wait_screen(Duration::from_secs(5), "the conversation to clear", |s| {
         !s.contains("user ›") && !s.contains("assistant ›")
     });
     assert!(screen.contains("new conversation"), "{screen}");

@@ -12,10 +12,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::run::{run_bounded, Run};
+use common::tmux::Tmux;
 use rbee_testkit::{alive, bin, children_of, model_dir, model_path, wait_for, AgentProc};
 
 const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
@@ -242,76 +243,6 @@ const COLS: u16 = 120;
 const ROWS: u16 = 36;
 const SESSION: &str = "rbee";
 
-/// A tmux server on a private socket, killed on drop (pass or fail).
-struct Tmux {
-    socket: String,
-    last: std::cell::RefCell<String>,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        run_bounded(self.cmd(args), Duration::from_secs(10))
-    }
-
-    /// The pane as text, one line per row.
-    fn capture(&self) -> String {
-        let r = self.run(&["capture-pane", "-p", "-t", SESSION]);
-        if r.status.success() {
-            *self.last.borrow_mut() = r.stdout.clone();
-        }
-        r.stdout
-    }
-
-    /// tmux key names (`Enter`, `Escape`, `s`); a pause after each so the dashboard reads them
-    /// one at a time (an Escape directly followed by a letter would read as Alt+letter).
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            self.run(&["send-keys", "-t", SESSION, k]).ok();
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Text typed as is.
-    fn type_text(&self, text: &str) {
-        self.run(&["send-keys", "-t", SESSION, "-l", text]).ok();
-        std::thread::sleep(Duration::from_millis(250));
-    }
-
-    /// Poll the screen until `pred` holds; panic after `limit` showing the last screen.
-    fn wait_screen(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if pred(&screen) {
-                return screen;
-            }
-            if start.elapsed() > limit {
-                panic!("timed out after {limit:?} waiting for {what}; the screen:\n{screen}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("last captured screen:\n{}", self.last.borrow());
-        }
-        let _ = self
-            .cmd(&["kill-server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 /// The local agent the dashboard started, stopped on drop if it still runs (a failed test must
 /// not leave agents or workers behind).
 struct LocalAgentGuard {
@@ -380,14 +311,7 @@ fn dashboard_in_tmux_first_run_spawn_prompt_kill() {
     let _agent = LocalAgentGuard {
         state_dir: local_state.clone(),
     };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let tmux = Tmux {
-        socket: format!("rbee-e2e-{}-{nanos}", std::process::id()),
-        last: Default::default(),
-    };
+    let tmux = Tmux::new("e2e", SESSION);
 
     let exit_file = start_dashboard(&tmux, dir.path(), &local_state, &cfg, &log_file, &tmux_conf);
     step("dashboard started in tmux");

@@ -4,10 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::run::{run_bounded, Run};
+use common::tmux::Tmux;
 use rbee_testkit::{bin, model_dir, model_path, AgentProc};
 
 const TUI: &str = env!("CARGO_BIN_EXE_rbee-tui");
@@ -27,60 +28,6 @@ fn tui(cfg: &Path, args: &[&str]) -> Run {
     cmd.env("RBEE_AGENT_BIN", bin("rbee-agent"))
         .env("RBEE_MODEL_DIR", model_dir());
     run_bounded(cmd, Duration::from_secs(300))
-}
-
-/// A tmux server on a private socket, killed on drop (pass or fail).
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket).args(args);
-        c
-    }
-
-    fn capture(&self) -> String {
-        run_bounded(
-            self.cmd(&["capture-pane", "-p", "-t", SESSION]),
-            Duration::from_secs(10),
-        )
-        .stdout
-    }
-
-    fn key(&self, key: &str) {
-        run_bounded(
-            self.cmd(&["send-keys", "-t", SESSION, key]),
-            Duration::from_secs(10),
-        )
-        .ok();
-    }
-
-    fn wait_screen(&self, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "timed out after {limit:?} waiting for {what}; the screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self
-            .cmd(&["kill-server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// A port nothing listens on right now.
@@ -127,9 +74,7 @@ fn serve_beside_the_dashboard_shows_a_curl_request_on_the_requests_screen() {
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let tmux = Tmux {
-        socket: format!("rbee-serve-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("serve", SESSION);
     let log = dir.path().join("tui.log");
     let mut new = tmux.cmd(&["new-session", "-d", "-s", SESSION, "-x", "120", "-y", "30"]);
     new.arg("-e")
@@ -168,7 +113,7 @@ fn serve_beside_the_dashboard_shows_a_curl_request_on_the_requests_screen() {
     let answer: serde_json::Value = r.json();
     assert_eq!(answer["object"], "text_completion", "{answer}");
 
-    tmux.key("R");
+    tmux.keys(&["R"]);
     let want = format!("n1/{worker}");
     let screen = tmux.wait_screen(Duration::from_secs(10), "the request's row", |s| {
         s.contains("Requests") && s.lines().any(|l| l.contains(&want) && l.contains("ok"))
@@ -179,7 +124,7 @@ fn serve_beside_the_dashboard_shows_a_curl_request_on_the_requests_screen() {
     );
 
     // q leaves the dashboard and the gateway with it: the port is free again.
-    tmux.key("q");
+    tmux.keys(&["q"]);
     let start = Instant::now();
     while std::net::TcpStream::connect(&addr).is_ok() {
         assert!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod run;
+pub mod tmux;
 
 use rbee_proto::session::{AuditEntry, Event, GpuTelemetry, ModelEntry, Telemetry, WorkerInfo};
 use rbee_proto::{ModelSummary, WorkerState};
