@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::run::{run_bounded, run_bounded_stdin, Run};
+use common::run::{run_bounded, run_bounded_stdin, test_model_name, Run};
 use common::tmux::Tmux;
 use rbee_testkit::{bin, model_dir, AgentProc};
 
@@ -78,15 +78,7 @@ fn chat_one_turn_and_a_conversation_on_the_real_model() {
     .ok();
 
     // The NAME `models list` prints is what we spawn and chat with.
-    let models = tui(&["models", "list", "--json"]).json();
-    let name = models
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .find(|n| n.contains("SmolLM2-135M-Instruct"))
-        .unwrap_or_else(|| panic!("the test model is not listed: {models}"))
-        .to_string();
+    let name = test_model_name(&tui(&["models", "list", "--json"]).json());
 
     // No worker yet: refused, saying how to start one.
     let line = tui(&["chat", "--model", &name, "--prompt", "hi"]).fails_with(&[&name]);

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::run::{run_bounded, Run};
+use common::run::{run_bounded, test_model_name, Run};
 use rbee_testkit::{bin, model_dir, AgentProc};
 
 fn tui(cfg: &Path, local_state: &Path, args: &[&str]) -> Run {
@@ -61,15 +61,7 @@ fn unload_all_kills_every_worker_and_empties_the_desired_state() {
         token_file.to_str().unwrap(),
     ])
     .ok();
-    let models = tui(&["models", "list", "--json"]).json();
-    let name = models
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .find(|n| n.contains("SmolLM2-135M-Instruct"))
-        .unwrap_or_else(|| panic!("the test model is not listed: {models}"))
-        .to_string();
+    let name = test_model_name(&tui(&["models", "list", "--json"]).json());
     let spawn = [
         "--timeout",
         "120",

@@ -102,3 +102,16 @@ pub fn run_bounded_stdin(mut cmd: Command, stdin: Stdio, limit: Duration) -> Run
         stderr,
     }
 }
+
+/// The NAME `models list --json` gives the test model (SmolLM2-135M-Instruct): what a person
+/// would type after reading the list.
+pub fn test_model_name(models: &Value) -> String {
+    models
+        .as_array()
+        .expect("models list is an array")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .find(|n| n.contains("SmolLM2-135M-Instruct"))
+        .unwrap_or_else(|| panic!("the test model is not listed: {models}"))
+        .to_string()
+}
