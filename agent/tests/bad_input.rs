@@ -5,14 +5,13 @@
 //!
 //! Disk full on a model pull lives with the other pull tests, which need their loopback model hub:
 //! `agent/tests/pull.rs`, `pull_that_does_not_fit_on_disk_is_refused_before_any_byte`.
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rbee_client::{Client, ClientError, Incoming, Streamed};
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec, WorkerInfo};
 use rbee_proto::{ErrorCode, ProtoError, SamplingParams, WorkerState, MAX_FRAME_BYTES};
-use rbee_testkit::{bin, model_dir, model_path, wait_for, AgentProc};
+use rbee_testkit::{bin, model_dir, model_path, AgentProc};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -746,7 +745,14 @@ async fn garbage_on_worker_stdout_is_skipped() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let agent = start_agent_with_worker_bin(&dir.path().join("state"), &wrapper);
+    let agent = AgentProc::launch(
+        &[],
+        "127.0.0.1:0",
+        &dir.path().join("state"),
+        &wrapper,
+        &[],
+        &[],
+    );
     let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
     worker_answers(&c, &w.id).await;
@@ -756,44 +762,6 @@ async fn garbage_on_worker_stdout_is_skipped() {
         "{metrics}"
     );
     assert_eq!(still_serving(&agent).await[0].restarts, 0);
-}
-
-/// `AgentProc::start` with another worker binary.
-fn start_agent_with_worker_bin(state_dir: &Path, worker_bin: &Path) -> AgentProc {
-    std::fs::create_dir_all(state_dir).unwrap();
-    let log = std::fs::File::create(state_dir.with_extension("agent.log")).unwrap();
-    let mut child = std::process::Command::new(bin("rbee-agent"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--state-dir")
-        .arg(state_dir)
-        .arg("--model-dir")
-        .arg(model_dir())
-        .arg("--worker-bin")
-        .arg(worker_bin)
-        .env("RBEE_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let addr = wait_for(Duration::from_secs(20), "agent to listen", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("rbee-agent exited early with {st}");
-        }
-        std::fs::read_to_string(state_dir.join("agent.addr"))
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
-    let token = std::fs::read_to_string(state_dir.join("token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    AgentProc {
-        child,
-        state_dir: state_dir.into(),
-        url: format!("ws://{addr}"),
-        token,
-    }
 }
 
 async fn http_get(agent: &AgentProc, path: &str) -> String {

@@ -108,6 +108,22 @@ impl AgentProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> AgentProc {
+        Self::launch(prefix, listen, state_dir, &bin("rbee-worker"), extra, env)
+    }
+
+    /// As [`AgentProc::start_in`], with `worker_bin` as the agent's worker (a stand-in script,
+    /// a wrapper that misbehaves).
+    pub fn launch(
+        prefix: &[&str],
+        listen: &str,
+        state_dir: &Path,
+        worker_bin: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
+        if let Some(parent) = state_dir.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         let _ = std::fs::remove_file(state_dir.join(statedir::ADDR));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -127,7 +143,7 @@ impl AgentProc {
             .arg("--state-dir")
             .arg(state_dir);
         cmd.arg("--model-dir").arg(model_dir());
-        cmd.arg("--worker-bin").arg(bin("rbee-worker"));
+        cmd.arg("--worker-bin").arg(worker_bin);
         cmd.args(extra);
         cmd.env("RBEE_LOG", "info");
         cmd.envs(env.iter().copied());

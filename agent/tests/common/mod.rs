@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rbee_testkit::{bin, model_dir, wait_for, AgentProc};
+use rbee_testkit::AgentProc;
 
 /// Every wait in these tests is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -23,55 +23,7 @@ pub fn start_agent(
     worker_bin: &Path,
     extra: &[&str],
 ) -> AgentProc {
-    std::fs::create_dir_all(state_dir.parent().unwrap()).unwrap();
-    let _ = std::fs::remove_file(state_dir.join("agent.addr"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.with_extension("agent.log"))
-        .unwrap();
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = std::process::Command::new(first);
-            c.args(rest).arg(bin("rbee-agent"));
-            c
-        }
-        None => std::process::Command::new(bin("rbee-agent")),
-    };
-    cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--state-dir")
-        .arg(state_dir)
-        .arg("--model-dir")
-        .arg(model_dir())
-        .arg("--worker-bin")
-        .arg(worker_bin)
-        .args(extra)
-        .env("RBEE_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    let mut child = cmd.spawn().unwrap();
-    let addr = wait_for(Duration::from_secs(20), "agent to listen", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "rbee-agent exited early with {st}: {}",
-                std::fs::read_to_string(state_dir.with_extension("agent.log")).unwrap_or_default()
-            );
-        }
-        std::fs::read_to_string(state_dir.join("agent.addr"))
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
-    let token = std::fs::read_to_string(state_dir.join("token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    AgentProc {
-        child,
-        state_dir: state_dir.into(),
-        url: format!("ws://{addr}"),
-        token,
-    }
+    AgentProc::launch(prefix, "127.0.0.1:0", state_dir, worker_bin, extra, &[])
 }
 
 /// An executable shell script `name` in `dir` with `body`.
