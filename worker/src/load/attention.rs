@@ -153,3 +153,18 @@ pub(crate) fn attend(
         .transpose(1, 2)?
         .reshape((b, t, heads * head_dim))
 }
+
+/// Several new tokens after earlier ones, through `step` one at a time (prompts start on an
+/// empty cache, so generation never takes this path); the logits of the last.
+pub(crate) fn one_at_a_time(
+    input: &Tensor,
+    pos: usize,
+    mut step: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (_, t) = input.dims2()?;
+    let mut last = None;
+    for i in 0..t {
+        last = Some(step(&input.narrow(1, i, 1)?, pos + i)?);
+    }
+    last.ok_or_else(|| candle_core::Error::msg("empty input"))
+}

@@ -14,7 +14,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::attention::{attend, KvCache};
+use super::attention::{attend, one_at_a_time, KvCache};
 
 /// Layers `n·type − 1` attend globally; the others through the sliding window.
 const DEFAULT_SLIDING_WINDOW_TYPE: usize = 6;
@@ -430,13 +430,7 @@ impl Gemma3 {
             .iter()
             .any(|bl| bl.cache.as_ref().is_some_and(|c| c.len > 0));
         if t > 1 && cached {
-            // Several new tokens after earlier ones: one at a time (prompts start on an empty
-            // cache, so generation never takes this path).
-            let mut last = None;
-            for i in 0..t {
-                last = Some(self.forward(&input.narrow(1, i, 1)?, pos + i)?);
-            }
-            return last.ok_or_else(|| candle_core::Error::msg("empty input"));
+            return one_at_a_time(input, pos, |x, p| self.forward(x, p));
         }
         let ids = input.flatten_all()?;
         let mut x = self
