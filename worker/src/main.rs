@@ -104,7 +104,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
     rbee_host::logging::init_stderr();
-    let code = if args.prompt.is_some() || args.chat.is_some() || args.export_tokenizer.is_some() {
+    let code = if one_shot_mode(&args) {
         match one_shot(&args) {
             Ok(()) => 0,
             Err(e) => {
@@ -118,19 +118,31 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Whether this run answers once for a person (`--prompt`, `--chat`, `--export-tokenizer`)
+/// rather than speaking the protocol to an agent.
+fn one_shot_mode(args: &Args) -> bool {
+    args.prompt.is_some() || args.chat.is_some() || args.export_tokenizer.is_some()
+}
+
+/// Stdout as the protocol's sink, after the `Hello` every protocol run starts with.
+fn hello() -> Sink {
+    let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+    send(
+        &sink,
+        &FromWorker::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        },
+    );
+    sink
+}
+
 /// Exit with the model-load code (3) and `why`: on stderr, and in protocol mode also as the
 /// `model_load` error the agent shows once (a load failure, not a crash to restart).
 fn refuse_at_start(args: &Args, why: &str) -> ! {
     eprintln!("rbee-worker: {why}");
-    if args.prompt.is_none() && args.chat.is_none() && args.export_tokenizer.is_none() {
-        let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
-        send(
-            &sink,
-            &FromWorker::Hello {
-                protocol_version: PROTOCOL_VERSION,
-                pid: std::process::id(),
-            },
-        );
+    if !one_shot_mode(args) {
+        let sink = hello();
         send(
             &sink,
             &FromWorker::Error {
@@ -216,14 +228,7 @@ fn one_shot(args: &Args) -> anyhow::Result<()> {
 }
 
 fn protocol(args: &Args) -> i32 {
-    let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
-    send(
-        &sink,
-        &FromWorker::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            pid: std::process::id(),
-        },
-    );
+    let sink = hello();
     let loaded = load(args, &mut |stage, progress| {
         send(
             &sink,
