@@ -311,6 +311,7 @@ mod tests {
                     model: "m.gguf".into(),
                     device: "cpu".into(),
                     threads: None,
+                    ..Default::default()
                 },
             }],
         };

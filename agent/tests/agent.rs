@@ -24,6 +24,7 @@ fn spec() -> SpawnSpec {
         model: model_path().display().to_string(),
         device: "cpu".into(),
         threads: Some(1),
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,7 @@ fn spec() -> SpawnSpec {
         model: model_path().display().to_string(),
         device: "cpu".into(),
         threads: Some(1),
+        ..Default::default()
     }
 }
 
@@ -477,6 +478,7 @@ async fn model_path_outside_the_store_is_refused() {
             model,
             device: "cpu".into(),
             threads: None,
+            ..Default::default()
         })
     };
     let e = agent_error(c.request(spawn("/etc/passwd".into()), None).await);
@@ -571,6 +573,7 @@ async fn corrupt_model_file_fails_the_worker_once_with_the_load_error() {
                 model: corrupt.display().to_string(),
                 device: "cpu".into(),
                 threads: Some(1),
+                ..Default::default()
             }),
             None,
         )
@@ -842,6 +845,7 @@ async fn hub_references_and_paths_cannot_leave_the_store_or_probe_it() {
             model,
             device: "cpu".into(),
             threads: Some(1),
+            ..Default::default()
         })
     };
     // A loadable model outside every model dir: an `hf:` FILE or REVISION part must not reach it.

@@ -20,6 +20,7 @@ fn spec() -> SpawnSpec {
         model: model_path().display().to_string(),
         device: "cpu".into(),
         threads: None,
+        ..Default::default()
     }
 }
 

@@ -300,6 +300,7 @@ async fn parallel_spawns_are_admitted_against_memory_promised_to_starting_worker
         model: model.display().to_string(),
         device: "cpu".into(),
         threads: None,
+        ..Default::default()
     };
     let spawns = (0..15).map(|_| c.request(Request::Spawn(spec.clone()), None));
     let results = bounded("15 spawns", futures_util::future::join_all(spawns)).await;
@@ -363,6 +364,7 @@ async fn a_worker_of_another_protocol_fails_once_naming_both_versions() {
         model: model_path().display().to_string(),
         device: "cpu".into(),
         threads: Some(1),
+        ..Default::default()
     };
     let Ok(Reply::Spawned { worker }) = c.request(Request::Spawn(spec), None).await else {
         panic!()
@@ -389,6 +391,7 @@ async fn threads_beyond_the_nodes_cpus_are_refused_before_anything_starts() {
             model: model_path().display().to_string(),
             device: "cpu".into(),
             threads: Some(threads),
+            ..Default::default()
         };
         let Err(ClientError::Agent(e)) = c.request(Request::Spawn(spec), None).await else {
             panic!("threads = {threads} must be refused")

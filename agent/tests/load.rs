@@ -181,6 +181,7 @@ impl Load {
                 model: model_path().display().to_string(),
                 device: "cpu".into(),
                 threads: Some(1),
+                ..Default::default()
             });
         }
         if self.spawner
@@ -401,6 +402,7 @@ async fn stable_workers(
             model: model_path().display().to_string(),
             device: "cpu".into(),
             threads: Some(1),
+            ..Default::default()
         };
         let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
             panic!()

@@ -83,6 +83,7 @@ async fn spawn_and_infer(
                 model: model.clone(),
                 device: "cpu".into(),
                 threads: Some(1),
+                ..Default::default()
             }),
             None,
         )

@@ -361,6 +361,7 @@ async fn a_worker_serves(c: &Client, ev: &mut mpsc::Receiver<Incoming>, referenc
         model: reference.to_string(),
         device: "cpu".into(),
         threads: Some(1),
+        ..Default::default()
     };
     let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
         panic!()

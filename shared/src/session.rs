@@ -123,10 +123,31 @@ pub struct SpawnSpec {
     /// CPU threads for the worker; all it may use when absent.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Sequences the worker serves at once (`rbee-worker --parallel`); the worker's default
+    /// when absent.
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Context length per sequence (`rbee-worker --ctx`), bounded by the model's own; the
+    /// model's when absent.
+    #[serde(default)]
+    pub ctx: Option<u32>,
 }
 
 fn default_device() -> String {
     "cpu".into()
+}
+
+impl Default for SpawnSpec {
+    /// No model yet, on the CPU, every other choice the worker's own.
+    fn default() -> Self {
+        SpawnSpec {
+            model: String::new(),
+            device: default_device(),
+            threads: None,
+            parallel: None,
+            ctx: None,
+        }
+    }
 }
 
 /// Deserialized by hand (`server_msg_de` below) for speed: a dashboard decodes tens of thousands

@@ -231,6 +231,14 @@ pub struct ModelSummary {
     /// `chat_template.jinja`); `None`: no template, completion only.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// Sequences the worker decodes at once (its slots); 1 for families without a batched
+    /// forward. Routing sends a request where a slot is free.
+    #[serde(default = "one")]
+    pub parallel: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Lifecycle of a worker as the agent sees it.

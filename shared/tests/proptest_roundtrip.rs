@@ -130,7 +130,7 @@ prop_compose! {
 
 prop_compose! {
     fn spawn_spec()(model in text(), device in text(), threads in opt(any::<usize>())) -> SpawnSpec {
-        SpawnSpec { model, device, threads }
+        SpawnSpec { model, device, threads, ..Default::default() }
     }
 }
 

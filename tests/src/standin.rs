@@ -745,6 +745,7 @@ mod tests {
             model: MODEL_REF.into(),
             device: "cpu".into(),
             threads: None,
+            ..Default::default()
         };
         let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
             panic!("spawned")

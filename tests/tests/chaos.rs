@@ -539,6 +539,7 @@ async fn spawn(node: &Node, model: &Path) -> String {
         model: model.display().to_string(),
         device: "cpu".into(),
         threads: Some(1),
+        ..Default::default()
     };
     match c.request(Request::Spawn(spec), None).await {
         Ok(Reply::Spawned { worker }) => worker.id,

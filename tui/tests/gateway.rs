@@ -564,6 +564,7 @@ fn spawn_ready(agent: &AgentProc) {
             model: model_path().display().to_string(),
             device: "cpu".into(),
             threads: None,
+            ..Default::default()
         };
         let reply = client.request(Request::Spawn(spec), None).await.unwrap();
         assert!(matches!(reply, Reply::Spawned { .. }), "{reply:?}");

@@ -368,6 +368,7 @@ fn error_flash_80x24() {
                 model: "/models/Qwen2.5-0.5B-Instruct.Q8_0.gguf".into(),
                 device: "cuda:1".into(),
                 threads: None,
+                ..Default::default()
             }),
             result: Err("insufficient_memory: needs 1.2 GiB, 0.8 GiB free on cuda:1".into()),
         },

@@ -107,6 +107,7 @@ async fn spawns_a_worker(etx: &mpsc::Sender<Effect>, arx: &mut mpsc::Receiver<Ac
         model: MODEL_REF.into(),
         device: "cpu".into(),
         threads: None,
+        ..Default::default()
     };
     etx.send(Effect::Request {
         node: 0,

@@ -261,6 +261,7 @@ fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
                 model: "/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
                 device: "cpu".into(),
                 threads: None,
+                ..Default::default()
             };
             assert_eq!(
                 fx,
@@ -643,6 +644,7 @@ fn spawn_dialog_submits_count_times_on_the_chosen_device() {
         model: "/models/Qwen2.5-0.5B-Instruct.Q8_0.gguf".into(),
         device: "cuda:1".into(),
         threads: None,
+        ..Default::default()
     };
     assert_eq!(
         fx,

@@ -195,6 +195,7 @@ mod tests {
             model: model.display().to_string(),
             device: "cpu".into(),
             threads: None,
+            ..Default::default()
         };
         let held: Vec<_> = (0..3).map(|_| a.admit(&spec).unwrap()).collect();
         let canonical = model.canonicalize().unwrap().display().to_string();

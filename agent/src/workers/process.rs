@@ -74,6 +74,12 @@ impl ProcessLauncher {
         if let Some(t) = spec.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
+        if let Some(p) = spec.parallel {
+            cmd.arg("--parallel").arg(p.to_string());
+        }
+        if let Some(c) = spec.ctx {
+            cmd.arg("--ctx").arg(c.to_string());
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -20,6 +20,15 @@ fn serves(slot: &Slot, m: &str) -> bool {
                 == Some(m))
 }
 
+/// How full a worker is, in thousandths of its slots: requests it holds over the sequences it
+/// decodes at once, so a 4-slot worker with 2 requests (500) wins over an idle-looking 1-slot
+/// worker with 1 (1000).
+fn load(slot: &Slot) -> usize {
+    let st = slot.lock();
+    let parallel = st.info.summary.as_ref().map_or(1, |x| x.parallel.max(1)) as usize;
+    st.pending.len() * 1000 / parallel
+}
+
 /// The worker an inference goes to: the named one if it serves, else the least loaded serving
 /// worker of `model`.
 pub(crate) fn pick(
@@ -42,7 +51,7 @@ pub(crate) fn pick(
         (None, Some(m)) => workers
             .values()
             .filter(|s| serves(s, m))
-            .min_by_key(|s| s.lock().pending.len())
+            .min_by_key(|s| load(s))
             .cloned()
             .ok_or_else(|| {
                 ProtoError::new(

@@ -277,6 +277,7 @@ impl Rig {
             model: self.model.clone(),
             device: "cpu".into(),
             threads: None,
+            ..Default::default()
         };
         self.sup.spawn(spec, None).await.unwrap().id
     }

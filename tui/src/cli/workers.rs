@@ -71,6 +71,7 @@ pub(super) async fn run(
                     model,
                     device,
                     threads,
+                    ..Default::default()
                 },
                 wait,
                 timeout,

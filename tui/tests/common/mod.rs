@@ -42,6 +42,7 @@ pub fn summary(name: &str, device: &str) -> ModelSummary {
         device: device.into(),
         family: "llama".into(),
         chat_template: Some("gguf".into()),
+        parallel: 4,
     }
 }
 

@@ -167,6 +167,7 @@ pub fn load(
         memory_bytes: file_len,
         device: device::name(device),
         family: family.name().into(),
+        parallel: 1,
         chat_template: specials
             .chat
             .as_ref()

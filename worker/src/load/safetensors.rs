@@ -146,6 +146,7 @@ pub fn load(
         memory_bytes: files.total_bytes(),
         device: device::name(device),
         family: family.name().into(),
+        parallel: 1,
         chat_template: chat.as_ref().ok().map(|t| t.source.as_str().into()),
     };
     Ok(LoadedModel {

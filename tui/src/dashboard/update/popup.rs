@@ -98,6 +98,7 @@ pub(super) fn submit_spawn(state: &mut State) -> Vec<Effect> {
         model: model.reference.clone(),
         device: device.clone(),
         threads: None,
+        ..Default::default()
     };
     let text = format!(
         "spawning {} × {} on {} ({device})…",
