@@ -8,6 +8,8 @@
 //!   download itself.
 //! - [`local`]: the node's model directories: listing, the "inside the store" rule, and name
 //!   resolution (a NAME, file name or REF that `models list` prints).
+//! - [`gguf`] and [`estimate`]: a GGUF header reader, and what a worker will hold in memory for
+//!   a model (weights as loaded, KV cache, runtime) before it is spawned.
 //! - [`device`]: the typed device a worker runs on (`cpu`, `cuda:N`).
 //!
 //! No async, no network unless a function says it downloads.
@@ -15,7 +17,9 @@
 
 pub mod device;
 pub mod error;
+pub mod estimate;
 pub mod files;
+pub mod gguf;
 pub mod hub;
 pub mod local;
 pub mod pull;
@@ -23,6 +27,7 @@ pub mod reference;
 
 pub use device::DeviceSpec;
 pub use error::StoreError;
+pub use estimate::{estimate, MemoryEstimate, RunShape};
 pub use files::{model_size, ModelFiles};
 pub use local::{Found, Store};
 pub use pull::{free_bytes, PullPlan};

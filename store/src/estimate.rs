@@ -1,0 +1,224 @@
+//! What a worker will hold in memory for a model, estimated from the file's metadata before it
+//! is spawned, so admission can refuse (or reserve) with figures close to the real ones.
+//!
+//! The model follows what `rbee-worker` does when it loads a GGUF file:
+//!
+//! - **weights as loaded**: every matrix at its file type, except that on CPU Q4_1, Q5_0 and
+//!   Q5_1 matrices (rows a multiple of 32) are re-encoded as Q8_0 (34 bytes per 32 values;
+//!   `--keep-quant` turns it off); 1-D tensors (norms, biases) as f32; the embedding table as f32
+//!   for lookups (f16 for gemma3), plus its quantised form kept as the output projection when the
+//!   file has no `output.weight`;
+//! - **load transient**: on CPU with a re-encode, the re-encoded copy of the whole file lives in
+//!   memory while the network is built from it; gemma3's f16 table passes through f32;
+//! - **KV cache**: per layer `kv_heads × head_dim × 2 × 4 bytes` (f32) per position and slot,
+//!   for `context` positions rounded up to a power of two (the cache doubles when full) on global
+//!   layers and `sliding_window` positions on gemma3's sliding layers, times `parallel` slots;
+//!   it grows as it is used, so the full figure is reached only at full context;
+//! - **activations** of the prompt pass: attention scores and their softmax, about
+//!   `3 × heads × chunk × context × 4` bytes with the prompt taken in chunks of
+//!   [`PREFILL_CHUNK`] tokens (measured: 85 MB for a 900-token SmolLM2 prompt in one pass);
+//! - **runtime**: rotary tables (`context × head_dim × 4` bytes per rotary base) and a fixed
+//!   base for code, tokenizer, threads and buffers (measured on CPU, see BENCHMARKS.md); on a
+//!   GPU the CUDA context and cuBLAS workspace.
+//!
+//! The worker's peak is `weights + max(load transient, KV cache + activations) + runtime`: the
+//! transient is gone before the first request. The figures are calibrated on CPU against the
+//! peak RSS of SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (with and without the re-encode,
+//! short and 900-token prompts: within 3 %, figures in BENCHMARKS.md); the GPU runtime figure is
+//! an assumption until measured on hardware.
+use std::path::Path;
+
+use crate::gguf::{bytes_as, GgufHeader, TensorInfo};
+use crate::{DeviceSpec, StoreError};
+
+/// Fixed runtime cost of a CPU worker: code, tokenizer, thread stacks, allocator, I/O buffers
+/// (measured: 23.8 MB for SmolLM2's 49 152-entry vocabulary, 25.5 MB for Gemma 3's 262 144).
+pub const CPU_RUNTIME_BASE: u64 = 24 << 20;
+/// Prompt tokens per forward pass assumed for the activations (`rbee-worker --prefill-chunk`).
+pub const PREFILL_CHUNK: u64 = 512;
+/// Device memory a CUDA worker needs beyond its tensors: context, cuBLAS workspace, kernels.
+/// Not measured here (no GPU): NVIDIA's figures for a CUDA 13 context with cuBLAS on Ampere and
+/// Hopper are 300–500 MiB; the upper end is reserved.
+pub const CUDA_RUNTIME: u64 = 512 << 20;
+
+/// How a worker will run the model: device, context and slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunShape {
+    /// Where the weights go.
+    pub device: DeviceSpec,
+    /// Context per sequence asked for (`--ctx`); `None` or 0: the file's.
+    pub context: Option<u32>,
+    /// Sequences served at once (`--parallel`), at least 1.
+    pub parallel: u32,
+    /// `--keep-quant` / `RBEE_WORKER_KEEP_QUANT`: no re-encode on CPU.
+    pub keep_quant: bool,
+}
+
+/// The estimate, by part, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryEstimate {
+    /// Weights as held on the device after loading (re-encoded, embedding table dequantised).
+    pub weights: u64,
+    /// Extra memory held only while loading (the re-encoded copy, conversion buffers).
+    pub load_transient: u64,
+    /// KV cache at full context for every slot.
+    pub kv_cache: u64,
+    /// Attention scores of a prompt pass at full context.
+    pub activations: u64,
+    /// Rotary tables, tokenizer, code and buffers (CUDA context on a GPU).
+    pub runtime: u64,
+    /// The context the figure is for (tokens per sequence).
+    pub context: u32,
+    /// The slots the figure is for.
+    pub parallel: u32,
+}
+
+impl MemoryEstimate {
+    /// The most the worker will hold at once: weights, the larger of the load transient and
+    /// the full KV cache, and the runtime.
+    pub fn total(&self) -> u64 {
+        self.weights + self.load_transient.max(self.kv_cache + self.activations) + self.runtime
+    }
+
+    /// One line for people: `1.2 GiB (weights 256 MiB, KV cache 1.4 GiB for 4 × 8192 tokens, …)`.
+    pub fn describe(&self) -> String {
+        use rbee_proto::fmt::bytes;
+        format!(
+            "{} (weights {}, KV cache {} for {} × {} tokens, activations {}, load transient {}, runtime {})",
+            bytes(self.total()),
+            bytes(self.weights),
+            bytes(self.kv_cache),
+            self.parallel,
+            self.context,
+            bytes(self.activations),
+            bytes(self.load_transient),
+            bytes(self.runtime),
+        )
+    }
+}
+
+/// Estimate for the GGUF file at `path`; `Ok(None)` for anything else (a safetensors
+/// directory), whose size alone is then all admission knows.
+pub fn estimate(path: &Path, shape: RunShape) -> Result<Option<MemoryEstimate>, StoreError> {
+    if path.is_dir() || path.extension().is_none_or(|e| e != "gguf") {
+        return Ok(None);
+    }
+    Ok(Some(estimate_header(&GgufHeader::read(path)?, shape)))
+}
+
+/// ggml types that the worker re-encodes as Q8_0 on CPU.
+fn re_encoded(t: &TensorInfo, shape: &RunShape) -> bool {
+    shape.device == DeviceSpec::Cpu
+        && !shape.keep_quant
+        && matches!(t.ggml_type, 3 | 6 | 7)
+        && t.dims.first().is_some_and(|d| d % 32 == 0)
+}
+
+/// Bytes of `t` as the worker holds it, before any dequantisation.
+fn as_loaded(t: &TensorInfo, shape: &RunShape) -> u64 {
+    let ty = if re_encoded(t, shape) { 8 } else { t.ggml_type };
+    bytes_as(ty, t.elements())
+}
+
+/// The estimate from a header already read: the peak at full context.
+pub fn estimate_header(h: &GgufHeader, shape: RunShape) -> MemoryEstimate {
+    estimate_at(h, shape, None)
+}
+
+/// What the worker holds once `tokens` positions of every slot are in use, the prompt having
+/// been taken `chunk` tokens per pass: the figure to compare with a measured peak RSS.
+pub fn estimate_in_use(h: &GgufHeader, shape: RunShape, tokens: u32, chunk: u32) -> MemoryEstimate {
+    estimate_at(h, shape, Some((tokens, chunk)))
+}
+
+/// `used`: `(positions in use, prompt tokens per pass)`; `None`: the full context in
+/// [`PREFILL_CHUNK`] chunks.
+fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> MemoryEstimate {
+    let gemma = h.architecture() == "gemma3";
+    let own_output = h.tensor("output.weight").is_some();
+    let any_re_encoded = h.tensors.iter().any(|t| re_encoded(t, &shape));
+    let (mut weights, mut load_transient, mut file_as_loaded) = (0u64, 0u64, 0u64);
+    for t in &h.tensors {
+        let q = as_loaded(t, &shape);
+        file_as_loaded += q;
+        weights += if t.name == "token_embd.weight" {
+            let table = t.elements() * if gemma { 2 } else { 4 };
+            if gemma {
+                load_transient += t.elements() * 4;
+            }
+            table + if own_output { 0 } else { q }
+        } else if t.dims.len() <= 1 {
+            t.elements() * 4
+        } else {
+            // f16/bf16 matrices become f32 dense matmuls.
+            match t.ggml_type {
+                0 | 1 | 30 => t.elements() * 4,
+                _ => q,
+            }
+        };
+    }
+    if any_re_encoded {
+        // The re-encoded file in memory, plus what the allocator keeps of the re-encoded
+        // tensors freed just before (measured: a quarter of it).
+        load_transient += file_as_loaded + file_as_loaded / 4;
+    }
+    let file_ctx = h.arch_int("context_length").unwrap_or(2048).max(1) as u32;
+    let context = match shape.context {
+        Some(c) if c > 0 => c.min(file_ctx),
+        _ => file_ctx,
+    };
+    let parallel = shape.parallel.max(1);
+    let ctx = u64::from(context);
+    let (positions, chunk) = match used {
+        Some((t, c)) => (u64::from(t.min(context)), u64::from(c.max(1))),
+        None => (ctx, PREFILL_CHUNK),
+    };
+    let kv_cache = kv_bytes(h, positions, gemma) * u64::from(parallel);
+    let head_dim = head_dim(h);
+    let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
+    let activations = 3 * heads * positions.min(chunk) * positions * 4;
+    let rope_bases = if gemma { 2 } else { 1 };
+    let mut runtime = ctx * head_dim * 4 * rope_bases;
+    runtime += match shape.device {
+        DeviceSpec::Cpu => CPU_RUNTIME_BASE,
+        DeviceSpec::Cuda(_) => CUDA_RUNTIME,
+    };
+    MemoryEstimate {
+        weights,
+        load_transient,
+        kv_cache,
+        activations,
+        runtime,
+        context,
+        parallel,
+    }
+}
+
+fn head_dim(h: &GgufHeader) -> u64 {
+    let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
+    h.arch_int("attention.key_length")
+        .unwrap_or_else(|| h.arch_int("embedding_length").unwrap_or(0) / heads)
+}
+
+/// KV bytes of one sequence at `positions` positions.
+fn kv_bytes(h: &GgufHeader, positions: u64, gemma: bool) -> u64 {
+    let layers = h.arch_int("block_count").unwrap_or(0);
+    let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
+    let kv_heads = h.arch_int("attention.head_count_kv").unwrap_or(heads);
+    let per_position = kv_heads * head_dim(h) * 2 * 4;
+    // Global layers start with room for 256 positions and double when full.
+    let global = positions.next_power_of_two().max(256);
+    let window = h.arch_int("attention.sliding_window").filter(|_| gemma);
+    let every = h
+        .arch_int("attention.sliding_window_type")
+        .unwrap_or(6)
+        .max(1);
+    (0..layers)
+        .map(|i| match window {
+            // gemma3: every `every`-th layer is global, the others slide over `window` positions.
+            Some(w) if (i + 1) % every != 0 => w.min(global),
+            _ => global,
+        })
+        .map(|positions| positions * per_position)
+        .sum()
+}

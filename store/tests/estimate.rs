@@ -1,0 +1,132 @@
+//! The memory estimate against peak RSS measured on the real test models (skipped with a note
+//! when they are not fetched). The measured figures are `rbee-worker --json`'s `peak_rss_bytes`
+//! (release build, `--threads 1`, this machine, 2026-11-30; how in BENCHMARKS.md): the test
+//! keeps the estimate honest when the model of what the worker holds changes.
+use std::path::PathBuf;
+
+use rbee_store::estimate::{estimate_in_use, MemoryEstimate};
+use rbee_store::gguf::GgufHeader;
+use rbee_store::{estimate, DeviceSpec, RunShape};
+
+fn model(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models")
+        .join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} missing (assets/fetch-model.sh fetches it)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn cpu(keep_quant: bool) -> RunShape {
+    RunShape {
+        device: DeviceSpec::Cpu,
+        context: None,
+        parallel: 1,
+        keep_quant,
+    }
+}
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// (model, keep quant, prompt tokens, measured peak RSS in bytes)
+const MEASURED: [(&str, bool, u32, u64); 8] = [
+    (SMOL, false, 5, 471_060_480),
+    (SMOL, false, 900, 471_113_728),
+    (SMOL, true, 5, 247_488_512),
+    (SMOL, true, 900, 369_528_832),
+    (GEMMA, false, 6, 1_704_886_272),
+    (GEMMA, false, 901, 1_701_085_184),
+    (GEMMA, true, 6, 1_345_830_912),
+    (GEMMA, true, 901, 1_345_650_688),
+];
+
+#[test]
+fn estimates_are_within_15_percent_of_measured_peak_rss() {
+    for (m, keep, tokens, measured) in MEASURED {
+        let Some(p) = model(m) else { continue };
+        let h = GgufHeader::read(&p).unwrap();
+        // The measured worker took its prompt in one pass.
+        let e = estimate_in_use(&h, cpu(keep), tokens + 8, tokens);
+        let ratio = e.total() as f64 / measured as f64;
+        println!(
+            "{m} keep_quant={keep} tokens={tokens}: estimate {} measured {measured} ratio {ratio:.3}",
+            e.total()
+        );
+        assert!((0.85..=1.15).contains(&ratio), "{m}: {e:?}");
+    }
+}
+
+#[test]
+fn the_full_context_figure_covers_kv_and_slots() {
+    let Some(p) = model(SMOL) else { return };
+    let one = estimate(&p, cpu(false)).unwrap().unwrap();
+    let four = estimate(
+        &p,
+        RunShape {
+            parallel: 4,
+            ..cpu(false)
+        },
+    )
+    .unwrap()
+    .unwrap();
+    // SmolLM2: 30 layers × 3 KV heads × 64 × 2 × 4 bytes per position, 8192 positions.
+    assert_eq!(one.context, 8192);
+    assert_eq!(one.kv_cache, 30 * 3 * 64 * 2 * 4 * 8192);
+    assert_eq!(four.kv_cache, 4 * one.kv_cache);
+    assert!(four.total() > one.total());
+    let short = estimate(
+        &p,
+        RunShape {
+            context: Some(1000),
+            ..cpu(false)
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(short.context, 1000);
+    assert_eq!(short.kv_cache, 30 * 3 * 64 * 2 * 4 * 1024);
+    // A context beyond the file's is the file's.
+    let long = estimate(
+        &p,
+        RunShape {
+            context: Some(1 << 20),
+            ..cpu(false)
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(long.context, 8192);
+    // On a GPU nothing is re-encoded and the runtime is the CUDA context.
+    let gpu = estimate(
+        &p,
+        RunShape {
+            device: DeviceSpec::Cuda(0),
+            ..cpu(false)
+        },
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(gpu.load_transient, 0);
+    assert!(gpu.weights < one.weights, "Q4_1 stays Q4_1 on a GPU");
+    println!("{}", four.describe());
+}
+
+#[test]
+fn not_a_gguf_file_is_not_estimated_and_a_corrupt_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        estimate(dir.path(), cpu(false)).unwrap(),
+        None::<MemoryEstimate>
+    );
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"GGUF\x03\0\0\0").unwrap();
+    let e = estimate(&bad, cpu(false)).unwrap_err();
+    assert!(e.to_string().contains("not a readable GGUF file"), "{e}");
+}
