@@ -238,6 +238,7 @@ async fn never_reads(addr: String, token: String, stop: Arc<AtomicBool>, n: Arc<
             let frame = encode(&ClientMsg::Request {
                 id,
                 deadline: None,
+                timeout_ms: None,
                 body: Request::Status,
             });
             match tokio::time::timeout(Duration::from_secs(1), sink.send(Message::text(frame)))

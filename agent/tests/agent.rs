@@ -279,7 +279,7 @@ async fn cancel_stops_generation_and_metrics_count_it() {
         max_tokens: 2000,
         ..Default::default()
     };
-    let deadline = rbee_proto::now_millis() + 300;
+    let deadline = Duration::from_millis(300);
     let e = c
         .request(
             Request::Infer {

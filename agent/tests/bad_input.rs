@@ -643,20 +643,44 @@ async fn deadline_already_passed_is_refused_before_the_worker_sees_it() {
     let (_d, agent) = agent_with(FAST, &[]);
     let (c, mut ev) = agent.subscribed().await;
     let w = spawn_ready(&c, &mut ev, spec()).await;
+    // An older client's absolute deadline is still read, by the agent's clock; one already
+    // passed is refused naming that clock and the field to send instead.
     let past = rbee_proto::now_millis() - 1000;
-    for req in [
-        infer(&w.id, "The capital of France is", 4),
-        Request::ListWorkers,
+    let op =
+        serde_json::json!({"op": "infer", "worker": w.id, "prompt": "The capital of France is"});
+    for (id, body) in [
+        (9001u64, op),
+        (9002, serde_json::json!({"op": "list_workers"})),
     ] {
-        let e = agent_error(c.request(req, Some(past)).await);
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            (
-                ErrorCode::DeadlineExceeded,
-                "deadline already passed when the request arrived"
-            )
+        let mut frame = body;
+        frame["type"] = "request".into();
+        frame["id"] = id.into();
+        frame["deadline"] = past.into();
+        let mut rx = c.watch_id(id);
+        c.send_raw(&frame.to_string()).await.unwrap();
+        let e = match bounded("refusal", rx.recv()).await {
+            Some(Streamed::Error(e)) => e,
+            other => panic!("expected a refusal of request {id}, got {other:?}"),
+        };
+        assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{e}");
+        assert!(
+            e.message
+                .starts_with("deadline already passed when the request arrived")
+                && e.message.contains("send timeout_ms"),
+            "{e}"
         );
     }
+    // A zero budget has passed too.
+    let zero = r#"{"type":"request","id":9003,"timeout_ms":0,"op":"list_workers"}"#;
+    let mut rx = c.watch_id(9003);
+    c.send_raw(zero).await.unwrap();
+    assert!(matches!(
+        bounded("zero budget", rx.recv()).await,
+        Some(Streamed::Error(ProtoError {
+            code: ErrorCode::DeadlineExceeded,
+            ..
+        }))
+    ));
     worker_answers(&c, &w.id).await;
     let workers = still_serving(&agent).await;
     assert_eq!(

@@ -224,6 +224,7 @@ async fn a_client_that_never_reads_holds_bounded_memory() {
         let frame = encode(&ClientMsg::Request {
             id: sent + 1,
             deadline: None,
+            timeout_ms: None,
             body: Request::Status,
         });
         match tokio::time::timeout(Duration::from_secs(2), sink.send(Message::text(frame))).await {

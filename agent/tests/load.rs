@@ -345,6 +345,7 @@ async fn session(
             ws.send(Message::text(encode(&ClientMsg::Request {
                 id,
                 deadline: None,
+                timeout_ms: None,
                 body,
             })))
             .await

@@ -379,16 +379,24 @@ impl Client {
         ))
     }
 
-    /// Start a request; the returned stream yields its tokens and final reply.
+    /// Start a request; the returned stream yields its tokens and final reply. `timeout` is the
+    /// request's time budget: it travels as a duration the agent counts from the request's
+    /// arrival by its own clock, so clocks that disagree between here and the node do not matter.
     pub async fn start(
         &self,
         body: Request,
-        deadline: Option<UnixMillis>,
+        timeout: Option<Duration>,
     ) -> Result<Stream, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         self.pending.lock().unwrap().insert(id, tx);
-        let frame = encode(&ClientMsg::Request { id, deadline, body });
+        let frame = encode(&ClientMsg::Request {
+            id,
+            deadline: None,
+            // At least 1 ms: a zero budget means "already passed" to the agent.
+            timeout_ms: timeout.map(|t| (t.as_millis() as u64).max(1)),
+            body,
+        });
         self.out
             .send(Message::text(frame))
             .await
@@ -404,9 +412,9 @@ impl Client {
     pub async fn request(
         &self,
         body: Request,
-        deadline: Option<UnixMillis>,
+        timeout: Option<Duration>,
     ) -> Result<Reply, ClientError> {
-        let mut s = self.start(body, deadline).await?;
+        let mut s = self.start(body, timeout).await?;
         loop {
             match s.next().await {
                 Some(Streamed::Reply(r)) => return Ok(r),
@@ -414,6 +422,28 @@ impl Client {
                 Some(Streamed::Token(_)) => continue,
                 None => return Err(ClientError::Closed),
             }
+        }
+    }
+
+    /// Ping the agent and read its clock: the round trip and how far the agent's clock is from
+    /// this machine's (NTP-style, the agent's time against the middle of the round trip).
+    pub async fn ping(&self, timeout: Duration) -> Result<PingSample, ClientError> {
+        let t0 = rbee_proto::now_millis();
+        let start = std::time::Instant::now();
+        let reply = tokio::time::timeout(timeout, self.request(Request::Ping, Some(timeout)))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        let rtt = start.elapsed();
+        let t1 = rbee_proto::now_millis();
+        match reply {
+            Reply::Pong { agent_time } => Ok(PingSample {
+                rtt,
+                clock_offset_ms: clock_offset_ms(t0, t1, agent_time),
+            }),
+            other => Err(ClientError::Handshake {
+                url: self.node.clone(),
+                reason: format!("unexpected answer to ping: {other:?}"),
+            }),
         }
     }
 
@@ -433,6 +463,23 @@ impl Client {
     }
 }
 
+/// One ping: the round trip and the agent's clock against this machine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingSample {
+    /// From sending the ping to reading the pong.
+    pub rtt: Duration,
+    /// The agent's clock minus this machine's, in milliseconds (positive: the node runs ahead).
+    pub clock_offset_ms: i64,
+}
+
+/// The agent's clock offset from a ping sent at `t0` and answered at `t1` (both by this
+/// machine's clock) carrying the agent's `server` time: the agent read its clock, on average,
+/// half-way through the round trip.
+pub fn clock_offset_ms(t0: UnixMillis, t1: UnixMillis, server: UnixMillis) -> i64 {
+    let mid = (i128::from(t0) + i128::from(t1)) / 2;
+    (i128::from(server) - mid) as i64
+}
+
 /// How long to wait before redialling an agent after `attempt` failures in a row: the policy's
 /// exponential backoff spread by ±20 % at random, so that many dashboards that lost the same agent
 /// (a restart, a network blip) do not all redial it in the same instant.
@@ -446,6 +493,13 @@ pub fn reconnect_delay(policy: &rbee_proto::policy::RestartPolicy, attempt: u32)
 mod reconnect_tests {
     use super::*;
     use rbee_proto::policy::RestartPolicy;
+
+    #[test]
+    fn clock_offset_is_the_agents_time_against_the_middle_of_the_round_trip() {
+        assert_eq!(clock_offset_ms(1_000, 1_100, 121_050), 120_000);
+        assert_eq!(clock_offset_ms(200_000, 200_010, 80_005), -120_000);
+        assert_eq!(clock_offset_ms(0, 0, 0), 0);
+    }
 
     #[test]
     fn reconnect_delays_spread_around_the_backoff() {

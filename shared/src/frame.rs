@@ -247,6 +247,7 @@ mod tests {
         let msg = ClientMsg::Request {
             id: 3,
             deadline: None,
+            timeout_ms: None,
             body: Request::ListWorkers,
         };
         assert_eq!(

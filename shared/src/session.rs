@@ -25,9 +25,14 @@ pub enum ClientMsg {
     Request {
         /// Chosen by the client, unique within the session.
         id: RequestId,
-        /// Absolute time after which the agent abandons the request.
+        /// Legacy absolute deadline, by the client's clock (older clients send it). The agent
+        /// still honours it, so it breaks on nodes whose clock differs; `timeout_ms` wins.
         #[serde(default)]
         deadline: Option<UnixMillis>,
+        /// Time budget in milliseconds, counted by the agent from the request's arrival, so a
+        /// node whose clock runs ahead of or behind the client's keeps the budget intact.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
         /// What is asked.
         #[serde(flatten)]
         body: Request,

@@ -242,8 +242,18 @@ fn client_msg() -> BoxedStrategy<ClientMsg> {
             protocol_version,
             client
         }),
-        (any::<u64>(), opt(any::<u64>()), request())
-            .prop_map(|(id, deadline, body)| ClientMsg::Request { id, deadline, body }),
+        (
+            any::<u64>(),
+            opt(any::<u64>()),
+            opt(any::<u64>()),
+            request()
+        )
+            .prop_map(|(id, deadline, timeout_ms, body)| ClientMsg::Request {
+                id,
+                deadline,
+                timeout_ms,
+                body
+            }),
     ]
     .boxed()
 }

@@ -127,8 +127,13 @@ async fn read_request(msg: Message, ctx: &Ctx) -> Option<Incoming> {
         }
         _ => return None,
     };
-    let (id, deadline, body) = match decode::<ClientMsg>(&text) {
-        Ok(ClientMsg::Request { id, deadline, body }) => (id, deadline, body),
+    let (id, legacy_deadline, timeout_ms, body) = match decode::<ClientMsg>(&text) {
+        Ok(ClientMsg::Request {
+            id,
+            deadline,
+            timeout_ms,
+            body,
+        }) => (id, deadline, timeout_ms, body),
         Ok(ClientMsg::Hello { .. }) => {
             ctx.send_error(
                 None,
@@ -144,17 +149,39 @@ async fn read_request(msg: Message, ctx: &Ctx) -> Option<Incoming> {
             return None;
         }
     };
-    if deadline.is_some_and(|d| rbee_proto::now_millis() >= d) {
-        ctx.shared.metrics.error("deadline_exceeded");
-        ctx.send_error(
-            Some(id),
-            ErrorCode::DeadlineExceeded,
-            "deadline already passed when the request arrived".into(),
-        )
-        .await;
-        return None;
-    }
+    let deadline = match arrival_deadline(rbee_proto::now_millis(), legacy_deadline, timeout_ms) {
+        Ok(d) => d,
+        Err(message) => {
+            ctx.shared.metrics.error("deadline_exceeded");
+            ctx.send_error(Some(id), ErrorCode::DeadlineExceeded, message)
+                .await;
+            return None;
+        }
+    };
     Some(Incoming { id, deadline, body })
+}
+
+/// The request's deadline on this agent's clock, from what arrived at `now`: a `timeout_ms`
+/// budget starts counting here, so the client's clock does not matter. An absolute `deadline`
+/// alone (older clients) is taken as it is, by this agent's clock; one already passed is refused
+/// naming the clock it was read on, as is a zero budget.
+fn arrival_deadline(
+    now: UnixMillis,
+    legacy: Option<UnixMillis>,
+    timeout_ms: Option<u64>,
+) -> Result<Option<UnixMillis>, String> {
+    match (timeout_ms, legacy) {
+        (Some(0), _) => {
+            Err("deadline already passed when the request arrived (timeout_ms 0)".into())
+        }
+        (Some(t), _) => Ok(Some(now.saturating_add(t))),
+        (None, Some(d)) if now >= d => Err(format!(
+            "deadline already passed when the request arrived (an absolute deadline is read by \
+             this agent's clock, {} ms past it; send timeout_ms instead)",
+            now - d
+        )),
+        (None, d) => Ok(d),
+    }
 }
 
 /// Start the event stream from the truth: the current workers and the latest telemetry.
@@ -181,4 +208,32 @@ async fn subscribe(ctx: &Ctx, id: RequestId) {
             body: Reply::Subscribed,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arrival_deadline;
+
+    #[test]
+    fn a_budget_counts_from_arrival_on_the_agents_clock() {
+        // The client's clock is irrelevant: only the agent's `now` and the budget count.
+        assert_eq!(arrival_deadline(1_000, None, Some(250)), Ok(Some(1_250)));
+        // A budget wins over a legacy absolute deadline that a skewed client computed.
+        assert_eq!(
+            arrival_deadline(1_000, Some(10), Some(250)),
+            Ok(Some(1_250))
+        );
+        assert!(arrival_deadline(1_000, None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn a_legacy_absolute_deadline_is_read_by_the_agents_clock() {
+        assert_eq!(arrival_deadline(1_000, Some(5_000), None), Ok(Some(5_000)));
+        assert_eq!(arrival_deadline(1_000, None, None), Ok(None));
+        let e = arrival_deadline(1_000, Some(400), None).unwrap_err();
+        assert!(
+            e.contains("600 ms past it") && e.contains("timeout_ms"),
+            "{e}"
+        );
+    }
 }

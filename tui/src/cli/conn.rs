@@ -7,7 +7,7 @@ use rbee_proto::session::{Reply, Request, WorkerInfo};
 
 use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
-use crate::nodes::connect::{connect, deadline_in};
+use crate::nodes::connect::connect;
 use crate::nodes::describe::describe;
 
 /// One connected node.
@@ -34,7 +34,7 @@ impl Session {
     /// One request and its reply, within `timeout` (the agent's own deadline error wins).
     pub(super) async fn ask(&self, request: Request, timeout: Duration) -> Result<Reply, TuiError> {
         let what = describe(&request);
-        let fut = self.client.request(request, deadline_in(timeout));
+        let fut = self.client.request(request, Some(timeout));
         // A little beyond the deadline, so the agent's own deadline error wins when it answers.
         match tokio::time::timeout(timeout + Duration::from_secs(2), fut).await {
             Ok(Ok(r)) => Ok(r),

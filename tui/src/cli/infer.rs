@@ -12,7 +12,6 @@ use super::conn::{open, Session};
 use super::out::Out;
 use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
-use crate::nodes::connect::deadline_in;
 use crate::nodes::describe::describe;
 
 /// A finished generation as this client saw it.
@@ -86,7 +85,7 @@ pub(super) async fn generate(
     };
     let mut stream = s
         .client
-        .start(request, deadline_in(timeout))
+        .start(request, Some(timeout))
         .await
         .map_err(req_err)?;
     let mut text = String::new();

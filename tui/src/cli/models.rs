@@ -11,7 +11,6 @@ use super::out::{first_error, Out};
 use crate::error::TuiError;
 use crate::fmt::text_table;
 use crate::nodes::config::NodeTarget;
-use crate::nodes::connect::deadline_in;
 use crate::nodes::describe::describe;
 
 /// `models pull`: the request, with the node's progress events shown while it runs.
@@ -27,7 +26,7 @@ pub(super) async fn pull(
         model: model.clone(),
     };
     let what = describe(&request);
-    let fut = s.client.request(request, deadline_in(timeout));
+    let fut = s.client.request(request, Some(timeout));
     tokio::pin!(fut);
     let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
     let reply = loop {

@@ -8,6 +8,7 @@ use super::conn::each_node;
 use super::out::{worker_json, Out};
 use crate::error::TuiError;
 use crate::fmt::no_gpu_text;
+use crate::nodes::clock;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::reason;
 
@@ -18,11 +19,17 @@ pub(super) async fn run(
     out: Out,
 ) -> Result<(), TuiError> {
     let results = each_node(targets, timeout, |s| async move {
-        let t0 = std::time::Instant::now();
-        s.ask(Request::Ping, timeout).await?;
-        let latency = t0.elapsed().as_millis() as u64;
+        let ping = s
+            .client
+            .ping(timeout)
+            .await
+            .map_err(|source| TuiError::Request {
+                node: s.name.clone(),
+                what: "ping".into(),
+                source,
+            })?;
         match s.ask(Request::Status, timeout).await? {
-            Reply::Status { status } => Ok((latency, s.client.agent_version.clone(), status)),
+            Reply::Status { status } => Ok((ping, s.client.agent_version.clone(), status)),
             other => Err(s.unexpected("status", other)),
         }
     })
@@ -31,8 +38,9 @@ pub(super) async fn run(
     let mut text = String::new();
     for (target, (name, r)) in targets.iter().zip(results) {
         match r {
-            Ok((latency, version, st)) => {
-                text.push_str(&status_line(&name, latency, &st));
+            Ok((ping, version, st)) => {
+                let latency = ping.rtt.as_millis() as u64;
+                text.push_str(&status_line(&name, latency, ping.clock_offset_ms, &st));
                 let workers: Vec<Value> =
                     st.workers.iter().map(|w| worker_json(&name, w)).collect();
                 arr.push(json!({
@@ -42,6 +50,8 @@ pub(super) async fn run(
                     "agent_version": version,
                     "agent_node": st.node,
                     "latency_ms": latency,
+                    "clock_offset_ms": ping.clock_offset_ms,
+                    "clock_warning": clock::warning(ping.clock_offset_ms),
                     "telemetry": st.telemetry,
                     "workers": workers,
                 }));
@@ -56,7 +66,7 @@ pub(super) async fn run(
     out.print(&text, json!({ "nodes": arr }))
 }
 
-fn status_line(name: &str, latency: u64, st: &NodeStatus) -> String {
+fn status_line(name: &str, latency: u64, offset_ms: i64, st: &NodeStatus) -> String {
     let t = &st.telemetry;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let gpus = if t.gpus.is_empty() {
@@ -76,8 +86,13 @@ fn status_line(name: &str, latency: u64, st: &NodeStatus) -> String {
             .join(", ")
     };
     let ready = st.workers.iter().filter(|w| w.state.is_serving()).count();
+    let clock = match clock::warning(offset_ms) {
+        Some(w) => format!("  WARNING: {w}"),
+        None => String::new(),
+    };
     format!(
-        "{name}  connected  ping {latency} ms  agent {}  cpu {:.0}%  ram {:.1}/{:.1}G  {gpus}  workers {} ({ready} ready)\n",
+        "{name}  connected  ping {latency} ms  clock {}  agent {}  cpu {:.0}%  ram {:.1}/{:.1}G  {gpus}  workers {} ({ready} ready){clock}\n",
+        clock::offset_text(offset_ms),
         st.agent_version,
         t.cpu_percent,
         gib(t.mem_used_bytes),

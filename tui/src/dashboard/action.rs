@@ -61,6 +61,8 @@ pub enum Action {
         node: NodeIdx,
         /// Milliseconds there and back.
         ms: u64,
+        /// The agent's clock minus this machine's, from the same ping (NTP-style).
+        clock_offset_ms: i64,
     },
     /// Something the agent pushed (worker states, heartbeats, telemetry, audit, logs, pulls).
     AgentEvent {

@@ -118,6 +118,8 @@ pub struct NodeState {
     pub agent_node: Option<String>,
     /// Last `Ping` round trip.
     pub latency_ms: Option<u64>,
+    /// The agent's clock minus this machine's, from the last `Ping` (positive: ahead).
+    pub clock_offset_ms: Option<i64>,
     /// The latest telemetry.
     pub telemetry: Option<Telemetry>,
     /// CPU percent, one sample per telemetry.
@@ -157,6 +159,7 @@ impl NodeState {
             agent_version: None,
             agent_node: None,
             latency_ms: None,
+            clock_offset_ms: None,
             telemetry: None,
             cpu_history: History::default(),
             gpu_history: Vec::new(),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use rbee_client::{Client, Incoming};
 use rbee_proto::config::NodeConfig;
-use rbee_proto::{now_millis, UnixMillis};
 use tokio::sync::mpsc;
 
 use crate::error::TuiError;
@@ -93,11 +92,6 @@ pub async fn connect(target: &NodeTarget, timeout: Duration) -> Result<Connectio
             url: ep.url,
         }),
     }
-}
-
-/// A deadline `d` from now, as the protocol wants it.
-pub fn deadline_in(d: Duration) -> Option<UnixMillis> {
-    Some(now_millis() + d.as_millis() as u64)
 }
 
 /// Why a connection attempt failed, without the node name (the dashboard shows it already).

@@ -1,4 +1,4 @@
-//! How a node is reached. `config` (the node list and which nodes a command means), `local`
+//! How a node is reached. `clock` (a node's clock offset, said), `config` (the node list and which nodes a command means), `local`
 //! (finding or starting the agent on this machine), `ssh` (bring-up and tunnels over SSH),
 //! `connect` (one session to any node, whatever reaches it), `session` (the dashboard's
 //! reconnecting session per node), `add` (bring an SSH node up, then record it) and `stop`
@@ -7,6 +7,7 @@
 //! Nothing here draws or decides what to show: the sessions hand the dashboard `Action`s and
 //! carry out its `Effect`s.
 pub mod add;
+pub mod clock;
 pub mod config;
 pub mod connect;
 pub mod describe;

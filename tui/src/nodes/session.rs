@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::dashboard::action::{Action, Effect, InferDone};
 use crate::dashboard::state::{NodeIdx, PromptId};
 use crate::nodes::config::NodeTarget;
-use crate::nodes::connect::{connect, deadline_in, reason, Connection, CONNECT_TIMEOUT};
+use crate::nodes::connect::{connect, reason, Connection, CONNECT_TIMEOUT};
 use crate::nodes::describe::describe;
 
 /// Deadline the dashboard gives each request (the agent cancels work past it).
@@ -144,10 +144,7 @@ async fn serve(
 ) -> Ended {
     // Subscribe before taking snapshots, so nothing between the two is missed. An agent that does
     // not answer this within the silence limit is as dead as one that goes quiet later.
-    if let Err(e) = client
-        .request(Request::Subscribe, deadline_in(SILENT_LIMIT))
-        .await
-    {
+    if let Err(e) = client.request(Request::Subscribe, Some(SILENT_LIMIT)).await {
         return Ended::Dropped(format!("subscribe failed: {e}"));
     }
     // Dropping the set (when this function returns) aborts whatever is still in flight.
@@ -224,7 +221,7 @@ async fn send_request(
     actions: mpsc::Sender<Action>,
 ) {
     let result = client
-        .request(request.clone(), deadline_in(REQUEST_DEADLINE))
+        .request(request.clone(), Some(REQUEST_DEADLINE))
         .await
         .map_err(|e| e.to_string());
     if let Err(e) = &result {
@@ -245,14 +242,14 @@ async fn measure_latency(
     actions: mpsc::Sender<Action>,
     heard: Arc<Mutex<Instant>>,
 ) {
-    let t0 = Instant::now();
-    if let Ok(Reply::Pong { .. }) = client
-        .request(Request::Ping, deadline_in(PING_EVERY * 2))
-        .await
-    {
+    if let Ok(sample) = client.ping(PING_EVERY * 2).await {
         *heard.lock().unwrap() = Instant::now();
-        let ms = t0.elapsed().as_millis() as u64;
-        let _ = actions.send(Action::Latency { node, ms }).await;
+        let latency = Action::Latency {
+            node,
+            ms: sample.rtt.as_millis() as u64,
+            clock_offset_ms: sample.clock_offset_ms,
+        };
+        let _ = actions.send(latency).await;
     }
 }
 

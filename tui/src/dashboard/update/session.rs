@@ -36,9 +36,14 @@ pub(super) fn on_report(state: &mut State, action: Action) {
             reason,
             retry_in_ms,
         } => disconnected(state, node, reason, retry_in_ms),
-        Action::Latency { node, ms } => {
+        Action::Latency {
+            node,
+            ms,
+            clock_offset_ms,
+        } => {
             if let Some(n) = state.nodes.get_mut(node) {
                 n.latency_ms = Some(ms);
+                n.clock_offset_ms = Some(clock_offset_ms);
             }
         }
         Action::AgentEvent { node, event } => on_event(state, node, event),
@@ -101,6 +106,7 @@ fn disconnected(state: &mut State, node: NodeIdx, reason: String, retry_in_ms: u
         since,
     };
     n.latency_ms = None;
+    n.clock_offset_ms = None;
     let name = n.name.clone();
     if !same {
         state.push_event(&name, EventKind::Error, format!("unreachable: {reason}"));

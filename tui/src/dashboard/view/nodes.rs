@@ -14,6 +14,7 @@ use rbee_proto::WorkerState;
 
 use crate::dashboard::state::{Conn, NodeState, State};
 use crate::fmt::{gib, gib_unit, no_gpu_text, ratio, short_model, wrap};
+use crate::nodes::clock;
 
 /// Draw the Nodes screen into `area`.
 pub(super) fn render(state: &State, f: &mut Frame, area: Rect) {
@@ -36,9 +37,15 @@ pub(super) fn render(state: &State, f: &mut Frame, area: Rect) {
             ),
             _ => ("—".into(), "—".into(), "—".into()),
         };
+        // A skewed clock marks the ping cell; the summary below says by how much.
+        let skew = if n.clock_offset_ms.is_some_and(clock::skewed) {
+            "!"
+        } else {
+            ""
+        };
         let ping = n
             .latency_ms
-            .map(|ms| format!("{ms}ms"))
+            .map(|ms| format!("{ms}ms{skew}"))
             .unwrap_or_else(|| "—".into());
         Row::new(vec![
             Cell::from(n.name.clone()),
@@ -131,14 +138,23 @@ fn render_node_summary(state: &State, n: &NodeState, f: &mut Frame, area: Rect) 
         Conn::Connected => {}
     }
     let agent = format!(
-        "agent {} on {} · ping {}",
+        "agent {} on {} · ping {}{}",
         n.agent_version.as_deref().unwrap_or("?"),
         n.agent_node.as_deref().unwrap_or("?"),
         n.latency_ms
             .map(|m| format!("{m} ms"))
-            .unwrap_or_else(|| "—".into())
+            .unwrap_or_else(|| "—".into()),
+        n.clock_offset_ms
+            .map(|o| format!(" · clock {}", clock::offset_text(o)))
+            .unwrap_or_default()
     );
     rows.line(f, Line::styled(agent, DIM));
+    if let Some(w) = n.clock_offset_ms.and_then(clock::warning) {
+        rows.line(
+            f,
+            Line::styled(format!("⚠ {w}"), Style::new().fg(Color::Yellow)),
+        );
+    }
     let Some(t) = &n.telemetry else {
         rows.line(f, Line::styled("waiting for telemetry…", DIM));
         return;

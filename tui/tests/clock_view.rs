@@ -1,0 +1,78 @@
+//! A node's clock offset as the dashboard shows it: measured by each ping, in the node summary,
+//! with a warning (and a mark in the node table's ping cell) beyond a few seconds.
+mod common;
+
+use common::sample;
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::update::update;
+use rbee_tui::dashboard::view;
+
+fn draw_after_ping(clock_offset_ms: i64) -> String {
+    let mut s = sample();
+    s.node_sel = 0;
+    update(
+        &mut s,
+        Action::Latency {
+            node: 0,
+            ms: 7,
+            clock_offset_ms,
+        },
+    );
+    assert_eq!(s.nodes[0].clock_offset_ms, Some(clock_offset_ms));
+    let mut t = Terminal::new(TestBackend::new(120, 32)).unwrap();
+    t.draw(|f| view::render(&s, f)).unwrap();
+    t.backend().to_string()
+}
+
+#[test]
+fn a_node_two_minutes_ahead_is_warned_about() {
+    let screen = draw_after_ping(120_000);
+    assert!(screen.contains("ping 7 ms · clock +120.0 s"), "{screen}");
+    assert!(
+        screen.contains("clock 120.0 s ahead of this machine"),
+        "{screen}"
+    );
+    assert!(screen.contains("7ms!"), "the ping cell is marked: {screen}");
+}
+
+#[test]
+fn a_node_behind_is_warned_about_too() {
+    let screen = draw_after_ping(-120_000);
+    assert!(screen.contains("clock -120.0 s"), "{screen}");
+    assert!(
+        screen.contains("clock 120.0 s behind this machine"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn a_small_offset_is_shown_without_a_warning() {
+    let screen = draw_after_ping(400);
+    assert!(screen.contains("clock +0.4 s"), "{screen}");
+    assert!(!screen.contains("this machine"), "{screen}");
+    assert!(!screen.contains("7ms!"), "{screen}");
+}
+
+#[test]
+fn losing_the_node_forgets_its_offset() {
+    let mut s = sample();
+    update(
+        &mut s,
+        Action::Latency {
+            node: 0,
+            ms: 7,
+            clock_offset_ms: 120_000,
+        },
+    );
+    update(
+        &mut s,
+        Action::Disconnected {
+            node: 0,
+            reason: "gone".into(),
+            retry_in_ms: 1000,
+        },
+    );
+    assert_eq!(s.nodes[0].clock_offset_ms, None);
+}
