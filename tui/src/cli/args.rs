@@ -130,6 +130,13 @@ pub enum WorkersCmd {
         /// CPU threads for the worker [default: the agent's choice].
         #[arg(long)]
         threads: Option<usize>,
+        /// Conversations the worker decodes at once, batched [default: 4 on CPU for llama and
+        /// qwen models, 1 for families without batching].
+        #[arg(long, value_name = "N")]
+        parallel: Option<u32>,
+        /// Context length per conversation, in tokens [default: the model's own].
+        #[arg(long, value_name = "TOKENS")]
+        ctx: Option<u32>,
         /// Return only once the worker is ready (exit 0) or has failed (exit 1), within --timeout.
         #[arg(long)]
         wait: bool,

@@ -28,9 +28,10 @@ pub struct ServeArgs {
     /// Bearer SECRET`; the audit names the ID.
     #[arg(long, env = "RBEE_API_KEY_FILE", value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
-    /// Requests one worker is given at once; more wait in the gateway's queue.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub worker_slots: u32,
+    /// Requests one worker is given at once; more wait in the gateway's queue [default: the
+    /// conversations the worker decodes at once, its `parallel`].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub worker_slots: Option<u32>,
     /// Requests that may wait for a worker; one more is answered 429.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub queue: usize,
@@ -48,6 +49,9 @@ pub struct ServeArgs {
     /// CPU threads of workers spawned on demand [default: all].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Conversations each worker spawned on demand decodes at once [default: the worker's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: Option<u32>,
     /// Seconds a request may take from arrival, queue wait and on-demand spawn included; past
     /// it the generation is cancelled on its worker.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
@@ -133,12 +137,13 @@ fn config(args: ServeArgs) -> Result<GatewayConfig, TuiError> {
         keys,
         timeout: Duration::from_secs(args.request_timeout.max(1)),
         hub: HubConfig {
-            worker_slots: args.worker_slots.max(1),
+            worker_slots: args.worker_slots,
             queue: args.queue,
             queue_timeout: Duration::from_secs(args.queue_timeout.max(1)),
             keep_alive: args.keep_alive,
             device: args.device,
             threads: args.threads,
+            parallel: args.parallel,
         },
         audit_log: args.audit_log,
     })

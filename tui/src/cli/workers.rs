@@ -62,6 +62,8 @@ pub(super) async fn run(
             model,
             device,
             threads,
+            parallel,
+            ctx,
             wait,
         } => {
             let target = cf.select_one(node.as_deref())?;
@@ -71,7 +73,8 @@ pub(super) async fn run(
                     model,
                     device,
                     threads,
-                    ..Default::default()
+                    parallel,
+                    ctx,
                 },
                 wait,
                 timeout,

@@ -3,6 +3,7 @@
 //! node should load it.
 use std::collections::{HashMap, HashSet};
 
+use rbee_proto::session::WorkerInfo;
 use rbee_proto::{WorkerId, WorkerState};
 
 use crate::dashboard::state::NodeIdx;
@@ -14,16 +15,24 @@ pub type Place = (NodeIdx, WorkerId);
 /// Requests the gateway has in flight per worker.
 pub type Load = HashMap<Place, u32>;
 
-/// The serving worker of `model` with a free slot and the fewest requests in flight (ours first,
-/// then what its heartbeat reports, then node order), skipping `exclude`.
+/// Requests the gateway gives worker `w` at once: `slots` when the operator set it, else the
+/// sequences the worker decodes at once (its `parallel`, 1 before it reports one).
+pub fn capacity(w: &WorkerInfo, slots: Option<u32>) -> u32 {
+    slots
+        .unwrap_or_else(|| w.summary.as_ref().map_or(1, |m| m.parallel))
+        .max(1)
+}
+
+/// The serving worker of `model` with a free slot and the smallest share of its slots in use
+/// (ours, then what its heartbeat reports, then node order), skipping `exclude`.
 pub fn pick_worker(
     cluster: &Cluster,
     load: &Load,
-    slots: u32,
+    slots: Option<u32>,
     model: &str,
     exclude: &[Place],
 ) -> Option<Place> {
-    let mut best: Option<(u32, u32, Place)> = None;
+    let mut best: Option<(u64, u32, Place)> = None;
     for (i, node) in cluster.nodes.iter().enumerate() {
         if !node.up {
             continue;
@@ -37,10 +46,11 @@ pub fn pick_worker(
                 continue;
             }
             let ours = load.get(&place).copied().unwrap_or(0);
-            if ours >= slots {
+            let cap = capacity(w, slots);
+            if ours >= cap {
                 continue;
             }
-            let key = (ours, w.in_flight);
+            let key = (u64::from(ours) * 1000 / u64::from(cap), w.in_flight);
             if best.as_ref().is_none_or(|(a, b, _)| key < (*a, *b)) {
                 best = Some((key.0, key.1, place));
             }
@@ -66,7 +76,7 @@ pub struct Supply {
 pub fn supply(
     cluster: &Cluster,
     load: &Load,
-    slots: u32,
+    slots: Option<u32>,
     model: &str,
     exclude: &[Place],
 ) -> Supply {
@@ -83,7 +93,7 @@ pub fn supply(
                 WorkerState::Ready | WorkerState::Busy => {
                     s.serving += 1;
                     let ours = load.get(&(i, w.id.clone())).copied().unwrap_or(0);
-                    if ours < slots {
+                    if ours < capacity(w, slots) {
                         s.free += 1;
                     }
                 }
@@ -199,15 +209,45 @@ mod tests {
         };
         let mut load = Load::new();
         load.insert((0, "w1".into()), 1);
-        assert_eq!(pick_worker(&c, &load, 2, "a", &[]), Some((1, "w1".into())));
+        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[]), Some((1, "w1".into())));
         load.insert((1, "w1".into()), 2);
-        assert_eq!(pick_worker(&c, &load, 2, "a", &[]), Some((0, "w1".into())));
-        assert_eq!(pick_worker(&c, &load, 2, "a", &[(0, "w1".into())]), None);
+        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[]), Some((0, "w1".into())));
+        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[(0, "w1".into())]), None);
         assert_eq!(
-            pick_worker(&c, &load, 2, "a.gguf", &[]),
+            pick_worker(&c, &load, Some(2), "a.gguf", &[]),
             Some((0, "w1".into()))
         );
-        assert_eq!(pick_worker(&c, &load, 2, "b", &[]), None);
+        assert_eq!(pick_worker(&c, &load, Some(2), "b", &[]), None);
+    }
+
+    #[test]
+    fn a_worker_with_more_slots_takes_more_requests() {
+        let mut wide = worker("w2", WorkerState::Ready, 2);
+        wide.summary = Some(rbee_proto::ModelSummary {
+            name: "a".into(),
+            parallel: 4,
+            ..Default::default()
+        });
+        let c = Cluster {
+            nodes: vec![
+                node("n0", 1, vec![worker("w1", WorkerState::Ready, 0)]),
+                node("n1", 1, vec![wide]),
+            ],
+        };
+        assert_eq!(capacity(&c.nodes[0].workers["w1"], None), 1);
+        assert_eq!(capacity(&c.nodes[1].workers["w2"], None), 4);
+        assert_eq!(capacity(&c.nodes[1].workers["w2"], Some(2)), 2);
+        let mut load = Load::new();
+        load.insert((1, "w2".into()), 2);
+        // Two of four slots in use (half) beat one of one (full); the 1-slot worker is skipped.
+        load.insert((0, "w1".into()), 1);
+        assert_eq!(pick_worker(&c, &load, None, "a", &[]), Some((1, "w2".into())));
+        load.insert((1, "w2".into()), 4);
+        assert_eq!(pick_worker(&c, &load, None, "a", &[]), None);
+        let s = supply(&c, &load, None, "a", &[]);
+        assert_eq!((s.serving, s.free), (2, 0));
+        load.insert((0, "w1".into()), 0);
+        assert_eq!(pick_worker(&c, &load, None, "a", &[]), Some((0, "w1".into())));
     }
 
     #[test]
@@ -223,7 +263,7 @@ mod tests {
         assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), Some(1));
         c.nodes[1].up = false;
         assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), None);
-        let s = supply(&c, &Load::new(), 2, "a", &[]);
+        let s = supply(&c, &Load::new(), Some(2), "a", &[]);
         assert_eq!(device_for(&c.nodes[0], "auto"), "cpu");
         c.nodes[0].telemetry.as_mut().unwrap().gpus = vec![
             rbee_proto::session::GpuTelemetry {

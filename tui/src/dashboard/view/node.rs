@@ -175,10 +175,18 @@ fn gauge_rows(n: &NodeState, t: &Telemetry, label_w: usize, hist_w: usize) -> Ve
     rows
 }
 
+/// Sequences in use over the worker's slots (`2/4`), once it has said how many it has.
+fn slots(i: &rbee_proto::session::WorkerInfo) -> String {
+    match &i.summary {
+        Some(s) => format!("{}/{}", i.in_flight, s.parallel.max(1)),
+        None => "—".into(),
+    }
+}
+
 fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Frame, area: Rect) {
     let visible = state.visible_workers(idx);
     let header = Row::new([
-        "ID", "MODEL", "DEVICE", "STATE", "HB", "TOK/S", "RST", "RSS", "VRAM",
+        "ID", "MODEL", "DEVICE", "STATE", "SLOTS", "HB", "TOK/S", "RST", "RSS", "VRAM",
     ])
     .style(DIM.bold());
     let rows = visible.iter().map(|w| {
@@ -188,6 +196,7 @@ fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Fram
             Cell::from(short_model(&i.model).to_string()),
             Cell::from(i.device.clone()),
             Cell::from(i.state.as_str()).style(state_style(i.state)),
+            Cell::from(slots(i)),
             Cell::from(
                 w.heartbeat_age_ms(state.now)
                     .map(fmt_age)
@@ -208,6 +217,7 @@ fn render_workers_table(state: &State, idx: NodeIdx, n: &NodeState, f: &mut Fram
         Constraint::Fill(1),
         Constraint::Length(6),
         Constraint::Length(11),
+        Constraint::Length(5),
         Constraint::Length(4),
         Constraint::Length(5),
         Constraint::Length(3),

@@ -78,7 +78,12 @@ fn info_lines(state: &State, w: &WorkerView) -> Vec<Line<'static>> {
         fmt_bytes(i.rss_bytes)
     };
     lines.push(kv("memory", format!("RSS {rss} · VRAM {vram}")));
-    lines.push(kv("requests", format!("{} in flight", i.in_flight)));
+    let slots = i
+        .summary
+        .as_ref()
+        .map(|s| format!(" · {} slots", s.parallel.max(1)))
+        .unwrap_or_default();
+    lines.push(kv("requests", format!("{} in flight{slots}", i.in_flight)));
     if let Some(s) = &i.summary {
         let ready = w
             .spawn_to_ready_ms

@@ -42,8 +42,9 @@ const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
 /// How the hub schedules.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Requests the gateway sends one worker at once (the rest wait in the gateway's queue).
-    pub worker_slots: u32,
+    /// Requests the gateway sends one worker at once (the rest wait in the gateway's queue);
+    /// `None`: as many as the worker decodes at once (its `parallel`).
+    pub worker_slots: Option<u32>,
     /// Requests that may wait for a worker; one more is refused with 429.
     pub queue: usize,
     /// Longest a request waits for a worker (loading one included) before a 503; never past
@@ -56,17 +57,20 @@ pub struct HubConfig {
     pub device: String,
     /// CPU threads of workers spawned on demand (all when `None`).
     pub threads: Option<usize>,
+    /// Sequences per worker spawned on demand (the worker's default when `None`).
+    pub parallel: Option<u32>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            worker_slots: 2,
+            worker_slots: None,
             queue: 256,
             queue_timeout: Duration::from_secs(300),
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
             device: "cpu".into(),
             threads: None,
+            parallel: None,
         }
     }
 }

@@ -242,6 +242,7 @@ impl Hub {
             model: entry.reference.clone(),
             device: device_for(&self.cluster.nodes[node], &self.cfg.device),
             threads: self.cfg.threads,
+            parallel: self.cfg.parallel,
             ..Default::default()
         };
         let effect = Effect::Request {
