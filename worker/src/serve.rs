@@ -1,13 +1,14 @@
 //! The stdio side of the agent ⇄ worker protocol.
 //!
 //! Three threads: the reader parses stdin frames (answering bad ones at once, handling `Cancel` and
-//! `Shutdown` without waiting for the model), the generator runs one request at a time from a
-//! bounded queue, and the heartbeat thread proves life. All frames leave through one locked
-//! stdout, one line each.
-use std::collections::HashSet;
+//! `Shutdown` without waiting for the model), the generator runs up to `parallel` requests at once
+//! (continuous batching, [`crate::generate::batch`]) taking new ones from a bounded queue between
+//! steps, and the heartbeat thread proves life. All frames leave through one locked stdout, one
+//! line each.
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use rbee_proto::{
     now_millis, ChatMessage, ErrorCode, RequestId, SamplingParams, UnixMillis, PROTOCOL_VERSION,
 };
 
+use crate::generate::batch::{Event, Job as Run, Scheduler};
 use crate::generate::{Engine, GenerateError, Interrupt};
 
 /// Where frames go: stdout in production, a buffer in tests.
@@ -48,12 +50,13 @@ struct Job {
 /// State shared by the reader, the generator and the heartbeat.
 #[derive(Default)]
 pub struct Shared {
-    current: Mutex<Option<(RequestId, Arc<AtomicBool>)>>,
+    /// Running requests and their cancel flags.
+    current: Mutex<HashMap<RequestId, Arc<AtomicBool>>>,
     cancelled_queued: Mutex<HashSet<RequestId>>,
     queued_ids: Mutex<HashSet<RequestId>>,
     /// Requests waiting for the generator.
     pub queued: AtomicU32,
-    /// Requests generating now (0 or 1).
+    /// Requests generating now (slots in use, 0 to `parallel`).
     pub in_flight: AtomicU32,
     /// Text pieces sent since start.
     pub tokens_generated: AtomicU64,
@@ -93,7 +96,7 @@ pub fn serve(engine: Engine, input: impl BufRead + Send + 'static, sink: Sink, o
     };
     read_loop(input, &tx, &shared, &sink);
     shared.shutdown.store(true, Ordering::SeqCst);
-    if let Some((_, flag)) = shared.current.lock().unwrap().as_ref() {
+    for flag in shared.current.lock().unwrap().values() {
         flag.store(true, Ordering::SeqCst);
     }
     drop(tx);
@@ -202,8 +205,8 @@ fn enqueue(job: Job, tx: &SyncSender<Job>, shared: &Shared, sink: &Sink) {
 /// Stop the running request `id`, or mark a queued one so it never starts.
 fn cancel(id: RequestId, shared: &Shared, sink: &Sink) {
     let current = shared.current.lock().unwrap();
-    match current.as_ref() {
-        Some((cur, flag)) if *cur == id => flag.store(true, Ordering::SeqCst),
+    match current.get(&id) {
+        Some(flag) => flag.store(true, Ordering::SeqCst),
         _ if shared.queued_ids.lock().unwrap().contains(&id) => {
             shared.cancelled_queued.lock().unwrap().insert(id);
         }
@@ -218,37 +221,75 @@ fn cancel(id: RequestId, shared: &Shared, sink: &Sink) {
     }
 }
 
-/// Run queued jobs one at a time until the queue closes.
+/// Run queued jobs, up to the engine's `parallel` at once, until the queue closes and every
+/// running one has ended.
 fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &Sink) {
-    while let Ok(job) = rx.recv() {
-        shared.queued.fetch_sub(1, Ordering::SeqCst);
-        shared.queued_ids.lock().unwrap().remove(&job.id);
-        let refusal = if shared.shutdown.load(Ordering::SeqCst) {
-            Some((ErrorCode::ShuttingDown, "worker is stopping"))
-        } else if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
-            Some((ErrorCode::Cancelled, "cancelled before it started"))
-        } else {
-            None
-        };
-        match refusal {
-            Some((code, message)) => send(
-                sink,
-                &FromWorker::Error {
-                    id: Some(job.id),
-                    code,
-                    message: message.into(),
-                },
-            ),
-            None => run_job(&mut engine, job, shared, sink),
+    let tokenizer = engine.model.tokenizer.clone();
+    let mut scheduler = Scheduler::new(&tokenizer, engine.chunk);
+    let mut on = |e: Event<'_>| on_event(e, shared, sink);
+    let mut open = true;
+    loop {
+        // New requests join between steps; with nothing running, wait for one.
+        while open && scheduler.has_room(&engine) {
+            let job = if scheduler.idle() {
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                rx.try_recv()
+            };
+            match job {
+                Ok(job) => admit(&mut engine, &mut scheduler, job, shared, &mut on, sink),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
         }
+        if scheduler.idle() {
+            if open {
+                continue;
+            }
+            break;
+        }
+        scheduler.step(&mut engine, &mut on);
+        shared
+            .in_flight
+            .store(scheduler.active() as u32, Ordering::SeqCst);
     }
 }
 
-/// Generate one job, streaming its tokens, and send `Done` or its error.
-fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
+/// Take a job off the queue: refuse it (shutdown, cancelled while queued, a chat the model
+/// cannot render) or start it in a slot.
+fn admit(
+    engine: &mut Engine,
+    scheduler: &mut Scheduler<'_>,
+    job: Job,
+    shared: &Shared,
+    on: &mut dyn FnMut(Event<'_>),
+    sink: &Sink,
+) {
+    shared.queued.fetch_sub(1, Ordering::SeqCst);
+    shared.queued_ids.lock().unwrap().remove(&job.id);
+    let refusal = if shared.shutdown.load(Ordering::SeqCst) {
+        Some((ErrorCode::ShuttingDown, "worker is stopping"))
+    } else if shared.cancelled_queued.lock().unwrap().remove(&job.id) {
+        Some((ErrorCode::Cancelled, "cancelled before it started"))
+    } else {
+        None
+    };
+    if let Some((code, message)) = refusal {
+        let (id, message) = (Some(job.id), message.into());
+        return send(sink, &FromWorker::Error { id, code, message });
+    }
+    let prompt = match &job.input {
+        Input::Prompt(prompt) => engine.prompt_tokens(prompt),
+        Input::Chat(messages) => engine
+            .render_chat(messages)
+            .and_then(|text| engine.prompt_tokens(&text)),
+    };
+    let prompt = match prompt {
+        Ok(p) => p,
+        Err(e) => return on(Event::Done(job.id, Err(e))),
+    };
     let flag = Arc::new(AtomicBool::new(false));
-    *shared.current.lock().unwrap() = Some((job.id, flag.clone()));
-    shared.in_flight.store(1, Ordering::SeqCst);
+    shared.current.lock().unwrap().insert(job.id, flag.clone());
     let deadline = job.deadline;
     let stop = move || -> Option<Interrupt> {
         if flag.load(Ordering::Relaxed) {
@@ -259,23 +300,29 @@ fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
             _ => None,
         }
     };
-    let id = job.id;
-    let mut emit = |text: &str| {
-        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        send(
-            sink,
-            &FromWorker::Token {
-                id,
-                text: text.to_string(),
-            },
-        );
+    let run = Run {
+        id: job.id,
+        prompt,
+        params: job.params,
+        stop: Box::new(stop),
     };
-    let result = match &job.input {
-        Input::Prompt(prompt) => engine.generate(prompt, &job.params, &stop, &mut emit),
-        Input::Chat(messages) => engine.chat(messages, &job.params, &stop, &mut emit),
+    scheduler.admit(engine, run, on);
+    shared
+        .in_flight
+        .store(scheduler.active() as u32, Ordering::SeqCst);
+}
+
+/// Turn the scheduler's events into frames: text as `Token`, the end as `Done` or `Error`.
+fn on_event(event: Event<'_>, shared: &Shared, sink: &Sink) {
+    let (id, result) = match event {
+        Event::Text(id, text) => {
+            shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+            let text = text.to_string();
+            return send(sink, &FromWorker::Token { id, text });
+        }
+        Event::Done(id, result) => (id, result),
     };
-    *shared.current.lock().unwrap() = None;
-    shared.in_flight.store(0, Ordering::SeqCst);
+    shared.current.lock().unwrap().remove(&id);
     let frame = match result {
         Ok((finish_reason, usage)) => {
             shared
@@ -290,14 +337,15 @@ fn run_job(engine: &mut Engine, job: Job, shared: &Shared, sink: &Sink) {
         Err(e) => {
             let stopping = shared.shutdown.load(Ordering::SeqCst)
                 && matches!(e, GenerateError::Interrupted(..));
+            let (code, message) = if stopping {
+                (ErrorCode::ShuttingDown, "worker is stopping".to_string())
+            } else {
+                (e.code(), e.to_string())
+            };
             FromWorker::Error {
                 id: Some(id),
-                code: if stopping {
-                    ErrorCode::ShuttingDown
-                } else {
-                    e.code()
-                },
-                message: e.to_string(),
+                code,
+                message,
             }
         }
     };

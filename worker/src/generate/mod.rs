@@ -4,14 +4,15 @@
 //! - [`sampler`]: the next token from the logits.
 //! - [`detok`]: tokens to whole characters, stop sequences held back and cut.
 //! - [`usage`]: timings to `Usage`.
-use rbee_proto::{FinishReason, SamplingParams, Usage};
+use batch::{Event, Job, Scheduler};
+use candle_core::{DType, Tensor};
+use rbee_proto::{FinishReason, RequestId, SamplingParams, Usage};
 
 use crate::chat::ChatMessage;
-use crate::load::LoadedModel;
-use detok::TextOut;
-use sampler::Sampler;
-use usage::Clock;
+use crate::load::llama::{Piece, SeqCache};
+use crate::load::{LoadedModel, Network};
 
+pub mod batch;
 pub mod detok;
 pub mod sampler;
 pub mod usage;
@@ -82,16 +83,126 @@ fn model_err(e: candle_core::Error) -> GenerateError {
     GenerateError::Model(e.to_string())
 }
 
+/// Prompt tokens read per step by default: large enough for the dense matmul to pay, small
+/// enough that running streams wait at most one chunk.
+pub const DEFAULT_CHUNK: usize = 512;
+
+/// One sequence's place in the engine: its KV cache and the tokens that cache holds.
+#[derive(Default)]
+struct Slot {
+    cache: SeqCache,
+    tokens: Vec<u32>,
+    /// Step at which its last sequence ended (least recently used slots are taken first).
+    freed: u64,
+}
+
 /// A loaded model plus the loop that drives it.
 pub struct Engine {
     /// The model, owned by the one thread that generates.
     pub model: LoadedModel,
+    slots: Vec<Slot>,
+    /// Most prompt tokens read per step.
+    pub chunk: usize,
 }
 
 impl Engine {
-    /// An engine for `model`.
+    /// An engine for `model` serving one sequence at a time.
     pub fn new(model: LoadedModel) -> Self {
-        Self { model }
+        Self::with_parallel(model, 1)
+    }
+
+    /// An engine for `model` serving up to `parallel` sequences at once when its network has a
+    /// batched forward (dense llama, qwen2, qwen3 GGUF), one otherwise.
+    pub fn with_parallel(model: LoadedModel, parallel: usize) -> Self {
+        // Networks without the batched forward read a prompt in one pass, as they always did.
+        let (n, chunk) = if Self::batches(&model) {
+            (parallel.max(1), DEFAULT_CHUNK)
+        } else {
+            (1, usize::MAX)
+        };
+        Self {
+            model,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            chunk,
+        }
+    }
+
+    /// Whether `model`'s network runs several sequences in one forward pass.
+    pub fn batches(model: &LoadedModel) -> bool {
+        matches!(model.network, Network::Llama(_))
+    }
+
+    /// Sequences served at once.
+    pub fn parallel(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Tokens one sequence may hold (prompt and answer).
+    pub fn context(&self) -> usize {
+        self.model.summary.context_length as usize
+    }
+
+    /// A free slot for `prompt` (slots in `busy` are taken) and how many of its first tokens
+    /// that slot's cache already holds; the cache is cut to that prefix. Without a batched
+    /// network the one slot starts afresh.
+    fn claim_slot(
+        &mut self,
+        prompt: &[u32],
+        busy: &[usize],
+    ) -> candle_core::Result<(usize, usize)> {
+        if !Self::batches(&self.model) {
+            self.model.reset()?;
+            return Ok((0, 0));
+        }
+        let shared = |a: &[u32]| a.iter().zip(prompt).take_while(|(x, y)| x == y).count();
+        let best = (0..self.slots.len())
+            .filter(|i| !busy.contains(i))
+            .max_by_key(|&i| {
+                (
+                    shared(&self.slots[i].tokens),
+                    std::cmp::Reverse(self.slots[i].freed),
+                )
+            })
+            .ok_or_else(|| candle_core::Error::msg("no free slot"))?;
+        // At least the prompt's last token is read again: its logits start the answer.
+        let keep = shared(&self.slots[best].tokens).min(prompt.len() - 1);
+        let slot = &mut self.slots[best];
+        slot.cache.truncate(keep);
+        slot.tokens.truncate(keep);
+        Ok((best, keep))
+    }
+
+    /// A sequence left `slot`, whose cache holds `tokens`.
+    fn release(&mut self, slot: usize, tokens: &[u32], tick: u64) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.tokens = tokens.to_vec();
+            s.freed = tick;
+            if tokens.is_empty() {
+                s.cache.truncate(0);
+            }
+        }
+    }
+
+    /// One forward pass over `(slot, new tokens, position)` pieces; the logits of each piece's
+    /// last token (`[pieces, vocab]`, f32).
+    fn forward_pieces(&mut self, work: &[(usize, &[u32], usize)]) -> candle_core::Result<Tensor> {
+        let Network::Llama(net) = &mut self.model.network else {
+            let [(_, tokens, pos)] = work else {
+                candle_core::bail!("this network runs one sequence at a time");
+            };
+            return self.model.forward(tokens, *pos)?.unsqueeze(0);
+        };
+        let mut caches: Vec<Option<&mut SeqCache>> =
+            self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
+        let mut pieces = Vec::with_capacity(work.len());
+        for &(slot, tokens, pos) in work {
+            let cache = caches
+                .get_mut(slot)
+                .and_then(Option::take)
+                .ok_or_else(|| candle_core::Error::msg("slot used twice in one step"))?;
+            pieces.push(Piece { cache, tokens, pos });
+        }
+        net.forward_batch(&mut pieces)?.to_dtype(DType::F32)
     }
 
     /// Generate from `prompt` as it is (completion), handing each piece of text to `emit` as
@@ -161,7 +272,8 @@ impl Engine {
             .to_vec())
     }
 
-    /// Generate after `prompt` (token ids), streaming text to `emit`.
+    /// Generate after `prompt` (token ids), streaming text to `emit`: one request through the
+    /// same scheduler the protocol uses.
     pub fn generate_tokens(
         &mut self,
         prompt: &[u32],
@@ -169,56 +281,23 @@ impl Engine {
         should_stop: StopCheck<'_>,
         emit: &mut dyn FnMut(&str),
     ) -> Result<(FinishReason, Usage), GenerateError> {
-        let mut clock = Clock::start(prompt.len());
-        let mut sampler = Sampler::new(params)?;
-        let context = self.model.summary.context_length as usize;
-        if prompt.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
-        if prompt.len() >= context {
-            return Err(GenerateError::PromptTooLong {
-                prompt: prompt.len(),
-                context,
-            });
-        }
-        if let Some(why) = should_stop() {
-            return Err(GenerateError::Interrupted(why, clock.usage));
-        }
-        self.model.reset().map_err(model_err)?;
         let tokenizer = self.model.tokenizer.clone();
-        let mut out = TextOut::new(&tokenizer, &params.stop);
-        let mut history = prompt.to_vec();
-        let mut logits = self.model.forward(prompt, 0).map_err(model_err)?;
-        clock.prompt_done();
-        let finish = loop {
-            if clock.usage.generated_tokens >= params.max_tokens {
-                break FinishReason::Length;
-            }
-            if let Some(why) = should_stop() {
-                return Err(GenerateError::Interrupted(why, clock.interrupted()));
-            }
-            let next = sampler.next(&logits, &history).map_err(model_err)?;
-            clock.token();
-            history.push(next);
-            if !params.ignore_eos && self.model.eos_tokens.contains(&next) {
-                break FinishReason::Eos;
-            }
-            if out.push(next, emit) {
-                break FinishReason::Stop;
-            }
-            if history.len() >= context {
-                break FinishReason::ContextFull;
-            }
-            logits = self
-                .model
-                .forward(&[next], history.len() - 1)
-                .map_err(model_err)?;
+        let mut scheduler = Scheduler::new(&tokenizer, self.chunk);
+        let mut result = None;
+        let mut on = |e: Event<'_>| match e {
+            Event::Text(_, t) => emit(t),
+            Event::Done(_, r) => result = Some(r),
         };
-        let finish = if finish != FinishReason::Stop && out.finish(emit) {
-            FinishReason::Stop
-        } else {
-            finish
+        let job = Job {
+            id: RequestId::default(),
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+            stop: Box::new(should_stop),
         };
-        Ok((finish, clock.finish()))
+        scheduler.admit(self, job, &mut on);
+        while !scheduler.idle() {
+            scheduler.step(self, &mut on);
+        }
+        result.unwrap_or_else(|| Err(GenerateError::Model("the request never ended".into())))
     }
 }

@@ -67,6 +67,13 @@ impl KvCache {
         Ok(())
     }
 
+    /// Keep the first `n` entries of an appending cache (a prefix reused by the next request).
+    pub(crate) fn truncate(&mut self, n: usize) {
+        if self.ring.is_none() {
+            self.len = self.len.min(n);
+        }
+    }
+
     /// Every cached key and value (`[b, kv_heads, len, d]`).
     fn view(&self) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
@@ -105,9 +112,10 @@ pub(crate) fn mask(
 
 /// Causal (and, with `window`, sliding-window) attention of `q` (`[b, heads, t, d]`) over `k`,
 /// `v` (`[b, kv_heads, t, d]`, positions `pos..pos + t`) and what `cache` holds, which it then
-/// updates. A prompt (`t > 1`) must start on an empty cache. Grouped-query attention without
-/// copying keys: the query heads that share a key head are stacked as rows of one matrix.
-/// Returns `[b, t, heads * d]`.
+/// updates. Several new tokens after cached ones (a prompt chunk, the rest of a prompt whose
+/// prefix is cached) are allowed on an appending cache, not on a ring. Grouped-query attention
+/// without copying keys: the query heads that share a key head are stacked as rows of one
+/// matrix. Returns `[b, t, heads * d]`.
 pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -120,22 +128,35 @@ pub(crate) fn attend(
     let (b, _, t, _) = q.dims4()?;
     let (k, v) = (k.contiguous()?, v.contiguous()?);
     let fresh = cache.as_ref().is_none_or(|c| c.len == 0);
-    // A prompt on an empty cache attends to itself (masked); a new token to the cache, which
-    // holds exactly what it may see.
-    let mask = if t > 1 {
-        if !fresh {
-            candle_core::bail!("a multi-token step must start on an empty cache");
-        }
-        Some(mask(t, pos, t, pos, window, q.device())?)
-    } else {
-        None
-    };
+    if t > 1 && !fresh && window.is_some() {
+        candle_core::bail!("a multi-token step on a sliding window must start on an empty cache");
+    }
     let c = match cache {
         Some(c) => c,
         None => cache.insert(KvCache::new(&k, window.unwrap_or(256), window)?),
     };
+    if window.is_none() && c.len != pos {
+        candle_core::bail!("tokens at {pos} after {} cached ones", c.len);
+    }
     c.append(&k, &v, pos)?;
-    let (keys, values) = if t > 1 { (k, v) } else { c.view()? };
+    // A prompt on an empty cache attends to itself (masked); a chunk after cached tokens to
+    // everything cached up to itself (masked); a single new token to the whole cache, which
+    // holds exactly what it may see.
+    let (keys, values, mask) = match (t > 1, fresh) {
+        (true, true) => {
+            let m = mask(t, pos, t, pos, window, q.device())?;
+            (k, v, Some(m))
+        }
+        (true, false) => {
+            let (keys, values) = c.view()?;
+            let m = mask(t, pos, c.len, 0, None, q.device())?;
+            (keys, values, Some(m))
+        }
+        (false, _) => {
+            let (keys, values) = c.view()?;
+            (keys, values, None)
+        }
+    };
     let rep = heads / kv_heads;
     let n = keys.dim(2)?;
     let qg = q.contiguous()?.reshape((b, kv_heads, rep * t, head_dim))?;

@@ -14,7 +14,8 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::attention::{attend, one_at_a_time, KvCache};
+use super::attention::{attend, KvCache};
+use super::linear::{Linear, MANY_ROWS};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 
@@ -74,19 +75,96 @@ pub fn covers(ct: &gguf_file::Content, v: Variant) -> bool {
 
 struct Block {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
+    q: Linear,
+    k: Linear,
+    v: Linear,
     /// Qwen2's biases on q, k and v.
     bias: Option<[Tensor; 3]>,
     /// Qwen3's per-head norms on q and k.
     qk_norm: Option<[Tensor; 2]>,
-    out: QMatMul,
+    out: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
-    cache: Option<KvCache>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// One sequence's keys and values: a cache per layer, written in place.
+#[derive(Default)]
+pub struct SeqCache {
+    layers: Vec<Option<KvCache>>,
+}
+
+impl SeqCache {
+    /// Positions held (the same in every layer).
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, |c| c.len)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep the first `n` positions (a prefix the next request shares); the buffers stay.
+    pub fn truncate(&mut self, n: usize) {
+        for c in self.layers.iter_mut().flatten() {
+            c.truncate(n);
+        }
+    }
+}
+
+/// One sequence's share of a batched step: its new tokens, placed at `pos` (= what its cache
+/// holds).
+pub struct Piece<'a> {
+    /// The sequence's cache, extended by this step.
+    pub cache: &'a mut SeqCache,
+    /// The new tokens (one when decoding, a chunk when reading a prompt).
+    pub tokens: &'a [u32],
+    /// Position of the first new token.
+    pub pos: usize,
+}
+
+/// Rows `start..start + len` of a step that go through one matmul together: every
+/// few-token piece in one group, each prompt chunk in its own. A row's arithmetic then never
+/// depends on which other sequences share the step, so a seeded request gives the same text
+/// alone or batched.
+#[derive(Clone, Copy)]
+struct Group {
+    start: usize,
+    len: usize,
+}
+
+fn groups(pieces: &[Piece<'_>]) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
+    let mut start = 0;
+    let mut small_open = false;
+    for p in pieces {
+        let len = p.tokens.len();
+        let small = len < MANY_ROWS;
+        match out.last_mut() {
+            Some(g) if small && small_open => g.len += len,
+            _ => out.push(Group { start, len }),
+        }
+        small_open = small;
+        start += len;
+    }
+    out
+}
+
+/// `x` (`[rows, in]`) through `m`, group by group.
+fn project(m: &mut Linear, x: &Tensor, groups: &[Group]) -> candle_core::Result<Tensor> {
+    if groups.len() == 1 {
+        return m.forward(x);
+    }
+    let parts = groups
+        .iter()
+        .map(|g| m.forward(&x.narrow(0, g.start, g.len)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
 }
 
 /// A llama-family network from a GGUF file.
@@ -102,6 +180,8 @@ pub struct Llama {
     head_dim: usize,
     eps: f32,
     variant: Variant,
+    /// The cache of [`Llama::forward`]'s one sequence (the batched path brings its own).
+    own: SeqCache,
 }
 
 /// Rotary tables for `positions` positions: `θᵢ = base^(−2i/d)`, divided by the file's
@@ -164,6 +244,7 @@ impl Llama {
             Err(_) => QMatMul::from_qtensor(embed_q)?,
         };
         let norm = get("output_norm.weight")?.dequantize(device)?;
+        let keep = keep_dense(ct);
         let mut blocks = Vec::with_capacity(layers);
         for i in 0..layers {
             let mut t = |n: &str| get(&format!("blk.{i}.{n}"));
@@ -185,17 +266,16 @@ impl Llama {
             let mut t = |n: &str| get(&format!("blk.{i}.{n}.weight"));
             blocks.push(Block {
                 attn_norm: t("attn_norm")?.dequantize(device)?,
-                q: QMatMul::from_qtensor(t("attn_q")?)?,
-                k: QMatMul::from_qtensor(t("attn_k")?)?,
-                v: QMatMul::from_qtensor(t("attn_v")?)?,
+                q: Linear::new(t("attn_q")?, keep)?,
+                k: Linear::new(t("attn_k")?, keep)?,
+                v: Linear::new(t("attn_v")?, keep)?,
                 bias,
                 qk_norm,
-                out: QMatMul::from_qtensor(t("attn_output")?)?,
+                out: Linear::new(t("attn_output")?, keep)?,
                 ffn_norm: t("ffn_norm")?.dequantize(device)?,
-                gate: QMatMul::from_qtensor(t("ffn_gate")?)?,
-                up: QMatMul::from_qtensor(t("ffn_up")?)?,
-                down: QMatMul::from_qtensor(t("ffn_down")?)?,
-                cache: None,
+                gate: Linear::new(t("ffn_gate")?, keep)?,
+                up: Linear::new(t("ffn_up")?, keep)?,
+                down: Linear::new(t("ffn_down")?, keep)?,
             });
         }
         let (cos, sin) = rope_tables(head_dim, base, factors, positions, device)?;
@@ -211,83 +291,153 @@ impl Llama {
             head_dim,
             eps,
             variant,
+            own: SeqCache::default(),
         })
     }
 
-    fn block(&mut self, i: usize, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+    /// One block over every piece's rows (`x`: `[rows, hidden]`); `cos`/`sin` hold each row's
+    /// rotary angles.
+    fn block(
+        &mut self,
+        i: usize,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        pieces: &mut [Piece<'_>],
+        groups: &[Group],
+    ) -> candle_core::Result<Tensor> {
+        let rows = x.dim(0)?;
         let (hd, eps, heads, kv_heads) = (self.head_dim, self.eps, self.heads, self.kv_heads);
         let variant = self.variant;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
         let blk = &mut self.blocks[i];
         let h = candle_nn::ops::rms_norm(x, &blk.attn_norm, eps)?;
-        // Project, add the bias, split into heads ([b, t, n, d]), norm each head.
-        let split = |m: &QMatMul, which: usize, n: usize| -> candle_core::Result<Tensor> {
-            let mut y = m.forward(&h)?;
-            if let Some(bias) = &blk.bias {
+        let (bias, qk_norm) = (&blk.bias, &blk.qk_norm);
+        // Project, add the bias, split into heads, norm each head, rotate: [1, n, rows, d].
+        let split = |m: &mut Linear, which: usize, n: usize| -> candle_core::Result<Tensor> {
+            let mut y = project(m, &h, groups)?;
+            if let Some(bias) = bias {
                 y = y.broadcast_add(&bias[which])?;
             }
-            let y = y.reshape((b, t, n, hd))?;
-            match &blk.qk_norm {
-                Some(norms) if which < 2 => {
-                    candle_nn::ops::rms_norm(&y.contiguous()?, &norms[which], eps)
-                }
-                _ => Ok(y),
+            let mut y = y.reshape((1, rows, n, hd))?;
+            if let Some(norms) = qk_norm.as_ref().filter(|_| which < 2) {
+                y = candle_nn::ops::rms_norm(&y.contiguous()?, &norms[which], eps)?;
+            }
+            let y = y.transpose(1, 2)?.contiguous()?;
+            match (which, variant) {
+                (2, _) => Ok(y),
+                (_, Variant::Llama) => candle_nn::rotary_emb::rope_i(&y, cos, sin),
+                _ => candle_nn::rotary_emb::rope(&y, cos, sin),
             }
         };
-        let rope = |x: Tensor| -> candle_core::Result<Tensor> {
-            let x = x.transpose(1, 2)?.contiguous()?;
-            match variant {
-                Variant::Llama => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
-                Variant::Qwen2 | Variant::Qwen3 => candle_nn::rotary_emb::rope(&x, &cos, &sin),
-            }
-        };
-        let q = rope(split(&blk.q, 0, heads)?)?;
-        let k = rope(split(&blk.k, 1, kv_heads)?)?;
-        let v = split(&blk.v, 2, kv_heads)?.transpose(1, 2)?.contiguous()?;
+        let q = split(&mut blk.q, 0, heads)?;
+        let k = split(&mut blk.k, 1, kv_heads)?;
+        let v = split(&mut blk.v, 2, kv_heads)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = attend(
-            &q,
-            &k,
-            &v,
-            &mut blk.cache,
-            None,
-            pos,
-            (heads, kv_heads, hd, scale),
-        )?;
-        let x = (x + blk.out.forward(&y)?)?;
+        let mut outs = Vec::with_capacity(pieces.len());
+        let mut start = 0;
+        for p in pieces.iter_mut() {
+            let t = p.tokens.len();
+            let c = &mut p.cache.layers[i];
+            let (q, k, v) = (
+                q.narrow(2, start, t)?,
+                k.narrow(2, start, t)?,
+                v.narrow(2, start, t)?,
+            );
+            outs.push(attend(
+                &q,
+                &k,
+                &v,
+                c,
+                None,
+                p.pos,
+                (heads, kv_heads, hd, scale),
+            )?);
+            start += t;
+        }
+        let y = Tensor::cat(&outs, 1)?.squeeze(0)?;
+        let x = (x + project(&mut blk.out, &y, groups)?)?;
         let h = candle_nn::ops::rms_norm(&x, &blk.ffn_norm, eps)?;
-        let h = (candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?;
-        x + blk.down.forward(&h)?
+        let gate = project(&mut blk.gate, &h, groups)?;
+        let h = (candle_nn::ops::silu(&gate)? * project(&mut blk.up, &h, groups)?)?;
+        x + project(&mut blk.down, &h, groups)?
     }
 
-    /// Logits (`[b, vocab]`) of the last position of `input` (`[b, t]` ids) placed at `pos`.
-    pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let (b, t) = input.dims2()?;
-        let cached = self
-            .blocks
-            .iter()
-            .any(|bl| bl.cache.as_ref().is_some_and(|c| c.len > 0));
-        if t > 1 && cached {
-            return one_at_a_time(input, pos, |x, p| self.forward(x, p));
+    /// One step over several sequences at once (continuous batching): every piece's new tokens
+    /// go through each weight matrix together; rotary positions, attention and KV caches stay
+    /// per sequence. Logits (`[pieces, vocab]`) of each piece's last token, in order.
+    pub fn forward_batch(&mut self, pieces: &mut [Piece<'_>]) -> candle_core::Result<Tensor> {
+        let device = self.embed.device().clone();
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut last = Vec::with_capacity(pieces.len());
+        for p in pieces.iter_mut() {
+            if p.tokens.is_empty() {
+                candle_core::bail!("a piece without tokens");
+            }
+            if p.pos + p.tokens.len() > self.cos.dim(0)? {
+                candle_core::bail!("positions past the context ({})", self.cos.dim(0)?);
+            }
+            if p.cache.layers.len() != self.blocks.len() {
+                p.cache.layers = (0..self.blocks.len()).map(|_| None).collect();
+            }
+            ids.extend_from_slice(p.tokens);
+            positions.extend((p.pos..p.pos + p.tokens.len()).map(|x| x as u32));
+            last.push(ids.len() as u32 - 1);
         }
-        let ids = input.flatten_all()?;
-        let mut x = self.embed.index_select(&ids, 0)?.reshape((b, t, ()))?;
+        let groups = groups(pieces);
+        let positions = Tensor::new(positions.as_slice(), &device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let mut x = self
+            .embed
+            .index_select(&Tensor::new(ids.as_slice(), &device)?, 0)?;
         for i in 0..self.blocks.len() {
-            x = self.block(i, &x, pos)?;
+            x = self.block(i, &x, (&cos, &sin), pieces, &groups)?;
         }
-        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
+        let last = x.index_select(&Tensor::new(last.as_slice(), &device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         self.output.forward(&last)
     }
 
-    /// Forget every layer's KV cache (the buffers stay allocated for the next request).
-    pub fn clear_kv_cache(&mut self) {
-        for b in &mut self.blocks {
-            if let Some(c) = &mut b.cache {
-                c.len = 0;
-            }
+    /// Logits (`[1, vocab]`) of the last position of `input` (`[1, t]` ids) placed at `pos`, on
+    /// the network's own sequence (one-shot runs and the single-sequence path).
+    pub fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        let tokens = input.flatten_all()?.to_vec1::<u32>()?;
+        let mut own = std::mem::take(&mut self.own);
+        if pos < own.len() {
+            own.truncate(pos);
         }
+        let out = self.forward_batch(&mut [Piece {
+            cache: &mut own,
+            tokens: &tokens,
+            pos,
+        }]);
+        self.own = own;
+        out
     }
+
+    /// Forget the own sequence's KV cache (the buffers stay allocated for the next request).
+    pub fn clear_kv_cache(&mut self) {
+        self.own.truncate(0);
+    }
+
+    /// Longest context the rotary tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dim(0).unwrap_or(0)
+    }
+}
+
+/// Whether the dequantised copies of every block's weights fit the budget
+/// (`RBEE_DENSE_CACHE_MB`, default 1 024 MiB) and are kept between prompt chunks.
+fn keep_dense(ct: &gguf_file::Content) -> bool {
+    let budget_mb = std::env::var("RBEE_DENSE_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1024);
+    let bytes: usize = ct
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| name.starts_with("blk.") && name.ends_with(".weight"))
+        .map(|(_, info)| info.shape.elem_count() * 4)
+        .sum();
+    bytes <= budget_mb << 20
 }

@@ -26,6 +26,7 @@ pub mod device;
 pub mod gemma3;
 pub mod gguf;
 pub mod guard;
+pub mod linear;
 pub mod llama;
 pub mod network;
 pub mod requantise;
