@@ -313,6 +313,7 @@ impl Agent {
             disk_free_bytes: 1_700 << 30,
             gpus,
             gpu_status: String::new(),
+            backends: vec!["cpu".into()],
         }
     }
 

@@ -529,6 +529,10 @@ pub struct Telemetry {
     pub gpus: Vec<GpuTelemetry>,
     /// Why `gpus` is empty (no driver, no NVML), or empty when GPUs were read.
     pub gpu_status: String,
+    /// Backends this node's worker binaries run: `cpu`, and `cuda` when a CUDA worker
+    /// (`rbee-worker-cuda`) is installed and starts. Empty from agents older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
 }
 
 /// One GPU's state at one moment (NVML).

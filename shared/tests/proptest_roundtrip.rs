@@ -171,7 +171,7 @@ prop_compose! {
         at in any::<u64>(), cpu_percent in f32_(), mem_total_bytes in any::<u64>(), mem_used_bytes in any::<u64>(),
         disk_free_bytes in any::<u64>(), gpus in list(gpu()), gpu_status in text(),
     ) -> Telemetry {
-        Telemetry { at, cpu_percent, mem_total_bytes, mem_used_bytes, disk_free_bytes, gpus, gpu_status }
+        Telemetry { at, cpu_percent, mem_total_bytes, mem_used_bytes, disk_free_bytes, gpus, gpu_status, backends: vec![] }
     }
 }
 

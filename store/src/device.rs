@@ -40,6 +40,33 @@ impl DeviceSpec {
     }
 }
 
+/// What a spawn asks for: a device, or `auto` (the GPU with the most free memory that fits the
+/// model, the CPU on a node without a usable GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceChoice {
+    /// Let the agent choose.
+    Auto,
+    /// This device.
+    Exact(DeviceSpec),
+}
+
+impl DeviceChoice {
+    /// Parse `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(spec: &str) -> Result<Self, StoreError> {
+        if spec.trim() == "auto" {
+            return Ok(DeviceChoice::Auto);
+        }
+        DeviceSpec::parse(spec)
+            .map(DeviceChoice::Exact)
+            .map_err(|_| {
+                StoreError::BadRequest(format!(
+                    "device `{}` is not auto, cpu or cuda:N",
+                    spec.trim()
+                ))
+            })
+    }
+}
+
 fn bad(s: &str) -> StoreError {
     StoreError::BadRequest(format!("device `{s}` is not cpu or cuda:N"))
 }
@@ -71,6 +98,15 @@ mod tests {
         assert_eq!(DeviceSpec::parse("cuda:3").unwrap(), DeviceSpec::Cuda(3));
         assert_eq!(DeviceSpec::Cuda(3).to_string(), "cuda:3");
         assert_eq!(DeviceSpec::Cuda(3).gpu(), Some(3));
+        assert_eq!(DeviceChoice::parse(" auto").unwrap(), DeviceChoice::Auto);
+        assert_eq!(
+            DeviceChoice::parse("cuda:1").unwrap(),
+            DeviceChoice::Exact(DeviceSpec::Cuda(1))
+        );
+        assert!(DeviceChoice::parse("autos")
+            .unwrap_err()
+            .to_string()
+            .contains("is not auto, cpu or cuda:N"));
         for bad in ["tpu", "tpu:0", "cuda:", "cuda:x", "cuda0", ""] {
             let e = DeviceSpec::parse(bad).unwrap_err();
             assert_eq!(e.code(), rbee_proto::ErrorCode::BadRequest);

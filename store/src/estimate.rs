@@ -41,6 +41,16 @@ pub const PREFILL_CHUNK: u64 = 512;
 /// Hopper are 300–500 MiB; the upper end is reserved.
 pub const CUDA_RUNTIME: u64 = 512 << 20;
 
+/// The worker's `--parallel` when a spawn gives none: 4 slots for the families with a batched
+/// forward (dense llama, qwen2, qwen3 GGUF) on CPU, 1 for the others. One definition for the
+/// agent's estimate and the worker.
+pub fn default_parallel(architecture: &str, device: DeviceSpec) -> u32 {
+    match (architecture, device) {
+        ("llama" | "qwen2" | "qwen3", DeviceSpec::Cpu) => 4,
+        _ => 1,
+    }
+}
+
 /// How a worker will run the model: device, context and slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunShape {

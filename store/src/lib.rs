@@ -25,7 +25,7 @@ pub mod local;
 pub mod pull;
 pub mod reference;
 
-pub use device::DeviceSpec;
+pub use device::{DeviceChoice, DeviceSpec};
 pub use error::StoreError;
 pub use estimate::{estimate, MemoryEstimate, RunShape};
 pub use files::{model_size, ModelFiles};

@@ -658,6 +658,7 @@ impl Behaviour for Echo {
                         disk_free_bytes: 1 << 30,
                         gpus: vec![],
                         gpu_status: "no NVIDIA driver".into(),
+                        backends: vec!["cpu".into()],
                     },
                     workers: self.workers(),
                 },

@@ -1,17 +1,27 @@
 //! Admission: a spawn request is checked up front (model reference, device, threads, memory) so
 //! a worker that cannot run is refused with a reason instead of crash-looping.
 //!
-//! Memory is promised, not only measured: an admitted worker holds a [`Reservation`] of its
-//! model's size on its device until it is ready (its memory then shows in the measurement) or
-//! its first run ends. Checking and reserving happen under one lock, so parallel spawns cannot
-//! all be admitted against the same free memory.
+//! What a worker needs is estimated from the model file's metadata before it starts
+//! ([`rbee_store::estimate`]: weights as loaded on that device, KV cache for its context and
+//! slots, prompt-pass activations, runtime); a file whose header cannot be read counts its size.
+//! Memory is promised, not only measured: an admitted worker holds a [`Reservation`] of that
+//! estimate on its device until it is ready (its memory then shows in the measurement) or its
+//! first run ends. Checking and reserving happen under one lock, so parallel spawns cannot all be
+//! admitted against the same free memory.
+//!
+//! Devices: `cpu`, `cuda:N` (refused at once when no CUDA worker is installed or GPU N does not
+//! exist) or `auto`: the GPU with the most free memory that fits, when the node has GPUs and a
+//! CUDA worker; the CPU otherwise.
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rbee_proto::config::AgentConfig;
 use rbee_proto::session::SpawnSpec;
 use rbee_proto::{ErrorCode, ProtoError};
-use rbee_store::{DeviceSpec, Store};
+use rbee_store::estimate::{default_parallel, estimate_header, RunShape};
+use rbee_store::gguf::GgufHeader;
+use rbee_store::{DeviceChoice, DeviceSpec, Store};
 
 use crate::telemetry::Collector;
 use rbee_proto::fmt::bytes as human_bytes;
@@ -20,11 +30,96 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ProtoError {
     ProtoError::new(code, msg)
 }
 
+/// The CUDA worker's file name; it lives beside `rbee-worker` (scripts/build-cuda.sh builds it).
+pub const CUDA_WORKER: &str = "rbee-worker-cuda";
+
+/// Where the CUDA worker for `worker_bin` is: beside it, named [`CUDA_WORKER`].
+pub fn cuda_worker_path(worker_bin: &Path) -> PathBuf {
+    worker_bin.with_file_name(CUDA_WORKER)
+}
+
+/// Which backends this node's worker binaries run, found once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Backends {
+    /// The CUDA worker, when it is installed and starts.
+    pub cuda: Option<PathBuf>,
+    /// Why there is no CUDA backend (shown when `cuda:N` is asked for).
+    pub cuda_missing: String,
+}
+
+impl Backends {
+    /// Look for the CUDA worker beside `worker_bin` and check that it starts (`--version`
+    /// names `cuda` among its backends).
+    pub(crate) fn probe(worker_bin: &Path) -> Self {
+        let path = cuda_worker_path(worker_bin);
+        if !path.is_file() {
+            return Self {
+                cuda: None,
+                cuda_missing: format!(
+                    "no CUDA worker installed on this node ({} not found; build it with scripts/build-cuda.sh)",
+                    path.display()
+                ),
+            };
+        }
+        match version_of(&path) {
+            Ok(v) if v.contains("cuda") => Self {
+                cuda: Some(path),
+                cuda_missing: String::new(),
+            },
+            Ok(v) => Self {
+                cuda: None,
+                cuda_missing: format!("{} is not a CUDA build ({v})", path.display()),
+            },
+            Err(e) => Self {
+                cuda: None,
+                cuda_missing: format!("the CUDA worker {} does not start: {e}", path.display()),
+            },
+        }
+    }
+
+    /// `cpu`, plus `cuda` when the CUDA worker runs.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut v = vec!["cpu".to_string()];
+        if self.cuda.is_some() {
+            v.push("cuda".into());
+        }
+        v
+    }
+}
+
+/// `BIN --version`'s first line, within 10 s.
+fn version_of(bin: &Path) -> Result<String, String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    for _ in 0..100 {
+        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+            if !out.status.success() {
+                let why = text(&out.stderr);
+                return Err(why.lines().next().unwrap_or("failed").to_string());
+            }
+            return Ok(text(&out.stdout).lines().next().unwrap_or("").to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("`--version` did not answer within 10 s".into())
+}
+
 /// Decides whether a spawn fits on this node.
 pub(crate) struct Admission {
     cfg: Arc<AgentConfig>,
     collector: Arc<Mutex<Collector>>,
     promised: Promised,
+    backends: Backends,
 }
 
 /// Bytes promised to workers still starting, per device (`None` is host RAM).
@@ -73,64 +168,213 @@ fn check_threads(threads: Option<usize>) -> Result<(), ProtoError> {
 pub(crate) struct Admitted {
     /// The model as the store resolved it: a canonical path inside the store, or an `hf:` ref.
     pub reference: String,
+    /// The device it runs on (`auto` resolved): `cpu` or `cuda:N`.
+    pub device: String,
     pub reservation: Reservation,
+}
+
+/// What one worker of a model needs on a device, and how it was found.
+struct Need {
+    bytes: u64,
+    /// `weights …, KV cache …` when estimated from the header; empty when it is the file size.
+    detail: String,
+}
+
+/// The model file as admission sees it: its header when it is a readable GGUF file, else its
+/// size (safetensors, an `hf:` ref not pulled yet (0), or a file the worker will refuse).
+struct Model {
+    header: Option<GgufHeader>,
+    size: u64,
+}
+
+impl Model {
+    fn need(&self, spec: &SpawnSpec, device: DeviceSpec) -> Need {
+        let Some(h) = &self.header else {
+            return Need {
+                bytes: self.size,
+                detail: String::new(),
+            };
+        };
+        let parallel = spec
+            .parallel
+            .unwrap_or_else(|| default_parallel(h.architecture(), device));
+        let shape = RunShape {
+            device,
+            context: spec.ctx,
+            parallel,
+            keep_quant: false,
+        };
+        let e = estimate_header(h, shape);
+        Need {
+            bytes: e.total(),
+            detail: e.describe(),
+        }
+    }
 }
 
 impl Admission {
     pub(crate) fn new(cfg: Arc<AgentConfig>, collector: Arc<Mutex<Collector>>) -> Self {
+        let worker_bin = cfg.worker_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|e| e.with_file_name("rbee-worker"))
+                .unwrap_or_else(|_| PathBuf::from("rbee-worker"))
+        });
+        let backends = Backends::probe(&worker_bin);
+        tracing::info!(backends = ?backends.names(), "worker backends");
+        if backends.cuda.is_none() {
+            tracing::info!("{}", backends.cuda_missing);
+        }
+        collector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_backends(backends.names());
         Self {
             cfg,
             collector,
             promised: Promised::default(),
+            backends,
         }
     }
 
     /// Check a spawn request (model reference, device, threads, memory) and promise it the
     /// memory its model needs.
     pub(crate) fn admit(&self, spec: &SpawnSpec) -> Result<Admitted, ProtoError> {
-        let device = spec.device.trim();
-        let gpu_index = DeviceSpec::parse(device)?.gpu();
+        let choice = DeviceChoice::parse(&spec.device)?;
         check_threads(spec.threads)?;
-        // Size 0 when unknown (an `hf:` model not pulled yet: the worker fetches it itself).
         let found = Store::new(self.cfg.model_dirs.clone()).find(&spec.model)?;
-        let size = found.size_bytes;
+        let path = Path::new(&found.reference);
+        let header = (path.is_file() && path.extension().is_some_and(|e| e == "gguf"))
+            .then(|| GgufHeader::read(path))
+            .and_then(|r| {
+                r.map_err(|e| tracing::debug!("no estimate, counting the file size: {e}"))
+                    .ok()
+            });
+        let model = Model {
+            header,
+            size: found.size_bytes,
+        };
+        if let DeviceChoice::Exact(DeviceSpec::Cuda(_)) = choice {
+            self.check_cuda(&spec.device)?;
+        }
         // One admission at a time from here: measure, compare with what is promised, promise.
         let mut promised = held(&self.promised);
-        let free = self.free_bytes(gpu_index, device)?;
+        let device = match choice {
+            DeviceChoice::Exact(d) => d,
+            DeviceChoice::Auto => self.choose(spec, &model, &promised)?,
+        };
+        let gpu_index = device.gpu();
+        let need = model.need(spec, device);
+        let free = self.free_bytes(gpu_index, &spec.device)?;
         let h = promised.entry(gpu_index).or_default();
-        let headroom = self.cfg.admission_headroom_bytes;
-        if size > 0 && size.saturating_add(headroom) > free.saturating_sub(h.bytes) {
-            let room = match gpu_index {
-                None => format!("only {} of RAM is free", human_bytes(free)),
-                Some(i) => format!("GPU {i} has {} free", human_bytes(free)),
-            };
-            let promised = match h.workers {
-                0 => String::new(),
-                n => format!(
-                    " and {} of it is promised to {n} worker(s) still starting",
-                    human_bytes(h.bytes)
-                ),
-            };
-            return Err(err(
-                ErrorCode::InsufficientMemory,
-                format!(
-                    "model needs {} plus {} headroom but {room}{promised}",
-                    human_bytes(size),
-                    human_bytes(headroom),
-                ),
-            ));
-        }
-        h.bytes += size;
+        self.check_fits(&need, gpu_index, free, h)?;
+        h.bytes += need.bytes;
         h.workers += 1;
         let reservation = Reservation {
             promised: self.promised.clone(),
             device: gpu_index,
-            bytes: size,
+            bytes: need.bytes,
         };
         Ok(Admitted {
             reference: found.reference,
+            device: device.to_string(),
             reservation,
         })
+    }
+
+    /// `cuda:N` needs a CUDA worker and a GPU.
+    fn check_cuda(&self, device: &str) -> Result<(), ProtoError> {
+        if self.backends.cuda.is_none() {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "cannot use {}: {}",
+                    device.trim(),
+                    self.backends.cuda_missing
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `auto`: the GPU with the most memory left after promises that fits the model; the CPU
+    /// when the node has no GPU or no CUDA worker.
+    fn choose(
+        &self,
+        spec: &SpawnSpec,
+        model: &Model,
+        promised: &HashMap<Option<u32>, Held>,
+    ) -> Result<DeviceSpec, ProtoError> {
+        let gpus = {
+            let c = self.collector.lock().unwrap_or_else(|p| p.into_inner());
+            c.gpu_free()
+        };
+        if gpus.is_empty() || self.backends.cuda.is_none() {
+            return Ok(DeviceSpec::Cpu);
+        }
+        let headroom = self.cfg.admission_headroom_bytes;
+        let left =
+            |i: u32, free: u64| free.saturating_sub(promised.get(&Some(i)).map_or(0, |h| h.bytes));
+        let mut ranked: Vec<_> = gpus
+            .iter()
+            .map(|(i, free, _)| (*i, left(*i, *free)))
+            .collect();
+        ranked.sort_by_key(|(i, left)| (std::cmp::Reverse(*left), *i));
+        let need = |i| model.need(spec, DeviceSpec::Cuda(i)).bytes;
+        if let Some((i, _)) = ranked
+            .iter()
+            .find(|(i, left)| need(*i).saturating_add(headroom) <= *left)
+        {
+            return Ok(DeviceSpec::Cuda(*i));
+        }
+        let each: Vec<String> = ranked
+            .iter()
+            .map(|(i, left)| format!("GPU {i} has {}", human_bytes(*left)))
+            .collect();
+        let n = model.need(spec, DeviceSpec::Cuda(0));
+        Err(err(
+            ErrorCode::InsufficientMemory,
+            format!(
+                "no GPU fits: model needs {} plus {} headroom{} but {} free after promises",
+                human_bytes(n.bytes),
+                human_bytes(headroom),
+                paren(&n.detail),
+                each.join(", "),
+            ),
+        ))
+    }
+
+    /// Refuse with the numbers when `need` does not fit in `free` less what is promised.
+    fn check_fits(
+        &self,
+        need: &Need,
+        gpu_index: Option<u32>,
+        free: u64,
+        h: &Held,
+    ) -> Result<(), ProtoError> {
+        let headroom = self.cfg.admission_headroom_bytes;
+        if need.bytes == 0 || need.bytes.saturating_add(headroom) <= free.saturating_sub(h.bytes) {
+            return Ok(());
+        }
+        let room = match gpu_index {
+            None => format!("only {} of RAM is free", human_bytes(free)),
+            Some(i) => format!("GPU {i} has {} free", human_bytes(free)),
+        };
+        let promised = match h.workers {
+            0 => String::new(),
+            n => format!(
+                " and {} of it is promised to {n} worker(s) still starting",
+                human_bytes(h.bytes)
+            ),
+        };
+        Err(err(
+            ErrorCode::InsufficientMemory,
+            format!(
+                "model needs {} plus {} headroom but {room}{promised}{}",
+                human_bytes(need.bytes),
+                human_bytes(headroom),
+                paren(&format_need(&need.detail)),
+            ),
+        ))
     }
 
     /// Free bytes on the device a spawn asks for.
@@ -146,11 +390,31 @@ impl Admission {
             ));
         }
         c.gpu_free_bytes(i).ok_or_else(|| {
+            let n = c.gpu_free().len();
             err(
                 ErrorCode::BadRequest,
-                format!("GPU {i} does not exist on this node"),
+                format!(
+                    "GPU {i} does not exist on this node (it has {n}: cuda:0 to cuda:{})",
+                    n.saturating_sub(1)
+                ),
             )
         })
+    }
+}
+
+fn format_need(detail: &str) -> String {
+    // `1.8 GiB (weights …)` → `weights …`: the total is already in the sentence.
+    detail
+        .split_once(" (")
+        .map(|(_, rest)| rest.trim_end_matches(')').to_string())
+        .unwrap_or_default()
+}
+
+fn paren(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; estimate: {s}")
     }
 }
 
@@ -183,7 +447,8 @@ mod tests {
         let f = std::fs::File::create(&model).unwrap();
         let mut c = Collector::new(dir.path().to_path_buf());
         let free = c.available_memory();
-        // A sparse model of a quarter of free memory: three fit, the fourth does not.
+        // A sparse model of a quarter of free memory (no readable header: its size counts):
+        // three fit, the fourth does not.
         f.set_len(free / 4).unwrap();
         let cfg = Arc::new(AgentConfig {
             model_dirs: vec![dir.path().to_path_buf()],
@@ -209,5 +474,22 @@ mod tests {
         );
         drop(held);
         assert!(a.admit(&spec).is_ok(), "promises are given back");
+    }
+
+    #[test]
+    fn cuda_without_a_cuda_worker_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backends::probe(&dir.path().join("rbee-worker"));
+        assert_eq!(b.names(), ["cpu"]);
+        assert!(
+            b.cuda_missing.contains("no CUDA worker installed"),
+            "{}",
+            b.cuda_missing
+        );
+        assert!(
+            b.cuda_missing.contains("scripts/build-cuda.sh"),
+            "{}",
+            b.cuda_missing
+        );
     }
 }

@@ -186,6 +186,7 @@ impl Supervisor {
         // Restarts and restores start from what the store resolved, not what was typed.
         let spec = SpawnSpec {
             model: admitted.reference,
+            device: admitted.device,
             ..spec
         };
         let id = format!("w{}", self.next_worker.fetch_add(1, Ordering::SeqCst));

@@ -77,6 +77,7 @@ fn agent_exposition() -> (String, Duration) {
         disk_free_bytes: 1 << 40,
         gpus: vec![gpu(0), gpu(1)],
         gpu_status: String::new(),
+        backends: vec!["cpu".into()],
     };
     let snap = Snapshot {
         workers: &workers,

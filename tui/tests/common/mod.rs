@@ -116,6 +116,7 @@ fn two_h100s() -> Telemetry {
             },
         ],
         gpu_status: String::new(),
+        backends: vec!["cpu".into(), "cuda".into()],
     }
 }
 
@@ -211,6 +212,7 @@ pub fn cpu_node() -> NodeState {
         disk_free_bytes: 20 * GIB,
         gpus: vec![],
         gpu_status: "NVML not available: libnvidia-ml.so.1 not found".into(),
+        backends: vec!["cpu".into()],
     });
     let mut w = worker(
         "w1",
