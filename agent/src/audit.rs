@@ -5,13 +5,12 @@
 //! the rest are counted, and the count rides on the next entry written, so a flood costs a few
 //! lines instead of filling the disk, the log and every dashboard's event list.
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use rbee_host::rotate::{RotatingFile, Rotation};
 use rbee_proto::session::{AuditEntry, Event};
 use tokio::sync::broadcast;
 
@@ -22,7 +21,7 @@ pub const PER_SECOND: f64 = 1.0;
 
 /// The audit log: one JSON line per security- or lifecycle-relevant action.
 pub struct Audit {
-    file: Mutex<File>,
+    file: Mutex<RotatingFile>,
     events: broadcast::Sender<Event>,
     limits: Mutex<HashMap<String, Bucket>>,
 }
@@ -69,15 +68,20 @@ impl Bucket {
 }
 
 impl Audit {
-    /// Open (or create) the log at `path`, readable by the agent's user only; entries are also
-    /// sent on `events`.
+    /// Open (or create) the log at `path`, readable by the agent's user only, rotated at the
+    /// default size; entries are also sent on `events`.
     pub fn open(path: &Path, events: broadcast::Sender<Event>) -> std::io::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Self::open_rotated(path, Rotation::default(), events)
+    }
+
+    /// [`open`](Self::open), rotated by size as `rotation` says (an entry is never split).
+    pub fn open_rotated(
+        path: &Path,
+        rotation: Rotation,
+        events: broadcast::Sender<Event>,
+    ) -> std::io::Result<Self> {
+        let file = RotatingFile::open(path, rotation)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         Ok(Self {
             file: Mutex::new(file),
             events,
@@ -104,7 +108,7 @@ impl Audit {
         line.push('\n');
         {
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = f.write_all(line.as_bytes()) {
+            if let Err(e) = f.write_line(line.as_bytes()) {
                 tracing::error!("audit log write failed: {e}");
             }
         }
@@ -135,7 +139,7 @@ impl Audit {
     /// Make what was written durable (at shutdown).
     pub fn flush(&self) {
         let f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = f.sync_all();
+        let _ = f.sync();
     }
 }
 

@@ -70,6 +70,19 @@ impl Running {
     }
 }
 
+/// The audit log, rotated as the config's `[logs]` says.
+fn open_audit(
+    state: &statedir::StateDir,
+    config: &AgentConfig,
+    events: &broadcast::Sender<rbee_proto::session::Event>,
+) -> std::io::Result<audit::Audit> {
+    let rotation = rbee_host::rotate::Rotation {
+        max_bytes: config.logs.max_bytes,
+        keep: config.logs.keep,
+    };
+    audit::Audit::open_rotated(&state.audit_path(), rotation, events.clone())
+}
+
 /// Start the agent: lock the state dir, restore desired workers, listen.
 pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let Options {
@@ -91,7 +104,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .clone()
         .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
     let (events, _) = broadcast::channel(1024);
-    let audit = Arc::new(audit::Audit::open(&state.audit_path(), events.clone())?);
+    let audit = Arc::new(open_audit(&state, &config, &events)?);
     let metrics = Arc::new(metrics::Metrics::default());
     let collector = Arc::new(Mutex::new(telemetry::Collector::new(
         config.model_dirs[0].clone(),

@@ -25,6 +25,10 @@ struct Args {
     /// Path of rbee-worker (default: next to this binary).
     #[arg(long, env = "RBEE_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
+    /// Write the log to this file, rotated by size (`[logs]` of the config), instead of stderr;
+    /// stderr follows the current file. `rbee-tui nodes logs` reads it through the session.
+    #[arg(long, env = "RBEE_AGENT_LOG_FILE")]
+    log_file: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -48,11 +52,24 @@ fn main() -> anyhow::Result<()> {
     );
     let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
         .unwrap_or_else(|e| e.exit());
-    rbee_host::logging::init_stderr();
     let mut config = match &args.config {
         Some(p) => AgentConfig::load(p)?,
         None => AgentConfig::default(),
     };
+    if let Some(l) = args.log_file {
+        config.log_file = Some(l);
+    }
+    match &config.log_file {
+        Some(path) => {
+            let rotation = rbee_host::rotate::Rotation {
+                max_bytes: config.logs.max_bytes,
+                keep: config.logs.keep,
+            };
+            rbee_host::logging::init_file(path, rotation)
+                .with_context(|| format!("opening log file {}", path.display()))?;
+        }
+        None => rbee_host::logging::init_stderr(),
+    }
     if let Some(l) = args.listen {
         config.listen = l;
     }

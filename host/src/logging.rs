@@ -18,3 +18,46 @@ pub fn init_stderr() {
         .with_env_filter(filter)
         .try_init();
 }
+
+/// Install the logger writing to `path`, rotated by size (stderr follows the current file, so a
+/// panic message lands beside the log); plain text. A second call does nothing.
+pub fn init_file(path: &std::path::Path, rotation: crate::rotate::Rotation) -> std::io::Result<()> {
+    let file = crate::rotate::RotatingFile::open(path, rotation)?.follow_with_stderr()?;
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(file));
+    let filter = EnvFilter::try_from_env(FILTER_VAR).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(move || EventWriter {
+            file: shared.clone(),
+            buf: Vec::new(),
+        })
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init();
+    Ok(())
+}
+
+/// One log event, gathered and written whole when the logger is done with it.
+struct EventWriter {
+    file: std::sync::Arc<std::sync::Mutex<crate::rotate::RotatingFile>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for EventWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = f.write_line(&self.buf);
+        }
+    }
+}

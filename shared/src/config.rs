@@ -52,6 +52,30 @@ pub struct AgentConfig {
     pub admission_headroom_bytes: u64,
     /// How crashed workers are restarted and when the breaker opens.
     pub restart: RestartPolicy,
+    /// Size rotation of the agent's own log (`--log-file`), `audit.jsonl` and worker logs.
+    pub logs: LogRotation,
+    /// The agent's own log file (`--log-file`); stderr when absent.
+    pub log_file: Option<PathBuf>,
+}
+
+/// When a log file is rotated and how many rotated files stay (`[logs]` in the agent config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogRotation {
+    /// Size past which the file becomes `NAME.1` before the next line is written.
+    pub max_bytes: u64,
+    /// Rotated files kept beside the current one (`NAME.1` … `NAME.keep`).
+    pub keep: usize,
+}
+
+impl Default for LogRotation {
+    /// 8 MiB, three rotated files.
+    fn default() -> Self {
+        LogRotation {
+            max_bytes: 8 << 20,
+            keep: 3,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -67,6 +91,8 @@ impl Default for AgentConfig {
             stop_grace_ms: 3000,
             admission_headroom_bytes: 256 << 20,
             restart: RestartPolicy::default(),
+            logs: LogRotation::default(),
+            log_file: None,
         }
     }
 }
@@ -107,6 +133,9 @@ impl AgentConfig {
         }
         if self.telemetry_ms < 50 {
             return Err("key `telemetry_ms`: must be at least 50".into());
+        }
+        if self.logs.max_bytes < 4096 {
+            return Err("key `logs.max_bytes`: must be at least 4096".into());
         }
         if self.worker_queue == 0 {
             return Err("key `worker_queue`: must be at least 1".into());

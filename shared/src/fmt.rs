@@ -78,6 +78,38 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A log line as a terminal may show it: colour and cursor sequences (`ESC [ … final`, as
+/// loggers write them when they think they are on a terminal) are removed, and every other
+/// control character is made visible as [`printable`] does.
+pub fn log_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\x1b') && !text.contains('\u{9b}') {
+        return printable(text);
+    }
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let csi = match c {
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                true
+            }
+            '\u{9b}' => true,
+            _ => false,
+        };
+        if !csi {
+            plain.push(c);
+            continue;
+        }
+        // Parameters and intermediates (0x20–0x3f), then one final byte (0x40–0x7e).
+        for p in chars.by_ref() {
+            if ('\x40'..='\x7e').contains(&p) || !('\x20'..='\x3f').contains(&p) {
+                break;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(printable(&plain).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +136,18 @@ mod tests {
         assert_eq!(age(3 * 60_000), "3m");
         assert_eq!(age(2 * 3_600_000), "2h");
         assert_eq!(age(4 * 86_400_000), "4d");
+    }
+
+    #[test]
+    fn log_lines_lose_their_colours_and_keep_no_control() {
+        assert_eq!(
+            log_line("\x1b[2m2026-11-30\x1b[0m \x1b[32m INFO\x1b[0m loaded"),
+            "2026-11-30  INFO loaded"
+        );
+        assert_eq!(log_line("\x1b]0;title\x07x\r"), "\\x1b]0;title\\x07x\\x0d");
+        assert_eq!(log_line("\u{9b}2Jok"), "ok");
+        assert_eq!(log_line("plain"), "plain");
+        assert_eq!(log_line("cut \x1b["), "cut ");
     }
 
     #[test]

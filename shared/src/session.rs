@@ -100,6 +100,19 @@ pub enum Request {
         /// How many of the last lines.
         lines: usize,
     },
+    /// Lines of a log the agent keeps: a worker's stderr, or with no `worker` the agent's own
+    /// log (when it writes one, `--log-file`). Answered `LogLines`; `after` (the `next` of an
+    /// earlier answer) asks only for what came since, which is how `--follow` polls.
+    ReadLog {
+        /// Whose log; the agent's own when absent.
+        #[serde(default)]
+        worker: Option<WorkerId>,
+        /// At most this many of the last lines.
+        lines: usize,
+        /// Only lines after this cursor (from an earlier `LogLines`).
+        #[serde(default)]
+        after: Option<u64>,
+    },
     /// Start receiving `Event`s (worker states, heartbeats, telemetry, audit).
     Subscribe,
     /// Node summary: telemetry and workers.
@@ -376,6 +389,17 @@ pub enum Reply {
         worker: WorkerId,
         /// The lines, oldest first.
         lines: Vec<String>,
+    },
+    /// Answer to `ReadLog`.
+    LogLines {
+        /// The lines, oldest first, as written (control characters included: a reader that
+        /// shows them on a terminal must defuse them). Very long lines are cut, saying so.
+        lines: Vec<String>,
+        /// Cursor to pass as `after` to get only what comes next.
+        next: u64,
+        /// Lines between `after` and the first line returned that are no longer kept (or were
+        /// left out to keep the answer within a frame).
+        skipped: u64,
     },
     /// Answer to `Subscribe`: events follow.
     Subscribed,

@@ -227,6 +227,13 @@ fn request() -> BoxedStrategy<Request> {
         any::<u64>().prop_map(|request| Request::Cancel { request }),
         (worker_id(), any::<usize>())
             .prop_map(|(worker, lines)| Request::TailLog { worker, lines }),
+        (opt(worker_id()), any::<usize>(), opt(any::<u64>())).prop_map(|(worker, lines, after)| {
+            Request::ReadLog {
+                worker,
+                lines,
+                after,
+            }
+        }),
         Just(Request::Subscribe),
         Just(Request::Status),
         Just(Request::Ping),
@@ -274,6 +281,13 @@ fn reply() -> BoxedStrategy<Reply> {
         }),
         any::<u64>().prop_map(|request| Reply::Cancelled { request }),
         (worker_id(), list(text())).prop_map(|(worker, lines)| Reply::Log { worker, lines }),
+        (list(text()), any::<u64>(), any::<u64>()).prop_map(|(lines, next, skipped)| {
+            Reply::LogLines {
+                lines,
+                next,
+                skipped,
+            }
+        }),
         Just(Reply::Subscribed),
         node_status().prop_map(|status| Reply::Status { status }),
         any::<u64>().prop_map(|agent_time| Reply::Pong { agent_time }),
@@ -430,6 +444,7 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Request::Chat { .. }
         | Request::Cancel { .. }
         | Request::TailLog { .. }
+        | Request::ReadLog { .. }
         | Request::Subscribe
         | Request::Status
         | Request::Ping
@@ -452,6 +467,7 @@ fn covers_session(c: &ClientMsg, r: &Request, s: &ServerMsg, p: &Reply, e: &Even
         | Reply::InferDone { .. }
         | Reply::Cancelled { .. }
         | Reply::Log { .. }
+        | Reply::LogLines { .. }
         | Reply::Subscribed
         | Reply::Status { .. }
         | Reply::Pong { .. }

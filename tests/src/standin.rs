@@ -677,6 +677,10 @@ impl Behaviour for Echo {
             Request::Metrics => Answer::Reply(Reply::Metrics {
                 text: "# TYPE rbee_standin_up gauge\nrbee_standin_up 1\n# EOF\n".into(),
             }),
+            Request::ReadLog { .. } => Answer::Error(
+                ErrorCode::BadRequest,
+                "the stand-in agent keeps no log files".into(),
+            ),
             Request::Pull { .. } => Answer::Error(
                 ErrorCode::BadRequest,
                 "the stand-in agent pulls nothing".into(),

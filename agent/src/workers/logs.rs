@@ -1,36 +1,115 @@
-//! A worker's stderr: the last lines in memory for `tail_log`, everything on disk (rotated).
+//! A worker's stderr: the last lines in memory for `tail_log` / `read_log`, everything on disk
+//! in `<state>/logs/<id>.log`, rotated by size (`[logs]` in the config; a line is never split).
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use rbee_host::rotate::{RotatingFile, Rotation};
+use rbee_proto::config::LogRotation;
+use tokio::io::AsyncRead;
 
 use super::lines::ByteLines;
 use super::slot::Slot;
 
-/// A log file over this size is moved to `<name>.log.1` when the worker starts again.
-const ROTATE_BYTES: u64 = 8 << 20;
+/// The host crate's rotation from the config's.
+pub(crate) fn rotation(cfg: &LogRotation) -> Rotation {
+    Rotation {
+        max_bytes: cfg.max_bytes,
+        keep: cfg.keep,
+    }
+}
 
 /// Copy `stderr` into the slot's in-memory tail and the log file at `path` until it ends.
-pub(crate) async fn collect(slot: Arc<Slot>, path: PathBuf, stderr: impl AsyncRead + Unpin) {
-    if std::fs::metadata(&path)
-        .map(|m| m.len() > ROTATE_BYTES)
-        .unwrap_or(false)
-    {
-        let _ = std::fs::rename(&path, path.with_extension("log.1"));
-    }
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .await
-        .ok();
-    let mut lines = ByteLines::new(stderr);
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line = String::from_utf8_lossy(&line).into_owned();
-        if let Some(f) = file.as_mut() {
-            let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+pub(crate) async fn collect(
+    slot: Arc<Slot>,
+    path: PathBuf,
+    rotation: Rotation,
+    stderr: impl AsyncRead + Unpin,
+) {
+    let mut file = match RotatingFile::open(&path, rotation) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(worker = %slot.id, path = %path.display(), "worker log not written: {e}");
+            None
         }
-        slot.lock().push_log(line);
+    };
+    let mut lines = ByteLines::new(stderr);
+    while let Ok(Some(mut line)) = lines.next_line().await {
+        line.push(b'\n');
+        if let Some(f) = file.as_mut() {
+            // Small appends to a local file: not worth a trip to the blocking pool.
+            let _ = f.write_line(&line);
+        }
+        line.pop();
+        slot.lock()
+            .push_log(String::from_utf8_lossy(&line).into_owned());
+    }
+}
+
+/// What `read_log` answers: lines, the cursor after them, and lines no longer kept before them.
+#[derive(Debug, PartialEq)]
+pub struct LogRead {
+    /// Oldest first.
+    pub lines: Vec<String>,
+    /// Pass back as `after` for what comes next.
+    pub next: u64,
+    /// Lines after the caller's cursor that are gone from memory (or beyond `lines`).
+    pub skipped: u64,
+}
+
+impl super::Supervisor {
+    /// The last `lines` lines of a worker's stderr kept in memory, or with `after` (a cursor from
+    /// an earlier read) only the lines since.
+    pub fn read_log(
+        &self,
+        id: &str,
+        lines: usize,
+        after: Option<u64>,
+    ) -> Result<LogRead, rbee_proto::ProtoError> {
+        let slot = self.slot(id)?;
+        let st = slot.lock();
+        Ok(window(&st.log, st.log_total, lines, after))
+    }
+}
+
+/// The part of a ring `log` (the last of `total` lines pushed) a reader asks for.
+fn window(
+    log: &std::collections::VecDeque<String>,
+    total: u64,
+    lines: usize,
+    after: Option<u64>,
+) -> LogRead {
+    let first_kept = total - log.len() as u64;
+    let from = after.unwrap_or(0).clamp(first_kept, total);
+    let start = from.max(total.saturating_sub(lines as u64));
+    let skip = (start - first_kept) as usize;
+    LogRead {
+        lines: log.iter().skip(skip).cloned().collect(),
+        next: total,
+        skipped: after.map_or(0, |a| start.saturating_sub(a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_gets_each_line_once_and_is_told_what_it_missed() {
+        let ring = |first: u64, last: u64| -> Vec<String> {
+            (first..last).map(|i| i.to_string()).collect()
+        };
+        let log: std::collections::VecDeque<String> = ring(5, 10).into();
+        // The last 3 of what is kept.
+        let r = window(&log, 10, 3, None);
+        assert_eq!((r.lines, r.next, r.skipped), (ring(7, 10), 10, 0));
+        // From cursor 8: lines 8 and 9, nothing skipped.
+        let r = window(&log, 10, 100, Some(8));
+        assert_eq!((r.lines, r.skipped), (ring(8, 10), 0));
+        // From cursor 2: lines 2..5 are gone from the ring.
+        let r = window(&log, 10, 100, Some(2));
+        assert_eq!((r.lines, r.skipped), (ring(5, 10), 3));
+        // Up to date: nothing, same cursor.
+        let r = window(&log, 10, 100, Some(10));
+        assert_eq!((r.lines.len(), r.next, r.skipped), (0, 10, 0));
     }
 }

@@ -156,6 +156,7 @@ impl Core {
         let log = tokio::spawn(super::logs::collect(
             slot.clone(),
             self.state.log_path(&slot.id),
+            super::logs::rotation(&self.cfg.logs),
             stderr,
         ));
         Plumbing {

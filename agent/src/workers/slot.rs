@@ -45,6 +45,9 @@ pub(crate) struct SlotState {
     /// Inferences sent to the worker and not finished, by worker-side request id.
     pub pending: HashMap<u64, PendingInfer>,
     pub log: VecDeque<String>,
+    /// Log lines pushed since the slot was made (`log` keeps the last of them): the cursor
+    /// `read_log` hands out.
+    pub log_total: u64,
     /// Part of the desired state (false from the moment a kill is being saved).
     pub wanted: bool,
     /// Memory promised by admission, held until the worker is first ready or its run ends.
@@ -84,6 +87,7 @@ impl Slot {
                 stdin: None,
                 pending: HashMap::new(),
                 log: VecDeque::with_capacity(LOG_LINES),
+                log_total: 0,
                 wanted: true,
                 reservation,
             }),
@@ -119,5 +123,6 @@ impl SlotState {
             self.log.pop_front();
         }
         self.log.push_back(line);
+        self.log_total += 1;
     }
 }

@@ -85,6 +85,17 @@ pub enum NodesCmd {
         /// The node's name.
         name: String,
     },
+    /// The node agent's own log (an agent started by rbee-tui writes one).
+    Logs {
+        /// The node's name.
+        name: String,
+        /// How many of the last lines.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+        /// Keep printing lines as they are written (Ctrl-C ends).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
 }
 
 /// `models …`.
@@ -156,6 +167,20 @@ pub enum WorkersCmd {
         /// Its node (looked up on every node when left out).
         #[arg(long)]
         node: Option<String>,
+    },
+    /// A worker's log (its stderr, kept by the agent): plain text, colours removed.
+    Logs {
+        /// The worker's id.
+        id: String,
+        /// Its node (looked up on every node when left out).
+        #[arg(long)]
+        node: Option<String>,
+        /// How many of the last lines.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+        /// Keep printing lines as they are written (Ctrl-C ends).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Stop every worker of every node (or of one) for good; asks first on a terminal.
     UnloadAll {

@@ -1,6 +1,6 @@
 //! The command line: the dashboard (no subcommand) and the headless subcommands scripts and tests
 //! use. The definition is `args`; each subcommand family has its file (`nodes`, `models`,
-//! `workers`, `infer`, `chat`, `status`), over `conn` (one connected node, or all of them) and `out`
+//! `workers`, `infer`, `chat`, `status`, `logs`), over `conn` (one connected node, or all of them) and `out`
 //! (stdout as text or JSON). [`run`] loads the config file once and hands each command what it
 //! needs. Every subcommand goes through the same `nodes::connect` as the dashboard. Success is
 //! exit 0 with the answer on stdout (`--json` for machines); failure is a `TuiError` the binary
@@ -14,6 +14,7 @@ pub mod args;
 mod chat;
 mod conn;
 mod infer;
+mod logs;
 mod models;
 mod nodes;
 mod out;

@@ -32,6 +32,14 @@ pub(super) async fn run(
             )
         }
         NodesCmd::Stop { name } => stop(cf, name, out).await,
+        NodesCmd::Logs {
+            name,
+            lines,
+            follow,
+        } => {
+            let s = super::conn::open(&cf.select_one(Some(&name))?, timeout).await?;
+            super::logs::print(&s, (None, lines, follow), timeout, out).await
+        }
     }
 }
 

@@ -92,6 +92,15 @@ pub(super) async fn run(
                 other => Err(s.unexpected("kill", other)),
             }
         }
+        WorkersCmd::Logs {
+            id,
+            node,
+            lines,
+            follow,
+        } => {
+            let (s, worker) = find_worker(cf, &id, node.as_deref(), timeout).await?;
+            super::logs::print(&s, (Some(worker), lines, follow), timeout, out).await
+        }
         WorkersCmd::UnloadAll { node, yes } => {
             super::unload::run(&cf.select(node.as_deref())?, yes, timeout, out).await
         }

@@ -23,6 +23,10 @@ pub fn describe(request: &Request) -> String {
         }
         Request::Cancel { request } => format!("cancel request {request}"),
         Request::TailLog { worker, .. } => format!("log of {worker}"),
+        Request::ReadLog { worker, .. } => match worker {
+            Some(w) => format!("log of {w}"),
+            None => "agent log".into(),
+        },
         Request::Subscribe => "subscribe".into(),
         Request::Status => "status".into(),
         Request::Ping => "ping".into(),

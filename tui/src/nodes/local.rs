@@ -206,6 +206,9 @@ pub fn ensure_local_agent_with(opts: &LocalOptions) -> Result<LocalAgent, LocalE
     for m in &opts.model_dirs {
         cmd.arg("--model-dir").arg(m);
     }
+    // The agent writes (and rotates) agent.log itself; until its logger is up, and for an older
+    // agent that ignores the variable, its stderr goes there too.
+    cmd.env("RBEE_AGENT_LOG_FILE", &log_path);
     cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent. Its own session
     // keeps the agent out of our terminal's job control, so closing the dashboard leaves it running.

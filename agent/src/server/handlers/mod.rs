@@ -2,6 +2,7 @@
 //! reply (or the error) back under the request's id.
 mod ctx;
 mod infer;
+mod logs;
 mod metrics;
 mod node;
 mod pull;
@@ -37,7 +38,12 @@ async fn dispatch(ctx: &Ctx, id: RequestId, deadline: Option<UnixMillis>, body: 
         Request::Spawn(spec) => workers::spawn(ctx, spec).await,
         Request::Kill { worker } => workers::kill(ctx, worker).await,
         Request::Restart { worker } => workers::restart(ctx, worker).await,
-        Request::TailLog { worker, lines } => workers::tail_log(ctx, worker, lines),
+        Request::TailLog { worker, lines } => logs::tail_log(ctx, worker, lines),
+        Request::ReadLog {
+            worker,
+            lines,
+            after,
+        } => logs::read_log(ctx, worker, lines, after),
         Request::Infer {
             worker,
             model,

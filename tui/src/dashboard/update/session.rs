@@ -339,6 +339,7 @@ fn on_reply(state: &mut State, node: NodeIdx, request: Request, result: Result<R
         | Reply::Cancelled { .. }
         | Reply::Subscribed
         | Reply::Pong { .. }
+        | Reply::LogLines { .. }
         | Reply::Metrics { .. } => {}
     }
 }

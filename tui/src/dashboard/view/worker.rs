@@ -176,7 +176,13 @@ fn render_log(w: &WorkerView, f: &mut Frame, area: Rect) {
         .log
         .iter()
         .skip(start)
-        .map(|l| Line::raw(truncate(l, log_inner.width as usize)))
+        // A log line must not drive the terminal: colours go, other controls are made visible.
+        .map(|l| {
+            Line::raw(truncate(
+                &rbee_proto::fmt::log_line(l),
+                log_inner.width as usize,
+            ))
+        })
         .collect();
     if log_lines.is_empty() {
         f.render_widget(Paragraph::new("(no log lines yet)").style(DIM), log_inner);

@@ -130,7 +130,7 @@ if ! running; then
   set -- --listen 127.0.0.1:0 --state-dir "$S" --model-dir "$D/models"{extra}
   if [ -f "$D/agent.toml" ]; then set -- "$@" --config "$D/agent.toml"; fi
   cd "$S" || exit 10
-  setsid "$B" "$@" </dev/null >>"$G" 2>&1 9>&- &
+  RBEE_AGENT_LOG_FILE="$G" setsid "$B" "$@" </dev/null >>"$G" 2>&1 9>&- &
   sp=$!
   echo "started=$sp"
 fi
