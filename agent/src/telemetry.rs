@@ -19,7 +19,7 @@ use sysinfo::{Disks, System};
 /// Where GPU figures come from.
 enum Gpus {
     /// The NVIDIA driver, through NVML.
-    Nvml(nvml_wrapper::Nvml),
+    Nvml(Box<nvml_wrapper::Nvml>),
     /// A recorded sample (`RBEE_AGENT_GPU_SAMPLE`; tests on machines without a GPU).
     Recorded(PathBuf),
     /// No usable GPU, and why.
@@ -53,7 +53,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         _ => (s, 1.0),
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| (v * mult) as u64)
+    (v.is_finite() && v >= 0.0).then_some((v * mult) as u64)
 }
 
 fn open_gpus() -> Gpus {
@@ -68,7 +68,7 @@ fn open_gpus() -> Gpus {
     match nvml_wrapper::Nvml::init() {
         Ok(n) => {
             tracing::info!("NVML initialised");
-            Gpus::Nvml(n)
+            Gpus::Nvml(Box::new(n))
         }
         Err(e) => {
             let why = format!("no GPU: NVIDIA driver not available ({e})");

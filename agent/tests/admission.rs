@@ -186,6 +186,7 @@ fn stand_in_workers(dir: &Path, cuda: bool) -> PathBuf {
             &bins,
             "rbee-worker-cuda",
             r#"[ "$1" = --version ] && { echo "rbee-worker 0.1.0 (backends: cpu, cuda)"; exit 0; }
+echo "$@" >> "$(dirname "$0")/cuda-launches"
 exec sleep 600"#,
         );
     }
@@ -275,6 +276,14 @@ async fn auto_picks_the_gpu_with_the_most_free_memory_that_fits() {
     assert_eq!(status.telemetry.gpus.len(), 2);
     let first = spawned(c.request(Request::Spawn(on("auto")), None).await);
     assert_eq!(first.device, "cuda:1");
+    // It runs on the CUDA worker, with the device chosen.
+    let launches = dir.path().join("bin/cuda-launches");
+    let line = rbee_testkit::wait_for(common::LIMIT, "the CUDA worker starts", || {
+        std::fs::read_to_string(&launches)
+            .ok()
+            .filter(|l| !l.is_empty())
+    });
+    assert!(line.contains("--device cuda:1"), "{line}");
     let second = spawned(c.request(Request::Spawn(on("auto")), None).await);
     assert_eq!(
         second.device,

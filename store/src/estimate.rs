@@ -9,23 +9,28 @@
 //!   for lookups (f16 for gemma3), plus its quantised form kept as the output projection when the
 //!   file has no `output.weight`;
 //! - **load transient**: on CPU with a re-encode, the re-encoded copy of the whole file lives in
-//!   memory while the network is built from it; gemma3's f16 table passes through f32;
+//!   memory while the network is built from it; gemma3's f16 table passes through f32 (the
+//!   worker's allocator keeps freed memory, which costs a measured 0.3 of that pass again);
 //! - **KV cache**: per layer `kv_heads × head_dim × 2 × 4 bytes` (f32) per position and slot,
 //!   for `context` positions rounded up to a power of two (the cache doubles when full) on global
 //!   layers and `sliding_window` positions on gemma3's sliding layers, times `parallel` slots;
 //!   it grows as it is used, so the full figure is reached only at full context;
 //! - **activations** of the prompt pass: attention scores and their softmax, about
 //!   `3 × heads × chunk × context × 4` bytes with the prompt taken in chunks of
-//!   [`PREFILL_CHUNK`] tokens (measured: 85 MB for a 900-token SmolLM2 prompt in one pass);
+//!   [`PREFILL_CHUNK`] tokens (measured: 85 MB for a 900-token SmolLM2 prompt in one pass).
+//!   Families off the batched decoder (gemma3, phi3, candle's) read a prompt in one pass, so a
+//!   prompt longer than [`PREFILL_CHUNK`] needs more than this estimate counts;
+//! - **dense copies** (batched decoder on CPU): f32 copies of the block weights for prompt
+//!   chunks, kept when they fit `RBEE_DENSE_CACHE_MB` (1 GiB), else one matrix at a time;
 //! - **runtime**: rotary tables (`context × head_dim × 4` bytes per rotary base) and a fixed
 //!   base for code, tokenizer, threads and buffers (measured on CPU, see BENCHMARKS.md); on a
 //!   GPU the CUDA context and cuBLAS workspace.
 //!
-//! The worker's peak is `weights + max(load transient, KV cache + activations) + runtime`: the
-//! transient is gone before the first request. The figures are calibrated on CPU against the
-//! peak RSS of SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (with and without the re-encode,
-//! short and 900-token prompts: within 3 %, figures in BENCHMARKS.md); the GPU runtime figure is
-//! an assumption until measured on hardware.
+//! The worker's peak is `weights + max(load transient, KV cache + activations + dense copies) +
+//! runtime`: the transient is gone before the first request. The figures are calibrated on CPU
+//! against the peak RSS of SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (with and without the
+//! re-encode, short and 900-token prompts: within 5 %, `tests/estimate.rs`); the GPU runtime
+//! figure is an assumption until measured on hardware.
 use std::path::Path;
 
 use crate::gguf::{bytes_as, GgufHeader, TensorInfo};
@@ -41,14 +46,31 @@ pub const PREFILL_CHUNK: u64 = 512;
 /// Hopper are 300–500 MiB; the upper end is reserved.
 pub const CUDA_RUNTIME: u64 = 512 << 20;
 
-/// The worker's `--parallel` when a spawn gives none: 4 slots for the families with a batched
-/// forward (dense llama, qwen2, qwen3 GGUF) on CPU, 1 for the others. One definition for the
-/// agent's estimate and the worker.
-pub fn default_parallel(architecture: &str, device: DeviceSpec) -> u32 {
-    match (architecture, device) {
-        ("llama" | "qwen2" | "qwen3", DeviceSpec::Cpu) => 4,
-        _ => 1,
+/// Whether the worker runs this file on its own batched decoder (dense llama, qwen2, qwen3
+/// GGUF): several slots, prompts read in chunks, dense weight copies for prompt chunks.
+pub fn batched(h: &GgufHeader) -> bool {
+    matches!(h.architecture(), "llama" | "qwen2" | "qwen3")
+        && h.arch_int("expert_count").unwrap_or(0) == 0
+}
+
+/// The worker's `--parallel` when a spawn gives none: its default of 4 slots on the batched
+/// decoder, 1 for the other families (which serve one sequence whatever is asked).
+pub fn default_parallel(h: &GgufHeader) -> u32 {
+    if batched(h) {
+        4
+    } else {
+        1
     }
+}
+
+/// The worker's budget for dense f32 copies of the block weights (`RBEE_DENSE_CACHE_MB`,
+/// default 1 024 MiB), read from this process's environment, which the workers inherit.
+fn dense_budget() -> u64 {
+    std::env::var("RBEE_DENSE_CACHE_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1024)
+        << 20
 }
 
 /// How a worker will run the model: device, context and slots.
@@ -75,6 +97,9 @@ pub struct MemoryEstimate {
     pub kv_cache: u64,
     /// Attention scores of a prompt pass at full context.
     pub activations: u64,
+    /// Dense f32 copies of the block weights the batched decoder makes for prompt chunks on
+    /// CPU (kept when they fit its budget, else one matrix at a time).
+    pub dense_copies: u64,
     /// Rotary tables, tokenizer, code and buffers (CUDA context on a GPU).
     pub runtime: u64,
     /// The context the figure is for (tokens per sequence).
@@ -87,20 +112,22 @@ impl MemoryEstimate {
     /// The most the worker will hold at once: weights, the larger of the load transient and
     /// the full KV cache, and the runtime.
     pub fn total(&self) -> u64 {
-        self.weights + self.load_transient.max(self.kv_cache + self.activations) + self.runtime
+        let serving = self.kv_cache + self.activations + self.dense_copies;
+        self.weights + self.load_transient.max(serving) + self.runtime
     }
 
     /// One line for people: `1.2 GiB (weights 256 MiB, KV cache 1.4 GiB for 4 × 8192 tokens, …)`.
     pub fn describe(&self) -> String {
         use rbee_proto::fmt::bytes;
         format!(
-            "{} (weights {}, KV cache {} for {} × {} tokens, activations {}, load transient {}, runtime {})",
+            "{} (weights {}, KV cache {} for {} × {} tokens, activations {}, dense copies {}, load transient {}, runtime {})",
             bytes(self.total()),
             bytes(self.weights),
             bytes(self.kv_cache),
             self.parallel,
             self.context,
             bytes(self.activations),
+            bytes(self.dense_copies),
             bytes(self.load_transient),
             bytes(self.runtime),
         )
@@ -154,7 +181,9 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         weights += if t.name == "token_embd.weight" {
             let table = t.elements() * if gemma { 2 } else { 4 };
             if gemma {
-                load_transient += t.elements() * 4;
+                // The f32 pass on the way to f16, plus what the worker's allocator (which keeps
+                // freed memory) holds beyond it: measured 0.3 of it.
+                load_transient += t.elements() * 4 * 13 / 10;
             }
             table + if own_output { 0 } else { q }
         } else if t.dims.len() <= 1 {
@@ -177,7 +206,8 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         Some(c) if c > 0 => c.min(file_ctx),
         _ => file_ctx,
     };
-    let parallel = shape.parallel.max(1);
+    // Families without the batched decoder serve one sequence whatever is asked.
+    let parallel = if batched(h) { shape.parallel.max(1) } else { 1 };
     let ctx = u64::from(context);
     let (positions, chunk) = match used {
         Some((t, c)) => (u64::from(t.min(context)), u64::from(c.max(1))),
@@ -187,6 +217,19 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
     let head_dim = head_dim(h);
     let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
     let activations = 3 * heads * positions.min(chunk) * positions * 4;
+    let dense_copies = if batched(h) && shape.device == DeviceSpec::Cpu && positions >= 32 {
+        let blocks = h.tensors.iter().filter(|t| {
+            t.name.starts_with("blk.") && t.name.ends_with(".weight") && t.dims.len() > 1
+        });
+        let all: u64 = blocks.clone().map(|t| t.elements() * 4).sum();
+        if all <= dense_budget() {
+            all
+        } else {
+            blocks.map(|t| t.elements() * 4).max().unwrap_or(0)
+        }
+    } else {
+        0
+    };
     let rope_bases = if gemma { 2 } else { 1 };
     let mut runtime = ctx * head_dim * 4 * rope_bases;
     runtime += match shape.device {
@@ -198,6 +241,7 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         load_transient,
         kv_cache,
         activations,
+        dense_copies,
         runtime,
         context,
         parallel,

@@ -11,10 +11,18 @@ use rbee_worker::load::{self, LoadedModel};
 use rbee_worker::serve::{send, serve, ServeOptions, Sink};
 use rbee_worker::{Engine, LoadError};
 
+/// `--version`: the release and the backends this build runs (the agent reads it to learn
+/// whether a `rbee-worker-cuda` beside it is really a CUDA build).
+const VERSION: &str = if cfg!(feature = "cuda") {
+    concat!(env!("CARGO_PKG_VERSION"), " (backends: cpu, cuda)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (backends: cpu)")
+};
+
 /// Serve one LLM with candle. With `--prompt`, generate once and print; otherwise speak the rbee
 /// worker protocol on stdin/stdout (what `rbee-agent` does with it).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
     /// A .gguf file, a safetensors model directory, or hf:ORG/REPO[@REVISION][:FILE].
     #[arg(long, short)]

@@ -197,7 +197,7 @@ impl Model {
         };
         let parallel = spec
             .parallel
-            .unwrap_or_else(|| default_parallel(h.architecture(), device));
+            .unwrap_or_else(|| default_parallel(h));
         let shape = RunShape {
             device,
             context: spec.ctx,

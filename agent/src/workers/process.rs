@@ -63,8 +63,19 @@ pub struct ProcessLauncher {
 }
 
 impl ProcessLauncher {
+    /// The binary for `spec`: `rbee-worker-cuda` beside `rbee-worker` for a `cuda:N` device
+    /// when it is installed (admission refuses `cuda:N` otherwise), `rbee-worker` else.
+    fn binary(&self, spec: &SpawnSpec) -> PathBuf {
+        let cuda = super::admission::cuda_worker_path(&self.worker_bin);
+        if spec.device.trim().starts_with("cuda") && cuda.is_file() {
+            cuda
+        } else {
+            self.worker_bin.clone()
+        }
+    }
+
     fn command(&self, spec: &SpawnSpec) -> Command {
-        let mut cmd = Command::new(&self.worker_bin);
+        let mut cmd = Command::new(self.binary(spec));
         cmd.arg("--model")
             .arg(&spec.model)
             .arg("--device")
@@ -102,7 +113,7 @@ impl Launcher for ProcessLauncher {
         let mut child = self.command(spec).spawn().map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot start {}: {e}", self.worker_bin.display()),
+                format!("cannot start {}: {e}", self.binary(spec).display()),
             )
         })?;
         let stdin = child.stdin.take().expect("piped");
