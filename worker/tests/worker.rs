@@ -228,7 +228,7 @@ fn protocol_streams_reports_and_survives_bad_frames() {
 
 #[test]
 fn cancel_stops_within_a_token_and_full_queue_answers_busy() {
-    let mut w = Proto::start(&["--queue", "1"]);
+    let mut w = Proto::start(&["--queue", "1", "--parallel", "1"]);
     w.ready();
     w.send(&ToWorker::Generate {
         id: 1,

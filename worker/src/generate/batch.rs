@@ -17,7 +17,7 @@ use tokenizers::Tokenizer;
 use super::detok::TextOut;
 use super::sampler::Sampler;
 use super::usage::Clock;
-use super::{model_err, Engine, GenerateError, Interrupt};
+use super::{model_err, Engine, GenerateError, Interrupt, Work};
 
 /// A request ready to run: its prompt as token ids.
 pub struct Job<'a> {
@@ -171,13 +171,18 @@ impl<'a> Scheduler<'a> {
     /// (one token), then prompt chunks in arrival order while the chunk budget lasts (the first
     /// always, so a prompt is cut the same way whatever runs beside it).
     fn plan(&self) -> Vec<(usize, usize)> {
-        let mut plan = Vec::new();
+        let mut plan: Vec<(usize, usize)> = Vec::new();
         let mut budget = self.chunk;
         let mut reading = false;
         for (i, s) in self.seqs.iter().enumerate() {
             let pending = s.history.len() - s.fed;
             if s.prompted {
-                plan.push((i, pending));
+                // Decoding pieces first: they form one group of rows.
+                let at = plan
+                    .iter()
+                    .take_while(|&&(j, _)| self.seqs[j].prompted)
+                    .count();
+                plan.insert(at, (i, pending));
                 continue;
             }
             let take = pending.min(self.chunk);
@@ -210,11 +215,16 @@ impl<'a> Scheduler<'a> {
         if plan.is_empty() {
             return;
         }
-        let work: Vec<(usize, &[u32], usize)> = plan
+        let work: Vec<Work<'_>> = plan
             .iter()
             .map(|&(i, n)| {
                 let s = &self.seqs[i];
-                (s.slot, &s.history[s.fed..s.fed + n], s.fed)
+                Work {
+                    slot: s.slot,
+                    tokens: &s.history[s.fed..s.fed + n],
+                    pos: s.fed,
+                    prompt: !s.prompted,
+                }
             })
             .collect();
         let logits = match engine.forward_pieces(&work) {
@@ -222,7 +232,8 @@ impl<'a> Scheduler<'a> {
             Err(e) => {
                 // A failed pass leaves every cache it touched in doubt: end those requests.
                 let msg = e.to_string();
-                let failed: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
+                let mut failed: Vec<usize> = plan.iter().map(|&(i, _)| i).collect();
+                failed.sort_unstable();
                 for i in failed.into_iter().rev() {
                     let s = self.seqs.remove(i);
                     engine.release(s.slot, &[], tick);
@@ -248,7 +259,9 @@ impl<'a> Scheduler<'a> {
                 Err(e) => ended.push((i, Err(e))),
             }
         }
-        for (i, result) in ended.into_iter().rev() {
+        // Remove from the back, so the indices still to remove stay valid.
+        ended.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, result) in ended {
             let mut s = self.seqs.remove(i);
             engine.release(s.slot, &s.history[..s.fed], tick);
             let id = s.id;

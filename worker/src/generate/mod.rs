@@ -87,6 +87,15 @@ fn model_err(e: candle_core::Error) -> GenerateError {
 /// enough that running streams wait at most one chunk.
 pub const DEFAULT_CHUNK: usize = 512;
 
+/// One sequence's share of a step: its slot, new tokens, their first position, and whether
+/// they are prompt tokens.
+struct Work<'t> {
+    slot: usize,
+    tokens: &'t [u32],
+    pos: usize,
+    prompt: bool,
+}
+
 /// One sequence's place in the engine: its KV cache and the tokens that cache holds.
 #[derive(Default)]
 struct Slot {
@@ -164,8 +173,11 @@ impl Engine {
                 )
             })
             .ok_or_else(|| candle_core::Error::msg("no free slot"))?;
-        // At least the prompt's last token is read again: its logits start the answer.
+        // At least the prompt's last token is read again: its logits start the answer. The kept
+        // prefix ends on a chunk boundary, so the rest is cut into the very chunks a cold start
+        // reads (gemm's rounding depends on a chunk's rows): the answer is the same, bit for bit.
         let keep = shared(&self.slots[best].tokens).min(prompt.len() - 1);
+        let keep = keep - keep % self.chunk.max(1);
         let slot = &mut self.slots[best];
         slot.cache.truncate(keep);
         slot.tokens.truncate(keep);
@@ -185,9 +197,9 @@ impl Engine {
 
     /// One forward pass over `(slot, new tokens, position)` pieces; the logits of each piece's
     /// last token (`[pieces, vocab]`, f32).
-    fn forward_pieces(&mut self, work: &[(usize, &[u32], usize)]) -> candle_core::Result<Tensor> {
+    fn forward_pieces(&mut self, work: &[Work<'_>]) -> candle_core::Result<Tensor> {
         let Network::Llama(net) = &mut self.model.network else {
-            let [(_, tokens, pos)] = work else {
+            let [Work { tokens, pos, .. }] = work else {
                 candle_core::bail!("this network runs one sequence at a time");
             };
             return self.model.forward(tokens, *pos)?.unsqueeze(0);
@@ -195,12 +207,17 @@ impl Engine {
         let mut caches: Vec<Option<&mut SeqCache>> =
             self.slots.iter_mut().map(|s| Some(&mut s.cache)).collect();
         let mut pieces = Vec::with_capacity(work.len());
-        for &(slot, tokens, pos) in work {
+        for w in work {
             let cache = caches
-                .get_mut(slot)
+                .get_mut(w.slot)
                 .and_then(Option::take)
                 .ok_or_else(|| candle_core::Error::msg("slot used twice in one step"))?;
-            pieces.push(Piece { cache, tokens, pos });
+            pieces.push(Piece {
+                cache,
+                tokens: w.tokens,
+                pos: w.pos,
+                prompt: w.prompt,
+            });
         }
         net.forward_batch(&mut pieces)?.to_dtype(DType::F32)
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-/// Rows from which the dense path is taken. Below it the quantized kernel wins (decode,
-/// batched decode of a few sequences); a prompt chunk is far above.
+/// Rows of prompt from which the dense path is taken when the dense copy is not kept (making it
+/// costs a pass over the weights); with the copy kept, every prompt row takes it.
 pub const MANY_ROWS: usize = 32;
 
 /// One weight matrix (`[out, in]`), quantized, with its dense copy made on first need.
@@ -44,10 +44,12 @@ impl Linear {
         rows >= MANY_ROWS && self.weights.device().is_cpu() && matches!(self.q, QMatMul::QTensor(_))
     }
 
-    /// `x` (`[rows, in]`) times the weights transposed: `[rows, out]`.
-    pub fn forward(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `x` (`[rows, in]`) times the weights transposed: `[rows, out]`. `prompt`: the rows are
+    /// prompt tokens (the dense path may be taken); decode rows always take the quantized one.
+    /// The choice never depends on other rows, so neither does a row's result.
+    pub fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
         let rows = x.dim(0)?;
-        if !self.dense_path(rows) {
+        if !(prompt && self.dense_path(rows)) {
             return self.q.forward(x);
         }
         let w = match &self.dense {

@@ -15,7 +15,7 @@ use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::attention::{attend, KvCache};
-use super::linear::{Linear, MANY_ROWS};
+use super::linear::Linear;
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 
@@ -126,30 +126,36 @@ pub struct Piece<'a> {
     pub tokens: &'a [u32],
     /// Position of the first new token.
     pub pos: usize,
+    /// Whether these are prompt tokens (read through the dense weights when that pays) rather
+    /// than a sampled token.
+    pub prompt: bool,
 }
 
-/// Rows `start..start + len` of a step that go through one matmul together: every
-/// few-token piece in one group, each prompt chunk in its own. A row's arithmetic then never
-/// depends on which other sequences share the step, so a seeded request gives the same text
-/// alone or batched.
+/// Rows `start..start + len` of a step that go through one matmul together: every decode piece
+/// in one group (candle's quantized kernel computes each row on its own), each prompt chunk in a
+/// group of its own (gemm's blocking, hence its rounding, depends on the row count). A row's
+/// arithmetic then never depends on which other sequences share the step, so a seeded request
+/// gives the same text alone or batched.
 #[derive(Clone, Copy)]
 struct Group {
     start: usize,
     len: usize,
+    prompt: bool,
 }
 
 fn groups(pieces: &[Piece<'_>]) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
     let mut start = 0;
-    let mut small_open = false;
     for p in pieces {
         let len = p.tokens.len();
-        let small = len < MANY_ROWS;
         match out.last_mut() {
-            Some(g) if small && small_open => g.len += len,
-            _ => out.push(Group { start, len }),
+            Some(g) if !g.prompt && !p.prompt => g.len += len,
+            _ => out.push(Group {
+                start,
+                len,
+                prompt: p.prompt,
+            }),
         }
-        small_open = small;
         start += len;
     }
     out
@@ -157,12 +163,12 @@ fn groups(pieces: &[Piece<'_>]) -> Vec<Group> {
 
 /// `x` (`[rows, in]`) through `m`, group by group.
 fn project(m: &mut Linear, x: &Tensor, groups: &[Group]) -> candle_core::Result<Tensor> {
-    if groups.len() == 1 {
-        return m.forward(x);
+    if let [g] = groups {
+        return m.forward(x, g.prompt);
     }
     let parts = groups
         .iter()
-        .map(|g| m.forward(&x.narrow(0, g.start, g.len)?))
+        .map(|g| m.forward(&x.narrow(0, g.start, g.len)?, g.prompt))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&parts, 0)
 }
@@ -410,6 +416,7 @@ impl Llama {
             cache: &mut own,
             tokens: &tokens,
             pos,
+            prompt: tokens.len() > 1,
         }]);
         self.own = own;
         out

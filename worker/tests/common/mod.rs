@@ -53,13 +53,26 @@ pub struct Proto {
 impl Proto {
     /// Start a worker on `model`.
     pub fn start_on(model: &Path, extra: &[&str]) -> Proto {
-        let mut child = worker()
-            .arg("--model")
-            .arg(model)
-            .args(extra)
+        Self::spawn(
+            worker().arg("--model").arg(model).args(extra),
+            Stdio::null(),
+        )
+    }
+
+    /// Start a worker on the test model with its debug log written to `log`.
+    pub fn start_logged(extra: &[&str], log: &Path) -> Proto {
+        let file = std::fs::File::create(log).unwrap();
+        let mut c = worker();
+        c.arg("--model").arg(model_path()).args(extra);
+        c.env("RBEE_LOG", "rbee_worker=debug");
+        Self::spawn(&mut c, file.into())
+    }
+
+    fn spawn(c: &mut Command, stderr: Stdio) -> Proto {
+        let mut child = c
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
