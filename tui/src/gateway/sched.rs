@@ -209,10 +209,19 @@ mod tests {
         };
         let mut load = Load::new();
         load.insert((0, "w1".into()), 1);
-        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[]), Some((1, "w1".into())));
+        assert_eq!(
+            pick_worker(&c, &load, Some(2), "a", &[]),
+            Some((1, "w1".into()))
+        );
         load.insert((1, "w1".into()), 2);
-        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[]), Some((0, "w1".into())));
-        assert_eq!(pick_worker(&c, &load, Some(2), "a", &[(0, "w1".into())]), None);
+        assert_eq!(
+            pick_worker(&c, &load, Some(2), "a", &[]),
+            Some((0, "w1".into()))
+        );
+        assert_eq!(
+            pick_worker(&c, &load, Some(2), "a", &[(0, "w1".into())]),
+            None
+        );
         assert_eq!(
             pick_worker(&c, &load, Some(2), "a.gguf", &[]),
             Some((0, "w1".into()))
@@ -241,13 +250,19 @@ mod tests {
         load.insert((1, "w2".into()), 2);
         // Two of four slots in use (half) beat one of one (full); the 1-slot worker is skipped.
         load.insert((0, "w1".into()), 1);
-        assert_eq!(pick_worker(&c, &load, None, "a", &[]), Some((1, "w2".into())));
+        assert_eq!(
+            pick_worker(&c, &load, None, "a", &[]),
+            Some((1, "w2".into()))
+        );
         load.insert((1, "w2".into()), 4);
         assert_eq!(pick_worker(&c, &load, None, "a", &[]), None);
         let s = supply(&c, &load, None, "a", &[]);
         assert_eq!((s.serving, s.free), (2, 0));
         load.insert((0, "w1".into()), 0);
-        assert_eq!(pick_worker(&c, &load, None, "a", &[]), Some((0, "w1".into())));
+        assert_eq!(
+            pick_worker(&c, &load, None, "a", &[]),
+            Some((0, "w1".into()))
+        );
     }
 
     #[test]
