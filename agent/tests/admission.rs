@@ -251,6 +251,23 @@ async fn gpus_without_a_cuda_worker_refuse_cuda_at_once_and_auto_serves_on_cpu()
         panic!()
     };
     assert_eq!(status.telemetry.backends, ["cpu"]);
+    // A CUDA worker installed beside the running agent (as `nodes add` does) is found at the
+    // next spawn that wants a GPU, without a restart.
+    stand_in_workers(dir.path(), true);
+    let w = spawned(c.request(Request::Spawn(on("cuda:0")), None).await);
+    assert_eq!(w.device, "cuda:0");
+    bounded("telemetry names the cuda backend", async {
+        loop {
+            let Ok(Reply::Status { status }) = c.request(Request::Status, None).await else {
+                panic!()
+            };
+            if status.telemetry.backends == ["cpu", "cuda"] {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,7 +119,8 @@ pub(crate) struct Admission {
     cfg: Arc<AgentConfig>,
     collector: Arc<Mutex<Collector>>,
     promised: Promised,
-    backends: Backends,
+    worker_bin: PathBuf,
+    backends: Mutex<Backends>,
 }
 
 /// Bytes promised to workers still starting, per device (`None` is host RAM).
@@ -195,9 +196,7 @@ impl Model {
                 detail: String::new(),
             };
         };
-        let parallel = spec
-            .parallel
-            .unwrap_or_else(|| default_parallel(h));
+        let parallel = spec.parallel.unwrap_or_else(|| default_parallel(h));
         let shape = RunShape {
             device,
             context: spec.ctx,
@@ -232,8 +231,24 @@ impl Admission {
             cfg,
             collector,
             promised: Promised::default(),
-            backends,
+            worker_bin,
+            backends: Mutex::new(backends),
         }
+    }
+
+    /// The backends, looked for again when there is no CUDA worker yet but its file now exists
+    /// (`nodes add` may install it beside a running agent).
+    fn backends(&self) -> Backends {
+        let mut b = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        if b.cuda.is_none() && cuda_worker_path(&self.worker_bin).is_file() {
+            *b = Backends::probe(&self.worker_bin);
+            tracing::info!(backends = ?b.names(), "worker backends looked for again");
+            self.collector
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_backends(b.names());
+        }
+        b.clone()
     }
 
     /// Check a spawn request (model reference, device, threads, memory) and promise it the
@@ -253,14 +268,21 @@ impl Admission {
             header,
             size: found.size_bytes,
         };
-        if let DeviceChoice::Exact(DeviceSpec::Cuda(_)) = choice {
-            self.check_cuda(&spec.device)?;
+        let backends = match choice {
+            DeviceChoice::Exact(DeviceSpec::Cpu) => None,
+            _ => Some(self.backends()),
+        };
+        if let (DeviceChoice::Exact(DeviceSpec::Cuda(_)), Some(b)) = (choice, &backends) {
+            check_cuda(b, &spec.device)?;
         }
         // One admission at a time from here: measure, compare with what is promised, promise.
         let mut promised = held(&self.promised);
         let device = match choice {
             DeviceChoice::Exact(d) => d,
-            DeviceChoice::Auto => self.choose(spec, &model, &promised)?,
+            DeviceChoice::Auto => {
+                let has_cuda = backends.as_ref().is_some_and(|b| b.cuda.is_some());
+                self.choose(spec, &model, &promised, has_cuda)?
+            }
         };
         let gpu_index = device.gpu();
         let need = model.need(spec, device);
@@ -281,21 +303,6 @@ impl Admission {
         })
     }
 
-    /// `cuda:N` needs a CUDA worker and a GPU.
-    fn check_cuda(&self, device: &str) -> Result<(), ProtoError> {
-        if self.backends.cuda.is_none() {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!(
-                    "cannot use {}: {}",
-                    device.trim(),
-                    self.backends.cuda_missing
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// `auto`: the GPU with the most memory left after promises that fits the model; the CPU
     /// when the node has no GPU or no CUDA worker.
     fn choose(
@@ -303,12 +310,13 @@ impl Admission {
         spec: &SpawnSpec,
         model: &Model,
         promised: &HashMap<Option<u32>, Held>,
+        has_cuda: bool,
     ) -> Result<DeviceSpec, ProtoError> {
         let gpus = {
             let c = self.collector.lock().unwrap_or_else(|p| p.into_inner());
             c.gpu_free()
         };
-        if gpus.is_empty() || self.backends.cuda.is_none() {
+        if gpus.is_empty() || !has_cuda {
             return Ok(DeviceSpec::Cpu);
         }
         let headroom = self.cfg.admission_headroom_bytes;
@@ -400,6 +408,17 @@ impl Admission {
             )
         })
     }
+}
+
+/// `cuda:N` needs a CUDA worker.
+fn check_cuda(b: &Backends, device: &str) -> Result<(), ProtoError> {
+    if b.cuda.is_none() {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("cannot use {}: {}", device.trim(), b.cuda_missing),
+        ));
+    }
+    Ok(())
 }
 
 fn format_need(detail: &str) -> String {
