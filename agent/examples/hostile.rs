@@ -230,6 +230,7 @@ async fn never_reads(addr: String, token: String, stop: Arc<AtomicBool>, n: Arc<
         let hello = ClientMsg::Hello {
             protocol_version: PROTOCOL_VERSION,
             client: "never-reads".into(),
+            identity: None,
         };
         let _ = sink.send(Message::text(encode(&hello))).await;
         let mut id = 0;

@@ -24,6 +24,8 @@ pub struct Audit {
     file: Mutex<RotatingFile>,
     events: broadcast::Sender<Event>,
     limits: Mutex<HashMap<String, Bucket>>,
+    /// Who each open session says it is, by peer address: written into its entries.
+    sessions: Mutex<HashMap<String, String>>,
 }
 
 /// A token bucket and what it held back.
@@ -86,6 +88,7 @@ impl Audit {
             file: Mutex::new(file),
             events,
             limits: Mutex::default(),
+            sessions: Mutex::default(),
         })
     }
 
@@ -97,10 +100,15 @@ impl Audit {
         worker: Option<String>,
         detail: impl Into<String>,
     ) {
+        let who = peer.as_ref().and_then(|p| {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.get(p).cloned()
+        });
         let entry = AuditEntry {
             at: rbee_proto::now_millis(),
             action: action.into(),
             peer,
+            who,
             worker,
             detail: detail.into(),
         };
@@ -112,7 +120,7 @@ impl Audit {
                 tracing::error!("audit log write failed: {e}");
             }
         }
-        tracing::info!(action = %entry.action, worker = ?entry.worker, peer = ?entry.peer, "audit: {}", entry.detail);
+        tracing::info!(action = %entry.action, worker = ?entry.worker, peer = ?entry.peer, who = ?entry.who, "audit: {}", entry.detail);
         let _ = self.events.send(Event::Audit { entry });
     }
 
@@ -134,6 +142,18 @@ impl Audit {
             }
             None => false,
         }
+    }
+
+    /// From now on, entries with `peer` name `who` (the client's identity and token).
+    pub fn session_started(&self, peer: &str, who: String) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.insert(peer.into(), who);
+    }
+
+    /// The session at `peer` is over; its address may be reused by another.
+    pub fn session_ended(&self, peer: &str) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(peer);
     }
 
     /// Make what was written durable (at shutdown).

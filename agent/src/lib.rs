@@ -70,6 +70,22 @@ impl Running {
     }
 }
 
+/// The config with its model dirs made (the state dir's `models` when none is given), and the
+/// name the node reports.
+fn prepare(mut config: AgentConfig, state_dir: &std::path::Path) -> (Arc<AgentConfig>, String) {
+    if config.model_dirs.is_empty() {
+        config.model_dirs.push(state_dir.join("models"));
+    }
+    for d in &config.model_dirs {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
+    (Arc::new(config), node)
+}
+
 /// The audit log, rotated as the config's `[logs]` says.
 fn open_audit(
     state: &statedir::StateDir,
@@ -86,23 +102,13 @@ fn open_audit(
 /// Start the agent: lock the state dir, restore desired workers, listen.
 pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let Options {
-        mut config,
+        config,
         state_dir,
         worker_bin,
     } = opts;
     let state = Arc::new(statedir::StateDir::open(&state_dir)?);
     let token = session_token(&state)?;
-    if config.model_dirs.is_empty() {
-        config.model_dirs.push(state_dir.join("models"));
-    }
-    for d in &config.model_dirs {
-        let _ = std::fs::create_dir_all(d);
-    }
-    let config = Arc::new(config);
-    let node = config
-        .node_name
-        .clone()
-        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()));
+    let (config, node) = prepare(config, &state_dir);
     let (events, _) = broadcast::channel(1024);
     let audit = Arc::new(open_audit(&state, &config, &events)?);
     let metrics = Arc::new(metrics::Metrics::default());
@@ -149,6 +155,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         config: config.clone(),
         node,
         token,
+        operators: server::operators::path(&state_dir),
         supervisor: supervisor.clone(),
         audit: audit.clone(),
         metrics,

@@ -29,6 +29,63 @@ struct Args {
     /// stderr follows the current file. `rbee-tui nodes logs` reads it through the session.
     #[arg(long, env = "RBEE_AGENT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Manage operator tokens instead of running the agent.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What else `rbee-agent` does besides running.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Operator tokens, accepted beside the node token and named in the audit log.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `rbee-agent token …` (works while the agent runs: it reads the tokens at each login).
+#[derive(clap::Subcommand, Debug)]
+enum TokenCmd {
+    /// Give an operator a token of their own; prints it (shown once).
+    Add {
+        /// The operator's name, as the audit log will show it.
+        name: String,
+    },
+    /// Take an operator's token back; new logins with it are refused.
+    Revoke {
+        /// The operator's name.
+        name: String,
+    },
+    /// The operators holding a token.
+    List,
+}
+
+/// Run a token subcommand on the operators file of `state_dir`.
+fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let file = rbee_agent::server::operators::path(state_dir);
+    match cmd {
+        TokenCmd::Add { name } => {
+            let token = rbee_agent::server::operators::add(&file, &name)?;
+            println!("{token}");
+            eprintln!(
+                "rbee-agent: token for operator {name} added to {} (shown only now)",
+                file.display()
+            );
+        }
+        TokenCmd::Revoke { name } => {
+            if !rbee_agent::server::operators::revoke(&file, &name)? {
+                anyhow::bail!("operator {name} has no token");
+            }
+            eprintln!("rbee-agent: token of operator {name} revoked");
+        }
+        TokenCmd::List => {
+            for name in rbee_agent::server::operators::list(&file)? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_state_dir() -> PathBuf {
@@ -50,8 +107,12 @@ fn main() -> anyhow::Result<()> {
         )
         .into_boxed_str(),
     );
-    let args = Args::from_arg_matches(&Args::command().version(version).get_matches())
+    let mut args = Args::from_arg_matches(&Args::command().version(version).get_matches())
         .unwrap_or_else(|e| e.exit());
+    if let Some(Command::Token(cmd)) = args.command.take() {
+        let dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+        return token(&dir, cmd);
+    }
     let mut config = match &args.config {
         Some(p) => AgentConfig::load(p)?,
         None => AgentConfig::default(),

@@ -208,6 +208,7 @@ async fn a_client_that_never_reads_holds_bounded_memory() {
     let hello = ClientMsg::Hello {
         protocol_version: PROTOCOL_VERSION,
         client: "never-reads".into(),
+        identity: None,
     };
     sink.send(Message::text(encode(&hello))).await.unwrap();
     let Some(Ok(Message::Text(w))) = stream.next().await else {

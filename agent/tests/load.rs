@@ -119,6 +119,7 @@ async fn open(agent: &AgentProc, name: &str) -> RawWs {
     let hello = ClientMsg::Hello {
         protocol_version: PROTOCOL_VERSION,
         client: name.into(),
+        identity: None,
     };
     ws.send(Message::text(encode(&hello))).await.unwrap();
     match ws.next().await {

@@ -518,6 +518,7 @@ impl Behaviour for Agent {
             at: now_millis(),
             action: "auth_ok".into(),
             peer: Some("127.0.0.1".into()),
+            who: None,
             worker: None,
             detail: "dashboard subscribed".into(),
         };

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use rbee_proto::frame::{decode, encode};
-use rbee_proto::session::{ClientMsg, Event, Reply, Request, ServerMsg};
+use rbee_proto::session::{ClientIdentity, ClientMsg, Event, Reply, Request, ServerMsg};
 use rbee_proto::{
     ErrorCode, ProtoError, RequestId, UnixMillis, PROTOCOL_VERSION, WS_READ_BUFFER_BYTES,
 };
@@ -310,7 +310,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false)
             .await
             .map_err(|e| upgrade_error(url, e))?;
-        Self::handshake(ws, url, client_name, version).await
+        Self::handshake(ws, url, this_process(client_name), version).await
     }
 
     /// As `connect`, over a byte stream that is already connected to the agent (e.g. a channel
@@ -324,18 +324,33 @@ impl Client {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let identity = this_process(client_name);
+        Self::connect_stream_as(stream, url, token, identity).await
+    }
+
+    /// As [`connect_stream`](Self::connect_stream), saying who is connecting (e.g. with the SSH
+    /// user and key of the tunnel the stream runs through), for the agent's audit log.
+    pub async fn connect_stream_as<S>(
+        stream: S,
+        url: &str,
+        token: &str,
+        identity: ClientIdentity,
+    ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let req = upgrade_request(url, token)?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
             .await
             .map_err(|e| upgrade_error(url, e))?;
-        Self::handshake(ws, url, client_name, PROTOCOL_VERSION).await
+        Self::handshake(ws, url, identity, PROTOCOL_VERSION).await
     }
 
     /// Say hello, wait for the welcome, then start the reader and writer tasks.
     async fn handshake<S>(
         ws: tokio_tungstenite::WebSocketStream<S>,
         url: &str,
-        client_name: &str,
+        identity: ClientIdentity,
         version: u32,
     ) -> Result<(Client, mpsc::Receiver<Incoming>), ClientError>
     where
@@ -344,7 +359,8 @@ impl Client {
         let (mut sink, mut source) = ws.split();
         let hello = ClientMsg::Hello {
             protocol_version: version,
-            client: client_name.into(),
+            client: identity.tool.clone(),
+            identity: Some(identity),
         };
         sink.send(Message::text(encode(&hello)))
             .await
@@ -460,6 +476,36 @@ impl Client {
         let (tx, rx) = mpsc::channel(64);
         self.pending.lock().unwrap().insert(id, tx);
         rx
+    }
+}
+
+/// This process's identity as a client named `tool`: its user (`$USER`, else the uid) and host.
+pub fn this_process(tool: &str) -> ClientIdentity {
+    let os_user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // SAFETY: getuid has no preconditions.
+            format!("uid {}", unsafe { libc::getuid() })
+        });
+    ClientIdentity {
+        tool: tool.into(),
+        os_user,
+        host: host_name(),
+        ssh_user: None,
+        ssh_key: None,
+    }
+}
+
+/// The host name, as `uname -n` says it.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".into()
     }
 }
 

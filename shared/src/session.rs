@@ -20,6 +20,10 @@ pub enum ClientMsg {
         protocol_version: u32,
         /// Who is asking (`rbee-tui 0.1.0`), for the audit log.
         client: String,
+        /// Who runs the client and from where, recorded with every audit entry of the session
+        /// (older clients send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<ClientIdentity>,
     },
     /// One request; every answer carries its id back.
     Request {
@@ -37,6 +41,41 @@ pub enum ClientMsg {
         #[serde(flatten)]
         body: Request,
     },
+}
+
+/// Who runs a client: the tool, the operating-system user and host it runs as, and over SSH the
+/// user and key it logged in with. Said by the client, so it names rather than proves: the token
+/// (and the SSH key) are what authenticate.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientIdentity {
+    /// `rbee-tui/0.1.0`, `rbee-bench`, …
+    pub tool: String,
+    /// The client's operating-system user.
+    pub os_user: String,
+    /// The host the client runs on.
+    pub host: String,
+    /// The SSH user the session's tunnel logged in as, when it came through one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
+    /// The `SHA256:` fingerprint of the SSH key that tunnel logged in with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_key: Option<String>,
+}
+
+impl ClientIdentity {
+    /// One line for logs: `alice@laptop (rbee-tui/0.1.0, ssh bob key SHA256:…)`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{}@{} ({}", self.os_user, self.host, self.tool);
+        if let Some(u) = &self.ssh_user {
+            s.push_str(&format!(", ssh {u}"));
+        }
+        if let Some(k) = &self.ssh_key {
+            s.push_str(&format!(" key {k}"));
+        }
+        s.push(')');
+        s
+    }
 }
 
 /// Everything a client can ask an agent.
@@ -613,6 +652,10 @@ pub struct AuditEntry {
     pub action: String,
     /// Who acted: the session's peer address, when there is one.
     pub peer: Option<String>,
+    /// Who the session says it is (user, host, tool, SSH user and key) and the token it used
+    /// (`node token` or `operator NAME`); absent for the agent's own entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
     /// The worker concerned, if any.
     pub worker: Option<WorkerId>,
     /// Free text: the model, the reason, the numbers.

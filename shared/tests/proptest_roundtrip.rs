@@ -6,8 +6,8 @@
 use proptest::prelude::*;
 use rbee_proto::frame::{decode, decode_line, encode, FrameError};
 use rbee_proto::session::{
-    AuditEntry, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus, Reply, Request,
-    ServerMsg, SpawnSpec, Telemetry, WorkerInfo,
+    AuditEntry, ClientIdentity, ClientMsg, Event, GpuProcess, GpuTelemetry, ModelEntry, NodeStatus,
+    Reply, Request, ServerMsg, SpawnSpec, Telemetry, WorkerInfo,
 };
 use rbee_proto::worker::{FromWorker, ToWorker};
 use rbee_proto::{
@@ -182,8 +182,14 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn audit_entry()(at in any::<u64>(), action in text(), peer in opt(text()), worker in opt(worker_id()), detail in text()) -> AuditEntry {
-        AuditEntry { at, action, peer, worker, detail }
+    fn audit_entry()(at in any::<u64>(), action in text(), peer in opt(text()), who in opt(text()), worker in opt(worker_id()), detail in text()) -> AuditEntry {
+        AuditEntry { at, action, peer, who, worker, detail }
+    }
+}
+
+prop_compose! {
+    fn client_identity()(tool in text(), os_user in text(), host in text(), ssh_user in opt(text()), ssh_key in opt(text())) -> ClientIdentity {
+        ClientIdentity { tool, os_user, host, ssh_user, ssh_key }
     }
 }
 
@@ -245,10 +251,13 @@ fn request() -> BoxedStrategy<Request> {
 
 fn client_msg() -> BoxedStrategy<ClientMsg> {
     prop_oneof![
-        (any::<u32>(), text()).prop_map(|(protocol_version, client)| ClientMsg::Hello {
-            protocol_version,
-            client
-        }),
+        (any::<u32>(), text(), opt(client_identity())).prop_map(
+            |(protocol_version, client, identity)| ClientMsg::Hello {
+                protocol_version,
+                client,
+                identity
+            }
+        ),
         (
             any::<u64>(),
             opt(any::<u64>()),

@@ -394,6 +394,14 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     let nodes = w.nodes();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["ssh"], addr.as_str());
+    // The node's audit log names the SSH login (user and key) of the session that added it.
+    let audit = std::fs::read_to_string(remote.join("agent/audit.jsonl")).unwrap();
+    let key_fp = fingerprint(&w.key.with_extension("pub"));
+    assert!(
+        audit.lines().any(|l| l.contains(r#""action":"auth_ok""#)
+            && l.contains(&format!("ssh root key {key_fp}"))),
+        "{audit}"
+    );
 
     // Second bring-up (the host key is known now): the running agent is reused.
     let second = w

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::operators;
 use super::shared::Shared;
 use super::stream::Replayed;
 
@@ -100,12 +101,27 @@ pub(super) async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Re
     }
 }
 
+/// An authenticated session: its WebSocket, its place among the sessions, and which token it
+/// presented (`node token`, `operator NAME`).
+pub(super) type Admitted = (Ws, OwnedSemaphorePermit, String);
+
 /// Checks the token during the WebSocket upgrade; a wrong or missing one is answered 401, a
 /// right one beyond the session limit 503.
 struct CheckToken {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    admitted: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    admitted: Arc<Mutex<Option<(OwnedSemaphorePermit, String)>>>,
+}
+
+impl CheckToken {
+    /// Which token `auth` carries: the node's, an operator's, or none we know.
+    fn which(&self, auth: Option<&str>) -> Option<String> {
+        if token_ok(auth, &self.shared.token) {
+            return Some("node token".into());
+        }
+        let given = auth?.strip_prefix("Bearer ")?.trim();
+        operators::lookup(&self.shared.operators, given).map(|name| format!("operator {name}"))
+    }
 }
 
 impl Callback for CheckToken {
@@ -114,7 +130,7 @@ impl Callback for CheckToken {
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if token_ok(auth, &self.shared.token) {
+        if let Some(token) = self.which(auth) {
             let Ok(permit) = self.shared.sessions.clone().try_acquire_owned() else {
                 self.shared.metrics.dropped("too_many_sessions");
                 let limit = self.shared.limits.sessions;
@@ -124,7 +140,7 @@ impl Callback for CheckToken {
                 *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 return Err(r);
             };
-            *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+            *self.admitted.lock().unwrap_or_else(|p| p.into_inner()) = Some((permit, token));
             return Ok(resp);
         }
         // Recorded before the 401 goes out, so the log is complete once the client knows.
@@ -148,7 +164,7 @@ pub(super) async fn upgrade(
     stream: Replayed,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Option<(Ws, OwnedSemaphorePermit)>> {
+) -> anyhow::Result<Option<Admitted>> {
     let admitted = Arc::new(Mutex::new(None));
     let check = CheckToken {
         shared: shared.clone(),
@@ -163,7 +179,7 @@ pub(super) async fn upgrade(
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await;
     let permit = admitted.lock().unwrap_or_else(|p| p.into_inner()).take();
     match permit {
-        Some(permit) => Ok(Some((ws?, permit))),
+        Some((permit, token)) => Ok(Some((ws?, permit, token))),
         None => Ok(None),
     }
 }

@@ -12,14 +12,30 @@ use tokio_tungstenite::tungstenite::Message;
 use super::auth::Ws;
 use super::shared::Shared;
 
-/// Wait (until `deadline`) for `Hello` and answer it. `Ok(true)` when the session may go on.
+/// What the greeting knows of an authenticated connection.
+pub(super) struct Greeting {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The token it presented (`node token`, `operator NAME`).
+    pub token: String,
+    /// When the handshake must be over.
+    pub deadline: tokio::time::Instant,
+}
+
+/// Wait (until the deadline) for `Hello` and answer it. `Ok(true)` when the session may go on;
+/// then `auth_ok` is in the audit log naming who the client says it is and the token it used,
+/// and every later entry of the session names them too.
 pub(super) async fn greet(
     sink: &mut SplitSink<Ws, Message>,
     source: &mut SplitStream<Ws>,
-    peer: SocketAddr,
+    g: Greeting,
     shared: &Shared,
-    deadline: tokio::time::Instant,
 ) -> anyhow::Result<bool> {
+    let Greeting {
+        peer,
+        token,
+        deadline,
+    } = g;
     let first = tokio::time::timeout_at(deadline, source.next()).await;
     let hello = match first {
         Ok(Some(Ok(Message::Text(t)))) => decode::<ClientMsg>(&t),
@@ -29,8 +45,20 @@ pub(super) async fn greet(
         Ok(ClientMsg::Hello {
             protocol_version,
             client,
+            identity,
         }) if protocol_version == PROTOCOL_VERSION => {
-            tracing::info!(%peer, %client, "session started");
+            let who = match &identity {
+                Some(id) => format!("{} with {token}", id.summary()),
+                None => format!("{client} with {token}"),
+            };
+            tracing::info!(%peer, %who, "session started");
+            shared.audit.session_started(&peer.to_string(), who);
+            shared.audit.record(
+                "auth_ok",
+                Some(peer.to_string()),
+                None,
+                "session authenticated",
+            );
             sink.send(Message::text(encode(&ServerMsg::Welcome {
                 protocol_version: PROTOCOL_VERSION,
                 agent_version: env!("CARGO_PKG_VERSION").into(),

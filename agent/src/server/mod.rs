@@ -17,6 +17,7 @@ mod handlers;
 mod handshake;
 mod limits;
 mod metrics_http;
+pub mod operators;
 mod session;
 mod shared;
 mod stream;
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 pub use limits::{raise_descriptor_limit, Limits};
@@ -94,17 +94,13 @@ async fn handle_connection(
         }
     };
     drop(ticket);
-    let Some((ws, permit)) = opened else {
+    let Some((ws, permit, token)) = opened else {
         return Ok(());
     };
-    shared.audit.record(
-        "auth_ok",
-        Some(peer.to_string()),
-        None,
-        "session authenticated",
-    );
     shared.metrics.session();
-    let r = session::run(ws, peer, shared, shutdown, deadline).await;
+    // `auth_ok` is written once the hello says who the client is (see `handshake`).
+    let r = session::run(ws, peer, token, shared.clone(), shutdown, deadline).await;
+    shared.audit.session_ended(&peer.to_string());
     drop(permit);
     r
 }
@@ -116,7 +112,7 @@ async fn open(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-) -> anyhow::Result<Option<(auth::Ws, OwnedSemaphorePermit)>> {
+) -> anyhow::Result<Option<auth::Admitted>> {
     let head = match auth::read_head(&mut stream, shared.limits.head_bytes).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {

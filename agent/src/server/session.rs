@@ -30,12 +30,18 @@ struct Incoming {
 pub(super) async fn run(
     ws: Ws,
     peer: SocketAddr,
+    token: String,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
     let (mut sink, mut source) = ws.split();
-    if !handshake::greet(&mut sink, &mut source, peer, &shared, deadline).await? {
+    let greeted = handshake::Greeting {
+        peer,
+        token,
+        deadline,
+    };
+    if !handshake::greet(&mut sink, &mut source, greeted, &shared).await? {
         return Ok(());
     }
     let (out_tx, out_rx) = mpsc::channel::<ServerMsg>(1024);

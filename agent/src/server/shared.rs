@@ -11,8 +11,10 @@ pub struct Shared {
     pub config: Arc<AgentConfig>,
     /// The name this node reports.
     pub node: String,
-    /// The session token every client must present.
+    /// The node's session token (every client presents it or an operator's).
     pub token: String,
+    /// The operators' tokens file (`rbee-agent token add`), read at each login.
+    pub operators: std::path::PathBuf,
     /// The workers.
     pub supervisor: Arc<crate::workers::Supervisor>,
     /// The audit log.

@@ -176,9 +176,13 @@ async fn tunnel_session(
         .map_err(ssh_error(node))?;
     let url = format!("ws://{}", agent.addr);
     let shown = format!("ssh://{} → {}", conn.target(), agent.addr);
+    // The agent's audit log names the SSH login as well as this machine's user.
+    let mut identity = rbee_client::this_process(CLIENT_NAME);
+    identity.ssh_user = Some(conn.user.clone());
+    identity.ssh_key = Some(conn.key_fingerprint.clone());
     match tokio::time::timeout(
         timeout,
-        Client::connect_stream(tunnel, &url, &agent.token, CLIENT_NAME),
+        Client::connect_stream_as(tunnel, &url, &agent.token, identity),
     )
     .await
     {

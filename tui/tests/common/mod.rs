@@ -285,6 +285,7 @@ pub fn audit(action: &str) -> Event {
             at: NOW,
             action: action.into(),
             peer: None,
+            who: None,
             worker: None,
             detail: String::new(),
         },

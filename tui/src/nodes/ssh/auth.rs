@@ -13,11 +13,12 @@ use super::trust::Trust;
 use super::SshOptions;
 
 /// The node's identity file, else every ssh-agent key, else the usual `~/.ssh/id_*` files.
+/// Returns the `SHA256:` fingerprint of the key the server accepted.
 pub(super) async fn authenticate(
     handle: &mut Handle<Trust>,
     opts: &SshOptions,
     host: &str,
-) -> Result<(), SshError> {
+) -> Result<String, SshError> {
     let user = opts.addr.user.clone();
     let refused = |tried: String| SshError::AuthRefused {
         user: user.clone(),
@@ -29,21 +30,21 @@ pub(super) async fn authenticate(
     let mut only_agent_key: Option<PublicKey> = None;
     if let Some(path) = &opts.identity {
         match identity(handle, &user, path).await? {
-            Identity::Accepted => return Ok(()),
+            Identity::Accepted(key) => return Ok(key),
             Identity::Refused => return Err(refused(format!("key {}", path.display()))),
             Identity::Encrypted(public) => only_agent_key = Some(public),
         }
     }
     let mut tried: Vec<String> = Vec::new();
-    if agent_keys(handle, &user, only_agent_key.as_ref(), &mut tried).await? {
-        return Ok(());
+    if let Some(key) = agent_keys(handle, &user, only_agent_key.as_ref(), &mut tried).await? {
+        return Ok(key);
     }
     if let Some(path) = &opts.identity {
         let how = format!("encrypted key {} through ssh-agent", path.display());
         return Err(refused(how));
     }
-    if default_keys(handle, &user, &mut tried).await? {
-        return Ok(());
+    if let Some(key) = default_keys(handle, &user, &mut tried).await? {
+        return Ok(key);
     }
     Err(refused(if tried.is_empty() {
         "no keys: pass --identity FILE or start ssh-agent".into()
@@ -54,7 +55,8 @@ pub(super) async fn authenticate(
 
 /// What the configured identity file came to.
 enum Identity {
-    Accepted,
+    /// Accepted; its fingerprint.
+    Accepted(String),
     Refused,
     /// It needs a passphrase: only the ssh-agent can use it, by this public half.
     Encrypted(PublicKey),
@@ -66,8 +68,8 @@ async fn identity(
     path: &Path,
 ) -> Result<Identity, SshError> {
     match russh::keys::load_secret_key(path, None) {
-        Ok(key) => Ok(if try_key(handle, user, key).await? {
-            Identity::Accepted
+        Ok(key) => Ok(if let Some(fp) = try_key(handle, user, key).await? {
+            Identity::Accepted(fp)
         } else {
             Identity::Refused
         }),
@@ -86,18 +88,18 @@ async fn identity(
     }
 }
 
-/// Every key of a running ssh-agent (only `only` when set); true once one is accepted.
+/// Every key of a running ssh-agent (only `only` when set); the fingerprint of the one accepted.
 async fn agent_keys(
     handle: &mut Handle<Trust>,
     user: &str,
     only: Option<&PublicKey>,
     tried: &mut Vec<String>,
-) -> Result<bool, SshError> {
+) -> Result<Option<String>, SshError> {
     let mut agent = match AgentClient::connect_env().await {
         Ok(agent) => agent,
         Err(e) => {
             tracing::debug!("no ssh-agent: {e}");
-            return Ok(false);
+            return Ok(None);
         }
     };
     let ids = agent.request_identities().await.unwrap_or_default();
@@ -114,17 +116,18 @@ async fn agent_keys(
         } else {
             None
         };
-        tried.push(format!("ssh-agent key {}", fingerprint(&key)));
+        let fp = fingerprint(&key);
+        tried.push(format!("ssh-agent key {fp}"));
         match handle
             .authenticate_publickey_with(user.to_string(), key, hash, &mut agent)
             .await
         {
-            Ok(r) if r.success() => return Ok(true),
+            Ok(r) if r.success() => return Ok(Some(fp)),
             Ok(_) => {}
             Err(e) => tracing::warn!("ssh-agent could not sign: {e}"),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`, those that exist and need no passphrase.
@@ -132,9 +135,9 @@ async fn default_keys(
     handle: &mut Handle<Trust>,
     user: &str,
     tried: &mut Vec<String>,
-) -> Result<bool, SshError> {
+) -> Result<Option<String>, SshError> {
     let Some(home) = dirs::home_dir() else {
-        return Ok(false);
+        return Ok(None);
     };
     for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
         let path = home.join(".ssh").join(name);
@@ -144,21 +147,22 @@ async fn default_keys(
         match russh::keys::load_secret_key(&path, None) {
             Ok(key) => {
                 tried.push(format!("key {}", path.display()));
-                if try_key(handle, user, key).await? {
-                    return Ok(true);
+                if let Some(fp) = try_key(handle, user, key).await? {
+                    return Ok(Some(fp));
                 }
             }
             Err(e) => tracing::debug!(path = %path.display(), "skipped: {e}"),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 async fn try_key(
     handle: &mut Handle<Trust>,
     user: &str,
     key: russh::keys::PrivateKey,
-) -> Result<bool, SshError> {
+) -> Result<Option<String>, SshError> {
+    let fp = fingerprint(key.public_key());
     let hash = if key.algorithm().is_rsa() {
         handle.best_supported_rsa_hash().await?.flatten()
     } else {
@@ -167,5 +171,5 @@ async fn try_key(
     let r = handle
         .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
         .await?;
-    Ok(r.success())
+    Ok(r.success().then_some(fp))
 }

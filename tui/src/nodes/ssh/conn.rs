@@ -27,6 +27,10 @@ pub struct SshConn {
     target: String,
     /// Set when this connection accepted a host key seen for the first time.
     pub learned_host_key: Option<String>,
+    /// The user this connection logged in as.
+    pub user: String,
+    /// The `SHA256:` fingerprint of the key it logged in with.
+    pub key_fingerprint: String,
 }
 
 /// What a remote command did.
@@ -120,10 +124,10 @@ impl SshConn {
                     },
                     other => other,
                 })?;
-            authenticate(&mut handle, opts, &host).await?;
-            Ok::<_, SshError>(handle)
+            let key = authenticate(&mut handle, opts, &host).await?;
+            Ok::<_, SshError>((handle, key))
         };
-        let handle = tokio::time::timeout(SSH_CONNECT_TIMEOUT, fut)
+        let (handle, key_fingerprint) = tokio::time::timeout(SSH_CONNECT_TIMEOUT, fut)
             .await
             .map_err(|_| SshError::Timeout {
                 host: host.clone(),
@@ -136,6 +140,8 @@ impl SshConn {
             host,
             target: opts.addr.to_string(),
             learned_host_key,
+            user: opts.addr.user.clone(),
+            key_fingerprint,
         })
     }
 

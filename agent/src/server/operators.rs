@@ -1,0 +1,130 @@
+//! Per-operator tokens, beside the node token: `rbee-agent token add NAME` gives an operator a
+//! token of their own, the audit log names them (`operator NAME`) on every entry of their
+//! sessions, and `token revoke NAME` takes it back. They live in `<state>/operators.json` (0600),
+//! which the agent reads at each login, so adding and revoking work on a running agent (a
+//! session already open stays open until it ends).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::statedir::write_atomic;
+
+/// The file, in the state directory.
+pub const FILE: &str = "operators.json";
+
+/// Characters of a new operator token (hex of 24 random bytes).
+const TOKEN_HEX_CHARS: usize = 48;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Operators {
+    /// Name → token.
+    tokens: BTreeMap<String, String>,
+}
+
+/// The operators file of the state directory `state_dir`.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+fn load(file: &Path) -> anyhow::Result<Operators> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not valid: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Operators::default()),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
+    }
+}
+
+fn save(file: &Path, ops: &Operators) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(ops)?;
+    write_atomic(file, text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// Give operator `name` a new token; the token is returned (shown once, never again). A name
+/// already holding one is refused: revoke it first.
+pub fn add(file: &Path, name: &str) -> anyhow::Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !valid {
+        anyhow::bail!("operator name `{name}`: use 1 to 64 letters, digits, `-`, `_`, `.` or `@`");
+    }
+    let mut ops = load(file)?;
+    if ops.tokens.contains_key(name) {
+        anyhow::bail!(
+            "operator {name} already has a token; `rbee-agent token revoke {name}` first"
+        );
+    }
+    let mut bytes = [0u8; TOKEN_HEX_CHARS / 2];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ops.tokens.insert(name.into(), token.clone());
+    save(file, &ops)?;
+    Ok(token)
+}
+
+/// Take operator `name`'s token back; false when there was none.
+pub fn revoke(file: &Path, name: &str) -> anyhow::Result<bool> {
+    let mut ops = load(file)?;
+    let had = ops.tokens.remove(name).is_some();
+    if had {
+        save(file, &ops)?;
+    }
+    Ok(had)
+}
+
+/// The operators holding a token, by name.
+pub fn list(file: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(load(file)?.tokens.into_keys().collect())
+}
+
+/// The operator whose token `given` is (compared in constant time), if any. An unreadable file
+/// admits nobody (and is logged).
+pub fn lookup(file: &Path, given: &str) -> Option<String> {
+    let ops = match load(file) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("operator tokens ignored: {e}");
+            return None;
+        }
+    };
+    let mut found = None;
+    for (name, token) in &ops.tokens {
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            found = Some(name.clone());
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn tokens_are_added_found_listed_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = path(dir.path());
+        let alice = add(&f, "alice").unwrap();
+        let bob = add(&f, "bob").unwrap();
+        assert_eq!(alice.len(), TOKEN_HEX_CHARS);
+        assert_ne!(alice, bob);
+        assert!(add(&f, "alice").is_err(), "one token per name");
+        assert!(add(&f, "a b").is_err());
+        assert_eq!(lookup(&f, &alice).as_deref(), Some("alice"));
+        assert_eq!(lookup(&f, "nope"), None);
+        assert_eq!(list(&f).unwrap(), ["alice", "bob"]);
+        assert!(revoke(&f, "alice").unwrap());
+        assert!(!revoke(&f, "alice").unwrap());
+        assert_eq!(lookup(&f, &alice), None);
+        assert_eq!(lookup(&f, &bob).as_deref(), Some("bob"));
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
