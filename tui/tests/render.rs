@@ -321,7 +321,7 @@ fn spawn_dialog_80x24() {
         node: 0,
         field: SpawnField::Device,
         model: 1,
-        device: 2,
+        device: 3,
         count: 2,
     }));
     insta::assert_snapshot!(draw(&s, 80, 24));

@@ -1135,3 +1135,115 @@ impl Drop for Netns {
         ));
     }
 }
+
+/// The worker backends `status` reports for `node`.
+fn backends_of(w: &World, node: &str) -> Value {
+    let st = w.tui(&["status", "--json"]).json();
+    let n = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("{node} not in {st}"))
+        .clone();
+    n["telemetry"]["backends"].clone()
+}
+
+/// An executable `sh` script.
+fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    sh(&format!("chmod +x {}", path.display())).ok();
+}
+
+/// A node whose `nvidia-smi` (a script first on the sessions' PATH) reports two H100s. With no
+/// CUDA worker on this machine, `nodes add` says so and how to build one, and the node serves on
+/// CPU. With one (a stand-in `rbee-worker-cuda-sm90` and `cuda-lib/` beside this machine's
+/// worker) the bring-up installs it and the runtime libraries, and the agent reports `cuda`.
+#[test]
+fn a_gpu_node_gets_the_cuda_worker_only_when_this_machine_has_one() {
+    let w = World::new();
+    let fake = w.dir.join("fakebin");
+    std::fs::create_dir_all(&fake).unwrap();
+    write_script(
+        &fake.join("nvidia-smi"),
+        "echo 'NVIDIA H100 80GB HBM3, 81559, 9.0'\necho 'NVIDIA H100 80GB HBM3, 81559, 9.0'",
+    );
+    let port = free_port();
+    let _sshd = w.sshd_with(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        None,
+        &format!("SetEnv PATH={}:/usr/bin:/bin", fake.display()),
+    );
+    let addr = format!("root@127.0.0.1:{port}");
+    let key = w.key.to_str().unwrap().to_string();
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let add = w.add(
+        "g",
+        &addr,
+        &remote,
+        &["--identity", &key, "--accept-new-host-key"],
+    );
+    add.ok();
+    let said = add.stdout.clone();
+    for needle in [
+        "g: 2 NVIDIA GPU(s): NVIDIA H100 80GB HBM3 (79 GiB, sm_90)",
+        "this machine has no CUDA worker to install",
+        "rbee-worker-cuda-sm90",
+        "the node serves on CPU",
+        "scripts/build-cuda.sh 90",
+    ] {
+        assert!(said.contains(needle), "`{needle}` not in: {said}");
+    }
+    assert!(!remote.join("bin/rbee-worker-cuda").exists());
+    spawn_and_infer(&w, "g");
+    assert_eq!(backends_of(&w, "g"), serde_json::json!(["cpu"]));
+    w.tui(&["nodes", "stop", "g"]).ok();
+    w.tui(&["nodes", "rm", "g"]).ok();
+
+    // This machine has a CUDA worker for sm_90 and its runtime libraries.
+    let mine = w.dir.join("mine");
+    std::fs::create_dir_all(mine.join("cuda-lib")).unwrap();
+    std::os::unix::fs::symlink(bin("rbee-worker"), mine.join("rbee-worker")).unwrap();
+    write_script(
+        &mine.join("rbee-worker-cuda-sm90"),
+        "[ \"$1\" = --version ] && { echo 'rbee-worker 0.1.0 (backends: cpu, cuda)'; exit 0; }\nexec sleep 600",
+    );
+    for lib in [
+        "libcudart.so.13",
+        "libcublas.so.13",
+        "libcublasLt.so.13",
+        "libcurand.so.10",
+    ] {
+        std::fs::write(mine.join("cuda-lib").join(lib), lib).unwrap();
+    }
+    let w2 = World {
+        env: vec![(
+            "RBEE_WORKER_BIN".into(),
+            mine.join("rbee-worker").display().to_string(),
+        )],
+        ..World::new()
+    };
+    let remote2 = w.dir.join("node2");
+    let _guard2 = NodeGuard(remote2.clone());
+    let add = w2.add(
+        "g2",
+        &addr,
+        &remote2,
+        &["--identity", &key, "--accept-new-host-key"],
+    );
+    add.ok();
+    assert!(
+        add.stdout.contains("installed the CUDA worker")
+            && add.stdout.contains("and the CUDA runtime libraries"),
+        "{}",
+        add.stdout
+    );
+    assert!(remote2.join("bin/rbee-worker-cuda").is_file());
+    assert_eq!(
+        std::fs::read_to_string(remote2.join("bin/cuda-lib/libcublasLt.so.13")).unwrap(),
+        "libcublasLt.so.13"
+    );
+    assert_eq!(backends_of(&w2, "g2"), serde_json::json!(["cpu", "cuda"]));
+    w2.tui(&["nodes", "stop", "g2"]).ok();
+}

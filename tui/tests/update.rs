@@ -257,9 +257,10 @@ fn check(cmd: Cmd, s: &State, fx: &[Effect], label: &str) {
         Cmd::DialogLess => assert_eq!(dialog(s).model, 1, "{label}: wraps to the last model"),
         Cmd::DialogMore => assert_eq!(dialog(s).model, 1, "{label}"),
         Cmd::DialogSubmit => {
+            // `auto` comes first on a node with GPUs: the agent picks the GPU.
             let spec = SpawnSpec {
                 model: "/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-                device: "cpu".into(),
+                device: "auto".into(),
                 threads: None,
                 ..Default::default()
             };
@@ -634,6 +635,7 @@ fn spawn_dialog_submits_count_times_on_the_chosen_device() {
     press(&mut s, ch('s'));
     press(&mut s, key_ev(KeyCode::Right)); // model 2
     press(&mut s, key_ev(KeyCode::Tab));
+    press(&mut s, key_ev(KeyCode::Right)); // cpu (auto comes first on a node with GPUs)
     press(&mut s, key_ev(KeyCode::Right)); // cuda:0
     press(&mut s, key_ev(KeyCode::Right)); // cuda:1
     press(&mut s, key_ev(KeyCode::Tab));

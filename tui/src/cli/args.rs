@@ -135,8 +135,9 @@ pub enum WorkersCmd {
         /// Model name or reference, as `models list` shows.
         #[arg(long)]
         model: String,
-        /// `cpu` or `cuda:N`.
-        #[arg(long, default_value = "cpu")]
+        /// `auto` (the GPU with the most free memory that fits the model; the CPU on a node
+        /// without GPUs or without a CUDA worker), `cpu` or `cuda:N`.
+        #[arg(long, default_value = "auto")]
         device: String,
         /// CPU threads for the worker [default: the agent's choice].
         #[arg(long)]

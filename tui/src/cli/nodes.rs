@@ -72,14 +72,19 @@ async fn add_ssh(
         Some(fp) => format!("; trusted new host key {fp}"),
         None => String::new(),
     };
+    let gpu = match &up.gpu {
+        Some(g) => format!("{name}: {g}\n"),
+        None => String::new(),
+    };
     out.print(
         &format!(
-            "added node {name} (ssh://{ssh}): {what} (pid {}, {} in {}){key}\n",
+            "added node {name} (ssh://{ssh}): {what} (pid {}, {} in {}){key}\n{gpu}",
             a.pid, up.agent_version, a.dir
         ),
         json!({
             "added": name, "ssh": ssh, "config": path,
             "host_key_learned": up.learned_host_key,
+            "gpu": up.gpu,
             "agent": {
                 "pid": a.pid, "installed": a.installed, "started": a.started,
                 "dir": a.dir, "addr": a.addr.to_string(),

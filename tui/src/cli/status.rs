@@ -90,8 +90,13 @@ fn status_line(name: &str, latency: u64, offset_ms: i64, st: &NodeStatus) -> Str
         Some(w) => format!("  WARNING: {w}"),
         None => String::new(),
     };
+    // The worker backends the node runs (`cpu`, `cuda`); absent from agents that predate them.
+    let backends = match t.backends.join(",") {
+        b if b.is_empty() => String::new(),
+        b => format!("  backends {b}"),
+    };
     format!(
-        "{name}  connected  ping {latency} ms  clock {}  agent {}  cpu {:.0}%  ram {:.1}/{:.1}G  {gpus}  workers {} ({ready} ready){clock}\n",
+        "{name}  connected  ping {latency} ms  clock {}  agent {}{backends}  cpu {:.0}%  ram {:.1}/{:.1}G  {gpus}  workers {} ({ready} ready){clock}\n",
         clock::offset_text(offset_ms),
         st.agent_version,
         t.cpu_percent,

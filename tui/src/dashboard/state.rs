@@ -193,13 +193,41 @@ impl NodeState {
             .count()
     }
 
-    /// Devices offered in the spawn dialog: CPU, then each GPU.
+    /// Devices offered in the spawn dialog: on a node with GPUs `auto` first (the agent picks
+    /// the GPU with the most free memory that fits), then the CPU, then each GPU; else the CPU.
     pub fn devices(&self) -> Vec<String> {
-        let mut d = vec!["cpu".to_string()];
-        if let Some(t) = &self.telemetry {
-            d.extend(t.gpus.iter().map(|g| format!("cuda:{}", g.index)));
+        let gpus = self.telemetry.as_ref().map_or(&[][..], |t| &t.gpus[..]);
+        let mut d = Vec::with_capacity(gpus.len() + 2);
+        if !gpus.is_empty() {
+            d.push("auto".to_string());
         }
+        d.push("cpu".to_string());
+        d.extend(gpus.iter().map(|g| format!("cuda:{}", g.index)));
         d
+    }
+
+    /// How the spawn dialog shows `device`: a GPU with its name and free memory, and whether
+    /// the node has a CUDA worker for it.
+    pub fn device_label(&self, device: &str) -> String {
+        let Some(t) = &self.telemetry else {
+            return device.to_string();
+        };
+        let no_cuda = !t.backends.is_empty() && !t.backends.iter().any(|b| b == "cuda");
+        let gpu = device
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<u32>().ok())
+            .and_then(|i| t.gpus.iter().find(|g| g.index == i));
+        match (device, gpu) {
+            ("auto", _) if no_cuda => "auto (cpu: no CUDA worker on this node)".into(),
+            ("auto", _) => "auto (the GPU with the most free memory)".into(),
+            (_, Some(g)) => format!(
+                "{device} {} ({} free){}",
+                g.name,
+                rbee_proto::fmt::bytes(g.mem_total_bytes.saturating_sub(g.mem_used_bytes)),
+                if no_cuda { ", no CUDA worker" } else { "" }
+            ),
+            _ => device.to_string(),
+        }
     }
 }
 

@@ -128,6 +128,8 @@ pub struct BroughtUp {
     pub agent_version: String,
     /// The name the agent gives its machine.
     pub agent_node: String,
+    /// What was found and done about the node's NVIDIA GPUs (`None`: it has none).
+    pub gpu: Option<String>,
 }
 
 /// Connect to an SSH node, bring its agent up and check a session works: what `nodes add` does
@@ -141,9 +143,12 @@ pub async fn bring_up(
     let mut opts = SshOptions::from_node(node).map_err(&err)?;
     opts.accept_new_host_key = accept_new_host_key;
     let conn = SshConn::open(&opts).await.map_err(&err)?;
+    // Before the agent starts, so that it finds the CUDA worker when it looks for its backends.
+    let gpu = crate::nodes::ssh::gpu::deliver(&conn, &opts).await;
     let agent = ensure_agent(&conn, &opts).await.map_err(&err)?;
     let session = tunnel_session(&conn, &agent, &node.name, timeout).await?;
     let up = BroughtUp {
+        gpu,
         agent,
         learned_host_key: conn.learned_host_key.clone(),
         agent_version: session.client.agent_version.clone(),

@@ -39,7 +39,14 @@ pub(super) fn render(state: &State, idx: NodeIdx, f: &mut Frame, area: Rect) {
 }
 
 fn render_resources(n: &NodeState, f: &mut Frame, area: Rect) {
-    let title = format!(" {} · {} ", n.name, n.conn.label());
+    // On a GPU node, which workers it runs: `cpu, cuda`, or `cpu` alone without a CUDA worker.
+    let backends = match n.telemetry.as_ref() {
+        Some(t) if !t.gpus.is_empty() && !t.backends.is_empty() => {
+            format!("· backends {} ", t.backends.join(", "))
+        }
+        _ => String::new(),
+    };
+    let title = format!(" {} · {} {backends}", n.name, n.conn.label());
     let b = block(title);
     let inner = b.inner(area);
     f.render_widget(b, area);

@@ -162,8 +162,7 @@ pub(super) fn spawn(state: &State, d: &SpawnDialog, f: &mut Frame, area: Rect) {
     };
     let device = devices
         .get(d.device)
-        .cloned()
-        .unwrap_or_else(|| "cpu".into());
+        .map_or_else(|| "cpu".into(), |dev| n.device_label(dev));
     let field = |name: &str, f: SpawnField, value: String, of: String| {
         let selected = d.field == f;
         let style = if selected {

@@ -17,7 +17,8 @@
 //! it), so a dropped SSH connection ends the session and the caller's usual reconnect loop applies.
 //!
 //! Files: `error` (what can go wrong), `conn` (connection, commands, tunnels), `trust` (the
-//! host-key check), `auth` (which keys are tried), `agent` (bring-up and stop on the node), `remote` (the POSIX
+//! host-key check), `auth` (which keys are tried), `agent` (bring-up and stop on the node), `gpu` (the node's GPUs and
+//! its CUDA worker, at `nodes add`), `remote` (the POSIX
 //! `sh` scripts run there), `known_hosts`. Everything here answers in [`SshError`]; turning that
 //! into the dashboard's errors and sessions is `nodes::connect`'s job.
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub mod agent;
 mod auth;
 pub mod conn;
 pub mod error;
+pub mod gpu;
 pub mod known_hosts;
 pub mod remote;
 mod trust;
