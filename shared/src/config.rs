@@ -56,6 +56,39 @@ pub struct AgentConfig {
     pub logs: LogRotation,
     /// The agent's own log file (`--log-file`); stderr when absent.
     pub log_file: Option<PathBuf>,
+    /// How long a worker may stay starting or loading before it is killed and failed.
+    pub load_timeout: LoadTimeout,
+}
+
+/// The time a worker gets to load its model (`[load_timeout]`): `base_secs` plus `per_gib_secs`
+/// for each GiB of the model's files, so a big model is not cut off and a hung small one is not
+/// waited on for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadTimeout {
+    /// Seconds every load gets.
+    pub base_secs: u64,
+    /// Seconds more per GiB of model files.
+    pub per_gib_secs: u64,
+}
+
+impl Default for LoadTimeout {
+    /// 60 s plus 30 s per GiB.
+    fn default() -> Self {
+        LoadTimeout {
+            base_secs: 60,
+            per_gib_secs: 30,
+        }
+    }
+}
+
+impl LoadTimeout {
+    /// The limit for a model of `bytes` bytes.
+    pub fn for_model(&self, bytes: u64) -> std::time::Duration {
+        let per_gib_ms = self.per_gib_secs.saturating_mul(1000);
+        let extra_ms = (u128::from(bytes) * u128::from(per_gib_ms) / (1u128 << 30)) as u64;
+        std::time::Duration::from_millis(self.base_secs.saturating_mul(1000).saturating_add(extra_ms))
+    }
 }
 
 /// When a log file is rotated and how many rotated files stay (`[logs]` in the agent config).
@@ -93,6 +126,7 @@ impl Default for AgentConfig {
             restart: RestartPolicy::default(),
             logs: LogRotation::default(),
             log_file: None,
+            load_timeout: LoadTimeout::default(),
         }
     }
 }
@@ -133,6 +167,9 @@ impl AgentConfig {
         }
         if self.telemetry_ms < 50 {
             return Err("key `telemetry_ms`: must be at least 50".into());
+        }
+        if self.load_timeout.base_secs == 0 {
+            return Err("key `load_timeout.base_secs`: must be at least 1".into());
         }
         if self.logs.max_bytes < 4096 {
             return Err("key `logs.max_bytes`: must be at least 4096".into());
@@ -346,6 +383,14 @@ fn one_line(e: &toml::de::Error, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_timeout_scales_with_the_model() {
+        let t = LoadTimeout::default();
+        assert_eq!(t.for_model(0).as_secs(), 60);
+        assert_eq!(t.for_model(4 << 30).as_secs(), 180);
+        assert_eq!(t.for_model(98_000_000).as_millis(), 62_738);
+    }
 
     #[test]
     fn empty_file_is_defaults() {

@@ -62,6 +62,8 @@ struct Followed {
     status: io::Result<ExitStatus>,
     stop: Option<StopAsked>,
     hung: Option<String>,
+    /// Killed for starting or loading past its limit: a load failure, not a crash.
+    load_timeout: Option<String>,
 }
 
 /// The tasks feeding the worker's stdin and draining its stderr.
@@ -184,6 +186,8 @@ impl Core {
         ));
         let mut hung = None;
         let mut killed = false;
+        let load_limit = super::lifecycle::load_limit(&self.cfg.load_timeout, &slot.spec.model);
+        let mut load_timeout = None;
         let (status, stop) = loop {
             tokio::select! {
                 line = lines.next_line(), if *stdout_open => match line {
@@ -203,6 +207,11 @@ impl Core {
                         tracing::warn!(worker_id = %slot.id, "{msg}; killing");
                         hung = Some(msg);
                         process.signal(Signal::Kill);
+                    } else if let (false, Some(msg)) = (killed, load_overdue(slot, notes, load_limit)) {
+                        tracing::warn!(worker_id = %slot.id, "{msg}; killing");
+                        killed = true;
+                        load_timeout = Some(msg);
+                        process.signal(Signal::Kill);
                     }
                 }
                 c = ctl.recv() => {
@@ -221,7 +230,12 @@ impl Core {
                 }
             }
         };
-        Followed { status, stop, hung }
+        Followed {
+            status,
+            stop,
+            hung,
+            load_timeout,
+        }
     }
 
     /// Ask the worker to exit, then force it after the grace period.
@@ -244,7 +258,12 @@ impl Core {
 
     /// End every request still waiting on this worker, and say how the run ended.
     async fn finish(&self, slot: &Slot, followed: Followed, notes: RunNotes) -> Outcome {
-        let Followed { status, stop, hung } = followed;
+        let Followed {
+            status,
+            stop,
+            hung,
+            load_timeout,
+        } = followed;
         let status_text = match &status {
             Ok(s) => describe_status(s),
             Err(e) => format!("wait failed: {e}"),
@@ -281,6 +300,12 @@ impl Core {
                         reason: format!("incompatible worker: {msg}"),
                     };
                 }
+                if let Some(msg) = load_timeout {
+                    return Outcome {
+                        ended: Ended::LoadFailed,
+                        reason: msg,
+                    };
+                }
                 let code = status.as_ref().ok().and_then(|s| s.code());
                 match (code, notes.load_error, hung) {
                     (Some(EXIT_MODEL_LOAD), Some(msg), _) => Outcome {
@@ -293,6 +318,12 @@ impl Core {
             }
         }
     }
+}
+
+/// The load-timeout message when the worker is still starting or loading past `limit`.
+fn load_overdue(slot: &Slot, notes: &RunNotes, limit: Duration) -> Option<String> {
+    let state = slot.lock().info.state;
+    super::lifecycle::load_overdue(state, notes.spawned_at.elapsed(), limit)
 }
 
 /// The hang message when a serving worker's last heartbeat is older than `limit`.

@@ -242,6 +242,11 @@ fn rig(
         stop_grace_ms: 500,
         admission_headroom_bytes: 0,
         restart,
+        // Scripted runs last minutes without loading; the load timeout has its own test.
+        load_timeout: rbee_proto::config::LoadTimeout {
+            base_secs: 24 * 3600,
+            per_gib_secs: 0,
+        },
         ..AgentConfig::default()
     });
     let state = Arc::new(StateDir::open(&dir.path().join("state")).unwrap());
