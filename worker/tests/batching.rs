@@ -193,7 +193,9 @@ fn a_prompt_longer_than_the_context_is_refused_and_the_worker_lives_on() {
 fn a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_without() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("worker.log");
-    let first = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n";
+    let first = "<|im_start|>system\nYou are a helpful assistant who answers briefly and clearly, \
+                 with short numbered lists when asked for several things.<|im_end|>\n\
+                 <|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n";
     let mut w = Proto::start_logged(&["--parallel", "2", "--prefill-chunk", "16"], &log);
     w.ready();
     generate(&mut w, 1, first, greedy(16));
@@ -225,7 +227,7 @@ fn a_follow_up_turn_reuses_the_cached_prefix_and_answers_as_without() {
         .collect();
     assert_eq!(reuse.len(), 2, "{log}");
     assert_eq!(reuse[0], 0);
-    // Reuse ends on a chunk boundary (16 tokens here).
+    // Reuse covers the first turn's prompt, up to a chunk boundary (16 tokens here).
     assert!(reuse[1] >= 16, "follow-up reused only {} tokens", reuse[1]);
     assert_eq!(reuse[1] % 16, 0);
 }

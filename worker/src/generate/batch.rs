@@ -56,6 +56,17 @@ struct Seq<'a> {
     prompted: bool,
     /// Tokens that end generation.
     eos: Vec<u32>,
+    /// Length of the prompt.
+    prompt_len: usize,
+}
+
+impl Seq<'_> {
+    /// What the slot's cache may offer the next request: the prompt tokens it read. Positions
+    /// of sampled tokens were computed one row at a time, where a prompt read afresh computes
+    /// them in chunks with different rounding; reusing them would change the answer.
+    fn reusable(&self) -> &[u32] {
+        &self.history[..self.fed.min(self.prompt_len)]
+    }
 }
 
 /// The running requests of one engine; see the module documentation.
@@ -135,7 +146,8 @@ impl<'a> Scheduler<'a> {
         let (slot, fed) = engine
             .claim_slot(&job.prompt, &busy)
             .map_err(|e| fail(model_err(e)))?;
-        tracing::debug!(%id, slot, reused = fed, prompt = job.prompt.len(), "request joins");
+        let prompt_len = job.prompt.len();
+        tracing::debug!(%id, slot, reused = fed, prompt = prompt_len, "request joins");
         Ok(Seq {
             id,
             slot,
@@ -148,6 +160,7 @@ impl<'a> Scheduler<'a> {
             stop: job.stop,
             prompted: false,
             eos: engine.model.eos_tokens.clone(),
+            prompt_len,
         })
     }
 
@@ -159,7 +172,7 @@ impl<'a> Scheduler<'a> {
         on: &mut dyn FnMut(Event<'_>),
     ) {
         for s in std::mem::take(&mut self.seqs) {
-            engine.release(s.slot, &s.history[..s.fed], self.tick);
+            engine.release(s.slot, s.reusable(), self.tick);
             on(Event::Done(
                 s.id,
                 Err(GenerateError::Interrupted(why, s.clock.interrupted())),
@@ -202,7 +215,7 @@ impl<'a> Scheduler<'a> {
         let tick = self.tick;
         self.seqs.retain(|s| match (s.stop)() {
             Some(why) => {
-                engine.release(s.slot, &s.history[..s.fed], tick);
+                engine.release(s.slot, s.reusable(), tick);
                 on(Event::Done(
                     s.id,
                     Err(GenerateError::Interrupted(why, s.clock.interrupted())),
@@ -263,7 +276,7 @@ impl<'a> Scheduler<'a> {
         ended.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
         for (i, result) in ended {
             let mut s = self.seqs.remove(i);
-            engine.release(s.slot, &s.history[..s.fed], tick);
+            engine.release(s.slot, s.reusable(), tick);
             let id = s.id;
             let result = result.map(|finish| {
                 let stopped =

@@ -6,16 +6,55 @@
 //! kernel, see `main.rs`).
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-/// Rows of prompt from which the dense path is taken when the dense copy is not kept (making it
-/// costs a pass over the weights); with the copy kept, every prompt row takes it.
+/// Rows of a prompt chunk from which the dense path is taken (below it the quantized kernel is
+/// as fast, and making a dense copy that is not kept costs a pass over the weights).
 pub const MANY_ROWS: usize = 32;
+
+/// candle's fastest CPU kernel for Q8_0 (weights repacked for AVX512-VNNI `vpdpbusd`) needs the
+/// input width to be a multiple of this; other widths fall back to a generic dot product that
+/// took half of every decode step on SmolLM2 (576 wide).
+const REPACK_K: usize = 256;
+
+/// Whether this CPU runs candle's repacked Q8_0 kernel.
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `weights` (`[out, in]`, Q8_0 on CPU) with zero columns appended up to a multiple of
+/// [`REPACK_K`], and how many were appended; `None` where that would not help.
+fn padded(weights: &QTensor) -> candle_core::Result<Option<(QTensor, usize)>> {
+    let (_, k) = weights.shape().dims2()?;
+    if weights.dtype() != GgmlDType::Q8_0
+        || !weights.device().is_cpu()
+        || k.is_multiple_of(REPACK_K)
+        || !vnni()
+        || std::env::var_os("RBEE_NO_PAD").is_some()
+    {
+        return Ok(None);
+    }
+    let pad = REPACK_K - k % REPACK_K;
+    let dense = weights
+        .dequantize(&weights.device())?
+        .pad_with_zeros(1, 0, pad)?;
+    Ok(Some((QTensor::quantize(&dense, GgmlDType::Q8_0)?, pad)))
+}
 
 /// One weight matrix (`[out, in]`), quantized, with its dense copy made on first need.
 pub struct Linear {
     q: QMatMul,
+    /// Zero columns appended to `q`'s weights (and so to its inputs).
+    pad: usize,
     weights: Arc<QTensor>,
     /// The dequantised weights, kept once made when `keep` allows.
     dense: Option<Tensor>,
@@ -27,8 +66,13 @@ impl Linear {
     /// of making it anew for each chunk (large ones, where it would double the memory).
     pub fn new(weights: QTensor, keep: bool) -> candle_core::Result<Self> {
         let weights = Arc::new(weights);
+        let (q, pad) = match padded(&weights)? {
+            Some((p, pad)) => (QMatMul::from_qtensor(p)?, pad),
+            None => (QMatMul::from_arc(weights.clone())?, 0),
+        };
         Ok(Self {
-            q: QMatMul::from_arc(weights.clone())?,
+            q,
+            pad,
             weights,
             dense: None,
             keep,
@@ -41,7 +85,10 @@ impl Linear {
     }
 
     fn dense_path(&self, rows: usize) -> bool {
-        rows >= MANY_ROWS && self.weights.device().is_cpu() && matches!(self.q, QMatMul::QTensor(_))
+        rows >= MANY_ROWS
+            && self.weights.device().is_cpu()
+            && matches!(self.q, QMatMul::QTensor(_))
+            && std::env::var_os("RBEE_PROMPT_QUANT").is_none()
     }
 
     /// `x` (`[rows, in]`) times the weights transposed: `[rows, out]`. `prompt`: the rows are
@@ -50,6 +97,9 @@ impl Linear {
     pub fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
         let rows = x.dim(0)?;
         if !(prompt && self.dense_path(rows)) {
+            if self.pad > 0 {
+                return self.q.forward(&x.pad_with_zeros(1, 0, self.pad)?);
+            }
             return self.q.forward(x);
         }
         let w = match &self.dense {

@@ -11,8 +11,8 @@
 //! stay on candle's implementation.
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attend, KvCache};
 use super::linear::Linear;
@@ -178,7 +178,7 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     heads: usize,
@@ -246,8 +246,8 @@ impl Llama {
         let embed_q = get("token_embd.weight")?;
         let embed = embed_q.dequantize(device)?;
         let output = match get("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_qtensor(embed_q)?,
+            Ok(t) => Linear::new(t, false)?,
+            Err(_) => Linear::new(embed_q, false)?,
         };
         let norm = get("output_norm.weight")?.dequantize(device)?;
         let keep = keep_dense(ct);
@@ -401,7 +401,7 @@ impl Llama {
         }
         let last = x.index_select(&Tensor::new(last.as_slice(), &device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
-        self.output.forward(&last)
+        self.output.forward(&last, false)
     }
 
     /// Logits (`[1, vocab]`) of the last position of `input` (`[1, t]` ids) placed at `pos`, on
