@@ -166,9 +166,22 @@ fn cancelling_one_request_leaves_the_others_running() {
 }
 
 #[test]
+fn ready_reports_slots_and_context() {
+    let w = Proto::start(&["--parallel", "3", "--ctx", "100000"]);
+    let s = w.ready_summary();
+    assert_eq!(s.parallel, 3);
+    // --ctx beyond the file's context is held to it (SmolLM2: 8 192).
+    assert_eq!(s.context_length, 8192);
+    // A family without the batched forward serves one sequence and says so.
+    let g = Proto::start_on(&common::gemma_path(), &["--parallel", "3"]);
+    assert_eq!(g.ready_summary().parallel, 1);
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_refused_and_the_worker_lives_on() {
     let mut w = Proto::start(&["--ctx", "64"]);
-    assert_eq!(w.ready_summary().context_length, 64);
+    let s = w.ready_summary();
+    assert_eq!((s.context_length, s.parallel), (64, 4));
     generate(&mut w, 1, &"word ".repeat(100), greedy(4));
     match w.collect(1) {
         (_, FromWorker::Error { code, message, .. }) => {

@@ -129,6 +129,8 @@ impl Engine {
         } else {
             (1, usize::MAX)
         };
+        let mut model = model;
+        model.summary.parallel = n as u32;
         Self {
             model,
             slots: (0..n).map(|_| Slot::default()).collect(),
