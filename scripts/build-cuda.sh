@@ -4,6 +4,7 @@
 #   scripts/build-cuda.sh              # both targets: sm_80 (Ampere) and sm_90 (Hopper)
 #   scripts/build-cuda.sh 90           # one target; also copied to target/release/rbee-worker-cuda
 #   scripts/build-cuda.sh --check 80   # cargo check only (what CI could afford), no binary
+#   scripts/build-cuda.sh --prepare    # only fetch the toolchain and make the stub (e.g. to cache it)
 #
 # What it does:
 #   1. Fetches the CUDA 13.0 toolchain and runtime from PyPI's NVIDIA wheels (nvcc, nvvm, crt,
@@ -25,11 +26,13 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 check=0
+prepare=0
 caps=()
 for a in "$@"; do
   case $a in
     --check) check=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --prepare) prepare=1 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     [0-9][0-9]|[0-9][0-9][0-9]) caps+=("$a") ;;
     *) echo "build-cuda.sh: unknown argument '$a' (want --check or a compute capability such as 80 or 90)" >&2; exit 2 ;;
   esac
@@ -77,6 +80,7 @@ PY
 
 fetch_toolkit
 make_stub
+[ $prepare = 1 ] && { echo "build-cuda.sh: toolchain ready in $dir" >&2; exit 0; }
 export CUDA_ROOT=$cu CUDA_PATH=$cu PATH=$cu/bin:$PATH
 mkdir -p "$root/target/release"
 for cap in "${caps[@]}"; do

@@ -522,7 +522,7 @@ async fn model_path_outside_the_store_is_refused() {
     );
     assert_eq!(
         (e.code, e.message.as_str()),
-        (ErrorCode::BadRequest, "device `tpu` is not cpu or cuda:N")
+        (ErrorCode::BadRequest, "device `tpu` is not auto, cpu or cuda:N")
     );
     assert!(agent.audit().matches("\"spawn_refused\"").count() >= 4);
     assert!(

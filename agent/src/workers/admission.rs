@@ -273,6 +273,14 @@ impl Admission {
             _ => Some(self.backends()),
         };
         if let (DeviceChoice::Exact(DeviceSpec::Cuda(_)), Some(b)) = (choice, &backends) {
+            // No GPU at all is the first thing to say; then no CUDA worker for it.
+            let has_gpu = {
+                let c = self.collector.lock().unwrap_or_else(|p| p.into_inner());
+                c.has_gpu()
+            };
+            if !has_gpu {
+                return Err(no_gpu(&spec.device));
+            }
             check_cuda(b, &spec.device)?;
         }
         // One admission at a time from here: measure, compare with what is promised, promise.
@@ -392,10 +400,7 @@ impl Admission {
             return Ok(c.available_memory());
         };
         if !c.has_gpu() {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("no GPU on this node (NVIDIA driver not available); cannot use {device}"),
-            ));
+            return Err(no_gpu(device));
         }
         c.gpu_free_bytes(i).ok_or_else(|| {
             let n = c.gpu_free().len();
@@ -408,6 +413,16 @@ impl Admission {
             )
         })
     }
+}
+
+fn no_gpu(device: &str) -> ProtoError {
+    err(
+        ErrorCode::BadRequest,
+        format!(
+            "no GPU on this node (NVIDIA driver not available); cannot use {}",
+            device.trim()
+        ),
+    )
 }
 
 /// `cuda:N` needs a CUDA worker.
