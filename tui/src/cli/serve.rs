@@ -43,8 +43,9 @@ pub struct ServeArgs {
     /// after the answer), `-1` (keep). Requests may set their own with `keep_alive`.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = keep_alive_arg)]
     pub keep_alive: KeepAlive,
-    /// Device for workers spawned on demand.
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    /// Device for workers spawned on demand: `auto` (the node's GPU with the most free memory
+    /// that fits the model, else its CPU), `cpu` or `cuda:N`.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
     /// CPU threads of workers spawned on demand [default: all].
     #[arg(long, value_name = "N")]

@@ -7,7 +7,7 @@ use rbee_proto::session::WorkerInfo;
 use rbee_proto::{WorkerId, WorkerState};
 
 use crate::dashboard::state::NodeIdx;
-use crate::gateway::cluster::{Cluster, NodeView};
+use crate::gateway::cluster::Cluster;
 
 /// A worker, cluster-wide.
 pub type Place = (NodeIdx, WorkerId);
@@ -140,25 +140,10 @@ pub fn spawn_node(
         .map(|(i, _)| i)
 }
 
-/// The device a new worker gets on `node`: `auto` picks its GPU with the most free memory, or
-/// its CPU when it has none; anything else is used as given.
-pub fn device_for(node: &NodeView, wanted: &str) -> String {
-    if wanted != "auto" {
-        return wanted.to_string();
-    }
-    node.telemetry
-        .as_ref()
-        .and_then(|t| {
-            t.gpus
-                .iter()
-                .max_by_key(|g| g.mem_total_bytes.saturating_sub(g.mem_used_bytes))
-        })
-        .map_or_else(|| "cpu".to_string(), |g| format!("cuda:{}", g.index))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::cluster::NodeView;
     use rbee_proto::session::{ModelEntry, Telemetry, WorkerInfo};
 
     fn worker(id: &str, state: WorkerState, in_flight: u32) -> WorkerInfo {
@@ -279,7 +264,6 @@ mod tests {
         c.nodes[1].up = false;
         assert_eq!(spawn_node(&c, "a", &HashSet::from([2]), "cpu"), None);
         let s = supply(&c, &Load::new(), Some(2), "a", &[]);
-        assert_eq!(device_for(&c.nodes[0], "auto"), "cpu");
         c.nodes[0].telemetry.as_mut().unwrap().gpus = vec![
             rbee_proto::session::GpuTelemetry {
                 index: 0,
@@ -294,8 +278,12 @@ mod tests {
                 ..Default::default()
             },
         ];
-        assert_eq!(device_for(&c.nodes[0], "auto"), "cuda:1");
         assert_eq!(c.nodes[0].free_memory("cuda:0"), 1);
+        assert_eq!(
+            c.nodes[0].free_memory("auto"),
+            7,
+            "the GPU with the most free memory"
+        );
         assert_eq!(
             s,
             Supply {

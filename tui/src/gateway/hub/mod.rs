@@ -20,7 +20,7 @@ use crate::gateway::cluster::Cluster;
 use crate::gateway::error::{parse_agent_error, ApiError};
 use crate::gateway::job::{Cmd, GenEvent, Job, JobId};
 use crate::gateway::openai::{Endpoint, Input, KeepAlive};
-use crate::gateway::sched::{device_for, pick_worker, spawn_node, supply, Load, Place};
+use crate::gateway::sched::{pick_worker, spawn_node, supply, Load, Place};
 use crate::gateway::stats::{AuditLine, AuditLog, Snapshot, Stats};
 use crate::nodes::config::NodeTarget;
 use crate::nodes::session::run_node;
@@ -68,7 +68,7 @@ impl Default for HubConfig {
             queue: 256,
             queue_timeout: Duration::from_secs(300),
             keep_alive: KeepAlive::For(Duration::from_secs(300)),
-            device: "cpu".into(),
+            device: "auto".into(),
             threads: None,
             parallel: None,
         }

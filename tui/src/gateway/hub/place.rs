@@ -240,7 +240,9 @@ impl Hub {
         };
         let spec = SpawnSpec {
             model: entry.reference.clone(),
-            device: device_for(&self.cluster.nodes[node], &self.cfg.device),
+            // `auto` travels as is: the agent picks the GPU whose free memory, after what it has
+            // promised other spawns, fits the model (or its CPU).
+            device: self.cfg.device.clone(),
             threads: self.cfg.threads,
             parallel: self.cfg.parallel,
             ..Default::default()
