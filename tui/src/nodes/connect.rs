@@ -164,6 +164,10 @@ async fn connect_ssh(node: &NodeConfig, timeout: Duration) -> Result<Connection,
     let err = ssh_error(&node.name);
     let opts = SshOptions::from_node(node).map_err(&err)?;
     let conn = SshConn::open(&opts).await.map_err(&err)?;
+    // As `nodes add` does: a CUDA worker built here since is installed at the next connection.
+    if let Some(gpu) = crate::nodes::ssh::gpu::deliver(&conn, &opts).await {
+        tracing::info!(node = %node.name, "{gpu}");
+    }
     let agent = ensure_agent(&conn, &opts).await.map_err(&err)?;
     tunnel_session(&conn, &agent, &node.name, timeout).await
 }

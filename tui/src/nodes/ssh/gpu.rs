@@ -75,7 +75,7 @@ if [ "$n" = 0 ]; then
     [ -r "$f" ] && echo "gpu=$(sed -n 's/^Model:[[:space:]]*//p' "$f")"
   done
 fi
-if [ -x "$D/bin/rbee-worker-cuda" ]; then
+if [ -e "$D/bin/rbee-worker-cuda" ]; then
   echo "cuda_worker=$("$D/bin/rbee-worker-cuda" --version 2>&1 | head -n 1)"
 fi
 have() {{ ldconfig -p 2>/dev/null | grep -q "$1"; }}
@@ -134,10 +134,24 @@ pub async fn deliver(conn: &SshConn, opts: &SshOptions) -> Option<String> {
             "{found}; not installing a CUDA worker for another architecture"
         ));
     }
-    if probe.get("cuda_worker").is_some_and(|v| v.contains("cuda"))
-        && probe.get("cuda_libs") != Some("none")
-    {
-        return Some(format!("{found}; its CUDA worker is installed"));
+    match probe.get("cuda_worker") {
+        Some(v)
+            if v.contains("backends")
+                && v.contains("cuda")
+                && probe.get("cuda_libs") != Some("none") =>
+        {
+            return Some(format!("{found}; its CUDA worker is installed"));
+        }
+        // A CUDA worker without its libraries: installed again below, with them.
+        Some(v) if v.contains("backends") && v.contains("cuda") => {}
+        // Installed but it does not start (a driver or library missing): uploading it again
+        // would not help.
+        Some(v) => {
+            return Some(format!(
+                "{found}; its CUDA worker does not start ({v}): the node serves on CPU"
+            ))
+        }
+        None => {}
     }
     let cc = gpus.iter().filter_map(|g| g.compute_cap).max();
     let worker = local_worker();
@@ -147,7 +161,7 @@ pub async fn deliver(conn: &SshConn, opts: &SshOptions) -> Option<String> {
         let cap = cc.map_or("80 90".to_string(), |(a, b)| format!("{a}{b}"));
         return Some(format!(
             "{found}, but this machine has no CUDA worker to install ({} not found): the node serves on CPU; \
-             build one with `scripts/build-cuda.sh {cap}` and add the node again",
+             build one with `scripts/build-cuda.sh {cap}` and the next connection to the node installs it",
             names.join(", ")
         ));
     };
