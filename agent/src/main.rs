@@ -88,6 +88,29 @@ fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `--version` text; the build ids (hashes of the binaries) only when it is asked for.
+fn version_line() -> String {
+    let base = format!(
+        "{} (protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        rbee_proto::PROTOCOL_VERSION
+    );
+    if !std::env::args()
+        .skip(1)
+        .any(|a| a == "--version" || a == "-V")
+    {
+        return base;
+    }
+    let worker = std::env::current_exe()
+        .map(|p| p.with_file_name("rbee-worker"))
+        .and_then(|p| rbee_host::build::file_id(&p))
+        .unwrap_or_else(|_| "none".into());
+    format!(
+        "{base} build {} worker {worker}",
+        rbee_host::build::this_binary()
+    )
+}
+
 fn default_state_dir() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -97,16 +120,10 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `rbee-agent --version` prints `rbee-agent X.Y.Z (protocol N)`; `rbee-tui` reads N over SSH
-    // to decide whether a node's agent can be reused.
-    let version: &'static str = Box::leak(
-        format!(
-            "{} (protocol {})",
-            env!("CARGO_PKG_VERSION"),
-            rbee_proto::PROTOCOL_VERSION
-        )
-        .into_boxed_str(),
-    );
+    // `rbee-agent --version` prints `rbee-agent X.Y.Z (protocol N) build B worker W`: `rbee-tui`
+    // reads N over SSH to decide whether a node's agent can be reused, and B and W (hashes of
+    // this binary and of the worker beside it) whether the node has this machine's build.
+    let version: &'static str = Box::leak(version_line().into_boxed_str());
     let mut args = Args::from_arg_matches(&Args::command().version(version).get_matches())
         .unwrap_or_else(|e| e.exit());
     if let Some(Command::Token(cmd)) = args.command.take() {

@@ -5,5 +5,6 @@
 #![warn(missing_docs)]
 
 pub mod logging;
+pub mod build;
 pub mod proc;
 pub mod rotate;

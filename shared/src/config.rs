@@ -87,7 +87,9 @@ impl LoadTimeout {
     pub fn for_model(&self, bytes: u64) -> std::time::Duration {
         let per_gib_ms = self.per_gib_secs.saturating_mul(1000);
         let extra_ms = (u128::from(bytes) * u128::from(per_gib_ms) / (1u128 << 30)) as u64;
-        std::time::Duration::from_millis(self.base_secs.saturating_mul(1000).saturating_add(extra_ms))
+        std::time::Duration::from_millis(
+            self.base_secs.saturating_mul(1000).saturating_add(extra_ms),
+        )
     }
 }
 
@@ -217,6 +219,10 @@ pub struct NodeConfig {
     /// Stop the node's agent when the dashboard quits.
     #[serde(default, skip_serializing_if = "is_false")]
     pub ephemeral: bool,
+    /// Keep the node's installed agent and worker even when they are another build than this
+    /// machine's (same protocol); without it the bring-up replaces them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_upgrade: bool,
 }
 
 fn path_is_empty(p: &std::path::Path) -> bool {

@@ -438,6 +438,138 @@ fn bring_up_reuse_spawn_infer_and_stop_on_a_loopback_node() {
     assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
 
+/// `--version`'s build id of the binary at `path` (run here: the node's dir is on this machine).
+fn build_of(path: &Path) -> String {
+    let out = Command::new(path).arg("--version").output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = line.split_whitespace().skip_while(|w| *w != "build").nth(1);
+    id.unwrap_or_else(|| panic!("no build id in `{line}`"))
+        .to_string()
+}
+
+/// A node whose agent and worker are another build of the same protocol gets this machine's
+/// (the old agent stopped, its worker back from the desired state), unless pinned with
+/// `--no-upgrade`; a `--model-dir` the running agent lacks restarts it with the dir.
+#[test]
+fn a_node_with_another_build_is_upgraded_unless_pinned() {
+    let mut w = World::new();
+    let port = free_port();
+    let _sshd = w.sshd(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let remote = w.dir.join("node");
+    let _guard = NodeGuard(remote.clone());
+    let addr = format!("root@127.0.0.1:{port}");
+    let key = w.key.to_str().unwrap().to_string();
+    // "Old" binaries: this build with a few bytes appended (they run the same, hash otherwise).
+    let old = w.dir.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    for name in ["rbee-agent", "rbee-worker"] {
+        let mut bytes = std::fs::read(bin(name)).unwrap();
+        bytes.extend_from_slice(b"\0an older build");
+        std::fs::write(old.join(name), bytes).unwrap();
+        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(old.join(name), exec).unwrap();
+    }
+    let old_env = vec![
+        (
+            "RBEE_AGENT_BIN".to_string(),
+            old.join("rbee-agent").display().to_string(),
+        ),
+        (
+            "RBEE_WORKER_BIN".to_string(),
+            old.join("rbee-worker").display().to_string(),
+        ),
+    ];
+    w.env = old_env.clone();
+    let first = w
+        .add(
+            "n1",
+            &addr,
+            &remote,
+            &["--identity", &key, "--accept-new-host-key", "--json"],
+        )
+        .json();
+    let old_pid = first["agent"]["pid"].as_u64().unwrap() as u32;
+    let node_agent = remote.join("bin/rbee-agent");
+    assert_eq!(build_of(&node_agent), build_of(&old.join("rbee-agent")));
+    let model = model_path().display().to_string();
+    w.tui(&[
+        "workers", "spawn", "--node", "n1", "--model", &model, "--wait",
+    ])
+    .ok();
+
+    // This machine's build: replaced, the old agent gone, the worker restored by the new one.
+    w.env.clear();
+    let second = w
+        .add("n2", &addr, &remote, &["--identity", &key, "--json"])
+        .json();
+    let agent = &second["agent"];
+    assert_eq!(agent["installed"], true, "{second}");
+    let why = agent["replaced"].as_str().unwrap_or_default();
+    assert!(why.contains("replaced: it has build"), "{second}");
+    let new_pid = agent["pid"].as_u64().unwrap() as u32;
+    assert!(
+        new_pid != old_pid && !alive(old_pid),
+        "the old agent was stopped"
+    );
+    assert_eq!(build_of(&node_agent), build_of(&bin("rbee-agent")));
+    wait_for(Duration::from_secs(60), "the desired worker back", || {
+        let list = w.tui(&["workers", "list", "--node", "n2", "--json"]).json();
+        (list[0]["state"] == "ready").then_some(())
+    });
+    // The same build again: reused.
+    let again = w
+        .add("n3", &addr, &remote, &["--identity", &key, "--json"])
+        .json();
+    assert_eq!(
+        (&again["agent"]["installed"], &again["agent"]["started"]),
+        (&Value::Bool(false), &Value::Bool(false)),
+        "{again}"
+    );
+
+    // Pinned: another build here, but the node keeps what it runs.
+    w.env = old_env;
+    let pinned = w
+        .add(
+            "n4",
+            &addr,
+            &remote,
+            &["--identity", &key, "--no-upgrade", "--json"],
+        )
+        .json();
+    assert_eq!(
+        pinned["agent"]["pid"].as_u64(),
+        Some(new_pid as u64),
+        "{pinned}"
+    );
+    assert_eq!(pinned["agent"]["replaced"], Value::Null, "{pinned}");
+    assert_eq!(build_of(&node_agent), build_of(&bin("rbee-agent")));
+
+    // A model dir the running agent does not serve: it is restarted with it, nothing uploaded.
+    w.env.clear();
+    let extra = w.dir.join("more-models");
+    std::fs::create_dir_all(&extra).unwrap();
+    let extra = extra.display().to_string();
+    let more = w
+        .add(
+            "n5",
+            &addr,
+            &remote,
+            &["--identity", &key, "--model-dir", &extra, "--json"],
+        )
+        .json();
+    let agent = &more["agent"];
+    assert_eq!(agent["installed"], false, "{more}");
+    let why = agent["replaced"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("restarted with model dir(s)") && why.contains(&extra),
+        "{more}"
+    );
+    let pid = agent["pid"].as_u64().unwrap() as u32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains(&extra), "{cmdline:?}");
+    w.tui(&["nodes", "stop", "n5"]).ok();
+}
+
 /// Two bring-ups at once (two names for the same node): exactly one agent comes up, and it
 /// restores the worker the operator asked for; `nodes stop` then leaves nothing.
 fn concurrent_bring_ups_leave_one_agent(w: &World, remote: &Path) {

@@ -11,11 +11,32 @@ pub use crate::nodes::add::AddArgs;
 /// would panic.
 pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
+/// `rbee-tui --version`: `X.Y.Z (protocol N) build B`, B a hash of this binary (computed only
+/// when the version is asked for), as `rbee-agent --version` says its own.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        let base = format!(
+            "{} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            rbee_proto::PROTOCOL_VERSION
+        );
+        let asked = std::env::args()
+            .skip(1)
+            .any(|a| a == "--version" || a == "-V");
+        if asked {
+            format!("{base} build {}", rbee_host::build::this_binary())
+        } else {
+            base
+        }
+    })
+}
+
 /// `rbee-tui [global flags] [command]`.
 #[derive(Debug, Parser)]
 #[command(
     name = "rbee-tui",
-    version,
+    version = version_line(),
     about = "Control center for an rbee GPU cluster: run without a command for the dashboard"
 )]
 pub struct Cli {

@@ -63,11 +63,15 @@ async fn add_ssh(
     let ssh = req.node.ssh.clone().unwrap_or_default();
     let up = add_ssh_node(cf, &req, timeout).await?;
     let a = &up.agent;
-    let what = match (a.installed, a.started) {
+    let mut what = match (a.installed, a.started) {
         (true, _) => "installed and started its agent",
         (false, true) => "started its agent",
         (false, false) => "reusing its running agent",
-    };
+    }
+    .to_string();
+    if let Some(why) = &a.replaced {
+        what.push_str(&format!(", the running one {why}"));
+    }
     let key = match &up.learned_host_key {
         Some(fp) => format!("; trusted new host key {fp}"),
         None => String::new(),
@@ -87,6 +91,7 @@ async fn add_ssh(
             "gpu": up.gpu,
             "agent": {
                 "pid": a.pid, "installed": a.installed, "started": a.started,
+                "replaced": a.replaced,
                 "dir": a.dir, "addr": a.addr.to_string(),
                 "version": up.agent_version, "node": up.agent_node,
             },

@@ -70,9 +70,14 @@ pub struct AddArgs {
     /// Directory on the node for rbee's binaries and the agent's state [default: ~/.local/share/rbee].
     #[arg(long, value_name = "DIR", requires = "ssh")]
     pub remote_dir: Option<String>,
-    /// A model directory on the node for its agent (repeatable).
+    /// A model directory on the node for its agent (repeatable). An agent already running there
+    /// without it is restarted with it (its workers come back from its desired state).
     #[arg(long = "model-dir", value_name = "DIR", requires = "ssh")]
     pub model_dirs: Vec<String>,
+    /// Keep the node's rbee-agent and rbee-worker when they are another build than this
+    /// machine's (same protocol); by default they are replaced.
+    #[arg(long, requires = "ssh")]
+    pub no_upgrade: bool,
 }
 
 impl AddArgs {
@@ -90,6 +95,7 @@ impl AddArgs {
             ephemeral: self.ephemeral,
             remote_dir: self.remote_dir.clone(),
             model_dirs: self.model_dirs.clone(),
+            no_upgrade: self.no_upgrade,
             ..Default::default()
         };
         Some(AddNodeRequest {
@@ -100,7 +106,7 @@ impl AddArgs {
 }
 
 /// What the dashboard says when `:add` is not understood.
-const ADD_USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR]";
+const ADD_USAGE: &str = "usage: :add NAME USER@HOST[:PORT] [--identity FILE] [--accept-new-host-key] [--ephemeral] [--remote-dir DIR] [--model-dir DIR] [--no-upgrade]";
 
 /// The dashboard's `:add NAME USER@HOST[:PORT] [flags]`: read by the same definition as
 /// `nodes add NAME --ssh USER@HOST[:PORT] [flags]`, and checked the same way. Errors are one line.

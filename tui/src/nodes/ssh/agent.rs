@@ -23,6 +23,8 @@ pub struct RemoteAgent {
     pub installed: bool,
     /// This bring-up started the agent (else it was running).
     pub started: bool,
+    /// Why a running agent was stopped and started again (another build, a model dir it lacked).
+    pub replaced: Option<String>,
     /// The node's rbee directory, expanded.
     pub dir: String,
 }
@@ -44,7 +46,65 @@ fn local_binaries() -> Result<[(PathBuf, &'static str); 2], SshError> {
     Ok([(worker, "rbee-worker"), (agent, "rbee-agent")])
 }
 
-/// Make sure one agent of our protocol version runs on the node; install it if needed.
+/// This machine's agent and worker build ids (hashes of the binaries), computed once; `None`
+/// when they are not here to compare (nothing could be uploaded then either).
+fn local_builds() -> Option<(String, String)> {
+    static BUILDS: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    BUILDS
+        .get_or_init(|| {
+            let [(worker, _), (agent, _)] = local_binaries().ok()?;
+            let id = |p: &Path| rbee_host::build::file_id(p).ok();
+            Some((id(&agent)?, id(&worker)?))
+        })
+        .clone()
+}
+
+/// Why the node's installed binaries must be replaced, or `None` when they can stay: another
+/// protocol always; another build (agent or worker) unless the node is pinned (`--no-upgrade`).
+fn needs_install(probe: &KeyValues, opts: &SshOptions) -> Option<String> {
+    let Some(version) = probe.get("bin").and(probe.get("version")) else {
+        return Some("no rbee installed".into());
+    };
+    if remote::protocol_of(version) != Some(PROTOCOL_VERSION) {
+        return Some(format!(
+            "it runs `{version}`, not protocol {PROTOCOL_VERSION}"
+        ));
+    }
+    if opts.no_upgrade {
+        return None;
+    }
+    let (agent, worker) = local_builds()?;
+    let theirs = (
+        rbee_host::build::id_in(version, "build"),
+        rbee_host::build::id_in(version, "worker"),
+    );
+    (theirs != (Some(agent.clone()), Some(worker.clone()))).then(|| {
+        format!(
+            "it has build {} worker {}, this machine {agent} worker {worker}",
+            theirs.0.as_deref().unwrap_or("?"),
+            theirs.1.as_deref().unwrap_or("?")
+        )
+    })
+}
+
+/// The model dirs asked for that the running agent was not started with.
+fn missing_model_dirs(probe: &KeyValues, opts: &SshOptions) -> Vec<String> {
+    let args = probe.all("arg");
+    let has: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--model-dir")
+        .map(|w| w[1].as_str())
+        .collect();
+    opts.model_dirs
+        .iter()
+        .filter(|m| !has.contains(&m.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Make sure one agent of our protocol version and this machine's build runs on the node, with
+/// the model dirs asked for; install and (re)start it as needed. A running agent that must be
+/// replaced is stopped first; the new one restores its desired workers.
 pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAgent, SshError> {
     let host = conn.host().to_string();
     let rd = opts.remote_dir.as_deref();
@@ -63,9 +123,19 @@ pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAge
             ),
         });
     }
-    let current = probe.get("bin").is_some()
-        && probe.get("version").and_then(remote::protocol_of) == Some(PROTOCOL_VERSION);
-    if current {
+    let install_why = needs_install(&probe, opts);
+    let running = probe.get("pid").is_some();
+    let missing = missing_model_dirs(&probe, opts);
+    let replace_why = match (&install_why, running, missing.is_empty()) {
+        (_, false, _) => None,
+        (Some(why), true, _) => Some(format!("replaced: {why}")),
+        (None, true, false) => Some(format!(
+            "restarted with model dir(s) {}",
+            missing.join(", ")
+        )),
+        (None, true, true) => None,
+    };
+    if install_why.is_none() && replace_why.is_none() {
         if let (Some(pid), Some(addr), Some(token)) =
             (probe.get("pid"), probe.get("addr"), probe.get("token"))
         {
@@ -77,20 +147,25 @@ pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAge
                     token: token.into(),
                     installed: false,
                     started: false,
+                    replaced: None,
                     dir,
                 });
             }
         }
-    } else {
+    }
+    if let Some(why) = &install_why {
+        tracing::info!(%host, "installing this machine's binaries: {why}");
         install(conn, opts, &probe, &dir).await?;
     }
-    let bin = format!("{dir}/bin/rbee-agent");
-    let bin = if current {
-        probe.get("bin").unwrap_or(&bin).to_string()
-    } else {
-        bin
+    let bin = match (&install_why, probe.get("bin")) {
+        (None, Some(b)) => b.to_string(),
+        _ => format!("{dir}/bin/rbee-agent"),
     };
-    start(conn, opts, &bin, !current, dir).await
+    let restart = install_why.is_some() || replace_why.is_some();
+    let mut agent = start(conn, opts, &bin, restart, dir).await?;
+    agent.installed = install_why.is_some();
+    agent.replaced = replace_why;
+    Ok(agent)
 }
 
 /// Start the agent at `bin` (stopping one of another protocol first when `replace`), and read
@@ -162,6 +237,7 @@ async fn start(
         token: token.into(),
         installed: !current,
         started,
+        replaced: None,
         dir,
     })
 }

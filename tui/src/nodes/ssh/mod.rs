@@ -7,9 +7,12 @@
 //! 2. authenticate with the node's `identity` file, else the keys of a running ssh-agent, else
 //!    `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`;
 //! 3. make sure exactly one agent runs on the node ([`remote`]): reuse the running one, or start
-//!    the installed one, or (none installed, or of another protocol version) check the node's
-//!    architecture and free space, upload this machine's `rbee-agent` and `rbee-worker` and start
-//!    that, detached, on the node's loopback;
+//!    the installed one, or (none installed, another protocol version, or another build than
+//!    this machine's, by `--version`'s build ids, unless the node is pinned with `--no-upgrade`)
+//!    check the node's architecture and free space, upload this machine's `rbee-agent` and
+//!    `rbee-worker` and start that, detached, on the node's loopback, stopping the old agent
+//!    first (the new one restores its workers); a running agent lacking a requested
+//!    `--model-dir` is restarted with it;
 //! 4. read the agent's token and open the WebSocket session through a `direct-tcpip` channel to
 //!    the agent's loopback port, so no agent port is ever exposed on the network.
 //!
@@ -58,6 +61,8 @@ pub struct SshOptions {
     pub known_hosts: KnownHosts,
     /// Trust (and record) a host key seen for the first time.
     pub accept_new_host_key: bool,
+    /// Keep the node's binaries when they are another build than this machine's.
+    pub no_upgrade: bool,
 }
 
 impl SshOptions {
@@ -75,6 +80,7 @@ impl SshOptions {
             model_dirs: node.model_dirs.clone(),
             known_hosts: KnownHosts::from_env(),
             accept_new_host_key: false,
+            no_upgrade: node.no_upgrade,
         })
     }
 

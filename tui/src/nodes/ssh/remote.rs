@@ -72,6 +72,7 @@ if running; then
   echo "pid=$p"
   echo "addr=$(cat "$A" 2>/dev/null)"
   echo "token=$(cat "$K" 2>/dev/null)"
+  tr '\0' '\n' < "/proc/$p/cmdline" 2>/dev/null | sed 's/^/arg=/'
 fi
 "#
 }
