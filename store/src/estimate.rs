@@ -134,10 +134,16 @@ impl MemoryEstimate {
     }
 }
 
-/// Estimate for the GGUF file at `path`; `Ok(None)` for anything else (a safetensors
-/// directory), whose size alone is then all admission knows.
+/// Estimate for the model at `path`: a GGUF file, or a safetensors directory
+/// ([`crate::estimate_st`], not calibrated); `Ok(None)` for anything else.
 pub fn estimate(path: &Path, shape: RunShape) -> Result<Option<MemoryEstimate>, StoreError> {
-    if path.is_dir() || path.extension().is_none_or(|e| e != "gguf") {
+    if path.is_dir() {
+        return match crate::ModelFiles::from_dir(path) {
+            Ok(files) => crate::estimate_st::estimate_dir(&files, shape).map(Some),
+            Err(_) => Ok(None),
+        };
+    }
+    if path.extension().is_none_or(|e| e != "gguf") {
         return Ok(None);
     }
     Ok(Some(estimate_header(&GgufHeader::read(path)?, shape)))

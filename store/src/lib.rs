@@ -18,6 +18,7 @@
 pub mod device;
 pub mod error;
 pub mod estimate;
+pub mod estimate_st;
 pub mod files;
 pub mod gguf;
 pub mod hub;

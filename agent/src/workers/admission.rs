@@ -3,7 +3,8 @@
 //!
 //! What a worker needs is estimated from the model file's metadata before it starts
 //! ([`rbee_store::estimate`]: weights as loaded on that device, KV cache for its context and
-//! slots, prompt-pass activations, runtime); a file whose header cannot be read counts its size.
+//! slots, prompt-pass activations, runtime; a safetensors directory from its tensor headers and
+//! `config.json`); a file whose header cannot be read counts its size.
 //! Memory is promised, not only measured: an admitted worker holds a [`Reservation`] of that
 //! estimate on its device until it is ready (its memory then shows in the measurement) or its
 //! first run ends. Checking and reserving happen under one lock, so parallel spawns cannot all be
@@ -20,8 +21,9 @@ use rbee_proto::config::AgentConfig;
 use rbee_proto::session::SpawnSpec;
 use rbee_proto::{ErrorCode, ProtoError};
 use rbee_store::estimate::{default_parallel, estimate_header, RunShape};
+use rbee_store::estimate_st::estimate_dir;
 use rbee_store::gguf::GgufHeader;
-use rbee_store::{DeviceChoice, DeviceSpec, Store};
+use rbee_store::{DeviceChoice, DeviceSpec, ModelFiles, Store};
 
 use crate::telemetry::Collector;
 use rbee_proto::fmt::bytes as human_bytes;
@@ -185,28 +187,54 @@ struct Need {
 /// size (safetensors, an `hf:` ref not pulled yet (0), or a file the worker will refuse).
 struct Model {
     header: Option<GgufHeader>,
+    /// A safetensors directory.
+    dir: Option<ModelFiles>,
     size: u64,
 }
 
 impl Model {
+    /// What admission knows of the model at `path` (of `size` bytes).
+    fn read(path: &Path, size: u64) -> Self {
+        let gguf = path.is_file() && path.extension().is_some_and(|e| e == "gguf");
+        let header = gguf.then(|| GgufHeader::read(path)).and_then(|r| {
+            r.map_err(|e| tracing::debug!("no estimate, counting the file size: {e}"))
+                .ok()
+        });
+        let dir = path
+            .is_dir()
+            .then(|| ModelFiles::from_dir(path).ok())
+            .flatten();
+        Self { header, dir, size }
+    }
+
     fn need(&self, spec: &SpawnSpec, device: DeviceSpec) -> Need {
-        let Some(h) = &self.header else {
-            return Need {
-                bytes: self.size,
-                detail: String::new(),
-            };
-        };
-        let parallel = spec.parallel.unwrap_or_else(|| default_parallel(h));
-        let shape = RunShape {
+        let shape = |parallel| RunShape {
             device,
             context: spec.ctx,
             parallel,
             keep_quant: false,
         };
-        let e = estimate_header(h, shape);
+        let e = match (&self.header, &self.dir) {
+            (Some(h), _) => estimate_header(
+                h,
+                shape(spec.parallel.unwrap_or_else(|| default_parallel(h))),
+            ),
+            (None, Some(files)) => match estimate_dir(files, shape(1)) {
+                Ok(e) => e,
+                Err(_) => return self.file_size(),
+            },
+            (None, None) => return self.file_size(),
+        };
         Need {
             bytes: e.total(),
             detail: e.describe(),
+        }
+    }
+
+    fn file_size(&self) -> Need {
+        Need {
+            bytes: self.size,
+            detail: String::new(),
         }
     }
 }
@@ -258,16 +286,7 @@ impl Admission {
         check_threads(spec.threads)?;
         let found = Store::new(self.cfg.model_dirs.clone()).find(&spec.model)?;
         let path = Path::new(&found.reference);
-        let header = (path.is_file() && path.extension().is_some_and(|e| e == "gguf"))
-            .then(|| GgufHeader::read(path))
-            .and_then(|r| {
-                r.map_err(|e| tracing::debug!("no estimate, counting the file size: {e}"))
-                    .ok()
-            });
-        let model = Model {
-            header,
-            size: found.size_bytes,
-        };
+        let model = Model::read(path, found.size_bytes);
         let backends = match choice {
             DeviceChoice::Exact(DeviceSpec::Cpu) => None,
             _ => Some(self.backends()),
