@@ -96,6 +96,7 @@ pub fn estimate_dir(files: &ModelFiles, shape: RunShape) -> Result<MemoryEstimat
         weights: params * elem,
         load_transient: mapped,
         kv_cache,
+        kv_growth: 0,
         activations,
         dense_copies: 0,
         runtime,

@@ -66,6 +66,31 @@ fn estimates_are_within_15_percent_of_measured_peak_rss() {
     }
 }
 
+/// Four slots at once: `rbee-worker --parallel 4 --ctx 2048 --threads 2` in protocol mode, four
+/// distinct 1 388-token prompts generating 32 tokens each, all batched (VmHWM after all done).
+#[test]
+fn four_slots_in_use_are_within_15_percent() {
+    let Some(p) = model(SMOL) else { return };
+    let h = GgufHeader::read(&p).unwrap();
+    let shape = RunShape {
+        parallel: 4,
+        context: Some(2048),
+        ..cpu(false)
+    };
+    let e = estimate_in_use(&h, shape, 1388 + 32, 512);
+    let measured = 1_534_697_472u64;
+    let ratio = e.total() as f64 / measured as f64;
+    println!(
+        "4 slots: estimate {} measured {measured} ratio {ratio:.3}; {e:?}",
+        e.total()
+    );
+    assert!((0.85..=1.15).contains(&ratio), "{e:?}");
+    // The full-context figure admission reserves covers what was measured (within the 5 % of
+    // allocator slack the model leaves out).
+    let full = estimate(&p, shape).unwrap().unwrap();
+    assert!(full.total() as f64 >= 0.95 * measured as f64, "{full:?}");
+}
+
 #[test]
 fn the_full_context_figure_covers_kv_and_slots() {
     let Some(p) = model(SMOL) else { return };
