@@ -447,6 +447,72 @@ fn build_of(path: &Path) -> String {
         .to_string()
 }
 
+/// "Old" binaries in `dir`: this build with a few bytes appended (they run the same, hash
+/// otherwise); the environment that makes rbee-tui upload them.
+fn older_build(dir: &Path) -> Vec<(String, String)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut env = Vec::new();
+    for (name, var) in [
+        ("rbee-agent", "RBEE_AGENT_BIN"),
+        ("rbee-worker", "RBEE_WORKER_BIN"),
+    ] {
+        let mut bytes = std::fs::read(bin(name)).unwrap();
+        bytes.extend_from_slice(b"\0an older build");
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(dir.join(name), exec).unwrap();
+        env.push((var.to_string(), dir.join(name).display().to_string()));
+    }
+    env
+}
+
+/// What keeps the agent up: a systemd user unit where a user manager answers, else detached;
+/// said by `nodes add` and `nodes list`.
+fn says_what_keeps_it_up(w: &World, added: &Value) {
+    let kept = added["agent"]["supervisor"].as_str().unwrap_or_default();
+    let user_systemd = Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let expected = if user_systemd {
+        "systemd user unit rbee-agent-"
+    } else {
+        "detached (no systemd user manager"
+    };
+    assert!(kept.starts_with(expected), "{added}");
+    let list = w.tui(&["nodes", "list"]).ok().stdout.clone();
+    assert!(
+        list.contains(&format!("agent kept up by {expected}")),
+        "{list}"
+    );
+}
+
+/// A model dir the running agent does not serve: it is restarted with it, nothing uploaded.
+fn model_dir_restarts(w: &World, addr: &str, remote: &Path, key: &str) {
+    let extra = w.dir.join("more-models");
+    std::fs::create_dir_all(&extra).unwrap();
+    let extra = extra.display().to_string();
+    let more = w
+        .add(
+            "n5",
+            addr,
+            remote,
+            &["--identity", key, "--model-dir", &extra, "--json"],
+        )
+        .json();
+    let agent = &more["agent"];
+    assert_eq!(agent["installed"], false, "{more}");
+    let why = agent["replaced"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("restarted with model dir(s)") && why.contains(&extra),
+        "{more}"
+    );
+    let pid = agent["pid"].as_u64().unwrap() as u32;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains(&extra), "{cmdline:?}");
+    w.tui(&["nodes", "stop", "n5"]).ok();
+}
+
 /// A node whose agent and worker are another build of the same protocol gets this machine's
 /// (the old agent stopped, its worker back from the desired state), unless pinned with
 /// `--no-upgrade`; a `--model-dir` the running agent lacks restarts it with the dir.
@@ -459,26 +525,7 @@ fn a_node_with_another_build_is_upgraded_unless_pinned() {
     let _guard = NodeGuard(remote.clone());
     let addr = format!("root@127.0.0.1:{port}");
     let key = w.key.to_str().unwrap().to_string();
-    // "Old" binaries: this build with a few bytes appended (they run the same, hash otherwise).
-    let old = w.dir.join("old");
-    std::fs::create_dir_all(&old).unwrap();
-    for name in ["rbee-agent", "rbee-worker"] {
-        let mut bytes = std::fs::read(bin(name)).unwrap();
-        bytes.extend_from_slice(b"\0an older build");
-        std::fs::write(old.join(name), bytes).unwrap();
-        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        std::fs::set_permissions(old.join(name), exec).unwrap();
-    }
-    let old_env = vec![
-        (
-            "RBEE_AGENT_BIN".to_string(),
-            old.join("rbee-agent").display().to_string(),
-        ),
-        (
-            "RBEE_WORKER_BIN".to_string(),
-            old.join("rbee-worker").display().to_string(),
-        ),
-    ];
+    let old_env = older_build(&w.dir.join("old"));
     w.env = old_env.clone();
     let first = w
         .add(
@@ -489,8 +536,12 @@ fn a_node_with_another_build_is_upgraded_unless_pinned() {
         )
         .json();
     let old_pid = first["agent"]["pid"].as_u64().unwrap() as u32;
+    says_what_keeps_it_up(&w, &first);
     let node_agent = remote.join("bin/rbee-agent");
-    assert_eq!(build_of(&node_agent), build_of(&old.join("rbee-agent")));
+    assert_eq!(
+        build_of(&node_agent),
+        build_of(&w.dir.join("old/rbee-agent"))
+    );
     let model = model_path().display().to_string();
     w.tui(&[
         "workers", "spawn", "--node", "n1", "--model", &model, "--wait",
@@ -544,30 +595,8 @@ fn a_node_with_another_build_is_upgraded_unless_pinned() {
     assert_eq!(pinned["agent"]["replaced"], Value::Null, "{pinned}");
     assert_eq!(build_of(&node_agent), build_of(&bin("rbee-agent")));
 
-    // A model dir the running agent does not serve: it is restarted with it, nothing uploaded.
     w.env.clear();
-    let extra = w.dir.join("more-models");
-    std::fs::create_dir_all(&extra).unwrap();
-    let extra = extra.display().to_string();
-    let more = w
-        .add(
-            "n5",
-            &addr,
-            &remote,
-            &["--identity", &key, "--model-dir", &extra, "--json"],
-        )
-        .json();
-    let agent = &more["agent"];
-    assert_eq!(agent["installed"], false, "{more}");
-    let why = agent["replaced"].as_str().unwrap_or_default();
-    assert!(
-        why.starts_with("restarted with model dir(s)") && why.contains(&extra),
-        "{more}"
-    );
-    let pid = agent["pid"].as_u64().unwrap() as u32;
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(cmdline.contains(&extra), "{cmdline:?}");
-    w.tui(&["nodes", "stop", "n5"]).ok();
+    model_dir_restarts(&w, &addr, &remote, &key);
 }
 
 /// Two bring-ups at once (two names for the same node): exactly one agent comes up, and it

@@ -72,6 +72,9 @@ async fn add_ssh(
     if let Some(why) = &a.replaced {
         what.push_str(&format!(", the running one {why}"));
     }
+    if let Some(s) = &a.supervisor {
+        what.push_str(&format!(", kept up by {s}"));
+    }
     let key = match &up.learned_host_key {
         Some(fp) => format!("; trusted new host key {fp}"),
         None => String::new(),
@@ -91,7 +94,7 @@ async fn add_ssh(
             "gpu": up.gpu,
             "agent": {
                 "pid": a.pid, "installed": a.installed, "started": a.started,
-                "replaced": a.replaced,
+                "replaced": a.replaced, "supervisor": a.supervisor,
                 "dir": a.dir, "addr": a.addr.to_string(),
                 "version": up.agent_version, "node": up.agent_node,
             },
@@ -137,12 +140,11 @@ fn list(cf: &ConfigFile, out: Out) -> Result<(), TuiError> {
             Some(addr) => vec![
                 n.name.clone(),
                 format!("ssh://{addr}"),
-                if n.ephemeral {
-                    "(over ssh, ephemeral)"
-                } else {
-                    "(over ssh)"
-                }
-                .to_string(),
+                format!(
+                    "(over ssh{}; agent kept up by {})",
+                    if n.ephemeral { ", ephemeral" } else { "" },
+                    kept_up_by(addr, n.remote_dir.as_deref())
+                ),
             ],
             None => vec![
                 n.name.clone(),
@@ -163,6 +165,17 @@ fn list(cf: &ConfigFile, out: Out) -> Result<(), TuiError> {
         &text,
         serde_json::to_value(&cf.config.nodes).unwrap_or_default(),
     )
+}
+
+/// What the last bring-up of an SSH node found keeping its agent up, as noted on this machine.
+fn kept_up_by(ssh: &str, remote_dir: Option<&str>) -> String {
+    let addr = rbee_proto::config::SshAddr::parse(ssh)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| ssh.to_string());
+    let note = crate::nodes::ssh::agent::supervisor_note(&addr, remote_dir);
+    std::fs::read_to_string(note)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown (not brought up from here yet)".into())
 }
 
 async fn stop(cf: &ConfigFile, name: String, out: Out) -> Result<(), TuiError> {

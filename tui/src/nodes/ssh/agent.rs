@@ -25,6 +25,9 @@ pub struct RemoteAgent {
     pub started: bool,
     /// Why a running agent was stopped and started again (another build, a model dir it lacked).
     pub replaced: Option<String>,
+    /// What keeps it running: `systemd user unit …` or `detached (…)` (as the node recorded when
+    /// it was started; `None` for an agent started by an older rbee-tui).
+    pub supervisor: Option<String>,
     /// The node's rbee directory, expanded.
     pub dir: String,
 }
@@ -102,10 +105,43 @@ fn missing_model_dirs(probe: &KeyValues, opts: &SshOptions) -> Vec<String> {
         .collect()
 }
 
+/// Where the last bring-up of the node at `ssh` (`USER@HOST:PORT`) with rbee dir `remote_dir`
+/// noted what keeps its agent up (`<state dir>/rbee/nodes/…`), for `nodes list`.
+pub fn supervisor_note(ssh: &str, remote_dir: Option<&str>) -> std::path::PathBuf {
+    let key: String = format!("{ssh} {}", remote_dir.unwrap_or("~/.local/share/rbee"))
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@.-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dirs::state_dir()
+        .or_else(dirs::data_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rbee/nodes")
+        .join(key)
+}
+
 /// Make sure one agent of our protocol version and this machine's build runs on the node, with
 /// the model dirs asked for; install and (re)start it as needed. A running agent that must be
-/// replaced is stopped first; the new one restores its desired workers.
+/// replaced is stopped first; the new one restores its desired workers. What keeps it up is
+/// noted for `nodes list` ([`supervisor_note`]).
 pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAgent, SshError> {
+    let agent = bring_up_agent(conn, opts).await?;
+    if let Some(s) = &agent.supervisor {
+        let note = supervisor_note(&opts.addr.to_string(), opts.remote_dir.as_deref());
+        if let Some(dir) = note.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&note, s);
+    }
+    Ok(agent)
+}
+
+async fn bring_up_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAgent, SshError> {
     let host = conn.host().to_string();
     let rd = opts.remote_dir.as_deref();
     let probe = conn.exec_kv("probe", &remote::probe_script(rd)).await?;
@@ -148,6 +184,7 @@ pub async fn ensure_agent(conn: &SshConn, opts: &SshOptions) -> Result<RemoteAge
                     installed: false,
                     started: false,
                     replaced: None,
+                    supervisor: probe.get("supervisor").map(String::from),
                     dir,
                 });
             }
@@ -238,6 +275,7 @@ async fn start(
         installed: !current,
         started,
         replaced: None,
+        supervisor: kv.get("supervisor").map(String::from),
         dir,
     })
 }

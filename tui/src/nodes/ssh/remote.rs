@@ -23,8 +23,10 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// Shell words that set `D` (absolute remote dir), `S` (state dir) and the agent's files in it
-/// (`L` lock, `A` address, `K` token, `G` log), and define `alive PID` and `running`. `~/x` and relative paths
-/// are under the login user's home.
+/// (`L` lock, `A` address, `K` token, `G` log), the agent's systemd user unit `U` (one per remote
+/// dir) in `UD`, and define `alive PID`, `running` and `systemd_user` (a user manager answers;
+/// `RBEE_NO_SYSTEMD` set on the node says no). `~/x` and relative paths are under the login
+/// user's home.
 pub fn prelude(remote_dir: Option<&str>) -> String {
     let d = match remote_dir {
         None => r#""$HOME/.local/share/rbee""#.to_string(),
@@ -46,6 +48,12 @@ alive() {{
 running() {{
   p=$(cat "$L" 2>/dev/null) || p=""
   alive "$p" && grep -q rbee-agent "/proc/$p/cmdline" 2>/dev/null
+}}
+U="rbee-agent-$(printf %s "$D" | cksum | cut -d' ' -f1).service"
+UD="${{XDG_CONFIG_HOME:-$HOME/.config}}/systemd/user"
+systemd_user() {{
+  [ -z "${{RBEE_NO_SYSTEMD:-}}" ] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl --user show-environment >/dev/null 2>&1
 }}
 "#,
         lock = statedir::LOCK,
@@ -73,6 +81,7 @@ if running; then
   echo "addr=$(cat "$A" 2>/dev/null)"
   echo "token=$(cat "$K" 2>/dev/null)"
   tr '\0' '\n' < "/proc/$p/cmdline" 2>/dev/null | sed 's/^/arg=/'
+  echo "supervisor=$(cat "$S/supervisor" 2>/dev/null)"
 fi
 "#
 }
@@ -120,6 +129,7 @@ if command -v flock >/dev/null 2>&1; then
   flock -w 60 9 || {{ echo "error=another bring-up holds $D/bringup.lock"; exit 11; }}
 fi
 if [ {restart} = 1 ] && running; then
+  if systemd_user; then systemctl --user stop "$U" 2>/dev/null; fi
   kill -TERM "$p"
   i=0; while running && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
   running && kill -KILL "$p"
@@ -131,10 +141,16 @@ if ! running; then
   set -- --listen 127.0.0.1:0 --state-dir "$S" --model-dir "$D/models"{extra}
   if [ -f "$D/agent.toml" ]; then set -- "$@" --config "$D/agent.toml"; fi
   cd "$S" || exit 10
-  RBEE_AGENT_LOG_FILE="$G" setsid "$B" "$@" </dev/null >>"$G" 2>&1 9>&- &
-  sp=$!
+  if systemd_user; then
+{systemd}
+  else
+    RBEE_AGENT_LOG_FILE="$G" setsid "$B" "$@" </dev/null >>"$G" 2>&1 9>&- &
+    sp=$!
+    echo "detached (no systemd user manager; it stays down if it dies until the next bring-up)" >"$S/supervisor"
+  fi
   echo "started=$sp"
 fi
+echo "supervisor=$(cat "$S/supervisor" 2>/dev/null)"
 i=0
 while :; do
   if [ -s "$A" ] && [ -s "$K" ] && running; then
@@ -152,8 +168,29 @@ done
 "#,
             bin = sh_quote(bin),
             restart = u8::from(restart),
+            systemd = SYSTEMD_START,
         )
 }
+
+/// Inside `start_script`, with the agent's arguments in `$@`: write `$S/agent.sh` (the command
+/// line, quoted) and the unit `$UD/$U` running it (restart on failure, wanted by the user's
+/// default target; lingering asked for so it survives logout and reboot), then (re)start it.
+const SYSTEMD_START: &str = r#"    q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
+    {
+      echo '#!/bin/sh'
+      printf 'cd %s || exit 1\n' "$(q "$S")"
+      printf 'RBEE_AGENT_LOG_FILE=%s exec %s' "$(q "$G")" "$(q "$B")"
+      for a in "$@"; do printf ' %s' "$(q "$a")"; done
+      printf ' </dev/null >>%s 2>&1\n' "$(q "$G")"
+    } >"$S/agent.sh" && chmod 700 "$S/agent.sh" || exit 10
+    mkdir -p "$UD" || exit 10
+    x=$(printf %s "$S/agent.sh" | sed 's/%/%%/g; s/\\/\\\\/g; s/"/\\"/g')
+    printf '[Unit]\nDescription=rbee node agent (%s)\n\n[Service]\nExecStart=/bin/sh "%s"\nRestart=on-failure\nRestartSec=2\nKillMode=mixed\nTimeoutStopSec=20\n\n[Install]\nWantedBy=default.target\n' "$x" "$x" >"$UD/$U" || exit 10
+    systemctl --user daemon-reload && systemctl --user enable "$U" >/dev/null 2>&1
+    systemctl --user restart "$U" || { echo "error=systemctl --user restart $U failed"; exit 14; }
+    sp=$(systemctl --user show -p MainPID --value "$U" 2>/dev/null)
+    if loginctl enable-linger "$(id -un)" >/dev/null 2>&1; then ln=" (lingering: survives logout and reboot)"; else ln=" (no lingering: stops at logout)"; fi
+    echo "systemd user unit $U$ln" >"$S/supervisor""#;
 
 /// Stop the agent and its workers: SIGTERM (the agent stops its workers), SIGKILL after 15 s,
 /// then report which of them are still alive (`left=`, empty when all are gone).
@@ -169,7 +206,11 @@ alive_of() {
     if alive "$q"; then left="$left $q"; fi
   done
 }
-kill -TERM "$p"
+if systemd_user && [ -f "$UD/$U" ]; then
+  systemctl --user disable "$U" >/dev/null 2>&1
+  systemctl --user stop "$U" 2>/dev/null
+fi
+kill -TERM "$p" 2>/dev/null
 i=0
 while :; do
   alive_of $p $kids
@@ -279,6 +320,40 @@ mod tests {
         assert_eq!(run(Some("~/x y")), "/home/u/x y|/home/u/x y/agent");
         assert_eq!(run(Some("rel")), "/home/u/rel|/home/u/rel/agent");
         assert_eq!(run(Some("/abs")), "/abs|/abs/agent");
+    }
+
+    #[test]
+    fn the_systemd_wrapper_and_unit_keep_awkward_paths_intact() {
+        // No systemctl on PATH: the block writes the wrapper and the unit, then stops at the
+        // restart; the wrapper, run, must hand the agent its arguments exactly.
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("st'ate dir %h");
+        std::fs::create_dir_all(&s).unwrap();
+        let ud = dir.path().join("units");
+        let script = format!(
+            "S={}; G=\"$S/agent.log\"; B=/bin/echo; UD={}; U=u.service\nset -- --model-dir \"it's here\" --x '$HOME'\n{SYSTEMD_START}",
+            sh_quote(s.to_str().unwrap()),
+            sh_quote(ud.to_str().unwrap()),
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("XDG_RUNTIME_DIR")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("error=systemctl"));
+        let ran = std::process::Command::new("sh")
+            .arg(s.join("agent.sh"))
+            .status()
+            .unwrap();
+        assert!(ran.success());
+        let log = std::fs::read_to_string(s.join("agent.log")).unwrap();
+        assert_eq!(log, "--model-dir it's here --x $HOME\n");
+        let unit = std::fs::read_to_string(ud.join("u.service")).unwrap();
+        let exec = format!("ExecStart=/bin/sh \"{}/agent.sh\"", s.display()).replace('%', "%%");
+        assert!(unit.contains(&exec), "{unit}");
+        assert!(unit.contains("Restart=on-failure"), "{unit}");
     }
 
     #[test]
