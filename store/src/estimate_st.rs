@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::estimate::{MemoryEstimate, RunShape, CPU_RUNTIME_BASE, CUDA_RUNTIME, PREFILL_CHUNK};
+use crate::footprint::{MemoryEstimate, RunShape, CPU_RUNTIME_BASE, CUDA_RUNTIME, PREFILL_CHUNK};
 use crate::{DeviceSpec, ModelFiles, StoreError};
 
 /// Largest safetensors JSON header read (the format's own limit is 100 MB).

@@ -20,6 +20,7 @@ pub mod error;
 pub mod estimate;
 pub mod estimate_st;
 pub mod files;
+pub mod footprint;
 pub mod gguf;
 pub mod hub;
 pub mod local;
