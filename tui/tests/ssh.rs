@@ -567,6 +567,9 @@ fn a_node_with_another_build_is_upgraded_unless_pinned() {
         let list = w.tui(&["workers", "list", "--node", "n2", "--json"]).json();
         (list[0]["state"] == "ready").then_some(())
     });
+    // The node agent's own log, through the session.
+    let log = w.tui(&["nodes", "logs", "n2", "--lines", "200"]).ok().stdout.clone();
+    assert!(log.contains("rbee-agent listening"), "{log}");
     // The same build again: reused.
     let again = w
         .add("n3", &addr, &remote, &["--identity", &key, "--json"])
