@@ -568,7 +568,11 @@ fn a_node_with_another_build_is_upgraded_unless_pinned() {
         (list[0]["state"] == "ready").then_some(())
     });
     // The node agent's own log, through the session.
-    let log = w.tui(&["nodes", "logs", "n2", "--lines", "200"]).ok().stdout.clone();
+    let log = w
+        .tui(&["nodes", "logs", "n2", "--lines", "200"])
+        .ok()
+        .stdout
+        .clone();
     assert!(log.contains("rbee-agent listening"), "{log}");
     // The same build again: reused.
     let again = w
