@@ -169,7 +169,7 @@ pub(crate) fn attend(
     }
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     probs
-        .matmul(&values.contiguous()?)?
+        .matmul(&values)?
         .reshape((b, heads, t, head_dim))?
         .transpose(1, 2)?
         .reshape((b, t, heads * head_dim))
