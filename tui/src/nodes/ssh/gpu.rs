@@ -195,13 +195,23 @@ async fn install(
     let mut line = format!("{found}; installed the CUDA worker {}", local.display());
     if node_libs == Some("none") {
         let dir = local.with_file_name("cuda-lib");
-        let mut missing = Vec::new();
-        for lib in CUDA_LIBS {
+        let missing: Vec<&str> = CUDA_LIBS
+            .into_iter()
+            .filter(|l| !dir.join(l).is_file())
+            .collect();
+        // Everything the build put there (it copies what the binary asks for, nvrtc included
+        // when it does), not only the four every CUDA worker needs.
+        let mut libs: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        libs.sort();
+        for lib in &libs {
             let file = dir.join(lib);
-            if !file.is_file() {
-                missing.push(lib);
-                continue;
-            }
             if let Err(e) = put(conn, opts, &file, &format!("cuda-lib/{lib}"), 0o644).await {
                 return format!(
                     "{line}, but uploading {lib} failed ({e}): CUDA spawns will fail there"
