@@ -518,6 +518,12 @@ fn spawn_from_the_dialog(tmux: &Tmux, agent_pid: u32, step: &dyn Fn(&str)) -> (S
         |s| worker_row(s, &id).is_some_and(|r| r.contains(" ready ")),
     );
     assert!(screen.contains("Workers (1)"), "{screen}");
+    // The llama-family model batches: four slots on the CPU by default, none in use yet.
+    let row = worker_row(&screen, &id).unwrap_or_default();
+    assert!(
+        row.split_whitespace().any(|c| c == "0/4"),
+        "SLOTS column shows 0/4 for an idle batched worker: {row}"
+    );
     let workers: Vec<u32> = children_of(agent_pid)
         .into_iter()
         .filter(|p| comm(*p) == "rbee-worker")

@@ -503,6 +503,55 @@ fn client_disconnect_cancels_the_generation_on_the_worker() {
     assert_eq!(audit.last().unwrap()["outcome"], "cancelled", "{audit:?}");
 }
 
+/// A streaming chat started with curl; its SSE lines as they come.
+fn stream(
+    gw: &Gateway,
+    body: &Value,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut curl = Command::new("curl")
+        .args(["-sS", "-N", "-X", "POST"])
+        .arg(format!("{}/v1/chat/completions", gw.base))
+        .args(["-H", &format!("Authorization: Bearer {SECRET}")])
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    (curl, lines)
+}
+
+#[test]
+fn one_batched_worker_streams_four_conversations_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent(dir.path(), "a");
+    // No --worker-slots: the gateway gives the worker as many requests as it has slots.
+    let gw = Gateway::start(dir.path(), &[("a", &a)], &[]);
+    let body = chat(4000, json!({"stream": true, "ignore_eos": true}));
+    let mut streams: Vec<_> = (0..4).map(|_| stream(&gw, &body)).collect();
+    // Each of the four gets text while the other three are still generating thousands of
+    // tokens: they run side by side on one worker, not one after another.
+    for (i, (_, lines)) in streams.iter_mut().enumerate() {
+        let first = lines.next().unwrap().unwrap();
+        assert!(first.starts_with("data: {"), "stream {i}: {first}");
+    }
+    let w = workers(&a);
+    assert_eq!(w.len(), 1, "one worker serves all four: {w:?}");
+    assert_eq!(w[0].summary.as_ref().map(|s| s.parallel), Some(4), "{w:?}");
+    wait_for(BOUND, "the worker to report four slots in use", || {
+        (workers(&a)[0].in_flight == 4).then_some(())
+    });
+    assert_eq!(gw.metric("spawns_total"), 1);
+    for (mut curl, lines) in streams {
+        curl.kill().unwrap();
+        curl.wait().unwrap();
+        drop(lines);
+    }
+    wait_for(BOUND, "every slot to be freed", || {
+        (workers(&a)[0].in_flight == 0).then_some(())
+    });
+}
+
 #[test]
 fn full_queue_answers_429_then_the_wait_ends_in_503() {
     let dir = tempfile::tempdir().unwrap();

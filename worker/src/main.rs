@@ -304,7 +304,8 @@ fn protocol(args: &Args) -> i32 {
         }
     };
     let engine = engine(args, loaded);
-    let summary = engine.model.summary.clone();
+    let mut summary = engine.model.summary.clone();
+    summary.parallel = u32::try_from(engine.parallel()).unwrap_or(u32::MAX);
     tracing::info!(model = %summary.name, device = %summary.device, parallel = engine.parallel(),
         batching = Engine::batches(&engine.model), ctx = summary.context_length, "ready");
     send(&sink, &FromWorker::Ready { model: summary });
