@@ -1,7 +1,8 @@
 //! Nodes whose clock runs 2 minutes ahead of or behind this machine's: real agents under
 //! libfaketime (Debian's `faketime`, preloaded with only the wall clock shifted), driven by the
-//! `rbee-tui` subcommands and by the dashboard's own session code. Every command works (time
-//! limits travel as budgets the agent counts on its own clock) and the offset is measured.
+//! `rbee-tui` subcommands, the gateway (`rbee-tui serve`) and the dashboard's own session code.
+//! Every command works (time limits travel as budgets the agent counts on its own clock) and the
+//! offset is measured.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,6 +161,54 @@ async fn cli_works_against(agent: &AgentProc, dir: &Path, shift_s: i64) {
     assert_eq!(answer["usage"]["generated_tokens"], 3, "{answer}");
     let list = r(s(&["workers", "list", "--json"])).await.json();
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    tokio::task::spawn_blocking(move || gateway_serves(&cfg))
+        .await
+        .unwrap();
+}
+
+/// `rbee-tui serve` over the skewed node answers an OpenAI chat completion (the worker the CLI
+/// spawned serves it).
+fn gateway_serves(cfg: &Path) {
+    use std::io::BufRead;
+    let mut gw = std::process::Command::new(env!("CARGO_BIN_EXE_rbee-tui"))
+        .arg("--config")
+        .arg(cfg)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(gw.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let body = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct.Q4_1",
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 3,
+    });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(body.to_string())
+        .arg(format!("{base}/v1/chat/completions"))
+        .output()
+        .unwrap();
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
 }
 
 /// The dashboard's session to the node: it connects, stays connected, and measures the offset.
@@ -199,7 +248,7 @@ async fn dashboard_session_measures(agent: &AgentProc, dir: &Path, shift_s: i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_two_minutes_ahead_works_from_the_cli_and_the_dashboard() {
+async fn a_node_two_minutes_ahead_works_from_the_cli_the_gateway_and_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let agent = skewed_agent(dir.path(), 120);
     cli_works_against(&agent, dir.path(), 120).await;
@@ -207,7 +256,7 @@ async fn a_node_two_minutes_ahead_works_from_the_cli_and_the_dashboard() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_two_minutes_behind_works_from_the_cli_and_the_dashboard() {
+async fn a_node_two_minutes_behind_works_from_the_cli_the_gateway_and_the_dashboard() {
     let dir = tempfile::tempdir().unwrap();
     let agent = skewed_agent(dir.path(), -120);
     cli_works_against(&agent, dir.path(), -120).await;
