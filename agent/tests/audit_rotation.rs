@@ -1,16 +1,25 @@
-//! The audit log rotates by size under a stream of sessions: every entry stays whole, in one
-//! file, and the kept files hold the newest entries in order.
+//! The audit log and the agent's own log rotate by size under a stream of sessions: every entry
+//! and log line stays whole, in one file, and the kept files hold the newest in order.
 use rbee_client::Client;
 use rbee_proto::session::AuditEntry;
 use rbee_testkit::AgentProc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_entries_survive_rotation_whole() {
+async fn audit_and_agent_log_lines_survive_rotation_whole() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("agent.toml");
     std::fs::write(&conf, "[logs]\nmax_bytes = 4096\nkeep = 2\n").unwrap();
     let state = dir.path().join("state");
-    let agent = AgentProc::start(&state, &["--config", conf.to_str().unwrap()]);
+    let own_log = dir.path().join("agent.log");
+    let agent = AgentProc::start(
+        &state,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--log-file",
+            own_log.to_str().unwrap(),
+        ],
+    );
     for i in 0..150 {
         let (c, _ev) = Client::connect(&agent.url, &agent.token, &format!("rotation-{i:03}"))
             .await
@@ -58,4 +67,30 @@ async fn audit_entries_survive_rotation_whole() {
         sessions.len() > 10 && sessions[0] > 0,
         "older ones rotated away: {sessions:?}"
     );
+    agent_log_rotated_whole(&own_log);
+}
+
+/// `agent.log` (written by the agent itself, `--log-file`) rotated too: at most `keep` older
+/// files, each within the limit, every line a whole log line (it starts with its timestamp).
+fn agent_log_rotated_whole(log: &std::path::Path) {
+    let rotated = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
+    assert!(rotated(1).exists() && rotated(2).exists() && !rotated(3).exists());
+    let mut sessions = 0;
+    for f in [rotated(2), rotated(1), log.to_path_buf()] {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.len() <= 4096,
+            "{} is {} bytes",
+            f.display(),
+            text.len()
+        );
+        for line in text.lines() {
+            assert!(
+                line.starts_with("20") && line.as_bytes()[4] == b'-',
+                "a whole line: {line:?}"
+            );
+            sessions += usize::from(line.contains("session started"));
+        }
+    }
+    assert!(sessions > 3, "the newest sessions are in the kept files");
 }
