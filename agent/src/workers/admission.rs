@@ -6,8 +6,10 @@
 //! slots, prompt-pass activations, runtime; a safetensors directory from its tensor headers and
 //! `config.json`); a file whose header cannot be read counts its size.
 //! Memory is promised, not only measured: an admitted worker holds a [`Reservation`] of that
-//! estimate on its device until it is ready (its memory then shows in the measurement) or its
-//! first run ends. Checking and reserving happen under one lock, so parallel spawns cannot all be
+//! estimate on its device, shrunk to `estimate − measured` as the worker reports what it holds
+//! (resident memory in its heartbeats, GPU memory in telemetry) — what it holds already shows in
+//! the free-memory figure, the rest (a KV cache still to grow) stays promised — until it is
+//! killed or its first run ends. Checking and reserving happen under one lock, so parallel spawns cannot all be
 //! admitted against the same free memory.
 //!
 //! Devices: `cpu`, `cuda:N` (refused at once when no CUDA worker is installed or GPU N does not
@@ -138,18 +140,49 @@ fn held(p: &Promised) -> MutexGuard<'_, HashMap<Option<u32>, Held>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Memory promised to one admitted worker; given back when dropped.
+/// Memory promised to one admitted worker: its estimate less what it is measured to hold
+/// already (which the free-memory figure then shows), so a worker whose KV cache is still to
+/// grow keeps the rest of its estimate promised. Given back when dropped.
 pub(crate) struct Reservation {
     promised: Promised,
     device: Option<u32>,
-    bytes: u64,
+    estimate: u64,
+    /// What is counted in `promised` now (written under its lock).
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Reservation {
+    /// The worker holds `bytes` now (resident memory for a CPU worker, memory on its GPU for a
+    /// GPU worker): promise only the rest of its estimate.
+    pub(crate) fn measured(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut p = held(&self.promised);
+        let new = self.estimate.saturating_sub(bytes);
+        let old = self.bytes.swap(new, SeqCst);
+        if let Some(h) = p.get_mut(&self.device) {
+            h.bytes = h.bytes.saturating_sub(old) + new;
+            match (old > 0, new > 0) {
+                (true, false) => h.workers = h.workers.saturating_sub(1),
+                (false, true) => h.workers += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the promise is GPU memory (measured by NVML) rather than RAM (resident size).
+    pub(crate) fn on_gpu(&self) -> bool {
+        self.device.is_some()
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        let bytes = *self.bytes.get_mut();
         if let Some(h) = held(&self.promised).get_mut(&self.device) {
-            h.bytes = h.bytes.saturating_sub(self.bytes);
-            h.workers = h.workers.saturating_sub(1);
+            h.bytes = h.bytes.saturating_sub(bytes);
+            if bytes > 0 {
+                h.workers = h.workers.saturating_sub(1);
+            }
         }
     }
 }
@@ -321,7 +354,8 @@ impl Admission {
         let reservation = Reservation {
             promised: self.promised.clone(),
             device: gpu_index,
-            bytes: need.bytes,
+            estimate: need.bytes,
+            bytes: need.bytes.into(),
         };
         Ok(Admitted {
             reference: found.reference,
@@ -397,7 +431,7 @@ impl Admission {
         let promised = match h.workers {
             0 => String::new(),
             n => format!(
-                " and {} of it is promised to {n} worker(s) still starting",
+                " and {} of it is promised to {n} worker(s) still starting or growing to their estimate",
                 human_bytes(h.bytes)
             ),
         };
@@ -527,6 +561,40 @@ mod tests {
         );
         drop(held);
         assert!(a.admit(&spec).is_ok(), "promises are given back");
+    }
+
+    #[test]
+    fn a_promise_shrinks_to_what_the_worker_does_not_hold_yet() {
+        let promised = Promised::default();
+        held(&promised).insert(
+            None,
+            Held {
+                bytes: 1000,
+                workers: 1,
+            },
+        );
+        let r = Reservation {
+            promised: promised.clone(),
+            device: None,
+            estimate: 1000,
+            bytes: 1000.into(),
+        };
+        let now = || {
+            let p = held(&promised);
+            (p[&None].bytes, p[&None].workers)
+        };
+        r.measured(300);
+        assert_eq!(now(), (700, 1), "the rest of the estimate stays promised");
+        r.measured(1200);
+        assert_eq!(
+            now(),
+            (0, 0),
+            "holding more than estimated promises nothing"
+        );
+        r.measured(900);
+        assert_eq!(now(), (100, 1));
+        drop(r);
+        assert_eq!(now(), (0, 0), "given back");
     }
 
     #[test]

@@ -88,8 +88,14 @@ impl Core {
         {
             let mut st = slot.lock();
             st.last_heartbeat = Some(Instant::now());
-            // Its memory now shows in what admission measures.
-            st.reservation = None;
+            // What it holds now shows in what admission measures; the rest of its estimate
+            // (a KV cache still to grow) stays promised.
+            let rss = st.info.pid.and_then(rbee_host::proc::rss_bytes);
+            if let (Some(r), Some(rss)) = (&st.reservation, rss) {
+                if !r.on_gpu() {
+                    r.measured(rss);
+                }
+            }
         }
         self.update(slot, |i| {
             i.state = WorkerState::Ready;
@@ -109,6 +115,9 @@ impl Core {
             st.last_heartbeat = Some(Instant::now());
             st.info.tokens_per_s = tokens_per_s;
             st.info.rss_bytes = rss_bytes;
+            if let Some(r) = st.reservation.as_ref().filter(|r| !r.on_gpu()) {
+                r.measured(rss_bytes);
+            }
         }
         let _ = self.events.send(Event::Heartbeat {
             worker: slot.id.clone(),

@@ -251,6 +251,12 @@ impl Supervisor {
             if let Some(pid) = st.info.pid {
                 st.info.rss_bytes = rbee_host::proc::rss_bytes(pid).unwrap_or(st.info.rss_bytes);
                 st.info.vram_bytes = vram.get(&pid).copied().unwrap_or(0);
+                // A GPU worker's promise shrinks by what NVML sees it hold.
+                if let Some(r) = st.reservation.as_ref().filter(|r| r.on_gpu()) {
+                    if st.info.vram_bytes > 0 {
+                        r.measured(st.info.vram_bytes);
+                    }
+                }
             }
         }
     }

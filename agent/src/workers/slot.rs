@@ -50,7 +50,8 @@ pub(crate) struct SlotState {
     pub log_total: u64,
     /// Part of the desired state (false from the moment a kill is being saved).
     pub wanted: bool,
-    /// Memory promised by admission, held until the worker is first ready or its run ends.
+    /// Memory promised by admission: its estimate less what the worker is measured to hold;
+    /// dropped when it is killed or its run ends.
     pub reservation: Option<Reservation>,
 }
 
