@@ -1,5 +1,6 @@
-//! A node's clock offset as the dashboard shows it: measured by each ping, in the node summary,
-//! with a warning (and a mark in the node table's ping cell) beyond a few seconds.
+//! What the dashboard shows of a node's operation: its clock offset (measured by each ping, in
+//! the node summary, with a warning and a mark in the node table's ping cell beyond a few
+//! seconds), and event texts from agents and workers with no control character left.
 mod common;
 
 use common::sample;
@@ -75,4 +76,15 @@ fn losing_the_node_forgets_its_offset() {
         },
     );
     assert_eq!(s.nodes[0].clock_offset_ms, None);
+}
+
+#[test]
+fn event_texts_from_agents_reach_the_screen_without_control_characters() {
+    let mut s = sample();
+    s.push_event(
+        "gpu-a",
+        rbee_tui::dashboard::state::EventKind::Error,
+        "\x1b[31mred\x1b[0m \x1b]0;t\x07",
+    );
+    assert_eq!(s.events[0].text, "red \\x1b]0;t\\x07");
 }

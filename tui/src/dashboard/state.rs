@@ -634,11 +634,13 @@ impl State {
         if self.events.len() == EVENTS_LEN {
             self.events.pop_back();
         }
+        // Agents and workers write these texts: no control character may reach the terminal.
+        let text: String = text.into();
         self.events.push_front(EventEntry {
             at: self.now,
-            node: node.into(),
+            node: rbee_proto::fmt::printable(node).into_owned(),
             kind,
-            text: text.into(),
+            text: rbee_proto::fmt::log_line(&text).into_owned(),
         });
         // Keep the selected row on the same entry while new ones arrive on top.
         if self.screen == Screen::Events && self.event_sel > 0 {
