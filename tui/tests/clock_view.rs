@@ -88,3 +88,23 @@ fn event_texts_from_agents_reach_the_screen_without_control_characters() {
     );
     assert_eq!(s.events[0].text, "red \\x1b]0;t\\x07");
 }
+
+#[test]
+fn a_worker_log_with_escape_sequences_is_shown_plain() {
+    let mut s = sample();
+    let w = s.nodes[0].worker_mut("w1").unwrap();
+    w.push_log("\x1b[2m2026-11-30\x1b[0m \x1b[32m INFO\x1b[0m loaded".into());
+    w.push_log("evil \x1b]0;pwned\x07 \x1b[2J".into());
+    s.screen = rbee_tui::dashboard::state::Screen::Worker(0, "w1".into());
+    let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    t.draw(|f| view::render(&s, f)).unwrap();
+    let buf = t.backend().buffer();
+    let cells: String = buf.content().iter().map(|c| c.symbol()).collect();
+    assert!(
+        !cells.contains('\x1b') && !cells.contains('\x07'),
+        "no control character drawn"
+    );
+    let screen = t.backend().to_string();
+    assert!(screen.contains("2026-11-30  INFO loaded"), "{screen}");
+    assert!(screen.contains("evil \\x1b]0;pwned\\x07"), "{screen}");
+}
