@@ -17,6 +17,7 @@ mod core;
 mod frames;
 mod lifecycle;
 mod lines;
+mod load_timeout;
 mod logs;
 pub mod process;
 mod routing;

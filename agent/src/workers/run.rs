@@ -186,7 +186,7 @@ impl Core {
         ));
         let mut hung = None;
         let mut killed = false;
-        let load_limit = super::lifecycle::load_limit(&self.cfg.load_timeout, &slot.spec.model);
+        let load_limit = super::load_timeout::load_limit(&self.cfg.load_timeout, &slot.spec.model);
         let mut load_timeout = None;
         let (status, stop) = loop {
             tokio::select! {
@@ -323,7 +323,7 @@ impl Core {
 /// The load-timeout message when the worker is still starting or loading past `limit`.
 fn load_overdue(slot: &Slot, notes: &RunNotes, limit: Duration) -> Option<String> {
     let state = slot.lock().info.state;
-    super::lifecycle::load_overdue(state, notes.spawned_at.elapsed(), limit)
+    super::load_timeout::load_overdue(state, notes.spawned_at.elapsed(), limit)
 }
 
 /// The hang message when a serving worker's last heartbeat is older than `limit`.
