@@ -262,3 +262,33 @@ fn agent_log_is_read_by_nodes_logs(cfg: &Path, agent_log: &Path) {
     );
     assert!(!text.contains('\x1b'));
 }
+
+/// The local agent rbee-tui starts writes (and rotates) its own log, and `nodes logs local`
+/// reads it through the session.
+#[test]
+fn the_local_agent_log_is_read_by_nodes_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("none.toml");
+    let state = dir.path().join("local");
+    let run = |args: &[&str]| {
+        let out = rbee(&cfg)
+            .args(args)
+            .env("RBEE_LOCAL_STATE", &state)
+            .env("RBEE_AGENT_BIN", rbee_testkit::bin("rbee-agent"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = run(&["nodes", "logs", "local", "--lines", "100"]);
+    // Whatever happens, the detached agent this started goes away with the test.
+    let pid = std::fs::read_to_string(state.join(rbee_proto::statedir::LOCK)).unwrap_or_default();
+    if let Ok(pid) = pid.trim().parse::<i32>() {
+        // SAFETY: signalling the agent this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    assert!(ok && text.contains("rbee-agent listening"), "{text}");
+    assert!(!text.contains('\x1b'));
+}
