@@ -77,6 +77,10 @@ async fn audit_entries_name_the_client_and_its_token() {
         );
     }
 
+    // Her token reads /metrics too.
+    let metrics = metrics_status(&agent.url, &alice).await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+
     // Revoked: her token no longer logs in; the node token still does, and says so.
     assert!(token_cmd(&state, &["revoke", "alice"]).0);
     assert!(matches!(
@@ -98,4 +102,18 @@ async fn audit_entries_name_the_client_and_its_token() {
         !token_cmd(&state, &["revoke", "alice"]).0,
         "nothing left to revoke"
     );
+    let metrics = metrics_status(&agent.url, &alice).await;
+    assert!(metrics.starts_with("HTTP/1.1 401"), "{metrics}");
+}
+
+/// The status line of `GET /metrics` with `token`.
+async fn metrics_status(url: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("ws://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines().next().unwrap_or_default().to_string()
 }

@@ -113,15 +113,14 @@ struct CheckToken {
     admitted: Arc<Mutex<Option<(OwnedSemaphorePermit, String)>>>,
 }
 
-impl CheckToken {
-    /// Which token `auth` carries: the node's, an operator's, or none we know.
-    fn which(&self, auth: Option<&str>) -> Option<String> {
-        if token_ok(auth, &self.shared.token) {
-            return Some("node token".into());
-        }
-        let given = auth?.strip_prefix("Bearer ")?.trim();
-        operators::lookup(&self.shared.operators, given).map(|name| format!("operator {name}"))
+/// Which token an `Authorization` header carries: the node's (`node token`), an operator's
+/// (`operator NAME`), or none the agent knows.
+pub(super) fn which_token(shared: &Shared, auth: Option<&str>) -> Option<String> {
+    if token_ok(auth, &shared.token) {
+        return Some("node token".into());
     }
+    let given = auth?.strip_prefix("Bearer ")?.trim();
+    operators::lookup(&shared.operators, given).map(|name| format!("operator {name}"))
 }
 
 impl Callback for CheckToken {
@@ -130,7 +129,7 @@ impl Callback for CheckToken {
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if let Some(token) = self.which(auth) {
+        if let Some(token) = which_token(&self.shared, auth) {
             let Ok(permit) = self.shared.sessions.clone().try_acquire_owned() else {
                 self.shared.metrics.dropped("too_many_sessions");
                 let limit = self.shared.limits.sessions;

@@ -1,11 +1,12 @@
-//! `GET /metrics` on the session port, behind the same bearer token.
+//! `GET /metrics` on the session port, behind the same bearer tokens (the node's or an
+//! operator's).
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::auth::{token_ok, Head};
+use super::auth::{which_token, Head};
 use super::shared::Shared;
 
 /// Answer one `/metrics` request and close.
@@ -15,7 +16,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let ok = token_ok(head.authorization.as_deref(), &shared.token);
+    let ok = which_token(shared, head.authorization.as_deref()).is_some();
     let (status, body) = if ok {
         ("200 OK", render(shared))
     } else {
