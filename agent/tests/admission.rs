@@ -23,6 +23,7 @@ fn smol_estimate(ctx: u32) -> u64 {
         context: Some(ctx),
         parallel: 1,
         keep_quant: false,
+        repack: rbee_store::estimate::host_repacks(),
     };
     estimate(&model_path(), shape).unwrap().unwrap().total()
 }
@@ -279,6 +280,7 @@ async fn auto_picks_the_gpu_with_the_most_free_memory_that_fits() {
             context: Some(4096),
             parallel: 1,
             keep_quant: false,
+            repack: rbee_store::estimate::host_repacks(),
         };
         estimate(&model_path(), shape).unwrap().unwrap().total()
     };

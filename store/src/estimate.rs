@@ -22,16 +22,23 @@
 //!   [`PREFILL_CHUNK`] tokens (measured: 85 MB for a 900-token SmolLM2 prompt in one pass).
 //!   Families off the batched decoder (gemma3, phi3, candle's) read a prompt in one pass, so a
 //!   prompt longer than [`PREFILL_CHUNK`] needs more than this estimate counts;
-//! - **dense copies** (batched decoder on CPU): f32 copies of the block weights for prompt
+//! - **padding and repacked copies** (batched decoder on a CPU with AVX512-VNNI,
+//!   [`host_repacks`]): Q8_0 matrices padded to widths of 256 (their f32 passes, the largest
+//!   kept by the allocator, count as load transient), and candle's repacked copy of every Q8_0 /
+//!   Q4_K matrix it runs, made at the first request and kept;
+//! - **dense copies** (batched decoder on CPU, matrices not repacked): f32 copies for prompt
 //!   chunks, kept when they fit `RBEE_DENSE_CACHE_MB` (1 GiB), else one matrix at a time;
 //! - **runtime**: rotary tables (`context × head_dim × 4` bytes per rotary base) and a fixed
 //!   base for code, tokenizer, threads and buffers (measured on CPU, see BENCHMARKS.md); on a
 //!   GPU the CUDA context and cuBLAS workspace.
 //!
-//! The worker's peak is `weights + max(load transient, KV cache + activations + dense copies) +
-//! runtime`: the transient is gone before the first request. The figures are calibrated on CPU
-//! against the peak RSS of SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M (with and without the
-//! re-encode, short and 900-token prompts: within 5 %, `tests/estimate.rs`); the GPU runtime
+//! The worker's peak is `weights + repacked + dense copies + max(load transient, KV cache +
+//! activations) + runtime`: KV buffers reuse what loading freed, the dense copies were measured
+//! not to. The figures are calibrated on a CPU with AVX512-VNNI against the peak RSS of the
+//! worker in protocol mode: SmolLM2-135M Q4_1 and Gemma 3 270M Q4_K_M, with and without the
+//! re-encode, short and 900-token prompts, and 4 SmolLM2 slots at 1 420 tokens (0.90–1.00,
+//! `tests/estimate.rs`); a CPU without VNNI (dense copies instead) was calibrated on the
+//! worker before repacking (within 5 %) but not re-measured since; the GPU runtime
 //! figure is an assumption until measured on hardware.
 use std::path::Path;
 
@@ -56,6 +63,72 @@ pub fn default_parallel(h: &GgufHeader) -> u32 {
     } else {
         1
     }
+}
+
+/// Whether this CPU runs candle's repacked AVX512-VNNI kernels (AVX512F and AVX512-VNNI), as
+/// the worker on this node will find: the agent and its workers share the machine.
+pub fn host_repacks() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What the batched decoder's matrices (every block matrix and the output projection) cost
+/// beyond their loaded size on CPU.
+#[derive(Default)]
+struct Linears {
+    /// Padding Q8_0 widths to a multiple of 256 (added to the weights).
+    padding: u64,
+    /// The f32 passes of the largest padded matrix, which the allocator keeps.
+    pad_slack: u64,
+    /// Repacked copies candle makes at the first request.
+    packed: u64,
+    /// f32 copies of the matrices that are not repacked, for prompt chunks.
+    dense: u64,
+    /// The largest of those.
+    largest_dense: u64,
+}
+
+/// Width multiple candle's repacked Q8_0 kernel needs (`REPACK_K` in worker/src/load/linear.rs).
+const REPACK_K: u64 = 256;
+
+fn linears(h: &GgufHeader, shape: &RunShape) -> Linears {
+    let mut l = Linears::default();
+    if !batched(h) || shape.device != DeviceSpec::Cpu {
+        return l;
+    }
+    let output = if h.tensor("output.weight").is_some() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    let matrices = h.tensors.iter().filter(|t| {
+        t.dims.len() == 2
+            && (t.name == output || (t.name.starts_with("blk.") && t.name.ends_with(".weight")))
+    });
+    for t in matrices {
+        let (k, n) = (t.dims[0], t.dims[1]);
+        let ty = if re_encoded(t, shape) { 8 } else { t.ggml_type };
+        let mut kp = k;
+        if shape.repack && ty == 8 && k % REPACK_K != 0 {
+            kp = k.div_ceil(REPACK_K) * REPACK_K;
+            l.padding += bytes_as(8, n * kp) - bytes_as(8, n * k);
+            l.pad_slack = l.pad_slack.max((n * k + n * kp) * 4 * 9 / 10);
+        }
+        if shape.repack && matches!(ty, 8 | 12) && kp % REPACK_K == 0 && n % 16 == 0 {
+            l.packed += bytes_as(ty, n * kp);
+        } else if t.name != output {
+            l.dense += n * k * 4;
+            l.largest_dense = l.largest_dense.max(n * k * 4);
+        }
+    }
+    l
 }
 
 /// The worker's budget for dense f32 copies of the block weights (`RBEE_DENSE_CACHE_MB`,
@@ -154,22 +227,18 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         None => (ctx, PREFILL_CHUNK),
     };
     let kv_cache = kv_bytes(h, positions, gemma, false) * u64::from(parallel);
-    let kv_growth = kv_bytes(h, positions, gemma, true) * u64::from(parallel);
+    // About half of the outgrown buffers stay resident (measured, 4 slots at 1 420 tokens).
+    let kv_growth = kv_bytes(h, positions, gemma, true) * u64::from(parallel) / 2;
     let head_dim = head_dim(h);
     let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
     let activations = 3 * heads * positions.min(chunk) * positions * 4;
-    let dense_copies = if batched(h) && shape.device == DeviceSpec::Cpu && positions >= 32 {
-        let blocks = h.tensors.iter().filter(|t| {
-            t.name.starts_with("blk.") && t.name.ends_with(".weight") && t.dims.len() > 1
-        });
-        let all: u64 = blocks.clone().map(|t| t.elements() * 4).sum();
-        if all <= dense_budget() {
-            all
-        } else {
-            blocks.map(|t| t.elements() * 4).max().unwrap_or(0)
-        }
-    } else {
-        0
+    let lin = linears(h, &shape);
+    weights += lin.padding;
+    load_transient += lin.pad_slack;
+    let dense_copies = match positions >= 32 {
+        false => 0,
+        true if lin.dense <= dense_budget() => lin.dense,
+        true => lin.largest_dense,
     };
     let rope_bases = if gemma { 2 } else { 1 };
     let mut runtime = ctx * head_dim * 4 * rope_bases;
@@ -179,6 +248,7 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
     };
     MemoryEstimate {
         weights,
+        packed: lin.packed,
         load_transient,
         kv_cache,
         kv_growth,

@@ -94,6 +94,7 @@ pub fn estimate_dir(files: &ModelFiles, shape: RunShape) -> Result<MemoryEstimat
         };
     Ok(MemoryEstimate {
         weights: params * elem,
+        packed: 0,
         load_transient: mapped,
         kv_cache,
         kv_growth: 0,
@@ -130,6 +131,7 @@ mod tests {
             context: None,
             parallel: 4,
             keep_quant: false,
+            repack: false,
         };
         let e = estimate_dir(&files, shape).unwrap();
         assert_eq!(e.weights, 32 * 4, "32 bf16 values held as f32");

@@ -23,13 +23,20 @@ pub struct RunShape {
     pub parallel: u32,
     /// `--keep-quant` / `RBEE_WORKER_KEEP_QUANT`: no re-encode on CPU.
     pub keep_quant: bool,
+    /// The CPU runs candle's repacked AVX512-VNNI kernels (the worker then pads Q8_0 matrices to
+    /// widths of 256 and candle keeps a repacked copy of each): [`crate::estimate::host_repacks`].
+    pub repack: bool,
 }
 
 /// The estimate, by part, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryEstimate {
-    /// Weights as held on the device after loading (re-encoded, embedding table dequantised).
+    /// Weights as held on the device after loading (re-encoded, padded, embedding table
+    /// dequantised).
     pub weights: u64,
+    /// Repacked copies of the matrices candle's AVX512-VNNI kernels run, made at the first
+    /// request and kept.
+    pub packed: u64,
     /// Extra memory held only while loading (the re-encoded copy, conversion buffers).
     pub load_transient: u64,
     /// KV cache at full context for every slot.
@@ -54,17 +61,24 @@ impl MemoryEstimate {
     /// The most the worker will hold at once: weights, the larger of the load transient and
     /// the full KV cache, and the runtime.
     pub fn total(&self) -> u64 {
-        let serving = self.kv_cache + self.kv_growth + self.activations + self.dense_copies;
-        self.weights + self.load_transient.max(serving) + self.runtime
+        // Measured: KV buffers and activations reuse what loading freed; the dense copies (made
+        // at the first prompt chunk) do not.
+        let serving = self.kv_cache + self.kv_growth + self.activations;
+        self.weights
+            + self.packed
+            + self.dense_copies
+            + self.load_transient.max(serving)
+            + self.runtime
     }
 
     /// One line for people: `1.2 GiB (weights 256 MiB, KV cache 1.4 GiB for 4 × 8192 tokens, …)`.
     pub fn describe(&self) -> String {
         use rbee_proto::fmt::bytes;
         format!(
-            "{} (weights {}, KV cache {} (+{} outgrown) for {} × {} tokens, activations {}, dense copies {}, load transient {}, runtime {})",
+            "{} (weights {}, repacked {}, KV cache {} (+{} outgrown) for {} × {} tokens, activations {}, dense copies {}, load transient {}, runtime {})",
             bytes(self.total()),
             bytes(self.weights),
+            bytes(self.packed),
             bytes(self.kv_cache),
             bytes(self.kv_growth),
             self.parallel,
