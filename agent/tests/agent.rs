@@ -233,6 +233,8 @@ async fn cancel_stops_generation_and_metrics_count_it() {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens: 2000,
+        // Thousands of tokens unless stopped: the end of sequence must not finish it first.
+        ignore_eos: true,
         ..Default::default()
     };
     let mut s = c
@@ -277,6 +279,8 @@ async fn cancel_stops_generation_and_metrics_count_it() {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens: 2000,
+        // Thousands of tokens unless stopped: the end of sequence must not finish it first.
+        ignore_eos: true,
         ..Default::default()
     };
     let deadline = Duration::from_millis(300);
