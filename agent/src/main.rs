@@ -61,7 +61,9 @@ enum TokenCmd {
 
 /// Run a token subcommand on the operators file of `state_dir`.
 fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
-    std::fs::create_dir_all(state_dir)
+    // Private, as the agent makes it: it will hold the node token and the audit log.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let file = rbee_agent::server::operators::path(state_dir);
     match cmd {
@@ -75,7 +77,9 @@ fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Revoke { name } => {
             if !rbee_agent::server::operators::revoke(&file, &name)? {
-                anyhow::bail!("operator {name} has no token");
+                anyhow::bail!(
+                    "operator {name} has no token (`rbee-agent token list` names those who do)"
+                );
             }
             eprintln!("rbee-agent: token of operator {name} revoked");
         }
@@ -143,6 +147,15 @@ fn main() -> anyhow::Result<()> {
                 max_bytes: config.logs.max_bytes,
                 keep: config.logs.keep,
             };
+            // A log in a state directory not made yet (the first start): make it, private.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(dir)
+                .with_context(|| format!("creating {} for the log file", dir.display()))?;
+            }
             rbee_host::logging::init_file(path, rotation)
                 .with_context(|| format!("opening log file {}", path.display()))?;
         }

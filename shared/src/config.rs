@@ -86,12 +86,17 @@ impl LoadTimeout {
     /// The limit for a model of `bytes` bytes.
     pub fn for_model(&self, bytes: u64) -> std::time::Duration {
         let per_gib_ms = self.per_gib_secs.saturating_mul(1000);
-        let extra_ms = (u128::from(bytes) * u128::from(per_gib_ms) / (1u128 << 30)) as u64;
+        let extra = u128::from(bytes) * u128::from(per_gib_ms) / (1u128 << 30);
+        // Saturate: a huge `per_gib_secs` means "wait", never a limit wrapped round to nothing.
+        let extra_ms = u64::try_from(extra).unwrap_or(u64::MAX);
         std::time::Duration::from_millis(
             self.base_secs.saturating_mul(1000).saturating_add(extra_ms),
         )
     }
 }
+
+/// Most rotated files `[logs] keep` may ask for.
+pub const MAX_LOG_KEEP: usize = 1000;
 
 /// When a log file is rotated and how many rotated files stay (`[logs]` in the agent config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +180,14 @@ impl AgentConfig {
         }
         if self.logs.max_bytes < 4096 {
             return Err("key `logs.max_bytes`: must be at least 4096".into());
+        }
+        // Each rotation renames every kept file in turn: a huge `keep` stalls every writer.
+        if self.logs.keep > MAX_LOG_KEEP {
+            return Err(format!(
+                "key `logs.keep`: {} rotated files is too many; at most {MAX_LOG_KEEP} \
+                 (raise `logs.max_bytes` to keep more)",
+                self.logs.keep
+            ));
         }
         if self.worker_queue == 0 {
             return Err("key `worker_queue`: must be at least 1".into());
@@ -396,6 +409,12 @@ mod tests {
         assert_eq!(t.for_model(0).as_secs(), 60);
         assert_eq!(t.for_model(4 << 30).as_secs(), 180);
         assert_eq!(t.for_model(98_000_000).as_millis(), 62_738);
+        // 2^63 ms per GiB of a 2 GiB model is 2^64 ms: saturated, not wrapped round to 1 s.
+        let huge = LoadTimeout {
+            base_secs: 1,
+            per_gib_secs: (1 << 63) / 1000 + 1,
+        };
+        assert_eq!(huge.for_model(2 << 30).as_millis(), u128::from(u64::MAX));
     }
 
     #[test]

@@ -37,6 +37,30 @@ fn load(file: &Path) -> anyhow::Result<Operators> {
     }
 }
 
+/// Hold an exclusive lock (a `.operators.lock` beside `file`) while `f` reads, changes and
+/// writes the file, so two `token add` run at once both land instead of the last write
+/// dropping the other's token (which its operator was already shown).
+fn locked<T>(file: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let lock_path = file.with_file_name(".operators.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("cannot lock {}: {e}", lock_path.display());
+    }
+    let out = f();
+    drop(lock);
+    out
+}
+
 fn save(file: &Path, ops: &Operators) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(ops)?;
     write_atomic(file, text.as_bytes(), 0o600)?;
@@ -54,28 +78,32 @@ pub fn add(file: &Path, name: &str) -> anyhow::Result<String> {
     if !valid {
         anyhow::bail!("operator name `{name}`: use 1 to 64 letters, digits, `-`, `_`, `.` or `@`");
     }
-    let mut ops = load(file)?;
-    if ops.tokens.contains_key(name) {
-        anyhow::bail!(
-            "operator {name} already has a token; `rbee-agent token revoke {name}` first"
-        );
-    }
-    let mut bytes = [0u8; TOKEN_HEX_CHARS / 2];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    ops.tokens.insert(name.into(), token.clone());
-    save(file, &ops)?;
-    Ok(token)
+    locked(file, || {
+        let mut ops = load(file)?;
+        if ops.tokens.contains_key(name) {
+            anyhow::bail!(
+                "operator {name} already has a token; `rbee-agent token revoke {name}` first"
+            );
+        }
+        let mut bytes = [0u8; TOKEN_HEX_CHARS / 2];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        ops.tokens.insert(name.into(), token.clone());
+        save(file, &ops)?;
+        Ok(token)
+    })
 }
 
 /// Take operator `name`'s token back; false when there was none.
 pub fn revoke(file: &Path, name: &str) -> anyhow::Result<bool> {
-    let mut ops = load(file)?;
-    let had = ops.tokens.remove(name).is_some();
-    if had {
-        save(file, &ops)?;
-    }
-    Ok(had)
+    locked(file, || {
+        let mut ops = load(file)?;
+        let had = ops.tokens.remove(name).is_some();
+        if had {
+            save(file, &ops)?;
+        }
+        Ok(had)
+    })
 }
 
 /// The operators holding a token, by name.

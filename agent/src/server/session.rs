@@ -151,7 +151,11 @@ async fn read_request(msg: Message, ctx: &Ctx) -> Option<Incoming> {
         }
         Err(e) => {
             ctx.shared.metrics.error("bad_frame");
-            ctx.send_error(e.id, ErrorCode::BadFrame, e.message).await;
+            let message = match time_limit_hint(&text) {
+                Some(hint) => format!("{hint} ({})", e.message),
+                None => e.message,
+            };
+            ctx.send_error(e.id, ErrorCode::BadFrame, message).await;
             return None;
         }
     };
@@ -188,6 +192,31 @@ fn arrival_deadline(
         )),
         (None, d) => Ok(d),
     }
+}
+
+/// What is wrong with a frame's time limit, naming the field: serde's own words for a
+/// flattened request ("invalid value: integer `-5`, expected u64") do not say which field.
+fn time_limit_hint(text: &str) -> Option<String> {
+    if text.len() > rbee_proto::MAX_FRAME_BYTES {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    ["timeout_ms", "deadline"].into_iter().find_map(|key| {
+        let v = value
+            .get(key)
+            .filter(|v| !v.is_null() && v.as_u64().is_none())?;
+        Some(match key {
+            "timeout_ms" => format!(
+                "`timeout_ms` must be a whole number of milliseconds from 1 to {} (got {v})",
+                u64::MAX
+            ),
+            _ => format!(
+                "`deadline` must be Unix milliseconds from 0 to {} (got {v}); send \
+                 `timeout_ms` instead",
+                u64::MAX
+            ),
+        })
+    })
 }
 
 /// Start the event stream from the truth: the current workers and the latest telemetry.

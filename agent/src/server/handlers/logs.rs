@@ -49,7 +49,7 @@ pub(super) fn read_log(
                     "this agent logs to its stderr, not to a file (start it with --log-file)",
                 ));
             };
-            agent_log(path, lines, after).map_err(|e| {
+            agent_log(path, ctx.shared.config.logs.keep, lines, after).map_err(|e| {
                 ProtoError::new(
                     ErrorCode::Internal,
                     format!("cannot read {}: {e}", path.display()),
@@ -93,26 +93,75 @@ fn fit(lines: Vec<String>) -> (Vec<String>, u64) {
 }
 
 /// The agent's log file: the last `lines` complete lines, or those after cursor `after`. The
-/// cursor is the file's inode (low 24 bits) over the byte offset (40 bits), so a rotation
-/// (a new file) is noticed and the new file read from its start.
+/// cursor is the file's inode (low 24 bits) over the byte offset (40 bits). A follower whose
+/// file was rotated away since (it is `NAME.k` now, one of the `keep` kept) gets the rest of that
+/// file and of every newer one, so no line written between two reads is missed.
 fn agent_log(
     path: &Path,
+    keep: usize,
     lines: usize,
     after: Option<u64>,
 ) -> std::io::Result<(Vec<String>, u64, u64)> {
+    let Some(cursor) = after else {
+        return tail_file(path, lines);
+    };
+    // Oldest first, the file being written last.
+    let mut chain = rbee_host::rotate::files_oldest_first(path, keep);
+    chain.retain(|p| p != path);
+    chain.push(path.to_path_buf());
+    let ino_of = |p: &Path| std::fs::metadata(p).ok().map(|m| m.ino() & INO_MASK);
+    let (mut idx, mut start) = match chain.iter().position(|p| ino_of(p) == Some(cursor >> 40)) {
+        Some(i) => (i, cursor & OFFSET_MASK),
+        // Its file is gone (rotated past `keep`): the current one from its start.
+        None => (chain.len() - 1, 0),
+    };
+    let mut all = Vec::new();
+    let mut budget = MAX_FILE_READ;
+    let next = loop {
+        let mut f = std::fs::File::open(&chain[idx])?;
+        let meta = f.metadata()?;
+        let len = meta.len();
+        if start > len {
+            start = 0; // truncated (`keep = 0`)
+        }
+        let (mut got, complete) = read_lines(&mut f, start, budget)?;
+        all.append(&mut got);
+        budget = budget.saturating_sub(complete);
+        let end = start + complete;
+        // Read to its end and a newer file follows: go on there.
+        if end >= len && idx + 1 < chain.len() && budget > 0 {
+            idx += 1;
+            start = 0;
+            continue;
+        }
+        break ((meta.ino() & INO_MASK) << 40) | end;
+    };
+    let skipped = all.len().saturating_sub(lines);
+    let kept = all.split_off(skipped);
+    Ok((kept, next, skipped as u64))
+}
+
+/// The last `lines` complete lines of the file at `path` (within its last [`MAX_FILE_READ`]
+/// bytes), and the cursor after them.
+fn tail_file(path: &Path, lines: usize) -> std::io::Result<(Vec<String>, u64, u64)> {
     let mut f = std::fs::File::open(path)?;
     let meta = f.metadata()?;
-    let ino = meta.ino() & 0xff_ffff;
-    let len = meta.len();
-    let start = match after {
-        Some(c) if c >> 40 == ino && (c & OFFSET_MASK) <= len => c & OFFSET_MASK,
-        Some(_) => 0,
-        None => len.saturating_sub(MAX_FILE_READ),
-    };
+    let start = meta.len().saturating_sub(MAX_FILE_READ);
+    let (mut all, complete) = read_lines(&mut f, start, MAX_FILE_READ)?;
+    if start > 0 && !all.is_empty() {
+        all.remove(0); // the first line read may be the tail of one
+    }
+    let skipped = all.len().saturating_sub(lines);
+    let next = ((meta.ino() & INO_MASK) << 40) | (start + complete);
+    Ok((all.split_off(skipped), next, 0))
+}
+
+/// The complete lines of `f` from byte `start`, reading at most `max` bytes, and how many bytes
+/// they took (a line still being written is left for the next read).
+fn read_lines(f: &mut std::fs::File, start: u64, max: u64) -> std::io::Result<(Vec<String>, u64)> {
     f.seek(SeekFrom::Start(start))?;
     let mut data = Vec::new();
-    f.take(MAX_FILE_READ).read_to_end(&mut data)?;
-    // Only complete lines; a line being written is read next time.
+    f.take(max).read_to_end(&mut data)?;
     let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     data.truncate(complete);
     let mut all: Vec<String> = data
@@ -120,16 +169,10 @@ fn agent_log(
         .map(|l| String::from_utf8_lossy(l).into_owned())
         .collect();
     all.pop(); // after the last newline
-    if after.is_none() && start > 0 && !all.is_empty() {
-        all.remove(0); // the first line read may be the tail of one
-    }
-    let skipped = all.len().saturating_sub(lines);
-    let next = (ino << 40) | (start + complete as u64);
-    let kept = all.split_off(skipped);
-    let skipped = if after.is_some() { skipped as u64 } else { 0 };
-    Ok((kept, next, skipped))
+    Ok((all, complete as u64))
 }
 
+const INO_MASK: u64 = 0xff_ffff;
 const OFFSET_MASK: u64 = (1 << 40) - 1;
 
 #[cfg(test)]
@@ -157,21 +200,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.log");
         std::fs::write(&path, "a\nb\nc\npartial").unwrap();
-        let (lines, next, _) = agent_log(&path, 2, None).unwrap();
+        let (lines, next, _) = agent_log(&path, 2, 2, None).unwrap();
         assert_eq!(lines, ["b", "c"]);
-        let (lines, next, _) = agent_log(&path, 100, Some(next)).unwrap();
+        let (lines, next, _) = agent_log(&path, 2, 100, Some(next)).unwrap();
         assert!(lines.is_empty());
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
         f.write_all(b" line\nd\n").unwrap();
-        let (lines, next, _) = agent_log(&path, 100, Some(next)).unwrap();
+        let (lines, next, _) = agent_log(&path, 2, 100, Some(next)).unwrap();
         assert_eq!(lines, ["partial line", "d"]);
-        // Rotated: a new file under the name, read from its start.
+        // A line written just before a rotation, then the rotation: the follower gets the rest
+        // of the rotated file, then the new one from its start.
+        f.write_all(b"late\n").unwrap();
         std::fs::rename(&path, dir.path().join("agent.log.1")).unwrap();
         std::fs::write(&path, "e\n").unwrap();
-        let (lines, _, _) = agent_log(&path, 100, Some(next)).unwrap();
-        assert_eq!(lines, ["e"]);
+        let (lines, next, _) = agent_log(&path, 2, 100, Some(next)).unwrap();
+        assert_eq!(lines, ["late", "e"]);
+        // Two more rotations, the follower's file now `.2`: still every line once.
+        std::fs::write(&path, "e\nf\n").unwrap();
+        std::fs::rename(
+            dir.path().join("agent.log.1"),
+            dir.path().join("agent.log.2"),
+        )
+        .unwrap();
+        std::fs::rename(&path, dir.path().join("agent.log.1")).unwrap();
+        std::fs::write(&path, "g\n").unwrap();
+        let (lines, _, _) = agent_log(&path, 2, 100, Some(next)).unwrap();
+        assert_eq!(lines, ["f", "g"]);
     }
 }

@@ -1,0 +1,352 @@
+//! An operator's review of the operations features (issue 15) against the real binaries: odd
+//! time limits in raw frames, operator tokens added at once, a log file in a state directory not
+//! made yet, rotation settings that would stall the agent, and the agent's log followed across
+//! rotations.
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::bounded;
+use futures_util::{SinkExt, StreamExt};
+use rbee_client::Client;
+use rbee_proto::frame::{decode, encode};
+use rbee_proto::session::{ClientMsg, Reply, Request, ServerMsg, SpawnSpec, WorkerInfo};
+use rbee_proto::{ErrorCode, WorkerState, PROTOCOL_VERSION};
+use rbee_testkit::{bin, model_path, AgentProc};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw, authenticated session past its hello.
+async fn raw_session(agent: &AgentProc) -> Ws {
+    let mut req = agent.url.as_str().into_client_request().unwrap();
+    let bearer = format!("Bearer {}", agent.token);
+    req.headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let hello = ClientMsg::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client: "ops-review".into(),
+        identity: None,
+    };
+    ws.send(Message::text(encode(&hello))).await.unwrap();
+    let Some(Ok(Message::Text(w))) = ws.next().await else {
+        panic!("no welcome")
+    };
+    assert!(matches!(
+        decode::<ServerMsg>(&w),
+        Ok(ServerMsg::Welcome { .. })
+    ));
+    ws
+}
+
+/// Send `frame` as it is and return the frame that ends request `id` (its reply, its
+/// `infer_done` or an error), skipping streamed tokens.
+async fn ask_raw(ws: &mut Ws, id: u64, frame: &str) -> ServerMsg {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    bounded("an answer", async {
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("session ended after {frame}")
+            };
+            match decode::<ServerMsg>(&t).unwrap() {
+                m @ ServerMsg::Reply { id: i, .. } if i == id => return m,
+                m @ ServerMsg::Error { id: Some(i), .. } if i == id => return m,
+                m @ ServerMsg::Error { id: None, .. } => return m,
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+fn error_of(m: &ServerMsg) -> (ErrorCode, String) {
+    match m {
+        ServerMsg::Error { code, message, .. } => (*code, message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+async fn ready_worker(c: &Client, id: &str) -> WorkerInfo {
+    bounded("worker ready", async {
+        loop {
+            if let Ok(Reply::Workers { workers }) = c.request(Request::ListWorkers, None).await {
+                if let Some(w) = workers
+                    .into_iter()
+                    .find(|w| w.id == id && w.state == WorkerState::Ready)
+                {
+                    return w;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_time_limits_in_raw_frames_get_clear_answers_and_the_session_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::start(&dir.path().join("state"), &[]);
+    let (c, _ev) = agent.connect().await;
+    let spec = SpawnSpec {
+        model: model_path().display().to_string(),
+        threads: Some(1),
+        parallel: Some(1),
+        ctx: Some(256),
+        ..Default::default()
+    };
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+        panic!("spawn")
+    };
+    ready_worker(&c, &worker.id).await;
+    let mut ws = raw_session(&agent).await;
+    let infer = |id: u64, limits: &str| {
+        format!(
+            r#"{{"type":"request","id":{id},{limits}"op":"infer","worker":"{}","prompt":"Hi","params":{{"max_tokens":2}}}}"#,
+            worker.id
+        )
+    };
+    // Check the frame shape once: without any limit it generates.
+    let m = ask_raw(&mut ws, 1, &infer(1, "")).await;
+    assert!(
+        matches!(
+            &m,
+            ServerMsg::Reply {
+                body: Reply::InferDone { .. },
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    // A zero budget: refused at once, saying so.
+    let (code, msg) = error_of(&ask_raw(&mut ws, 2, &infer(2, r#""timeout_ms":0,"#)).await);
+    assert_eq!(code, ErrorCode::DeadlineExceeded, "{msg}");
+    assert!(msg.contains("timeout_ms 0"), "{msg}");
+    // The largest budget (and the largest absolute deadline): no overflow, it just generates.
+    for (id, limits) in [
+        (3, r#""timeout_ms":18446744073709551615,"#),
+        (4, r#""deadline":18446744073709551615,"#),
+    ] {
+        let m = ask_raw(&mut ws, id, &infer(id, limits)).await;
+        assert!(
+            matches!(
+                &m,
+                ServerMsg::Reply {
+                    body: Reply::InferDone { .. },
+                    ..
+                }
+            ),
+            "{limits}: {m:?}"
+        );
+    }
+    // Negative, fractional, text: a bad frame naming the field.
+    for (id, limits) in [
+        (5, r#""timeout_ms":-5,"#),
+        (6, r#""timeout_ms":1.5,"#),
+        (7, r#""timeout_ms":"soon","#),
+        (8, r#""timeout_ms":18446744073709551616,"#),
+    ] {
+        let (code, msg) = error_of(&ask_raw(&mut ws, id, &infer(id, limits)).await);
+        assert_eq!(code, ErrorCode::BadFrame, "{limits}: {msg}");
+        assert!(msg.contains("timeout_ms"), "{limits}: {msg}");
+    }
+    // An old client's absolute deadline already past by this agent's clock: refused, naming
+    // the fix.
+    let (code, msg) = error_of(&ask_raw(&mut ws, 9, &infer(9, r#""deadline":1,"#)).await);
+    assert_eq!(code, ErrorCode::DeadlineExceeded, "{msg}");
+    assert!(msg.contains("send timeout_ms instead"), "{msg}");
+    // Log reads with no lines and with every line: answered, nothing breaks.
+    for (id, lines) in [(10, "0"), (11, "18446744073709551615")] {
+        let frame = format!(
+            r#"{{"type":"request","id":{id},"op":"read_log","worker":"{}","lines":{lines}}}"#,
+            worker.id
+        );
+        let m = ask_raw(&mut ws, id, &frame).await;
+        let ServerMsg::Reply {
+            body: Reply::LogLines { lines: got, .. },
+            ..
+        } = &m
+        else {
+            panic!("read_log {lines}: {m:?}")
+        };
+        assert_eq!(got.is_empty(), lines == "0", "{got:?}");
+    }
+    // The session still serves.
+    let m = ask_raw(&mut ws, 12, &infer(12, r#""timeout_ms":60000,"#)).await;
+    assert!(
+        matches!(
+            &m,
+            ServerMsg::Reply {
+                body: Reply::InferDone { .. },
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+}
+
+fn token_cmd(state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("rbee-agent"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("token")
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_tokens_added_at_once_all_log_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("fresh/state");
+    // Sixteen operators at once, on a state directory no agent made yet.
+    let adds: Vec<_> = (0..16)
+        .map(|i| {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let out = token_cmd(&state, &["add", &format!("op{i}")]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            })
+        })
+        .collect();
+    let tokens: Vec<String> = adds.into_iter().map(|t| t.join().unwrap()).collect();
+    let listed = String::from_utf8(token_cmd(&state, &["list"]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 16, "lost tokens: {listed}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory token add made");
+    // Every token shown is one the agent accepts.
+    let agent = AgentProc::start(&state, &[]);
+    for t in &tokens {
+        Client::connect(&agent.url, t, "ops-review")
+            .await
+            .unwrap_or_else(|e| panic!("token {t} refused: {e}"));
+    }
+    // Revoking someone unknown names where to look.
+    let out = token_cmd(&state, &["revoke", "nobody"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("rbee-agent token list"),
+        "{err}"
+    );
+}
+
+/// Run the agent with `args` until it listens (true) or exits (false), with what it said.
+fn agent_starts(args: &[&str], state: &std::path::Path) -> (bool, String) {
+    let mut child = Command::new(bin("rbee-agent"))
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = state.join("agent.addr");
+    let started =
+        rbee_testkit::wait_for(Duration::from_secs(30), "agent to listen or exit", || {
+            if addr.exists() {
+                return Some(true);
+            }
+            child.try_wait().unwrap().map(|_| false)
+        });
+    if started {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (started, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_log_file_in_a_state_directory_not_made_yet_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("new/state");
+    let log = state.join("agent.log");
+    let (started, said) = agent_starts(&["--log-file", log.to_str().unwrap()], &state);
+    assert!(started, "{said}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("listening") || text.contains("agent_start"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rotation_settings_that_would_stall_the_agent_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("agent.toml");
+    std::fs::write(&conf, "[logs]\nmax_bytes = 4096\nkeep = 1000000000\n").unwrap();
+    let (started, said) = agent_starts(
+        &["--config", conf.to_str().unwrap()],
+        &dir.path().join("state"),
+    );
+    assert!(!started);
+    assert!(
+        said.contains("logs.keep") && said.contains("at most"),
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_log_followed_across_rotations_misses_no_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let conf = dir.path().join("agent.toml");
+    std::fs::write(&conf, "[logs]\nmax_bytes = 4096\nkeep = 3\n").unwrap();
+    let log = dir.path().join("agent.log");
+    let agent = AgentProc::start(
+        &state,
+        &[
+            "--config",
+            conf.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    let (c, _ev) = agent.connect().await;
+    let read = |after: Option<u64>| Request::ReadLog {
+        worker: None,
+        lines: 10_000,
+        after,
+    };
+    let Reply::LogLines { mut next, .. } = c.request(read(None), None).await.unwrap() else {
+        panic!("read_log")
+    };
+    // Each session logs a line naming its port; enough of them to rotate the file once or
+    // twice between two reads (three rotated files are kept, so none is gone yet).
+    let mut seen = String::new();
+    for round in 0..3 {
+        for _ in 0..12 {
+            let (s, _e) = agent.connect().await;
+            assert!(s.request(Request::Ping, None).await.is_ok());
+        }
+        let Reply::LogLines {
+            lines,
+            next: n,
+            skipped,
+        } = c.request(read(Some(next)), None).await.unwrap()
+        else {
+            panic!("read_log")
+        };
+        assert_eq!(skipped, 0, "round {round}");
+        next = n;
+        seen.push_str(&lines.join("\n"));
+        seen.push('\n');
+    }
+    assert!(
+        std::fs::metadata(rbee_host::rotate::rotated(&log, 1)).is_ok(),
+        "the log never rotated: the test proves nothing"
+    );
+    // Each session's line exactly once: none lost at a rotation, none read twice.
+    assert_eq!(seen.matches("session started").count(), 36, "{seen}");
+}
