@@ -1,6 +1,6 @@
 //! Chaos suite: real `rbee-agent`s, each in its own network namespace behind its own veth pair,
 //! real `rbee-worker`s on the real small model, and one dashboard's own session code
-//! (`nodes::session::run_node` per node feeding `update::update` into one `State`) following them all
+//! (`dashboard::node_session::run_node` per node feeding `update::update` into one `State`) following them all
 //! across the veths.
 //!
 //! Faults, drawn at random from a seeded RNG (the seed is printed; `RBEE_CHAOS_SEED` replays one):
@@ -209,7 +209,7 @@ impl Dashboard {
         let mut txs = Vec::new();
         for (i, target) in targets.into_iter().enumerate() {
             let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-            tasks.push(tokio::spawn(rbee_tui::nodes::session::run_node(
+            tasks.push(tokio::spawn(rbee_tui::dashboard::node_session::run_node(
                 i,
                 target,
                 action_tx.clone(),

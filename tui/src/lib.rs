@@ -5,23 +5,23 @@
 //! shows.
 //!
 //! Layout (see `README.md` for one line per file):
-//! * [`dashboard`]: what the operator sees and does — state, update, view, keys, the event loop.
-//! * [`nodes`]: how a node is reached — config, local bring-up, SSH, the reconnecting session.
+//! * [`dashboard`]: what the operator sees and does — state, update, view, keys, the event loop,
+//!   the reconnecting session per node.
+//! * [`nodes`]: how a node is reached — config, local bring-up, SSH, one connection, and
+//!   [`TuiError`], every failure the operator can act on.
+//! * [`gateway`]: the OpenAI-compatible HTTP API over the same sessions.
 //! * [`cli`]: the command line — its definition and one file per subcommand family.
-//! * [`fmt`], [`error`], [`logging`]: shared by all three.
+//! * [`fmt`], [`logging`]: shared by all.
 //!
-//! Dependencies point one way within each step: `cli` → `dashboard` → `nodes` → `error`/`fmt`,
-//! except that node sessions speak the dashboard's `Action`/`Effect` vocabulary
-//! (`dashboard::action`, plain data) and `:add` is read by the `nodes add` definition
-//! (`cli::args`, plain data).
+//! Dependencies point one way: `cli` → `gateway` → `dashboard` → `nodes` → `fmt`; no folder
+//! imports one that imports it back (`tests/tests/layout.rs` checks files and folders).
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod dashboard;
-pub mod error;
 pub mod fmt;
 pub mod gateway;
 pub mod logging;
 pub mod nodes;
 
-pub use error::TuiError;
+pub use nodes::error::TuiError;

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use tracing_subscriber::EnvFilter;
 
-use crate::error::TuiError;
+use crate::nodes::error::TuiError;
 
 /// `--log-file` / `RBEE_LOG_FILE`, else `<state dir>/rbee/tui.log`.
 pub fn default_log_path() -> PathBuf {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rbee_proto::config::NodeConfig;
 use rbee_testkit::{model_path, AgentProc};
 use rbee_tui::dashboard::action::Action;
+use rbee_tui::dashboard::node_session::run_node;
 use rbee_tui::nodes::config::NodeTarget;
-use rbee_tui::nodes::session::run_node;
 use serde_json::Value;
 use tokio::sync::mpsc;
 

@@ -648,8 +648,8 @@ fn kill_from_the_confirm_popup(tmux: &Tmux, id: &str, worker_pid: u32, step: &dy
 async fn a_frozen_agent_is_noticed_and_rejoined_when_it_thaws() {
     use rbee_proto::config::NodeConfig;
     use rbee_tui::dashboard::action::Action;
+    use rbee_tui::dashboard::node_session::{run_node, SILENT_LIMIT};
     use rbee_tui::nodes::config::NodeTarget;
-    use rbee_tui::nodes::session::{run_node, SILENT_LIMIT};
     use tokio::sync::mpsc;
 
     let dir = tempfile::tempdir().unwrap();

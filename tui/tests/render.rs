@@ -421,11 +421,11 @@ fn worker_detail_with_unfocused_prompt_80x24() {
 /// A request as the gateway's board holds it.
 fn request(
     id: u64,
-    phase: rbee_tui::gateway::board::Phase,
+    phase: rbee_tui::dashboard::board::Phase,
     node: &str,
-) -> rbee_tui::gateway::board::RequestRow {
+) -> rbee_tui::dashboard::board::RequestRow {
     let placed = !node.is_empty();
-    rbee_tui::gateway::board::RequestRow {
+    rbee_tui::dashboard::board::RequestRow {
         id,
         arrived: NOW - 9_000 + id * 1_000,
         client: format!("127.0.0.1:{}", 50_000 + id),
@@ -448,7 +448,7 @@ fn request(
 
 #[test]
 fn requests_screen_80x24() {
-    use rbee_tui::gateway::board::Phase;
+    use rbee_tui::dashboard::board::Phase;
     let mut s = on(Screen::Requests);
     s.serving = Some("127.0.0.1:8080".into());
     s.requests = vec![

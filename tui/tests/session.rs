@@ -9,8 +9,8 @@ use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
 use rbee_proto::{SamplingParams, WorkerState};
 use rbee_testkit::standin::{StandIn, MODEL_REF};
 use rbee_tui::dashboard::action::{Action, Effect};
+use rbee_tui::dashboard::node_session::run_node;
 use rbee_tui::nodes::config::NodeTarget;
-use rbee_tui::nodes::session::run_node;
 use tokio::sync::mpsc;
 
 /// Wait (bounded) for the first action `f` accepts, skipping others.

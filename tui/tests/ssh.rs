@@ -977,7 +977,9 @@ fn dashboard_session_reconnects_after_the_ssh_connection_drops() {
     rt.block_on(async {
         let (atx, mut arx) = tokio::sync::mpsc::channel(1024);
         let (etx, erx) = tokio::sync::mpsc::channel(16);
-        let task = tokio::spawn(rbee_tui::nodes::session::run_node(0, target, atx, erx));
+        let task = tokio::spawn(rbee_tui::dashboard::node_session::run_node(
+            0, target, atx, erx,
+        ));
         let url = next(&mut arx, "connected").await;
         assert!(
             url.starts_with(&format!("ssh://root@127.0.0.1:{port} → 127.0.0.1:")),

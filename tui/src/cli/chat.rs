@@ -13,8 +13,8 @@ use super::args::ChatArgs;
 use super::conn::{open, Session};
 use super::infer::{generate, params, report};
 use super::out::Out;
-use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
+use crate::nodes::error::TuiError;
 
 /// What `/help` prints in a conversation.
 const HELP: &str = "/clear  start a new conversation (the system turn is kept)\n\

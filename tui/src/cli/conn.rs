@@ -5,10 +5,10 @@ use std::time::Duration;
 use rbee_client::{Client, ClientError, Incoming};
 use rbee_proto::session::{Reply, Request, WorkerInfo};
 
-use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::connect;
 use crate::nodes::describe::describe;
+use crate::nodes::error::TuiError;
 
 /// One connected node.
 pub(super) struct Session {

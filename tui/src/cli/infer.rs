@@ -10,9 +10,9 @@ use serde_json::json;
 use super::args::InferArgs;
 use super::conn::{open, Session};
 use super::out::Out;
-use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::describe::describe;
+use crate::nodes::error::TuiError;
 
 /// A finished generation as this client saw it.
 pub(super) struct Generated {

@@ -4,13 +4,14 @@
 //! `--follow` asks again every half second for what came after the last answer.
 use std::time::Duration;
 
+use rbee_client::ClientError;
 use rbee_proto::session::{Reply, Request};
-use rbee_proto::WorkerId;
+use rbee_proto::{ErrorCode, WorkerId};
 use serde_json::json;
 
 use super::conn::Session;
 use super::out::Out;
-use crate::error::TuiError;
+use crate::nodes::error::TuiError;
 
 /// How often `--follow` asks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
@@ -37,7 +38,25 @@ pub(super) async fn print(
             lines,
             after,
         };
-        let (got, next, skipped) = match s.ask(request, timeout).await? {
+        let answer = match s.ask(request, timeout).await {
+            // Followed until its worker was killed or removed: the log ends there, which is
+            // what the follower waited for, not a failure.
+            Err(TuiError::Request {
+                source: ClientError::Agent(e),
+                ..
+            }) if e.code == ErrorCode::NotFound && after.is_some() => {
+                if let Some(w) = &worker {
+                    eprintln!(
+                        "rbee-tui: worker {w} is gone from node {} (killed or removed); \
+                         its log ends here",
+                        s.name
+                    );
+                }
+                return Ok(());
+            }
+            other => other?,
+        };
+        let (got, next, skipped) = match answer {
             Reply::LogLines {
                 lines,
                 next,

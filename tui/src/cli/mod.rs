@@ -7,8 +7,8 @@
 //! prints as one line, `rbee-tui: <reason>`.
 use std::time::Duration;
 
-use crate::error::TuiError;
 use crate::nodes::config::{config_path, ConfigFile};
+use crate::nodes::error::TuiError;
 
 pub mod args;
 mod chat;

@@ -8,10 +8,10 @@ use serde_json::{json, Value};
 
 use super::conn::{each_node, open};
 use super::out::{first_error, Out};
-use crate::error::TuiError;
 use crate::fmt::text_table;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::describe::describe;
+use crate::nodes::error::TuiError;
 
 /// `models pull`: the request, with the node's progress events shown while it runs.
 pub(super) async fn pull(

@@ -7,10 +7,10 @@ use serde_json::json;
 
 use super::args::{AddArgs, NodesCmd};
 use super::out::Out;
-use crate::error::TuiError;
 use crate::fmt::text_table;
 use crate::nodes::add::add_ssh_node;
 use crate::nodes::config::{ConfigFile, NodeTarget};
+use crate::nodes::error::TuiError;
 use crate::nodes::stop::stop_node;
 
 /// Run one `nodes` subcommand against the loaded config.

@@ -5,7 +5,7 @@ use std::io::Write;
 use rbee_proto::session::WorkerInfo;
 use serde_json::Value;
 
-use crate::error::TuiError;
+use crate::nodes::error::TuiError;
 
 /// Where answers go: stdout, as text or JSON.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! `rbee-tui serve`: the headless gateway. Parses its flags into a [`GatewayConfig`], prints the
 //! address it listens on (one line on stdout, `listening on http://ADDR`), and serves until
 //! SIGINT or SIGTERM. With `--watch` the terminal shows the API traffic live instead (the
-//! Requests view, `gateway::view`) until `q`.
+//! Requests view, `dashboard::view::requests_table`) until `q`.
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use rbee_proto::config::ConfigError;
 
-use crate::error::TuiError;
-use crate::gateway::board::RequestBoard;
+use crate::dashboard::board::RequestBoard;
+use crate::dashboard::view::requests_table::render_requests;
 use crate::gateway::hub::HubConfig;
 use crate::gateway::keys::ApiKeys;
 use crate::gateway::openai::{parse_keep_alive, KeepAlive};
-use crate::gateway::view::render_requests;
 use crate::gateway::{bind, serve, GatewayConfig, GatewayError};
 use crate::nodes::config::NodeTarget;
+use crate::nodes::error::TuiError;
 
 /// `serve` flags.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,11 +6,11 @@ use serde_json::{json, Value};
 
 use super::conn::each_node;
 use super::out::{worker_json, Out};
-use crate::error::TuiError;
 use crate::fmt::no_gpu_text;
 use crate::nodes::clock;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::reason;
+use crate::nodes::error::TuiError;
 
 /// Ping and ask every node for its status.
 pub(super) async fn run(

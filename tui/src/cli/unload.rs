@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::conn::{each_node, Session};
 use super::out::{first_error, Out};
-use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
+use crate::nodes::error::TuiError;
 
 /// List every node's workers, confirm, kill them all; print what was killed per node.
 pub(super) async fn run(

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use super::args::WorkersCmd;
 use super::conn::{each_node, open, Session};
 use super::out::{first_error, worker_json, Out};
-use crate::error::TuiError;
 use crate::fmt::{short_model, text_table};
 use crate::nodes::config::{ConfigFile, NodeTarget};
+use crate::nodes::error::TuiError;
 
 /// Run one `workers` subcommand.
 pub(super) async fn run(

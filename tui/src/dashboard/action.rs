@@ -4,8 +4,8 @@ use crossterm::event::KeyEvent;
 use rbee_proto::session::{Event, Reply, Request};
 use rbee_proto::{FinishReason, ProtoError, UnixMillis, Usage, WorkerId};
 
+use crate::dashboard::board::RequestRow;
 use crate::dashboard::state::{NodeIdx, PromptId};
-use crate::gateway::board::RequestRow;
 use crate::nodes::config::AddNodeRequest;
 
 /// One thing that happened, for `update` to apply.

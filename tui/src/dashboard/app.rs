@@ -13,10 +13,10 @@ use rbee_proto::config::NodeConfig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::dashboard::action::Action;
+use crate::dashboard::board::RequestBoard;
 use crate::dashboard::runtime::{Driver, Input, Runtime};
-use crate::error::TuiError;
-use crate::gateway::board::RequestBoard;
 use crate::nodes::config::NodeTarget;
+use crate::nodes::error::TuiError;
 use crate::nodes::stop::stop_ephemeral;
 
 /// Puts the terminal back however we leave: return, error or panic unwinding through here.

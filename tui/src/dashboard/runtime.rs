@@ -20,15 +20,15 @@ use tokio::sync::mpsc;
 use tokio::task::{self, JoinSet};
 
 use crate::dashboard::action::{Action, Effect};
+use crate::dashboard::board::RequestBoard;
+use crate::dashboard::node_session::{run_node, DRAIN};
 use crate::dashboard::state::{EventKind, NodeIdx, NodeState, State};
 use crate::dashboard::update::update;
 use crate::dashboard::view;
-use crate::error::TuiError;
-use crate::gateway::board::RequestBoard;
 use crate::nodes::add::{add_ssh_node, unknown_host_key};
 use crate::nodes::config::{AddNodeRequest, ConfigFile, NodeTarget};
 use crate::nodes::connect::CONNECT_TIMEOUT;
-use crate::nodes::session::{run_node, DRAIN};
+use crate::nodes::error::TuiError;
 
 /// Shortest time between two frames (about 30 fps).
 pub const FRAME: Duration = Duration::from_millis(33);

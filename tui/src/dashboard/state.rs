@@ -6,7 +6,7 @@ use rbee_proto::session::Telemetry;
 use rbee_proto::session::{ModelEntry, WorkerInfo};
 use rbee_proto::{ChatMessage, FinishReason, UnixMillis, Usage, WorkerId, WorkerState};
 
-use crate::gateway::board::RequestRow;
+use crate::dashboard::board::RequestRow;
 use crate::nodes::config::AddNodeRequest;
 
 /// Position of a node in `State::nodes`; nodes are fixed for the life of the dashboard.

@@ -1,6 +1,6 @@
 //! The OpenAI-compatible gateway (`rbee-tui serve`): one HTTP address for every node's models.
 //!
-//! * [`hub`]: the one task that runs a dashboard session per node (`nodes::session::run_node`
+//! * [`hub`]: the one task that runs a dashboard session per node (`dashboard::node_session::run_node`
 //!   through its `Action`/`Effect` channels) and schedules requests onto workers, with the
 //!   cluster view in [`cluster`] and the placement rules in [`sched`].
 //! * [`http`]: axum routes — `/v1/models`, `/v1/chat/completions`, `/v1/completions` (JSON or
@@ -8,7 +8,8 @@
 //!   (OpenAI's error JSON) and [`keys`] (bearer API keys).
 //! * [`relay`]: `/metrics` for the whole cluster, every node's exposition labelled `node`.
 //! * [`job`] and [`stats`]: what the two sides pass each other, counters and the audit line.
-//! * [`board`] and [`view`]: the live list of requests and its table, for the dashboard.
+//! * The live list of requests it fills is `dashboard::board`, drawn by
+//!   `dashboard::view::requests_table` (the dashboard's Requests screen and `serve --watch`).
 //!
 //! Nothing here speaks the agent's wire format: the sessions do, exactly as for the dashboard.
 use std::future::Future;
@@ -18,7 +19,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod board;
 pub mod cluster;
 pub mod error;
 pub mod http;
@@ -29,7 +29,6 @@ pub mod openai;
 pub mod relay;
 pub mod sched;
 pub mod stats;
-pub mod view;
 
 use crate::nodes::config::NodeTarget;
 use crate::nodes::connect::CONNECT_TIMEOUT;
@@ -98,7 +97,7 @@ pub struct Bound {
     /// The address it listens on.
     pub addr: SocketAddr,
     /// Every request, live and recent (the dashboard's Requests view reads it).
-    pub board: board::RequestBoard,
+    pub board: crate::dashboard::board::RequestBoard,
     listener: tokio::net::TcpListener,
     shared: Arc<http::Shared>,
 }

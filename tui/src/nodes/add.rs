@@ -6,9 +6,9 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 use rbee_proto::config::NodeConfig;
 
-use crate::error::TuiError;
 use crate::nodes::config::{check_remote_paths, AddNodeRequest, ConfigFile};
 use crate::nodes::connect::{bring_up, BroughtUp};
+use crate::nodes::error::TuiError;
 use crate::nodes::ssh::SshError;
 
 /// Bring the requested node up and, when that worked, record it in `config` and save it.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rbee_proto::config::{NodeConfig, TuiConfig};
 
-use crate::error::TuiError;
+use crate::nodes::error::TuiError;
 
 /// Name of the node used when the config lists none: the agent on this machine.
 pub const LOCAL_NODE: &str = "local";

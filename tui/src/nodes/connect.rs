@@ -8,8 +8,8 @@ use rbee_client::{Client, Incoming};
 use rbee_proto::config::NodeConfig;
 use tokio::sync::mpsc;
 
-use crate::error::TuiError;
 use crate::nodes::config::NodeTarget;
+use crate::nodes::error::TuiError;
 use crate::nodes::local::{ensure_local_agent, LocalError};
 use crate::nodes::ssh::agent::{ensure_agent, RemoteAgent};
 use crate::nodes::ssh::conn::SshConn;

@@ -1,8 +1,8 @@
 //! Stopping a node's agent: `nodes stop`, and the ephemeral nodes when the dashboard quits.
 use rbee_proto::config::NodeConfig;
 
-use crate::error::TuiError;
 use crate::nodes::connect::ssh_error;
+use crate::nodes::error::TuiError;
 use crate::nodes::ssh::agent::{stop_agent, Stopped};
 use crate::nodes::ssh::conn::SshConn;
 use crate::nodes::ssh::{SshOptions, SSH_COMMAND_TIMEOUT};

@@ -21,6 +21,7 @@ mod nodes;
 mod popups;
 mod prompt;
 mod requests;
+pub mod requests_table;
 mod widgets;
 mod worker;
 

@@ -1,4 +1,4 @@
-//! The Requests screen: the gateway's table (`gateway::view`, the same one `serve --watch` draws)
+//! The Requests screen: the gateway's table (`dashboard::view::requests_table`, the same one `serve --watch` draws)
 //! when the dashboard runs a gateway, else how to start one.
 use ratatui::layout::Rect;
 use ratatui::style::Stylize;
@@ -8,7 +8,7 @@ use ratatui::Frame;
 
 use super::widgets::block;
 use crate::dashboard::state::State;
-use crate::gateway::view::render_requests;
+use crate::dashboard::view::requests_table::render_requests;
 
 /// Draw the Requests screen into `area`.
 pub(super) fn render(state: &State, f: &mut Frame, area: Rect) {

@@ -8,7 +8,7 @@ use ratatui::Frame;
 use rbee_proto::fmt::age as fmt_age;
 use rbee_proto::UnixMillis;
 
-use crate::gateway::board::{Phase, RequestRow};
+use crate::dashboard::board::{Phase, RequestRow};
 
 fn ms(v: Option<u64>) -> String {
     match v {

@@ -1,4 +1,4 @@
-//! The gateway's one task: it runs the dashboard's session per node (`nodes::session::run_node`,
+//! The gateway's one task: it runs the dashboard's session per node (`dashboard::node_session::run_node`,
 //! driven through its `Action`/`Effect` channels), keeps the cluster view from what they report,
 //! and schedules jobs: a free worker of the model (least loaded across nodes), else a bounded
 //! wait queue while a worker is spawned on demand, retries once elsewhere when a worker or node
@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::dashboard::action::{Action, Effect, InferDone};
+use crate::dashboard::board::{Phase, RequestBoard, RequestRow};
+use crate::dashboard::node_session::run_node;
 use crate::dashboard::state::{NodeIdx, PromptId};
-use crate::gateway::board::{Phase, RequestBoard, RequestRow};
 use crate::gateway::cluster::Cluster;
 use crate::gateway::error::{parse_agent_error, ApiError};
 use crate::gateway::job::{Cmd, GenEvent, Job, JobId};
@@ -23,7 +24,6 @@ use crate::gateway::openai::{Endpoint, Input, KeepAlive};
 use crate::gateway::sched::{pick_worker, spawn_node, supply, Load, Place};
 use crate::gateway::stats::{AuditLine, AuditLog, Snapshot, Stats};
 use crate::nodes::config::NodeTarget;
-use crate::nodes::session::run_node;
 
 mod end;
 mod place;

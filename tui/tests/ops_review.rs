@@ -1,0 +1,106 @@
+//! An operator's review of `workers logs` against a real agent: a worker log with bytes that are
+//! not UTF-8 is printed (replacement characters, no control character), `--lines 0` prints
+//! nothing and succeeds, an unknown worker is named, and a `--follow` whose worker is killed
+//! ends saying so with success instead of failing with `not_found`.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rbee_testkit::{model_path, wait_for, AgentProc};
+
+/// A worker stand-in that writes a line of invalid UTF-8 and a marker, then idles.
+fn stand_in(dir: &Path) -> PathBuf {
+    let script = dir.join("odd-bytes-worker");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'bad \\377\\376 bytes\\n' >&2\necho ready-marker >&2\nexec sleep 100000\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+fn rbee(cfg: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee-tui"));
+    cmd.arg("--config")
+        .arg(cfg)
+        .env_remove("RUST_LOG")
+        .env_remove("RBEE_CONFIG")
+        .env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+fn run(cfg: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = rbee(cfg).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn worker_logs_of_odd_bytes_zero_lines_unknown_ids_and_a_killed_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentProc::launch(
+        &[],
+        "127.0.0.1:0",
+        &dir.path().join("state"),
+        &stand_in(dir.path()),
+        &[],
+        &[],
+    );
+    let cfg = dir.path().join("tui.toml");
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, &agent.token).unwrap();
+    let add = [
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        tok.to_str().unwrap(),
+    ];
+    assert!(run(&cfg, &add).0);
+    let model = model_path().display().to_string();
+    let (ok, id, err) = run(&cfg, &["workers", "spawn", "--model", &model]);
+    assert!(ok, "{err}");
+    let id = id.trim().to_string();
+    let text = wait_for(Duration::from_secs(30), "the worker's lines", || {
+        let (_, text, _) = run(&cfg, &["workers", "logs", &id]);
+        text.contains("ready-marker").then_some(text)
+    });
+    assert_eq!(text.lines().next(), Some("bad \u{fffd}\u{fffd} bytes"), "{text}");
+    assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
+
+    let (ok, text, err) = run(&cfg, &["workers", "logs", &id, "--lines", "0"]);
+    assert!(ok && text.is_empty(), "{text} {err}");
+
+    let (ok, _, err) = run(&cfg, &["workers", "logs", "w999", "--node", "n1"]);
+    assert!(!ok && err.contains("no worker `w999`"), "{err}");
+
+    // A follower, then the worker is killed: it ends by itself, with success, saying why.
+    let mut follower = rbee(&cfg)
+        .args(["workers", "logs", &id, "--follow", "--lines", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first answer is printed: from now on it asks with a cursor.
+    let mut stdout = follower.stdout.take().unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"ready-marker");
+    let (ok, _, err) = run(&cfg, &["workers", "kill", &id]);
+    assert!(ok, "{err}");
+    // Both pipes end when it exits (a follower that never stops would hang here; nextest's
+    // slow-test limit reports it).
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut said).unwrap();
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "{status}: {said}");
+    assert!(said.contains("is gone") && said.contains(&id), "{said}");
+}
