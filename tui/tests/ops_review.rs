@@ -71,7 +71,11 @@ fn worker_logs_of_odd_bytes_zero_lines_unknown_ids_and_a_killed_worker() {
         let (_, text, _) = run(&cfg, &["workers", "logs", &id]);
         text.contains("ready-marker").then_some(text)
     });
-    assert_eq!(text.lines().next(), Some("bad \u{fffd}\u{fffd} bytes"), "{text}");
+    assert_eq!(
+        text.lines().next(),
+        Some("bad \u{fffd}\u{fffd} bytes"),
+        "{text}"
+    );
     assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
 
     let (ok, text, err) = run(&cfg, &["workers", "logs", &id, "--lines", "0"]);

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::conn::Session;
 use super::out::Out;
-use crate::nodes::error::TuiError;
+use crate::TuiError;
 
 /// How often `--follow` asks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
