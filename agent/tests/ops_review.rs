@@ -11,7 +11,9 @@ use common::bounded;
 use futures_util::{SinkExt, StreamExt};
 use rbee_client::Client;
 use rbee_proto::frame::{decode, encode};
-use rbee_proto::session::{ClientMsg, Reply, Request, ServerMsg, SpawnSpec, WorkerInfo};
+use rbee_proto::session::{
+    ClientIdentity, ClientMsg, Reply, Request, ServerMsg, SpawnSpec, WorkerInfo,
+};
 use rbee_proto::{ErrorCode, WorkerState, PROTOCOL_VERSION};
 use rbee_testkit::{bin, model_path, AgentProc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,6 +24,11 @@ type Ws =
 
 /// A raw, authenticated session past its hello.
 async fn raw_session(agent: &AgentProc) -> Ws {
+    raw_session_as(agent, None).await
+}
+
+/// [`raw_session`], the client saying it is `identity`.
+async fn raw_session_as(agent: &AgentProc, identity: Option<ClientIdentity>) -> Ws {
     let mut req = agent.url.as_str().into_client_request().unwrap();
     let bearer = format!("Bearer {}", agent.token);
     req.headers_mut()
@@ -30,7 +37,7 @@ async fn raw_session(agent: &AgentProc) -> Ws {
     let hello = ClientMsg::Hello {
         protocol_version: PROTOCOL_VERSION,
         client: "ops-review".into(),
-        identity: None,
+        identity,
     };
     ws.send(Message::text(encode(&hello))).await.unwrap();
     let Some(Ok(Message::Text(w))) = ws.next().await else {
@@ -349,4 +356,39 @@ async fn the_agents_log_followed_across_rotations_misses_no_line() {
     );
     // Each session's line exactly once: none lost at a rotation, none read twice.
     assert_eq!(seen.matches("session started").count(), 36, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_agent_log_lines_through_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    let agent = AgentProc::start(
+        &dir.path().join("state"),
+        &["--log-file", log.to_str().unwrap()],
+    );
+    let forged = "2026-11-30T00:00:00.000000Z  INFO rbee_agent::server::handshake: session \
+                  started peer=10.0.0.9:1 who=alice@laptop (rbee-tui/0.1.0) with operator alice";
+    let identity = ClientIdentity {
+        tool: "rbee-tui/0.1.0".into(),
+        os_user: "eve".into(),
+        host: format!("box\n{forged}\n{}", "x".repeat(100_000)),
+        ..Default::default()
+    };
+    let mut ws = raw_session_as(&agent, Some(identity)).await;
+    let m = ask_raw(&mut ws, 1, r#"{"type":"request","id":1,"op":"ping"}"#).await;
+    assert!(matches!(m, ServerMsg::Reply { .. }), "{m:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-11-30T00:00:00")),
+        "a forged line in agent.log:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("eve@box"))
+        .expect("the session's line");
+    assert!(line.len() < 1000, "{} bytes", line.len());
+    // The audit log's entries carry the same, bounded.
+    let audit = agent.audit();
+    let auth = audit.lines().find(|l| l.contains("auth_ok")).unwrap();
+    assert!(auth.len() < 2000 && auth.contains("eve@box"), "{auth:.300}");
 }

@@ -47,10 +47,11 @@ pub(super) async fn greet(
             client,
             identity,
         }) if protocol_version == PROTOCOL_VERSION => {
-            let who = match &identity {
-                Some(id) => format!("{} with {token}", id.summary()),
-                None => format!("{client} with {token}"),
+            let said = match &identity {
+                Some(id) => id.summary(),
+                None => client,
             };
+            let who = format!("{} with {token}", said_safely(&said));
             tracing::info!(%peer, %who, "session started");
             shared.audit.session_started(&peer.to_string(), who);
             shared.audit.record(
@@ -88,4 +89,34 @@ pub(super) async fn greet(
     sink.send(Message::text(encode(&refusal))).await?;
     let _ = sink.close().await;
     Ok(false)
+}
+
+/// Longest self-description of a client the agent records (every audit entry of the session
+/// carries it).
+const MAX_WHO_CHARS: usize = 200;
+
+/// What a client says it is, as the agent's log and audit log record it: control characters made
+/// visible (a newline in a host name would otherwise forge a line of `agent.log`, say naming
+/// another operator) and cut to [`MAX_WHO_CHARS`], saying so.
+fn said_safely(said: &str) -> String {
+    let shown = rbee_proto::fmt::printable(said);
+    match shown.char_indices().nth(MAX_WHO_CHARS) {
+        Some((cut, _)) => format!("{}… (cut)", &shown[..cut]),
+        None => shown.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_clients_self_description_cannot_forge_log_lines_or_grow_the_audit_log() {
+        let forged = "eve@host\n2026-11-30T00:00:00Z  INFO session started who=alice";
+        let safe = super::said_safely(forged);
+        assert!(!safe.contains('\n') && safe.contains("\\x0a"), "{safe}");
+        let long = super::said_safely(&"é".repeat(10_000));
+        assert_eq!(
+            long.chars().count(),
+            super::MAX_WHO_CHARS + "… (cut)".chars().count()
+        );
+    }
 }
