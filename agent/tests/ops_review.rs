@@ -377,7 +377,18 @@ async fn a_client_cannot_forge_agent_log_lines_through_its_identity() {
     let mut ws = raw_session_as(&agent, Some(identity)).await;
     let m = ask_raw(&mut ws, 1, r#"{"type":"request","id":1,"op":"ping"}"#).await;
     assert!(matches!(m, ServerMsg::Reply { .. }), "{m:?}");
+    // A model name quoting the same line, in a spawn that is refused and audited.
+    let (c, _ev) = agent.connect().await;
+    let spec = SpawnSpec {
+        model: format!("/nowhere/m.gguf\n{forged}"),
+        ..Default::default()
+    };
+    assert!(c.request(Request::Spawn(spec), None).await.is_err());
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("m.gguf\\x0a2026-11-30T00:00:00"),
+        "the refused spawn is not in agent.log:\n{text}"
+    );
     assert!(
         !text.lines().any(|l| l.starts_with("2026-11-30T00:00:00")),
         "a forged line in agent.log:\n{text}"

@@ -56,8 +56,36 @@ impl std::io::Write for EventWriter {
 impl Drop for EventWriter {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
+            let line = one_line(&self.buf);
             let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = f.write_line(&self.buf);
+            let _ = f.write_line(&line);
         }
+    }
+}
+
+/// One event as one line of the file: control bytes inside it (a newline or escape in a model
+/// name, a worker id or anything else a client sent that a message quotes) become visible
+/// `\xNN`, so no event can forge another line of the log; tabs stay, one newline ends it.
+fn one_line(event: &[u8]) -> Vec<u8> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    let mut out = Vec::with_capacity(body.len() + 1);
+    for &b in body {
+        if (b < 0x20 && b != b'\t') || b == 0x7f {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_event_is_one_line_whatever_it_quotes() {
+        let got = super::one_line(b"spawn of `a\nFORGED\r\x1b[2J` failed\tok\n");
+        assert_eq!(got, b"spawn of `a\\x0aFORGED\\x0d\\x1b[2J` failed\tok\n");
+        assert_eq!(super::one_line(b"no newline \xff"), b"no newline \xff\n");
     }
 }
