@@ -1,5 +1,5 @@
 //! Attention over a KV cache kept in place, shared by rbee's own decoders (gemma3, llama).
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{Device, Tensor};
 
 /// Keys and values in preallocated buffers (`[b, kv_heads, capacity, d]`), written in place:
 /// no copy of the whole cache per token. Global layers append and double their buffers when
@@ -153,9 +153,6 @@ pub(crate) fn attend(
             (keys, values, Some(m))
         }
         (false, _) => {
-            if let Some(out) = one_token_cpu(q, c, (heads, kv_heads, head_dim, scale))? {
-                return Ok(out);
-            }
             let (keys, values) = c.view()?;
             (keys, values, None)
         }
@@ -178,104 +175,6 @@ pub(crate) fn attend(
         .reshape((b, t, heads * head_dim))
 }
 
-/// `a · b`, in eight lanes the compiler keeps in one vector register.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Whether [`one_token_cpu`] is used (`RBEE_FAST_ATTN=1`). Off by default: its sums run in a
-/// different order than candle's matmul, and on the small test models that rounding difference
-/// grows over a few tokens past the tolerance of the step-by-step comparison with llama.cpp
-/// (logits 1.2 apart instead of 0.6), though each step agrees with the matmul path to 1e-6.
-fn fast_attention_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("RBEE_FAST_ATTN").is_ok_and(|v| v == "1"))
-}
-
-/// One new token's attention over everything `c` holds (already appended), read in place on
-/// CPU: `Some([1, 1, heads * d])`, or `None` where this does not apply (switched off, other
-/// devices, other precisions, several sequences in one tensor). candle's batched matmul packs
-/// all cached keys and values for every head group at every token: at 1 100 tokens of context
-/// that was half a millisecond per layer (one thread), more than the layer's weights took.
-fn one_token_cpu(
-    q: &Tensor,
-    c: &KvCache,
-    shape: (usize, usize, usize, f64),
-) -> candle_core::Result<Option<Tensor>> {
-    if !fast_attention_on() {
-        return Ok(None);
-    }
-    one_token_unchecked(q, c, shape)
-}
-
-/// [`one_token_cpu`] whatever the switch says.
-fn one_token_unchecked(
-    q: &Tensor,
-    c: &KvCache,
-    (heads, kv_heads, d, scale): (usize, usize, usize, f64),
-) -> candle_core::Result<Option<Tensor>> {
-    if !q.device().is_cpu()
-        || q.dtype() != DType::F32
-        || c.k.dtype() != DType::F32
-        || q.dim(0)? != 1
-    {
-        return Ok(None);
-    }
-    let q = q.flatten_all()?.to_vec1::<f32>()?;
-    let (cap, n, rep) = (c.capacity(), c.len, heads / kv_heads);
-    let (ks, kl) = c.k.storage_and_layout();
-    let (vs, vl) = c.v.storage_and_layout();
-    let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-        return Ok(None);
-    };
-    if !kl.is_contiguous() || !vl.is_contiguous() {
-        return Ok(None);
-    }
-    let keys = &ks.as_slice::<f32>()?[kl.start_offset()..];
-    let values = &vs.as_slice::<f32>()?[vl.start_offset()..];
-    let mut out = vec![0f32; heads * d];
-    let mut w = vec![0f32; n];
-    for h in 0..heads {
-        let base = (h / rep) * cap * d;
-        let qh = &q[h * d..(h + 1) * d];
-        let mut max = f32::NEG_INFINITY;
-        for (j, wj) in w.iter_mut().enumerate() {
-            *wj = dot(qh, &keys[base + j * d..base + (j + 1) * d]) * scale as f32;
-            max = max.max(*wj);
-        }
-        let mut sum = 0f32;
-        for wj in w.iter_mut() {
-            *wj = (*wj - max).exp();
-            sum += *wj;
-        }
-        let o = &mut out[h * d..(h + 1) * d];
-        for (j, wj) in w.iter().enumerate() {
-            let p = wj / sum;
-            for (ox, vx) in o.iter_mut().zip(&values[base + j * d..base + (j + 1) * d]) {
-                *ox += p * vx;
-            }
-        }
-    }
-    Ok(Some(Tensor::from_vec(
-        out,
-        (1, 1, heads * d),
-        &Device::Cpu,
-    )?))
-}
-
 /// Several new tokens after earlier ones, through `step` one at a time (prompts start on an
 /// empty cache, so generation never takes this path); the logits of the last.
 pub(crate) fn one_at_a_time(
@@ -289,49 +188,4 @@ pub(crate) fn one_at_a_time(
         last = Some(step(&input.narrow(1, i, 1)?, pos + i)?);
     }
     last.ok_or_else(|| candle_core::Error::msg("empty input"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_token_in_place_matches_the_matmul_path() {
-        let dev = Device::Cpu;
-        let (heads, kv, d) = (9, 3, 64);
-        let mut cache = None;
-        let prompt = |h| Tensor::randn(0f32, 1., (1, h, 13, d), &dev).unwrap();
-        let (k, v) = (prompt(kv), prompt(kv));
-        attend(
-            &prompt(heads),
-            &k,
-            &v,
-            &mut cache,
-            None,
-            0,
-            (heads, kv, d, 0.125),
-        )
-        .unwrap();
-        for pos in 13..300 {
-            let k = Tensor::randn(0f32, 1., (1, kv, 1, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1., (1, kv, 1, d), &dev).unwrap();
-            let q = Tensor::randn(0f32, 1., (1, heads, 1, d), &dev).unwrap();
-            attend(&q, &k, &v, &mut cache, None, pos, (heads, kv, d, 0.125)).unwrap();
-            let c = cache.as_ref().unwrap();
-            let fast = one_token_unchecked(&q, c, (heads, kv, d, 0.125))
-                .unwrap()
-                .unwrap();
-            let (keys, values) = c.view().unwrap();
-            let qg = q.reshape((1, kv, heads / kv, d)).unwrap();
-            let s = (qg.matmul(&keys.t().unwrap()).unwrap() * 0.125).unwrap();
-            let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
-            let slow = p
-                .matmul(&values.contiguous().unwrap())
-                .unwrap()
-                .reshape((1, 1, heads * d))
-                .unwrap();
-            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "position {pos}");
-        }
-    }
 }
