@@ -44,9 +44,8 @@ for _ in $(seq "$runs"); do
         --threads "$threads" --json 2>&1 >/dev/null | tail -1)"
   rp+=("$(jq .usage.prompt_tokens_per_s <<<"$o")"); rt+=("$(jq .usage.time_to_first_token_ms <<<"$o")")
   rd+=("$(jq .usage.decode_tokens_per_s <<<"$o")")
-  l="$(python3 bench/chat/llamacpp_long.py "$m" "$chat" 64 "$threads" 2>/dev/null)"
-  lp+=("$(sed 's/.*prompt_tps=\([0-9.]*\).*/\1/' <<<"$l")"); lt+=("$(sed 's/.*ttft_ms=\([0-9.]*\).*/\1/' <<<"$l")")
-  ld+=("$(sed 's/.*decode_tps=\([0-9.]*\).*/\1/' <<<"$l")")
+  l="$(python3 bench/throughput_llamacpp.py long "$m" "$threads" "$chat" 64 2>/dev/null)"
+  lp+=("$(jq .prompt_tps <<<"$l")"); lt+=("$(jq .ttft_ms <<<"$l")"); ld+=("$(jq .decode_tps <<<"$l")")
   rs+=("$(python3 bench/throughput.py decode "$w" "$m" "$threads" 1 128 | jq .aggregate_tps)")
   ls+=("$(python3 bench/throughput_llamacpp.py decode "$m" "$threads" 1 128 2>/dev/null | jq .aggregate_tps)")
 done

@@ -6,6 +6,11 @@ Modes (one JSON line on stdout each):
                                         llama_decode (llama.cpp's own batched decoding)
   ttft MODEL THREADS PROMPT_FILE        3 streams decode while a long prompt (the file) is read
                                         in 512-token batches that also carry the 3 decode tokens
+  long MODEL THREADS PROMPT_FILE TOKENS one stream: the file as prompt (batches of 512), then
+                                        TOKENS greedy steps; THREADS for prompt and decode alike
+                                        (llama-cpp-python's high-level Llama uses every core for
+                                        prompts unless told, which bench/chat/llamacpp_long.py
+                                        does not)
 """
 import ctypes
 import json
@@ -136,9 +141,37 @@ def ttft_mode(path, threads, prompt_file):
                       "others_tps": decoded / dt / 3}))
 
 
+def long_mode(path, threads, prompt_file, tokens):
+    model, ctx, vocab, n_vocab = open_model(path, threads, 1, 4096)
+    batch = Batch(512, 1)
+    ids = tokenize(vocab, open(prompt_file).read())
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), 512):
+        batch.clear()
+        part = ids[start:start + 512]
+        for j, t in enumerate(part):
+            r = batch.add(t, start + j, 0, start + j == len(ids) - 1)
+        l.llama_decode(ctx, batch.b)
+    tok = argmax(ctx, r, n_vocab)
+    t1 = time.perf_counter()
+    pos = len(ids)
+    for _ in range(tokens - 1):
+        batch.clear()
+        batch.add(tok, pos, 0, True)
+        pos += 1
+        l.llama_decode(ctx, batch.b)
+        tok = argmax(ctx, 0, n_vocab)
+    t2 = time.perf_counter()
+    print(json.dumps({"engine": "llama.cpp", "prompt_tokens": len(ids),
+                      "prompt_tps": len(ids) / (t1 - t0), "ttft_ms": (t1 - t0) * 1e3,
+                      "decode_tps": (tokens - 1) / (t2 - t1)}))
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "decode":
         decode_mode(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "long":
+        long_mode(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
     else:
         ttft_mode(sys.argv[2], int(sys.argv[3]), sys.argv[4])
