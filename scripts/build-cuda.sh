@@ -105,11 +105,19 @@ done
 if [ ${#caps[@]} = 1 ]; then
   cp "$root/target/release/rbee-worker-cuda-sm${caps[0]}" "$root/target/release/rbee-worker-cuda"
 fi
-# The runtime libraries the binary asks for (libcuda.so.1 is the driver's and stays out).
-mkdir -p "$root/target/release/cuda-lib"
-for need in $(readelf -d "$root/target/release/rbee-worker-cuda-sm${caps[0]}" | sed -n 's/.*NEEDED.*\[\(lib.*\)\]/\1/p'); do
-  if [ -e "$cu/lib/$need" ]; then
-    cp -L "$cu/lib/$need" "$root/target/release/cuda-lib/$need"
-  fi
-done
-echo "build-cuda.sh: runtime libraries in target/release/cuda-lib: $(ls "$root/target/release/cuda-lib" | tr '\n' ' ')" >&2
+# The runtime libraries the binary asks for, and theirs (libcublas needs libcublasLt); libcuda.so.1
+# is the driver's and stays out.
+libdir=$root/target/release/cuda-lib
+rm -rf "$libdir"
+mkdir -p "$libdir"
+copy_deps() {
+  local need
+  for need in $(readelf -d "$1" | sed -n 's/.*NEEDED.*\[\(lib.*\)\]/\1/p'); do
+    if [ -e "$cu/lib/$need" ] && [ ! -e "$libdir/$need" ]; then
+      cp -L "$cu/lib/$need" "$libdir/$need"
+      copy_deps "$libdir/$need"
+    fi
+  done
+}
+copy_deps "$root/target/release/rbee-worker-cuda-sm${caps[0]}"
+echo "build-cuda.sh: runtime libraries in target/release/cuda-lib: $(ls "$libdir" | tr '\n' ' ')" >&2
