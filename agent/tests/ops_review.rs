@@ -239,6 +239,20 @@ async fn operator_tokens_added_at_once_all_log_in() {
             .await
             .unwrap_or_else(|e| panic!("token {t} refused: {e}"));
     }
+    // A file others may read: nobody is admitted by it, `token list` says the fix.
+    let ops = state.join("operators.json");
+    std::fs::set_permissions(&ops, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(Client::connect(&agent.url, &tokens[0], "ops-review")
+        .await
+        .is_err());
+    let out = token_cmd(&state, &["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
+    assert!(agent.log().contains("chmod 600"), "{}", agent.log());
+    std::fs::set_permissions(&ops, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Client::connect(&agent.url, &tokens[0], "ops-review")
+        .await
+        .unwrap();
     // Revoking someone unknown names where to look.
     let out = token_cmd(&state, &["revoke", "nobody"]);
     let err = String::from_utf8_lossy(&out.stderr);

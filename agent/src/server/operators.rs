@@ -108,13 +108,41 @@ pub fn revoke(file: &Path, name: &str) -> anyhow::Result<bool> {
 
 /// The operators holding a token, by name.
 pub fn list(file: &Path) -> anyhow::Result<Vec<String>> {
+    check_private(file)?;
     Ok(load(file)?.tokens.into_keys().collect())
 }
 
-/// The operator whose token `given` is (compared in constant time), if any. An unreadable file
-/// admits nobody (and is logged).
+/// Refuse a file others may read or replace, as the node token is: the tokens in it are
+/// passwords. The error says the fix.
+fn check_private(file: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::symlink_metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", file.display()),
+    };
+    if !meta.is_file() {
+        anyhow::bail!(
+            "{} is not a regular file (a link?); remove it and add the tokens again",
+            file.display()
+        );
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is readable or writable by others (mode {mode:04o}); run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// The operator whose token `given` is (compared in constant time), if any. A file that cannot
+/// be read or that others may read admits nobody (and is logged, naming the fix); a token
+/// shorter than the node token's minimum (a hand-edited file) is never matched.
 pub fn lookup(file: &Path, given: &str) -> Option<String> {
-    let ops = match load(file) {
+    let ops = match check_private(file).and_then(|()| load(file)) {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!("operator tokens ignored: {e}");
@@ -123,6 +151,13 @@ pub fn lookup(file: &Path, given: &str) -> Option<String> {
     };
     let mut found = None;
     for (name, token) in &ops.tokens {
+        if token.chars().count() < crate::statedir::MIN_TOKEN_CHARS {
+            tracing::warn!(
+                "operator {name}'s token is too short to be accepted; \
+                 `rbee-agent token revoke {name}` then `token add {name}`"
+            );
+            continue;
+        }
         if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             found = Some(name.clone());
         }
@@ -154,5 +189,21 @@ mod tests {
         assert_eq!(lookup(&f, &bob).as_deref(), Some("bob"));
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn an_exposed_file_or_a_short_token_admits_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = path(dir.path());
+        let bob = add(&f, "bob").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(lookup(&f, &bob), None);
+        let e = list(&f).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(lookup(&f, &bob).as_deref(), Some("bob"));
+        // Hand-edited: an empty token must not let an empty bearer in.
+        std::fs::write(&f, r#"{"tokens":{"eve":""}}"#).unwrap();
+        assert_eq!(lookup(&f, ""), None);
     }
 }
