@@ -693,7 +693,12 @@ async fn deadline_already_passed_is_refused_before_the_worker_sees_it() {
 async fn full_queue_answers_busy_at_once() {
     let (_d, agent) = agent_with(&format!("{FAST}worker_queue = 1\n"), &[]);
     let (c, mut ev) = agent.subscribed().await;
-    let w = spawn_ready(&c, &mut ev, spec()).await;
+    // One slot: a second request waits in the queue instead of decoding beside the first.
+    let one_slot = SpawnSpec {
+        parallel: Some(1),
+        ..spec()
+    };
+    let w = spawn_ready(&c, &mut ev, one_slot).await;
     let long = || {
         let params = SamplingParams {
             temperature: 0.0,
