@@ -417,3 +417,30 @@ async fn a_client_cannot_forge_agent_log_lines_through_its_identity() {
     let auth = audit.lines().find(|l| l.contains("auth_ok")).unwrap();
     assert!(auth.len() < 2000 && auth.contains("eve@box"), "{auth:.300}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_the_agent_stopped_fails_at_once_not_at_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = AgentProc::start(&dir.path().join("state"), &[]);
+    let (c, mut ev) = agent.connect().await;
+    assert!(c.request(Request::Ping, None).await.is_ok());
+    agent.signal_and_wait(libc::SIGTERM);
+    // The session's end has been seen by the client.
+    bounded("the session's end", async {
+        while let Some(m) = ev.recv().await {
+            if matches!(m, rbee_client::Incoming::Closed(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    // A follower's next poll, with a budget of ten minutes: refused now (`session closed`), not
+    // after ten minutes (`bounded` fails the test long before that).
+    let r = bounded(
+        "an answer from a closed session",
+        c.request(Request::Ping, Some(Duration::from_secs(600))),
+    )
+    .await;
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("session closed"), "{e}");
+}

@@ -92,7 +92,16 @@ pub enum Streamed {
     Error(ProtoError),
 }
 
-type Pending = Arc<Mutex<HashMap<RequestId, mpsc::Sender<Streamed>>>>;
+type Pending = Arc<Mutex<Waiters>>;
+
+/// The requests waiting for answers, and whether the session has ended: a request started after
+/// the end is refused at once instead of waiting out its whole timeout for an answer that
+/// cannot come.
+#[derive(Default)]
+struct Waiters {
+    map: HashMap<RequestId, mpsc::Sender<Streamed>>,
+    closed: bool,
+}
 
 /// One authenticated session to one agent. Cheap to clone.
 #[derive(Clone)]
@@ -131,7 +140,7 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.client.pending.lock().unwrap().remove(&self.id);
+        self.client.pending.lock().unwrap().map.remove(&self.id);
     }
 }
 
@@ -269,14 +278,18 @@ async fn read_frames<S>(
             }
             ServerMsg::Welcome { .. } => continue,
         };
-        let tx = pending_r.lock().unwrap().get(&id).cloned();
+        let tx = pending_r.lock().unwrap().map.get(&id).cloned();
         if let Some(tx) = tx {
             // Awaiting here applies backpressure: tokens are never dropped.
             let _ = tx.send(item).await;
         }
     };
     // Wake every waiter: their session is gone.
-    let waiters: Vec<_> = pending_r.lock().unwrap().drain().collect();
+    let waiters: Vec<_> = {
+        let mut w = pending_r.lock().unwrap();
+        w.closed = true;
+        w.map.drain().collect()
+    };
     for (_, tx) in waiters {
         let _ = tx
             .send(Streamed::Error(ProtoError::new(
@@ -405,7 +418,13 @@ impl Client {
     ) -> Result<Stream, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        self.pending.lock().unwrap().insert(id, tx);
+        {
+            let mut w = self.pending.lock().unwrap();
+            if w.closed {
+                return Err(ClientError::Closed);
+            }
+            w.map.insert(id, tx);
+        }
         let frame = encode(&ClientMsg::Request {
             id,
             deadline: None,
@@ -474,7 +493,11 @@ impl Client {
     /// Register interest in replies to a raw frame with this id.
     pub fn watch_id(&self, id: RequestId) -> mpsc::Receiver<Streamed> {
         let (tx, rx) = mpsc::channel(64);
-        self.pending.lock().unwrap().insert(id, tx);
+        let mut w = self.pending.lock().unwrap();
+        // After the session's end nothing will answer: the receiver ends at once.
+        if !w.closed {
+            w.map.insert(id, tx);
+        }
         rx
     }
 }
