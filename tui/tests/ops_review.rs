@@ -108,3 +108,61 @@ fn worker_logs_of_odd_bytes_zero_lines_unknown_ids_and_a_killed_worker() {
     assert!(status.success(), "{status}: {said}");
     assert!(said.contains("is gone") && said.contains(&id), "{said}");
 }
+
+#[test]
+fn a_zero_timeout_is_refused_naming_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(&dir.path().join("tui.toml"), &["--timeout", "0", "status"]);
+    assert!(
+        !ok && err.contains("--timeout") && err.contains("1..="),
+        "{err}"
+    );
+}
+
+#[test]
+fn following_the_agents_log_ends_at_once_when_the_agent_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent-own.log");
+    let mut agent = AgentProc::start(
+        &dir.path().join("state"),
+        &["--log-file", log.to_str().unwrap()],
+    );
+    let cfg = dir.path().join("tui.toml");
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, &agent.token).unwrap();
+    let add = [
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        tok.to_str().unwrap(),
+    ];
+    assert!(run(&cfg, &add).0);
+    // A ten-minute budget per poll: the follower must not wait it out.
+    let mut follower = rbee(&cfg)
+        .args([
+            "--timeout",
+            "600",
+            "nodes",
+            "logs",
+            "n1",
+            "--follow",
+            "--lines",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    agent.signal_and_wait(libc::SIGTERM);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut said).unwrap();
+    let status = follower.wait().unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("session closed"), "{said}");
+}

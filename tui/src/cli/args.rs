@@ -46,9 +46,9 @@ pub struct Cli {
     /// Machine-readable output on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for a connection, a reply, a generation or `--wait` (at most a year).
+    /// Seconds to wait for a connection, a reply, a generation or `--wait` (1 to a year).
     #[arg(long, global = true, default_value_t = 60, value_name = "SECS",
-          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub timeout: u64,
     /// Where the dashboard logs [default: <state dir>/rbee/tui.log].
     #[arg(long, env = "RBEE_LOG_FILE", global = true, value_name = "FILE")]
@@ -300,9 +300,14 @@ mod tests {
         let e = Cli::try_parse_from(["rbee-tui", "--timeout", "18446744073709551615", "status"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--timeout") && e.contains("0..=31536000"), "{e}");
+        assert!(e.contains("--timeout") && e.contains("1..=31536000"), "{e}");
         let c = Cli::try_parse_from(["rbee-tui", "--timeout", "31536000", "status"]).unwrap();
         assert_eq!(c.timeout, MAX_TIMEOUT_SECS);
+        // 0 used to mean a 1 ms budget: every generation cut at once.
+        let e = Cli::try_parse_from(["rbee-tui", "--timeout", "0", "status"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--timeout") && e.contains("1..="), "{e}");
     }
 
     #[test]
