@@ -166,3 +166,50 @@ fn following_the_agents_log_ends_at_once_when_the_agent_stops() {
     assert!(!status.success(), "{said}");
     assert!(said.contains("session closed"), "{said}");
 }
+
+#[test]
+fn a_load_that_times_out_is_reported_once_with_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let hangs = dir.path().join("hangs-loading");
+    std::fs::write(
+        &hangs,
+        format!(
+            "#!/bin/sh\n\
+             echo '{{\"type\":\"hello\",\"protocol_version\":{},\"pid\":'$$'}}'\n\
+             echo '{{\"type\":\"loading\",\"stage\":\"reading weights\",\"progress\":0.5}}'\n\
+             exec sleep 100000\n",
+            rbee_proto::PROTOCOL_VERSION
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hangs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conf = dir.path().join("agent.toml");
+    std::fs::write(&conf, "[load_timeout]\nbase_secs = 1\nper_gib_secs = 0\n").unwrap();
+    let agent = AgentProc::launch(
+        &[],
+        "127.0.0.1:0",
+        &dir.path().join("state"),
+        &hangs,
+        &["--config", conf.to_str().unwrap()],
+        &[],
+    );
+    let cfg = dir.path().join("tui.toml");
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, &agent.token).unwrap();
+    let add = [
+        "nodes",
+        "add",
+        "n1",
+        "--url",
+        &agent.url,
+        "--token-file",
+        tok.to_str().unwrap(),
+    ];
+    assert!(run(&cfg, &add).0);
+    let model = model_path().display().to_string();
+    let (ok, _, err) = run(&cfg, &["workers", "spawn", "--model", &model, "--wait"]);
+    assert!(!ok, "{err}");
+    assert_eq!(err.matches("load timed out").count(), 1, "{err}");
+    // Seconds with a decimal: `after 1 s (limit 1 s)` read as if it had not waited at all.
+    assert!(err.contains("(limit 1.0 s"), "{err}");
+}

@@ -37,7 +37,7 @@ pub(crate) fn load_overdue(
     let loading = matches!(state, WorkerState::Starting | WorkerState::Loading);
     (loading && elapsed > limit).then(|| {
         format!(
-            "load timed out: still {state} after {:.0} s (limit {:.0} s for this model; \
+            "load timed out: still {state} after {:.1} s (limit {:.1} s for this model; \
              [load_timeout] in the agent config)",
             elapsed.as_secs_f64(),
             limit.as_secs_f64()

@@ -267,7 +267,8 @@ fn failure_reason(w: &WorkerInfo) -> String {
     if let Some(e) = &w.last_exit {
         parts.push(e.clone());
     }
-    if !w.detail.is_empty() {
+    // The agent often says the same in both (a load that timed out): once is enough.
+    if !w.detail.is_empty() && w.last_exit.as_deref() != Some(w.detail.as_str()) {
         parts.push(w.detail.clone());
     }
     if parts.is_empty() {
