@@ -1,7 +1,8 @@
-//! An operator's review of `workers logs` against a real agent: a worker log with bytes that are
-//! not UTF-8 is printed (replacement characters, no control character), `--lines 0` prints
-//! nothing and succeeds, an unknown worker is named, and a `--follow` whose worker is killed
-//! ends saying so with success instead of failing with `not_found`.
+//! An operator's review of the issue-15 commands against a real agent: a worker log with bytes
+//! that are not UTF-8 is printed (replacement characters, no control character), `--lines 0`
+//! prints nothing and succeeds, an unknown worker is named, a `--follow` whose worker is killed
+//! ends saying so with success, a killed worker's log is still read (from disk), a follower of
+//! a stopped agent ends at once, `--timeout 0` is refused, a load timeout is reported once.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -107,6 +108,14 @@ fn worker_logs_of_odd_bytes_zero_lines_unknown_ids_and_a_killed_worker() {
     let status = follower.wait().unwrap();
     assert!(status.success(), "{status}: {said}");
     assert!(said.contains("is gone") && said.contains(&id), "{said}");
+    // After the kill its log is still readable, from the agent's disk.
+    let (ok, text, err) = run(&cfg, &["workers", "logs", &id, "--node", "n1"]);
+    assert!(ok, "{err}");
+    assert!(text.ends_with("ready-marker\n"), "{text}");
+    // Only worker ids are looked up there: a path that leads to the same file is refused.
+    let sneaky = format!("../logs/{id}");
+    let (ok, _, err) = run(&cfg, &["workers", "logs", &sneaky, "--node", "n1"]);
+    assert!(!ok && err.contains("no worker"), "{err}");
 }
 
 #[test]

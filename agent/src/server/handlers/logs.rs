@@ -38,10 +38,18 @@ pub(super) fn read_log(
 ) -> Answer {
     let lines = lines.min(MAX_LINES);
     let (all, next, skipped) = match worker {
-        Some(w) => {
-            let r = ctx.shared.supervisor.read_log(&w, lines, after)?;
-            (r.lines, r.next, r.skipped)
-        }
+        Some(w) => match ctx.shared.supervisor.read_log(&w, lines, after) {
+            Ok(r) => (r.lines, r.next, r.skipped),
+            // A worker killed or removed: its file is still on disk (a first read only; a
+            // follower's cursor counts lines of the live worker, so it is told it is gone).
+            Err(e) if e.code == ErrorCode::NotFound && after.is_none() => {
+                let Some(path) = gone_worker_log(ctx, &w) else {
+                    return Err(e);
+                };
+                tail_file(&path, lines).map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        },
         None => {
             let Some(path) = ctx.shared.config.log_file.as_deref() else {
                 return Err(ProtoError::new(
@@ -63,6 +71,22 @@ pub(super) fn read_log(
         next,
         skipped: skipped + left_out,
     }))
+}
+
+/// The log file a worker no longer listed left in the state directory, if there is one. Only
+/// ids as the agent makes them (letters, digits, `-`, `_`) are looked up, so a client cannot
+/// name a file elsewhere.
+fn gone_worker_log(ctx: &Ctx, worker: &str) -> Option<std::path::PathBuf> {
+    let plain = !worker.is_empty()
+        && worker.len() <= 64
+        && worker
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let state = ctx.shared.operators.parent()?;
+    let path = state
+        .join(rbee_proto::statedir::WORKER_LOGS)
+        .join(format!("{worker}.log"));
+    (plain && path.is_file()).then_some(path)
 }
 
 /// Lines cut to [`MAX_LINE_BYTES`], the newest kept within [`MAX_ANSWER_BYTES`]; how many of
