@@ -444,3 +444,57 @@ async fn a_request_after_the_agent_stopped_fails_at_once_not_at_its_timeout() {
     let e = r.unwrap_err();
     assert!(e.to_string().contains("session closed"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_writing_megabyte_lines_does_not_fill_the_agents_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // 400 lines of 1 MiB each, then `done`, then idle.
+    let worker = common::script(
+        dir.path(),
+        "megabyte-lines",
+        "i=0; while [ $i -lt 400 ]; do head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; \
+         i=$((i+1)); done; echo done >&2; exec sleep 100000",
+    );
+    let agent = common::start_agent(&[], &dir.path().join("state"), &worker, &[]);
+    let (c, _ev) = agent.connect().await;
+    let before = common::rss_bytes(agent.pid());
+    let spec = SpawnSpec {
+        model: model_path().display().to_string(),
+        ..Default::default()
+    };
+    let Reply::Spawned { worker } = c.request(Request::Spawn(spec), None).await.unwrap() else {
+        panic!("spawn")
+    };
+    let read = || Request::ReadLog {
+        worker: Some(worker.id.clone()),
+        lines: 2,
+        after: None,
+    };
+    let lines = bounded("the writer to finish", async {
+        loop {
+            if let Ok(Reply::LogLines { lines, .. }) = c.request(read(), None).await {
+                if lines.last().is_some_and(|l| l == "done") {
+                    return lines;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        lines[0].ends_with("more bytes of this line not shown]"),
+        "{:.80}",
+        lines[0]
+    );
+    let after = common::rss_bytes(agent.pid());
+    let grown = after.saturating_sub(before) >> 20;
+    // 400 MiB of lines went through; the last 1 000 lines are kept, each cut to 60 KiB.
+    assert!(grown < 120, "agent memory grew {grown} MiB");
+    // The file (rotated at 8 MiB) has them whole.
+    let file = agent.state_dir.join(format!("logs/{}.log", worker.id));
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        text.lines().any(|l| l.len() == 1 << 20),
+        "no whole line in the file"
+    );
+}

@@ -40,9 +40,31 @@ pub(crate) async fn collect(
             let _ = f.write_line(&line);
         }
         line.pop();
-        slot.lock()
-            .push_log(String::from_utf8_lossy(&line).into_owned());
+        let kept = memory_line(&line);
+        slot.lock().push_log(kept);
     }
+}
+
+/// Longest line kept whole in memory: answers cut lines at 64 KiB anyway, and 1 000 lines of a
+/// megabyte each would hold a gigabyte of the agent's memory per worker.
+const MEMORY_LINE_BYTES: usize = 60 << 10;
+
+/// `line` as the in-memory tail keeps it: cut to [`MEMORY_LINE_BYTES`], saying how much is not
+/// shown (the file has it whole).
+fn memory_line(line: &[u8]) -> String {
+    if line.len() <= MEMORY_LINE_BYTES {
+        return String::from_utf8_lossy(line).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&line[..MEMORY_LINE_BYTES]).into_owned();
+    // A character cut in two became U+FFFD: drop it.
+    if text.ends_with('\u{fffd}') {
+        text.pop();
+    }
+    text.push_str(&format!(
+        " … [{} more bytes of this line not shown]",
+        line.len() - MEMORY_LINE_BYTES
+    ));
+    text
 }
 
 /// What `read_log` answers: lines, the cursor after them, and lines no longer kept before them.
@@ -92,6 +114,20 @@ fn window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_line_is_kept_cut_in_memory() {
+        let line = "é".repeat(500_000);
+        let kept = memory_line(line.as_bytes());
+        assert!(kept.len() < 64 << 10, "{}", kept.len());
+        assert!(kept.starts_with("éé") && !kept.contains('\u{fffd}'));
+        assert!(
+            kept.ends_with("more bytes of this line not shown]"),
+            "{}",
+            &kept[kept.len() - 60..]
+        );
+        assert_eq!(memory_line(b"short"), "short");
+    }
 
     #[test]
     fn a_follower_gets_each_line_once_and_is_told_what_it_missed() {
