@@ -522,7 +522,10 @@ async fn model_path_outside_the_store_is_refused() {
     );
     assert_eq!(
         (e.code, e.message.as_str()),
-        (ErrorCode::BadRequest, "device `tpu` is not auto, cpu or cuda:N")
+        (
+            ErrorCode::BadRequest,
+            "device `tpu` is not auto, cpu or cuda:N"
+        )
     );
     assert!(agent.audit().matches("\"spawn_refused\"").count() >= 4);
     assert!(
@@ -548,8 +551,11 @@ async fn gpu_that_is_not_there_is_refused() {
     assert_eq!(e.code, ErrorCode::BadRequest);
     // Which of the two depends on the machine: no NVIDIA driver at all, or fewer GPUs than 100.
     assert!(
-        e.message == "no GPU on this node (NVIDIA driver not available); cannot use cuda:99"
-            || e.message == "GPU 99 does not exist on this node",
+        e.message
+            == "no GPU on this node (NVIDIA driver not available); cannot use cuda:99: spawn with \
+                --device auto or cpu"
+            || (e.message.starts_with("GPU 99 does not exist on this node")
+                && e.message.ends_with("use one of them or --device auto")),
         "{}",
         e.message
     );

@@ -4,7 +4,7 @@
 //! file rotated by size).
 #![warn(missing_docs)]
 
-pub mod logging;
 pub mod build;
+pub mod logging;
 pub mod proc;
 pub mod rotate;

@@ -405,7 +405,8 @@ impl Admission {
         Err(err(
             ErrorCode::InsufficientMemory,
             format!(
-                "no GPU fits: model needs {} plus {} headroom{} but {} free after promises",
+                "no GPU fits: model needs {} plus {} headroom{} but {} free after promises; \
+                 spawn with a smaller --ctx or --parallel, or on another node",
                 human_bytes(n.bytes),
                 human_bytes(headroom),
                 paren(&n.detail),
@@ -440,7 +441,8 @@ impl Admission {
         Err(err(
             ErrorCode::InsufficientMemory,
             format!(
-                "model needs {} plus {} headroom but {room}{promised}{}",
+                "model needs {} plus {} headroom but {room}{promised}{}; spawn with a smaller \
+                 --ctx or --parallel, stop a worker, or use another node",
                 human_bytes(need.bytes),
                 human_bytes(headroom),
                 paren(&format_need(&need.detail)),
@@ -462,7 +464,8 @@ impl Admission {
             err(
                 ErrorCode::BadRequest,
                 format!(
-                    "GPU {i} does not exist on this node (it has {n}: cuda:0 to cuda:{})",
+                    "GPU {i} does not exist on this node (it has {n}: cuda:0 to cuda:{}); use one \
+                     of them or --device auto",
                     n.saturating_sub(1)
                 ),
             )
@@ -474,7 +477,8 @@ fn no_gpu(device: &str) -> ProtoError {
     err(
         ErrorCode::BadRequest,
         format!(
-            "no GPU on this node (NVIDIA driver not available); cannot use {}",
+            "no GPU on this node (NVIDIA driver not available); cannot use {}: spawn with \
+             --device auto or cpu",
             device.trim()
         ),
     )
