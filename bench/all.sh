@@ -15,6 +15,8 @@ echo "## Worker: decode and prompt speed (bench/worker.sh)"; echo
 bench/worker.sh
 echo; echo "## Chat-length prompts per family (bench/chat.sh)"; echo
 bench/chat.sh
+echo; echo "## Worker throughput: batching, long prompts, prefix reuse (bench/throughput.sh)"; echo
+bench/throughput.sh 1 3
 echo; echo "## Agent: relay, latency, idle cost (bench/agent.sh)"; echo
 bench/agent.sh
 echo; echo "## Dashboard fan-in (bench/fanin.sh)"; echo
