@@ -44,7 +44,7 @@ pub enum GenerateError {
     #[error("prompt is empty")]
     EmptyPrompt,
     /// Stopped from outside, with the usage up to then.
-    #[error("interrupted: {0:?}")]
+    #[error("{}", interrupted(*.0, .1))]
     Interrupted(Interrupt, Usage),
     /// The sampling parameters (or the prompt text) are invalid.
     #[error("invalid parameters: {0}")]
@@ -58,6 +58,18 @@ pub enum GenerateError {
     /// The model's chat template refused or failed on this conversation.
     #[error("{0}")]
     Template(String),
+}
+
+/// An interruption in words, with how far it got and, for a deadline, what gives it more time.
+fn interrupted(why: Interrupt, usage: &Usage) -> String {
+    let n = usage.generated_tokens;
+    match why {
+        Interrupt::Cancelled => format!("cancelled after {n} generated tokens"),
+        Interrupt::DeadlineExceeded => format!(
+            "deadline passed after {n} generated tokens; give the request more time \
+             (rbee-tui --timeout, the request's timeout) or ask for fewer tokens"
+        ),
+    }
 }
 
 impl GenerateError {
@@ -320,5 +332,31 @@ impl Engine {
             scheduler.step(self, &mut on);
         }
         result.unwrap_or_else(|| Err(GenerateError::Model("the request never ended".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interruptions_are_said_in_words_with_the_fix() {
+        let usage = Usage {
+            generated_tokens: 7,
+            ..Default::default()
+        };
+        let e = GenerateError::Interrupted(Interrupt::DeadlineExceeded, usage.clone());
+        assert_eq!(e.code(), rbee_proto::ErrorCode::DeadlineExceeded);
+        let m = e.to_string();
+        assert!(
+            m.starts_with("deadline passed after 7 generated tokens"),
+            "{m}"
+        );
+        assert!(
+            m.contains("--timeout") && !m.contains("DeadlineExceeded"),
+            "{m}"
+        );
+        let e = GenerateError::Interrupted(Interrupt::Cancelled, usage);
+        assert_eq!(e.to_string(), "cancelled after 7 generated tokens");
     }
 }
