@@ -209,6 +209,13 @@ fn load(args: &Args, progress: &mut dyn FnMut(&str, f32)) -> Result<LoadedModel,
     let mut loaded = load::load_ref(&args.model, &args.device, progress)?;
     if let Some(ctx) = args.ctx.filter(|c| *c > 0) {
         let model = &mut loaded.summary.context_length;
+        if ctx > *model {
+            tracing::warn!(
+                asked = ctx,
+                held = *model,
+                "--ctx is beyond the model's own context; held to it"
+            );
+        }
         *model = (*model).min(ctx);
     }
     Ok(loaded)
