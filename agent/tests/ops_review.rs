@@ -295,11 +295,11 @@ fn a_log_file_in_a_state_directory_not_made_yet_is_made() {
     let log = state.join("agent.log");
     let (started, said) = agent_starts(&["--log-file", log.to_str().unwrap()], &state);
     assert!(started, "{said}");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        text.contains("listening") || text.contains("agent_start"),
-        "{text}"
-    );
+    // The file is opened before the agent listens; what reaches it before the test stops the
+    // agent (at its first sign of listening) depends on the machine's load, so only its
+    // existence is certain.
+    assert!(log.is_file(), "{} was not made: {said}", log.display());
+    assert!(state.is_dir());
 }
 
 #[test]

@@ -25,6 +25,12 @@ pub(crate) async fn collect(
     rotation: Rotation,
     stderr: impl AsyncRead + Unpin,
 ) {
+    if let Some(dir) = path.parent() {
+        let removed = prune(dir, &slot.id, KEPT_WORKER_LOGS);
+        if removed > 0 {
+            tracing::info!(removed, "log files of long-gone workers removed");
+        }
+    }
     let mut file = match RotatingFile::open(&path, rotation) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -43,6 +49,48 @@ pub(crate) async fn collect(
         let kept = memory_line(&line);
         slot.lock().push_log(kept);
     }
+}
+
+/// Workers whose log files are kept in `<state>/logs/` (the newest by last write): a killed
+/// worker's log stays for a post-mortem (`workers logs`), but not forever.
+const KEPT_WORKER_LOGS: usize = 200;
+
+/// Remove the log files (`ID.log`, `ID.log.N`) of all but the `keep` most recently written
+/// workers in `dir`, never `current`'s. Returns how many files went. A worker idle for longer
+/// than `keep` others took to start and write would lose its file too; its new lines go on
+/// into the open file, unseen by readers of the directory.
+fn prune(dir: &std::path::Path, current: &str, keep: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut by_worker: std::collections::HashMap<String, (std::time::SystemTime, Vec<PathBuf>)> =
+        std::collections::HashMap::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((id, _)) = name.split_once(".log") else {
+            continue;
+        };
+        if id == current || id.is_empty() {
+            continue;
+        }
+        let modified = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let w = by_worker
+            .entry(id.to_string())
+            .or_insert((std::time::UNIX_EPOCH, Vec::new()));
+        w.0 = w.0.max(modified);
+        w.1.push(e.path());
+    }
+    let mut workers: Vec<_> = by_worker.into_values().collect();
+    workers.sort_by_key(|w| std::cmp::Reverse(w.0));
+    workers
+        .into_iter()
+        .skip(keep)
+        .flat_map(|(_, files)| files)
+        .filter(|f| std::fs::remove_file(f).is_ok())
+        .count()
 }
 
 /// Longest line kept whole in memory: answers cut lines at 64 KiB anyway, and 1 000 lines of a
@@ -114,6 +162,31 @@ fn window(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_workers_logs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let write = |name: &str, secs: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(at(secs)).unwrap();
+        };
+        write("w1.log", 100);
+        write("w1.log.1", 50);
+        write("w2.log", 300);
+        write("w3.log", 200);
+        write("w4.log", 10); // the worker starting now: never removed
+        write("agent.toml", 1); // not a worker log
+        let removed = prune(dir.path(), "w4", 2);
+        assert_eq!(removed, 2, "w1's two files");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["agent.toml", "w2.log", "w3.log", "w4.log"]);
+        assert_eq!(prune(dir.path(), "w4", 2), 0, "nothing more to remove");
+    }
 
     #[test]
     fn a_huge_line_is_kept_cut_in_memory() {
