@@ -5,24 +5,13 @@ use std::time::Duration;
 
 use rbee_client::Incoming;
 use rbee_proto::session::{Event, Reply, Request, SpawnSpec};
-use rbee_proto::{WorkerState, PROTOCOL_VERSION};
-use rbee_testkit::{alive, model_path, AgentProc};
+use rbee_proto::WorkerState;
+use rbee_testkit::{alive, hangs_while_loading, model_path, AgentProc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stuck_loading_is_killed_and_failed_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("hangs-loading");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             echo '{{\"type\":\"hello\",\"protocol_version\":{PROTOCOL_VERSION},\"pid\":'$$'}}'\n\
-             echo '{{\"type\":\"loading\",\"stage\":\"reading weights\",\"progress\":0.5}}'\n\
-             exec sleep 100000\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = hangs_while_loading(dir.path());
     let conf = dir.path().join("agent.toml");
     std::fs::write(&conf, "[load_timeout]\nbase_secs = 1\nper_gib_secs = 0\n").unwrap();
     let agent = AgentProc::launch(

@@ -223,6 +223,30 @@ impl Drop for AgentProc {
     }
 }
 
+/// An executable `sh` script `dir/name` running `body`: a stand-in worker (or any program) a test
+/// hands to the agent as its `--worker-bin`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A stand-in worker for a model that hangs while loading: it says hello, reports a loading
+/// stage, then never gets further.
+pub fn hangs_while_loading(dir: &Path) -> PathBuf {
+    script(
+        dir,
+        "hangs-loading",
+        &format!(
+            "echo '{{\"type\":\"hello\",\"protocol_version\":{},\"pid\":'$$'}}'\n\
+             echo '{{\"type\":\"loading\",\"stage\":\"reading weights\",\"progress\":0.5}}'\n\
+             exec sleep 100000",
+            rbee_proto::PROTOCOL_VERSION
+        ),
+    )
+}
+
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -414,27 +414,8 @@ fn spreads_over_two_nodes_and_unloads_after_keep_alive() {
     let body = chat(
         4000,
         json!({"stream": true, "ignore_eos": true, "keep_alive": 0}),
-    )
-    .to_string();
-    let mut first = Command::new("curl")
-        .args([
-            "-sS",
-            "-N",
-            "-X",
-            "POST",
-            &format!("{}/v1/chat/completions", gw.base),
-        ])
-        .args(["-H", &format!("Authorization: Bearer {SECRET}")])
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    );
+    let (mut first, mut lines) = stream(&gw, &body);
     assert!(lines.next().unwrap().unwrap().starts_with("data: {"));
     let second = background(&gw, chat(8, json!({"stream": true, "keep_alive": 0})));
     let r = second.recv_timeout(BOUND).unwrap();
@@ -464,26 +445,8 @@ fn client_disconnect_cancels_the_generation_on_the_worker() {
     let a = agent(dir.path(), "a");
     let gw = Gateway::start(dir.path(), &[("a", &a)], &[]);
     // Thousands of tokens: minutes of work unless the cancel reaches the worker.
-    let body = chat(4000, json!({"stream": true, "ignore_eos": true})).to_string();
-    let mut curl = Command::new("curl")
-        .args([
-            "-sS",
-            "-N",
-            "-X",
-            "POST",
-            &format!("{}/v1/chat/completions", gw.base),
-        ])
-        .args(["-H", &format!("Authorization: Bearer {SECRET}")])
-        .args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+    let body = chat(4000, json!({"stream": true, "ignore_eos": true}));
+    let (mut curl, mut lines) = stream(&gw, &body);
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("data: {"), "{first}");
     let busy = workers(&a);
@@ -639,28 +602,10 @@ fn a_node_killed_mid_load_cuts_its_streams_and_the_other_takes_over() {
         &["--worker-slots", "1"],
     );
     // Mid-load: one long answer streaming on each node (its first token seen), then a dies.
-    let body = chat(120, json!({"stream": true, "ignore_eos": true})).to_string();
+    let body = chat(120, json!({"stream": true, "ignore_eos": true}));
     let streams: Vec<_> = (0..2)
         .map(|_| {
-            let mut curl = Command::new("curl")
-                .args([
-                    "-sS",
-                    "-N",
-                    "-X",
-                    "POST",
-                    &format!("{}/v1/chat/completions", gw.base),
-                ])
-                .args(["-H", &format!("Authorization: Bearer {SECRET}")])
-                .args([
-                    "-H",
-                    "Content-Type: application/json",
-                    "--data-binary",
-                    &body,
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(curl.stdout.take().unwrap()).lines();
+            let (curl, mut lines) = stream(&gw, &body);
             let first = lines.next().unwrap().unwrap();
             assert!(first.starts_with("data: {"), "{first}");
             (curl, lines)

@@ -11,14 +11,11 @@ use rbee_testkit::{model_path, wait_for, AgentProc};
 
 /// A worker stand-in that writes a line of invalid UTF-8 and a marker, then idles.
 fn stand_in(dir: &Path) -> PathBuf {
-    let script = dir.join("odd-bytes-worker");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf 'bad \\377\\376 bytes\\n' >&2\necho ready-marker >&2\nexec sleep 100000\n",
+    rbee_testkit::script(
+        dir,
+        "odd-bytes-worker",
+        "printf 'bad \\377\\376 bytes\\n' >&2\necho ready-marker >&2\nexec sleep 100000",
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    script
 }
 
 fn rbee(cfg: &Path) -> Command {
@@ -29,6 +26,27 @@ fn rbee(cfg: &Path) -> Command {
         .env_remove("RBEE_CONFIG")
         .env("RUST_BACKTRACE", "0");
     cmd
+}
+
+/// A config in `dir` with `agent` added as node `n1` (URL and token file); its path.
+fn add_node(dir: &Path, agent: &AgentProc) -> PathBuf {
+    let cfg = dir.join("tui.toml");
+    let tok = dir.join("token");
+    std::fs::write(&tok, &agent.token).unwrap();
+    let (ok, _, err) = run(
+        &cfg,
+        &[
+            "nodes",
+            "add",
+            "n1",
+            "--url",
+            &agent.url,
+            "--token-file",
+            tok.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    cfg
 }
 
 fn run(cfg: &Path, args: &[&str]) -> (bool, String, String) {
@@ -51,19 +69,7 @@ fn worker_logs_of_odd_bytes_zero_lines_unknown_ids_and_a_killed_worker() {
         &[],
         &[],
     );
-    let cfg = dir.path().join("tui.toml");
-    let tok = dir.path().join("token");
-    std::fs::write(&tok, &agent.token).unwrap();
-    let add = [
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        tok.to_str().unwrap(),
-    ];
-    assert!(run(&cfg, &add).0);
+    let cfg = add_node(dir.path(), &agent);
     let model = model_path().display().to_string();
     let (ok, id, err) = run(&cfg, &["workers", "spawn", "--model", &model]);
     assert!(ok, "{err}");
@@ -136,19 +142,7 @@ fn following_the_agents_log_ends_at_once_when_the_agent_stops() {
         &dir.path().join("state"),
         &["--log-file", log.to_str().unwrap()],
     );
-    let cfg = dir.path().join("tui.toml");
-    let tok = dir.path().join("token");
-    std::fs::write(&tok, &agent.token).unwrap();
-    let add = [
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        tok.to_str().unwrap(),
-    ];
-    assert!(run(&cfg, &add).0);
+    let cfg = add_node(dir.path(), &agent);
     // A ten-minute budget per poll: the follower must not wait it out.
     let mut follower = rbee(&cfg)
         .args([
@@ -179,19 +173,7 @@ fn following_the_agents_log_ends_at_once_when_the_agent_stops() {
 #[test]
 fn a_load_that_times_out_is_reported_once_with_its_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let hangs = dir.path().join("hangs-loading");
-    std::fs::write(
-        &hangs,
-        format!(
-            "#!/bin/sh\n\
-             echo '{{\"type\":\"hello\",\"protocol_version\":{},\"pid\":'$$'}}'\n\
-             echo '{{\"type\":\"loading\",\"stage\":\"reading weights\",\"progress\":0.5}}'\n\
-             exec sleep 100000\n",
-            rbee_proto::PROTOCOL_VERSION
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hangs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hangs = rbee_testkit::hangs_while_loading(dir.path());
     let conf = dir.path().join("agent.toml");
     std::fs::write(&conf, "[load_timeout]\nbase_secs = 1\nper_gib_secs = 0\n").unwrap();
     let agent = AgentProc::launch(
@@ -202,19 +184,7 @@ fn a_load_that_times_out_is_reported_once_with_its_figures() {
         &["--config", conf.to_str().unwrap()],
         &[],
     );
-    let cfg = dir.path().join("tui.toml");
-    let tok = dir.path().join("token");
-    std::fs::write(&tok, &agent.token).unwrap();
-    let add = [
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        tok.to_str().unwrap(),
-    ];
-    assert!(run(&cfg, &add).0);
+    let cfg = add_node(dir.path(), &agent);
     let model = model_path().display().to_string();
     let (ok, _, err) = run(&cfg, &["workers", "spawn", "--model", &model, "--wait"]);
     assert!(!ok, "{err}");

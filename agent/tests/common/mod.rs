@@ -26,13 +26,7 @@ pub fn start_agent(
     AgentProc::launch(prefix, "127.0.0.1:0", state_dir, worker_bin, extra, &[])
 }
 
-/// An executable shell script `name` in `dir` with `body`.
-pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    path
-}
+pub use rbee_testkit::script;
 
 /// A stand-in worker that starts and then does nothing (never hello, never ready), until it is
 /// signalled: spawns and kills cost no model load.

@@ -231,15 +231,9 @@ pub struct InferArgs {
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
-    /// Most tokens to generate [default: the protocol's].
-    #[arg(long)]
-    pub max_tokens: Option<u32>,
-    /// 0 is greedy.
-    #[arg(long)]
-    pub temperature: Option<f64>,
-    /// Sampling seed, for repeatable output.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// How to sample.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Keep generating past end-of-sequence (fixed-length runs, e.g. benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -260,15 +254,36 @@ pub struct ChatArgs {
     /// One question: answer it and exit. Without it the conversation is read from stdin.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// How to sample each answer.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// The sampling flags `infer` and `chat` share; the protocol's defaults for what is left out.
+#[derive(Debug, clap::Args)]
+pub struct SamplingArgs {
     /// Most tokens per answer [default: the protocol's].
     #[arg(long)]
     pub max_tokens: Option<u32>,
     /// 0 is greedy.
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// Sampling seed, for repeatable answers.
+    /// Sampling seed, for repeatable output.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The request's sampling parameters.
+    pub fn params(&self) -> rbee_proto::SamplingParams {
+        let d = rbee_proto::SamplingParams::default();
+        rbee_proto::SamplingParams {
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            seed: self.seed.unwrap_or(d.seed),
+            ..d
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rbee_proto::{ChatMessage, ErrorCode, ProtoError, Role, SamplingParams, Worke
 
 use super::args::ChatArgs;
 use super::conn::{open, Session};
-use super::infer::{generate, params, report};
+use super::infer::{generate, report};
 use super::out::Out;
 use crate::nodes::config::NodeTarget;
 use crate::nodes::error::TuiError;
@@ -29,7 +29,7 @@ pub(super) async fn run(
     out: Out,
 ) -> Result<(), TuiError> {
     let s = open(target, timeout).await?;
-    let params = params(args.max_tokens, args.temperature, args.seed);
+    let params = args.sampling.params();
     let mut history = Vec::new();
     if let Some(system) = &args.system {
         history.push(message(Role::System, system));

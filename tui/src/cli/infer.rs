@@ -40,33 +40,16 @@ pub(super) async fn run(
 }
 
 fn request(args: InferArgs) -> Request {
-    let mut params = params(args.max_tokens, args.temperature, args.seed);
-    params.ignore_eos = args.ignore_eos;
+    let params = SamplingParams {
+        ignore_eos: args.ignore_eos,
+        ..args.sampling.params()
+    };
     Request::Infer {
         worker: args.worker,
         model: args.model,
         prompt: args.prompt,
         params,
     }
-}
-
-/// Sampling parameters from the flags, the protocol's defaults for what is left out.
-pub(super) fn params(
-    max_tokens: Option<u32>,
-    temperature: Option<f64>,
-    seed: Option<u64>,
-) -> SamplingParams {
-    let mut params = SamplingParams::default();
-    if let Some(n) = max_tokens {
-        params.max_tokens = n;
-    }
-    if let Some(t) = temperature {
-        params.temperature = t;
-    }
-    if let Some(seed) = seed {
-        params.seed = seed;
-    }
-    params
 }
 
 /// Send the request and stream its tokens to stdout (unless `--json`) until the final reply.
