@@ -527,7 +527,27 @@ async fn model_path_outside_the_store_is_refused() {
             "device `tpu` is not auto, cpu or cuda:N"
         )
     );
-    assert!(agent.audit().matches("\"spawn_refused\"").count() >= 4);
+    // Slots and context a worker cannot honour are refused with the range.
+    for (parallel, ctx, said) in [
+        (Some(0), None, "parallel = 0 is out of range: 1 to 64"),
+        (Some(65), None, "parallel = 65 is out of range: 1 to 64"),
+        (None, Some(10), "ctx = 10 is too small: at least 64 tokens"),
+    ] {
+        let e = agent_error(
+            c.request(
+                Request::Spawn(SpawnSpec {
+                    parallel,
+                    ctx,
+                    ..spec()
+                }),
+                None,
+            )
+            .await,
+        );
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.starts_with(said), "{}", e.message);
+    }
+    assert!(agent.audit().matches("\"spawn_refused\"").count() >= 7);
     assert!(
         still_serving(&agent).await.is_empty(),
         "nothing was spawned"

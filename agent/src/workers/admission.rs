@@ -200,6 +200,26 @@ fn check_threads(threads: Option<usize>) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// Most sequences one worker may be asked to decode at once.
+const MAX_PARALLEL: u32 = 64;
+
+/// `parallel` and `ctx` within what a worker can honour, refused with the range otherwise.
+fn check_slots(spec: &SpawnSpec) -> Result<(), ProtoError> {
+    if let Some(p) = spec.parallel.filter(|p| !(1..=MAX_PARALLEL).contains(p)) {
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("parallel = {p} is out of range: 1 to {MAX_PARALLEL} sequences per worker"),
+        ));
+    }
+    if let Some(c) = spec.ctx.filter(|c| *c < 64) {
+        return Err(ProtoError::new(
+            ErrorCode::BadRequest,
+            format!("ctx = {c} is too small: at least 64 tokens (the model's own when absent)"),
+        ));
+    }
+    Ok(())
+}
+
 /// An admitted spawn: what to start the worker with, and the memory promised to it.
 pub(crate) struct Admitted {
     /// The model as the store resolved it: a canonical path inside the store, or an `hf:` ref.
@@ -319,6 +339,7 @@ impl Admission {
     pub(crate) fn admit(&self, spec: &SpawnSpec) -> Result<Admitted, ProtoError> {
         let choice = DeviceChoice::parse(&spec.device)?;
         check_threads(spec.threads)?;
+        check_slots(spec)?;
         let found = Store::new(self.cfg.model_dirs.clone()).find(&spec.model)?;
         let path = Path::new(&found.reference);
         let model = Model::read(path, found.size_bytes);

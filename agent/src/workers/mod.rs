@@ -179,7 +179,6 @@ impl Supervisor {
             self.core.audit.record("spawn_refused", peer, None, line);
             e
         };
-        check_slots(&spec).map_err(|e| refused(e, peer.clone()))?;
         let admitted = self
             .admission
             .admit(&spec)
@@ -431,24 +430,4 @@ impl Supervisor {
         self.tracker.close();
         self.tracker.wait().await;
     }
-}
-
-/// Most sequences one worker may be asked to decode at once.
-const MAX_PARALLEL: u32 = 64;
-
-/// `parallel` and `ctx` within what a worker can honour, refused with the range otherwise.
-fn check_slots(spec: &SpawnSpec) -> Result<(), ProtoError> {
-    if let Some(p) = spec.parallel.filter(|p| !(1..=MAX_PARALLEL).contains(p)) {
-        return Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("parallel = {p} is out of range: 1 to {MAX_PARALLEL} sequences per worker"),
-        ));
-    }
-    if let Some(c) = spec.ctx.filter(|c| *c < 64) {
-        return Err(ProtoError::new(
-            ErrorCode::BadRequest,
-            format!("ctx = {c} is too small: at least 64 tokens (the model's own when absent)"),
-        ));
-    }
-    Ok(())
 }
