@@ -2,7 +2,9 @@
 //! libfaketime (Debian's `faketime`, preloaded with only the wall clock shifted), driven by the
 //! `rbee-tui` subcommands, the gateway (`rbee-tui serve`) and the dashboard's own session code.
 //! Every command works (time limits travel as budgets the agent counts on its own clock) and the
-//! offset is measured.
+//! offset is measured; the dashboard in a real terminal (tmux) shows it and warns.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -261,4 +263,43 @@ async fn a_node_two_minutes_behind_works_from_the_cli_the_gateway_and_the_dashbo
     let agent = skewed_agent(dir.path(), -120);
     cli_works_against(&agent, dir.path(), -120).await;
     dashboard_session_measures(&agent, dir.path(), -120).await;
+}
+
+/// The dashboard, in a real terminal, over a node whose clock runs 2 minutes ahead: the node's
+/// summary says by how much and warns, once a ping has measured it.
+#[test]
+fn the_dashboard_in_a_terminal_warns_of_a_node_two_minutes_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = skewed_agent(dir.path(), 120);
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", agent.token)).unwrap();
+    let cfg = dir.path().join("tui.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[nodes]]\nname = \"skewed\"\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+            agent.url,
+            token.display()
+        ),
+    )
+    .unwrap();
+    let tmux = common::tmux::Tmux::new("clock", "rbee");
+    let mut new = tmux.cmd(&["new-session", "-d", "-s", "rbee", "-x", "120", "-y", "30"]);
+    new.arg(env!("CARGO_BIN_EXE_rbee-tui"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--log-file")
+        .arg(dir.path().join("tui.log"));
+    common::run::run_bounded(new, Duration::from_secs(10)).ok();
+    let screen = tmux.wait_screen(Duration::from_secs(60), "the clock warning", |s| {
+        s.contains("clock +1") && s.contains("ahead of this machine")
+    });
+    let said = screen
+        .split("clock +")
+        .nth(1)
+        .and_then(|r| r.split(" s").next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no offset on screen:\n{screen}"));
+    assert!((115.0..125.0).contains(&said), "offset {said} s:\n{screen}");
+    tmux.keys(&["q"]);
 }
