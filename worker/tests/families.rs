@@ -2,7 +2,10 @@
 //! here with the tensor names and metadata that family's files carry (no small real model of
 //! qwen2, qwen3 or phi3 ships in a registry). Checks: the file loads as its family, decoding
 //! token by token with the KV cache gives the logits of a full recompute, and an architecture
-//! outside the table is refused naming it and the supported list.
+//! outside the table is refused naming it and the supported list. Qwen2 and Qwen3 run batched
+//! in the real worker binary like llama: seeded requests give the same text alone or together.
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
@@ -539,5 +542,61 @@ fn rbee_dense_decoder_gives_candles_logits_for_llama_qwen2_qwen3() {
             "{}: {d_full} {d_last}",
             family.name()
         );
+    }
+}
+
+/// Qwen2 and Qwen3 take the batched forward too (SmolLM2 covers llama in batching.rs): the real
+/// worker binary reports three slots, and three seeded requests sent at once give the texts
+/// they give one at a time.
+#[test]
+fn qwen2_and_qwen3_batch_and_give_the_same_text_alone_or_together() {
+    use rbee_proto::worker::{FromWorker, ToWorker};
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, family) in [("qwen2", Family::Qwen2), ("qwen3", Family::Qwen3)] {
+        let path = tiny_gguf(dir.path(), arch, family);
+        let mut w = common::Proto::start_on(&path, &["--parallel", "3"]);
+        let ready = w.ready_summary();
+        assert_eq!(
+            (ready.family.as_str(), ready.parallel),
+            (arch, 3),
+            "{ready:?}"
+        );
+        let prompts = ["hello there", "he he he", "a b c d e f"];
+        let params = |seed: u64| SamplingParams {
+            temperature: 0.9,
+            max_tokens: 12,
+            seed,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut send = |w: &mut common::Proto, id: u64, i: usize| {
+            w.send(&ToWorker::Generate {
+                id,
+                prompt: prompts[i].into(),
+                params: params(i as u64 + 1),
+                deadline: None,
+            });
+        };
+        let mut alone = Vec::new();
+        for i in 0..3 {
+            send(&mut w, i as u64, i);
+            let (text, end) = w.collect(i as u64);
+            assert!(matches!(end, FromWorker::Done { .. }), "{arch}: {end:?}");
+            alone.push(text);
+        }
+        for i in 0..3 {
+            send(&mut w, 10 + i as u64, i);
+        }
+        let mut together = vec![String::new(); 3];
+        let mut ended = 0;
+        while ended < 3 {
+            match w.next() {
+                FromWorker::Token { id, text } => together[(id - 10) as usize].push_str(&text),
+                FromWorker::Done { .. } => ended += 1,
+                other => panic!("{arch}: unexpected {other:?}"),
+            }
+        }
+        assert!(alone.iter().all(|t| !t.is_empty()), "{arch}: {alone:?}");
+        assert_eq!(alone, together, "{arch}: batched text differs from alone");
     }
 }
