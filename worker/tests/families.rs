@@ -569,7 +569,7 @@ fn qwen2_and_qwen3_batch_and_give_the_same_text_alone_or_together() {
             ignore_eos: true,
             ..Default::default()
         };
-        let mut send = |w: &mut common::Proto, id: u64, i: usize| {
+        let send = |w: &mut common::Proto, id: u64, i: usize| {
             w.send(&ToWorker::Generate {
                 id,
                 prompt: prompts[i].into(),
