@@ -241,6 +241,14 @@ fn one() -> u32 {
     1
 }
 
+impl ModelSummary {
+    /// Sequences the worker serves at once, never less than one (a frame from a worker that
+    /// did not say, or a default value, means one).
+    pub fn slots(&self) -> u32 {
+        self.parallel.max(1)
+    }
+}
+
 /// Lifecycle of a worker as the agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -25,7 +25,7 @@ fn serves(slot: &Slot, m: &str) -> bool {
 /// worker with 1 (1000).
 fn load(slot: &Slot) -> usize {
     let st = slot.lock();
-    let parallel = st.info.summary.as_ref().map_or(1, |x| x.parallel.max(1)) as usize;
+    let parallel = st.info.summary.as_ref().map_or(1, |x| x.slots()) as usize;
     st.pending.len() * 1000 / parallel
 }
 

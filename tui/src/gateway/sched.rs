@@ -19,7 +19,7 @@ pub type Load = HashMap<Place, u32>;
 /// sequences the worker decodes at once (its `parallel`, 1 before it reports one).
 pub fn capacity(w: &WorkerInfo, slots: Option<u32>) -> u32 {
     slots
-        .unwrap_or_else(|| w.summary.as_ref().map_or(1, |m| m.parallel))
+        .unwrap_or_else(|| w.summary.as_ref().map_or(1, |m| m.slots()))
         .max(1)
 }
 

@@ -185,7 +185,7 @@ fn gauge_rows(n: &NodeState, t: &Telemetry, label_w: usize, hist_w: usize) -> Ve
 /// Sequences in use over the worker's slots (`2/4`), once it has said how many it has.
 fn slots(i: &rbee_proto::session::WorkerInfo) -> String {
     match &i.summary {
-        Some(s) => format!("{}/{}", i.in_flight, s.parallel.max(1)),
+        Some(s) => format!("{}/{}", i.in_flight, s.slots()),
         None => "—".into(),
     }
 }

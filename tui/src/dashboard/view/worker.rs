@@ -81,7 +81,7 @@ fn info_lines(state: &State, w: &WorkerView) -> Vec<Line<'static>> {
     let slots = i
         .summary
         .as_ref()
-        .map(|s| format!(" · {} slots", s.parallel.max(1)))
+        .map(|s| format!(" · {} slots", s.slots()))
         .unwrap_or_default();
     lines.push(kv("requests", format!("{} in flight{slots}", i.in_flight)));
     if let Some(s) = &i.summary {
