@@ -24,6 +24,7 @@ fn smol_estimate(ctx: u32) -> u64 {
         parallel: 1,
         keep_quant: false,
         repack: rbee_store::estimate::host_repacks(),
+        qmm: rbee_store::estimate::host_qmm(),
     };
     estimate(&model_path(), shape).unwrap().unwrap().total()
 }
@@ -281,6 +282,7 @@ async fn auto_picks_the_gpu_with_the_most_free_memory_that_fits() {
             parallel: 1,
             keep_quant: false,
             repack: rbee_store::estimate::host_repacks(),
+            qmm: rbee_store::estimate::host_qmm(),
         };
         estimate(&model_path(), shape).unwrap().unwrap().total()
     };

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use rbee_proto::worker::{FromWorker, ToWorker};
 use rbee_proto::{SamplingParams, PROTOCOL_VERSION};
-use rbee_store::estimate::{estimate_in_use, host_repacks, RunShape};
+use rbee_store::estimate::{estimate_in_use, host_qmm, host_repacks, RunShape};
 use rbee_store::gguf::GgufHeader;
 use rbee_store::DeviceSpec;
 use rbee_testkit::{bin, model_path};
@@ -77,6 +77,7 @@ fn the_workers_peak_memory_is_within_15_percent_of_the_estimate() {
         parallel: 4,
         keep_quant: std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some(),
         repack: host_repacks(),
+        qmm: host_qmm(),
     };
     let h = GgufHeader::read(&model).unwrap();
     let e = estimate_in_use(&h, shape, prompt_tokens + 8, 512);

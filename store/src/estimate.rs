@@ -14,14 +14,19 @@
 //! - **KV cache**: per layer `kv_heads × head_dim × 2 × 4 bytes` (f32) per position and slot,
 //!   for `context` positions rounded up to a power of two (the cache doubles when full) on global
 //!   layers and `sliding_window` positions on gemma3's sliding layers, times `parallel` slots;
-//!   it grows as it is used, so the full figure is reached only at full context; the smaller
-//!   buffers it grew out of stay resident (the worker's allocator keeps freed memory), about
-//!   as much again (measured: 4 slots at 1 420 tokens hold 1.53 GB, 0.37 GB more than without);
+//!   it grows as it is used, so the full figure is reached only at full context; on candle's
+//!   kernels the smaller buffers it grew out of stay resident (the worker's allocator keeps
+//!   freed memory), about as much again (measured: 4 slots at 1 420 tokens hold 1.53 GB,
+//!   0.37 GB more than without), on the worker's own kernel they are reused;
 //! - **activations** of the prompt pass: attention scores and their softmax, about
 //!   `3 × heads × chunk × context × 4` bytes with the prompt taken in chunks of
 //!   [`PREFILL_CHUNK`] tokens (measured: 85 MB for a 900-token SmolLM2 prompt in one pass).
 //!   Families off the batched decoder (gemma3, phi3, candle's) read a prompt in one pass, so a
 //!   prompt longer than [`PREFILL_CHUNK`] needs more than this estimate counts;
+//! - **rbee's own kernel** (batched decoder on an x86-64 CPU with AVX2, FMA and F16C,
+//!   [`host_qmm`]): Q4_0, Q4_1 and Q8_0 matrices with rows a multiple of 8 and widths a
+//!   multiple of 32 are packed at 20 (Q4) or 36 (Q8) bytes per 32 values and replace the file's
+//!   copy: no re-encode, padding, repacked or dense copy for them;
 //! - **padding and repacked copies** (batched decoder on a CPU with AVX512-VNNI,
 //!   [`host_repacks`]): Q8_0 matrices padded to widths of 256 (their f32 passes, the largest
 //!   kept by the allocator, count as load transient), and candle's repacked copy of every Q8_0 /
@@ -79,6 +84,35 @@ pub fn host_repacks() -> bool {
     }
 }
 
+/// Whether this CPU runs the worker's own quantized kernel (`worker/src/load/qmm.rs`): x86-64
+/// with AVX2, FMA and F16C.
+pub fn host_qmm() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the worker packs `t` for its own kernel: a weight matrix of the batched decoder on a
+/// CPU that runs it, Q4_0, Q4_1 or Q8_0, rows a multiple of 8, widths of 32 (`packs` in
+/// worker/src/load/qmm.rs).
+fn qmm_packed(h: &GgufHeader, t: &TensorInfo, shape: &RunShape) -> bool {
+    let matrix = t.name == "output.weight"
+        || (t.name == "token_embd.weight" && h.tensor("output.weight").is_none())
+        || (t.name.starts_with("blk.") && t.name.ends_with(".weight"));
+    shape.qmm
+        && shape.device == DeviceSpec::Cpu
+        && batched(h)
+        && matrix
+        && matches!(t.ggml_type, 2 | 3 | 8)
+        && matches!(t.dims.as_slice(), [k, n] if k % 32 == 0 && *k > 0 && n % 8 == 0)
+}
+
 /// What the batched decoder's matrices (every block matrix and the output projection) cost
 /// beyond their loaded size on CPU.
 #[derive(Default)]
@@ -112,9 +146,13 @@ fn linears(h: &GgufHeader, shape: &RunShape) -> Linears {
         t.dims.len() == 2
             && (t.name == output || (t.name.starts_with("blk.") && t.name.ends_with(".weight")))
     });
-    for t in matrices {
+    for t in matrices.filter(|t| !qmm_packed(h, t, shape)) {
         let (k, n) = (t.dims[0], t.dims[1]);
-        let ty = if re_encoded(t, shape) { 8 } else { t.ggml_type };
+        let ty = if re_encoded(h, t, shape) {
+            8
+        } else {
+            t.ggml_type
+        };
         let mut kp = k;
         if shape.repack && ty == 8 && k % REPACK_K != 0 {
             kp = k.div_ceil(REPACK_K) * REPACK_K;
@@ -156,17 +194,27 @@ pub fn estimate(path: &Path, shape: RunShape) -> Result<Option<MemoryEstimate>, 
     Ok(Some(estimate_header(&GgufHeader::read(path)?, shape)))
 }
 
-/// ggml types that the worker re-encodes as Q8_0 on CPU.
-fn re_encoded(t: &TensorInfo, shape: &RunShape) -> bool {
+/// ggml types that the worker re-encodes as Q8_0 on CPU (what its own kernel packs stays).
+fn re_encoded(h: &GgufHeader, t: &TensorInfo, shape: &RunShape) -> bool {
     shape.device == DeviceSpec::Cpu
         && !shape.keep_quant
         && matches!(t.ggml_type, 3 | 6 | 7)
         && t.dims.first().is_some_and(|d| d % 32 == 0)
+        && !qmm_packed(h, t, shape)
 }
 
 /// Bytes of `t` as the worker holds it, before any dequantisation.
-fn as_loaded(t: &TensorInfo, shape: &RunShape) -> u64 {
-    let ty = if re_encoded(t, shape) { 8 } else { t.ggml_type };
+fn as_loaded(h: &GgufHeader, t: &TensorInfo, shape: &RunShape) -> u64 {
+    if qmm_packed(h, t, shape) {
+        // Q4: 16 bytes of nibbles and two f16 per 32 values; Q8: 32 bytes, f16 scale, i16 sum.
+        let per_block = if t.ggml_type == 8 { 36 } else { 20 };
+        return t.elements() / 32 * per_block;
+    }
+    let ty = if re_encoded(h, t, shape) {
+        8
+    } else {
+        t.ggml_type
+    };
     bytes_as(ty, t.elements())
 }
 
@@ -186,10 +234,10 @@ pub fn estimate_in_use(h: &GgufHeader, shape: RunShape, tokens: u32, chunk: u32)
 fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> MemoryEstimate {
     let gemma = h.architecture() == "gemma3";
     let own_output = h.tensor("output.weight").is_some();
-    let any_re_encoded = h.tensors.iter().any(|t| re_encoded(t, &shape));
+    let any_re_encoded = h.tensors.iter().any(|t| re_encoded(h, t, &shape));
     let (mut weights, mut load_transient, mut file_as_loaded) = (0u64, 0u64, 0u64);
     for t in &h.tensors {
-        let q = as_loaded(t, &shape);
+        let q = as_loaded(h, t, &shape);
         file_as_loaded += q;
         weights += if t.name == "token_embd.weight" {
             let table = t.elements() * if gemma { 2 } else { 4 };
@@ -227,8 +275,14 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         None => (ctx, PREFILL_CHUNK),
     };
     let kv_cache = kv_bytes(h, positions, gemma, false) * u64::from(parallel);
-    // About half of the outgrown buffers stay resident (measured, 4 slots at 1 420 tokens).
-    let kv_growth = kv_bytes(h, positions, gemma, true) * u64::from(parallel) / 2;
+    // On candle's kernels about half of the outgrown buffers stay resident (measured, 4 slots at
+    // 1 420 tokens); on the worker's own kernel none do (4 slots at 1 218 tokens: 656 MB
+    // measured, 4 % under the estimate without them): the allocator hands them out again.
+    let own_kernel = h.tensors.iter().any(|t| qmm_packed(h, t, &shape));
+    let kv_growth = match own_kernel {
+        true => 0,
+        false => kv_bytes(h, positions, gemma, true) * u64::from(parallel) / 2,
+    };
     let head_dim = head_dim(h);
     let heads = h.arch_int("attention.head_count").unwrap_or(1).max(1);
     let activations = 3 * heads * positions.min(chunk) * positions * 4;

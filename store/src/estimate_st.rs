@@ -132,6 +132,7 @@ mod tests {
             parallel: 4,
             keep_quant: false,
             repack: false,
+            qmm: false,
         };
         let e = estimate_dir(&files, shape).unwrap();
         assert_eq!(e.weights, 32 * 4, "32 bf16 values held as f32");

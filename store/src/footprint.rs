@@ -26,6 +26,10 @@ pub struct RunShape {
     /// The CPU runs candle's repacked AVX512-VNNI kernels (the worker then pads Q8_0 matrices to
     /// widths of 256 and candle keeps a repacked copy of each): [`crate::estimate::host_repacks`].
     pub repack: bool,
+    /// The CPU runs the worker's own quantized kernel (x86-64 with AVX2, FMA and F16C): the
+    /// batched decoder keeps Q4_0, Q4_1 and Q8_0 matrices packed at their file size, with no
+    /// re-encode, padding or copies: [`crate::estimate::host_qmm`].
+    pub qmm: bool,
 }
 
 /// The estimate, by part, in bytes.

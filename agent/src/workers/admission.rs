@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rbee_proto::config::AgentConfig;
 use rbee_proto::session::SpawnSpec;
 use rbee_proto::{ErrorCode, ProtoError};
-use rbee_store::estimate::{default_parallel, estimate_header, host_repacks, RunShape};
+use rbee_store::estimate::{default_parallel, estimate_header, host_qmm, host_repacks, RunShape};
 use rbee_store::estimate_st::estimate_dir;
 use rbee_store::gguf::GgufHeader;
 use rbee_store::{DeviceChoice, DeviceSpec, ModelFiles, Store};
@@ -268,6 +268,7 @@ impl Model {
             // The worker inherits the agent's environment.
             keep_quant: std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some(),
             repack: host_repacks(),
+            qmm: host_qmm(),
         };
         let e = match (&self.header, &self.dir) {
             (Some(h), _) => estimate_header(

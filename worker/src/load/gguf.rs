@@ -151,8 +151,9 @@ pub fn load(
     let specials = specials(&ct, &tokenizer);
     progress("loading weights", 0.2);
     let keep = std::env::var_os("RBEE_WORKER_KEEP_QUANT").is_some();
-    let network = if device.is_cpu() && !keep && requantise::needed(&ct) {
-        let (ct2, mut cursor) = requantise::requantise(&ct, &mut f, path)?;
+    let own = family.own_decoder(&ct);
+    let network = if device.is_cpu() && !keep && requantise::needed(&ct, own) {
+        let (ct2, mut cursor) = requantise::requantise(&ct, &mut f, path, own)?;
         Network::from_gguf(family, ct2, &mut cursor, context_length as usize, device)
     } else {
         Network::from_gguf(family, ct, &mut f, context_length as usize, device)

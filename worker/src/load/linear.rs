@@ -5,10 +5,15 @@
 //! thread, that took prompt processing from 129 to 189 tok/s (294 with the allocator kept from
 //! returning memory to the kernel, see `main.rs`). Where candle's repacked AVX512-VNNI kernel
 //! applies (Q8_0 widths padded to a multiple of 256 here), it is faster still for both.
+//!
+//! Q4_0, Q4_1 and Q8_0 matrices on an x86 CPU with AVX2 take neither: they run on rbee's own
+//! kernel ([`super::qmm`]) for every row count, at the file's size.
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
+
+use super::qmm::Packed;
 
 /// Rows of a prompt chunk from which the dense path is taken (below it the quantized kernel is
 /// as fast, and making a dense copy that is not kept costs a pass over the weights).
@@ -51,8 +56,39 @@ fn padded(weights: &QTensor) -> candle_core::Result<Option<(QTensor, usize)>> {
     Ok(Some((QTensor::quantize(&dense, GgmlDType::Q8_0)?, pad)))
 }
 
-/// One weight matrix (`[out, in]`), quantized, with its dense copy made on first need.
-pub struct Linear {
+/// One weight matrix (`[out, in]`): packed for rbee's kernel, or through candle.
+pub enum Linear {
+    /// On rbee's kernel.
+    Packed(Arc<Packed>),
+    /// On candle's kernels.
+    Candle(CandleLinear),
+}
+
+impl Linear {
+    /// Wrap `weights`; `keep` (candle's path) holds the dequantised copy for later chunks (small
+    /// models) instead of making it anew for each chunk (large ones, where it would double the
+    /// memory).
+    pub fn new(weights: QTensor, keep: bool) -> candle_core::Result<Self> {
+        match Packed::new(&weights)? {
+            Some(p) => Ok(Linear::Packed(Arc::new(p))),
+            None => Ok(Linear::Candle(CandleLinear::new(weights, keep)?)),
+        }
+    }
+
+    /// `x` (`[rows, in]`) times the weights transposed: `[rows, out]`. `prompt`: the rows are
+    /// prompt tokens (candle's path may take its dense copy); decode rows always take the
+    /// quantized one. The choice never depends on other rows, so neither does a row's result.
+    pub fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Packed(p) => p.forward(&x.to_dtype(DType::F32)?.contiguous()?),
+            Linear::Candle(c) => c.forward(x, prompt),
+        }
+    }
+}
+
+/// One weight matrix (`[out, in]`) on candle's kernels, quantized, with its dense copy made on
+/// first need.
+pub struct CandleLinear {
     q: QMatMul,
     /// Zero columns appended to `q`'s weights (and so to its inputs).
     pad: usize,
@@ -68,10 +104,8 @@ pub struct Linear {
     keep: bool,
 }
 
-impl Linear {
-    /// Wrap `weights`; `keep` holds the dequantised copy for later chunks (small models) instead
-    /// of making it anew for each chunk (large ones, where it would double the memory).
-    pub fn new(weights: QTensor, keep: bool) -> candle_core::Result<Self> {
+impl CandleLinear {
+    fn new(weights: QTensor, keep: bool) -> candle_core::Result<Self> {
         let weights = Arc::new(weights);
         let (q, pad) = match padded(&weights)? {
             Some((p, pad)) => (QMatMul::from_qtensor(p)?, pad),
@@ -106,10 +140,7 @@ impl Linear {
             && matches!(self.q, QMatMul::QTensor(_))
     }
 
-    /// `x` (`[rows, in]`) times the weights transposed: `[rows, out]`. `prompt`: the rows are
-    /// prompt tokens (the dense path may be taken); decode rows always take the quantized one.
-    /// The choice never depends on other rows, so neither does a row's result.
-    pub fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
         let rows = x.dim(0)?;
         if !(prompt && self.dense_path(rows)) {
             if self.pad > 0 {

@@ -29,6 +29,7 @@ pub mod guard;
 pub mod linear;
 pub mod llama;
 pub mod network;
+pub mod qmm;
 pub mod requantise;
 pub mod safetensors;
 pub mod tokenizer;

@@ -72,6 +72,16 @@ impl Family {
         Family::ALL.map(Family::name).join(", ")
     }
 
+    /// Whether `ct` runs on rbee's own decoder ([`super::llama`]) rather than candle's.
+    pub fn own_decoder(self, ct: &gguf_file::Content) -> bool {
+        match self {
+            Family::Llama => super::llama::covers(ct, Variant::Llama),
+            Family::Qwen2 => super::llama::covers(ct, Variant::Qwen2),
+            Family::Qwen3 => super::llama::covers(ct, Variant::Qwen3),
+            _ => false,
+        }
+    }
+
     /// The longest context the worker offers, whatever the file claims: quantized phi3
     /// allocates its KV cache for the whole context at the first token (Phi-3-mini-128k: over
     /// 100 GB), so it is held to 4 096; llama files on candle's implementation (mixture of
