@@ -162,7 +162,11 @@ fn one_shot_mode(args: &Args) -> bool {
 
 /// Stdout as the protocol's sink, after the `Hello` every protocol run starts with.
 fn hello() -> Sink {
-    let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+    // Buffered: a step's token frames leave in one write (`serve` flushes after each step and
+    // after every other frame).
+    let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::BufWriter::new(
+        std::io::stdout(),
+    ))));
     send(
         &sink,
         &FromWorker::Hello {

@@ -26,10 +26,21 @@ pub type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// Write one frame as one line and flush; a closed stdout is ignored (the reader sees EOF).
 pub fn send(sink: &Sink, msg: &FromWorker) {
+    write(sink, msg, true);
+}
+
+/// Write one frame as one line, flushed now or (tokens) with the rest of its step's frames: one
+/// write for every sequence's token instead of one each.
+fn write(sink: &Sink, msg: &FromWorker, flush: bool) {
     let line = encode(msg);
     let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
     // A closed stdout means the agent is gone; the reader sees EOF and ends the process.
-    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    let _ = writeln!(out, "{line}").and_then(|_| if flush { out.flush() } else { Ok(()) });
+}
+
+/// Send what a step left buffered.
+fn flush(sink: &Sink) {
+    let _ = sink.lock().unwrap_or_else(|p| p.into_inner()).flush();
 }
 
 /// What a request asks to continue.
@@ -249,6 +260,7 @@ fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &
             break;
         }
         scheduler.step(&mut engine, &mut on);
+        flush(sink);
         shared
             .in_flight
             .store(scheduler.active() as u32, Ordering::SeqCst);
@@ -318,7 +330,7 @@ fn on_event(event: Event<'_>, shared: &Shared, sink: &Sink) {
         Event::Text(id, text) => {
             shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
             let text = text.to_string();
-            return send(sink, &FromWorker::Token { id, text });
+            return write(sink, &FromWorker::Token { id, text }, false);
         }
         Event::Done(id, result) => (id, result),
     };

@@ -86,6 +86,65 @@ impl Linear {
     }
 }
 
+/// Matrices applied to the same input (q, k and v; gate and up): stacked into one on rbee's
+/// kernel when every part is packed alike (one quantization of the input, one pass, one
+/// dispatch to the threads instead of one per part), else kept apart.
+pub enum Fused<const N: usize> {
+    /// One stacked matrix and each part's output width.
+    One(Arc<Packed>, [usize; N]),
+    /// The parts.
+    Parts([Linear; N]),
+}
+
+impl<const N: usize> Fused<N> {
+    /// Stack `parts` where they allow it.
+    pub fn new(parts: [Linear; N]) -> Self {
+        let packed: Vec<&Packed> = parts
+            .iter()
+            .filter_map(|l| match l {
+                Linear::Packed(p) => Some(p.as_ref()),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        if packed.len() == N {
+            if let Some(one) = Packed::concat(&packed) {
+                let widths = std::array::from_fn(|i| packed[i].rows());
+                return Fused::One(Arc::new(one), widths);
+            }
+        }
+        Fused::Parts(parts)
+    }
+
+    /// Each part's output for `x` (`[rows, in]`), through `project` where the parts are apart.
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        mut project: impl FnMut(&mut Linear, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<[Tensor; N]> {
+        match self {
+            Fused::One(p, widths) => {
+                let y = p.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+                let mut at = 0;
+                let mut out = Vec::with_capacity(N);
+                for w in widths.iter() {
+                    out.push(y.narrow(1, at, *w)?);
+                    at += w;
+                }
+                out.try_into()
+                    .map_err(|_| candle_core::Error::msg("fused widths"))
+            }
+            Fused::Parts(parts) => {
+                let out = parts
+                    .iter_mut()
+                    .map(|m| project(m, x))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                out.try_into()
+                    .map_err(|_| candle_core::Error::msg("fused parts"))
+            }
+        }
+    }
+}
+
 /// One weight matrix (`[out, in]`) on candle's kernels, quantized, with its dense copy made on
 /// first need.
 pub struct CandleLinear {

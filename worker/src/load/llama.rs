@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{attend, KvCache};
-use super::linear::Linear;
+use super::linear::{Fused, Linear};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
 
@@ -75,17 +75,16 @@ pub fn covers(ct: &gguf_file::Content, v: Variant) -> bool {
 
 struct Block {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v.
+    qkv: Fused<3>,
     /// Qwen2's biases on q, k and v.
     bias: Option<[Tensor; 3]>,
     /// Qwen3's per-head norms on q and k.
     qk_norm: Option<[Tensor; 2]>,
     out: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// gate and up.
+    gate_up: Fused<2>,
     down: Linear,
 }
 
@@ -272,15 +271,19 @@ impl Llama {
             let mut t = |n: &str| get(&format!("blk.{i}.{n}.weight"));
             blocks.push(Block {
                 attn_norm: t("attn_norm")?.dequantize(device)?,
-                q: Linear::new(t("attn_q")?, keep)?,
-                k: Linear::new(t("attn_k")?, keep)?,
-                v: Linear::new(t("attn_v")?, keep)?,
+                qkv: Fused::new([
+                    Linear::new(t("attn_q")?, keep)?,
+                    Linear::new(t("attn_k")?, keep)?,
+                    Linear::new(t("attn_v")?, keep)?,
+                ]),
                 bias,
                 qk_norm,
                 out: Linear::new(t("attn_output")?, keep)?,
                 ffn_norm: t("ffn_norm")?.dequantize(device)?,
-                gate: Linear::new(t("ffn_gate")?, keep)?,
-                up: Linear::new(t("ffn_up")?, keep)?,
+                gate_up: Fused::new([
+                    Linear::new(t("ffn_gate")?, keep)?,
+                    Linear::new(t("ffn_up")?, keep)?,
+                ]),
                 down: Linear::new(t("ffn_down")?, keep)?,
             });
         }
@@ -318,12 +321,13 @@ impl Llama {
         let h = candle_nn::ops::rms_norm(x, &blk.attn_norm, eps)?;
         let (bias, qk_norm) = (&blk.bias, &blk.qk_norm);
         // Project, add the bias, split into heads, norm each head, rotate: [1, n, rows, d].
-        let split = |m: &mut Linear, which: usize, n: usize| -> candle_core::Result<Tensor> {
-            let mut y = project(m, &h, groups)?;
+        let [yq, yk, yv] = blk.qkv.forward(&h, |m, h| project(m, h, groups))?;
+        let split = |y: Tensor, which: usize, n: usize| -> candle_core::Result<Tensor> {
+            let mut y = y;
             if let Some(bias) = bias {
                 y = y.broadcast_add(&bias[which])?;
             }
-            let mut y = y.reshape((1, rows, n, hd))?;
+            let mut y = y.contiguous()?.reshape((1, rows, n, hd))?;
             if let Some(norms) = qk_norm.as_ref().filter(|_| which < 2) {
                 y = candle_nn::ops::rms_norm(&y.contiguous()?, &norms[which], eps)?;
             }
@@ -334,9 +338,9 @@ impl Llama {
                 _ => candle_nn::rotary_emb::rope(&y, cos, sin),
             }
         };
-        let q = split(&mut blk.q, 0, heads)?;
-        let k = split(&mut blk.k, 1, kv_heads)?;
-        let v = split(&mut blk.v, 2, kv_heads)?;
+        let q = split(yq, 0, heads)?;
+        let k = split(yk, 1, kv_heads)?;
+        let v = split(yv, 2, kv_heads)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut outs = Vec::with_capacity(pieces.len());
         let mut start = 0;
@@ -362,8 +366,8 @@ impl Llama {
         let y = Tensor::cat(&outs, 1)?.squeeze(0)?;
         let x = (x + project(&mut blk.out, &y, groups)?)?;
         let h = candle_nn::ops::rms_norm(&x, &blk.ffn_norm, eps)?;
-        let gate = project(&mut blk.gate, &h, groups)?;
-        let h = (candle_nn::ops::silu(&gate)? * project(&mut blk.up, &h, groups)?)?;
+        let [gate, up] = blk.gate_up.forward(&h, |m, h| project(m, h, groups))?;
+        let h = (candle_nn::ops::silu(&gate)? * up)?;
         x + project(&mut blk.down, &h, groups)?
     }
 

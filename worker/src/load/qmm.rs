@@ -205,6 +205,31 @@ impl Packed {
         }))
     }
 
+    /// Matrices with the same input width and format stacked as one (`[Σn, k]`): the records
+    /// are grouped by eight output rows, so the parts' data simply follow each other. `None`
+    /// when they do not match.
+    pub fn concat(parts: &[&Packed]) -> Option<Self> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.k != first.k || p.format != first.format || p.isa != first.isa)
+        {
+            return None;
+        }
+        Some(Self {
+            format: first.format,
+            isa: first.isa,
+            n: parts.iter().map(|p| p.n).sum(),
+            k: first.k,
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+        })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
     /// Bytes the packed weights take.
     pub fn bytes(&self) -> usize {
         self.data.len()
