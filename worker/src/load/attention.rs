@@ -292,7 +292,7 @@ mod simd {
 
     /// Scores of the query rows (`qs`, `rep × D`) against every key row: `rep × n`.
     pub(super) fn scores<const D: usize>(qs: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
-        assert!(D % 16 == 0 && D / 8 <= MAX_LANES);
+        assert!(D.is_multiple_of(16) && D / 8 <= MAX_LANES);
         let n = keys.len() / D;
         for (q, row) in qs.chunks_exact(D).zip(out.chunks_exact_mut(n)) {
             for (s, k) in row.iter_mut().zip(keys.chunks_exact(D)) {
@@ -322,7 +322,7 @@ mod simd {
         sums: &[f32],
         out: &mut [f32],
     ) {
-        assert!(D % 16 == 0 && D / 8 <= MAX_LANES);
+        assert!(D.is_multiple_of(16) && D / 8 <= MAX_LANES);
         let n = values.len() / D;
         for ((p, o), sum) in probs.chunks_exact(n).zip(out.chunks_exact_mut(D)).zip(sums) {
             // SAFETY: AVX2 and FMA are enabled at compile time; rows hold D floats.
