@@ -127,7 +127,8 @@ fn main() {
     keep_freed_memory();
     rbee_host::logging::init_stderr();
     let code = if one_shot_mode(&args) {
-        match one_shot(&args) {
+        // On a thread of the pool, as the protocol's generator runs (see `serve`).
+        match rayon::scope(|_| one_shot(&args)) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("rbee-worker: {e:#}");

@@ -103,7 +103,11 @@ pub fn serve(engine: Engine, input: impl BufRead + Send + 'static, sink: Sink, o
     };
     let gen = {
         let (shared, sink) = (shared.clone(), sink.clone());
-        std::thread::spawn(move || generate_loop(engine, rx, &shared, &sink))
+        // The generator runs on a thread of rayon's pool: the candle ops that split their work
+        // with rayon (norms, rotary embeddings, softmax) then run on it or beside it, instead
+        // of waking a pool thread and sleeping until it is done, twice per op (with one thread
+        // that was a fifth of a decode step, in futex and scheduler time).
+        std::thread::spawn(move || rayon::scope(|_| generate_loop(engine, rx, &shared, &sink)))
     };
     read_loop(input, &tx, &shared, &sink);
     shared.shutdown.store(true, Ordering::SeqCst);

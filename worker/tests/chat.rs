@@ -7,11 +7,11 @@ use rbee_proto::worker::{FromWorker, ToWorker};
 use rbee_proto::{ChatMessage, ErrorCode, FinishReason, Role, SamplingParams};
 use rbee_testkit::model_path;
 
-/// The system prompt SmolLM2's template puts in when none is given. With it, greedy decoding
-/// answers the factual question in one sentence and ends the turn, as llama.cpp does on the same
-/// file, on every kernel path here (with a shorter generic one the answer sits on a near-tie
-/// between ending after "Paris" and going on, which rounding differences between kernels tip).
-const SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+/// A system prompt that asks for one sentence. Along llama.cpp's greedy path on the same file
+/// every choice leads its runner-up by 0.86 or more, so kernels that round differently still
+/// answer in one sentence and end the turn. (With SmolLM2's default system prompt the first
+/// token is a near-tie in llama.cpp itself: "L" 24.74 against "The" 24.65.)
+const SYSTEM: &str = "You are a helpful assistant. Answer in one short sentence.";
 
 fn msg(role: Role, content: &str) -> ChatMessage {
     ChatMessage {
