@@ -274,7 +274,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-mod simd {
+pub(crate) mod simd {
     use std::arch::x86_64::*;
 
     /// Most eight-lane registers an output row takes (head width 128).
@@ -355,7 +355,7 @@ mod simd {
     }
 
     #[inline(always)]
-    unsafe fn exp(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp(x: __m256) -> __m256 {
         let x = _mm256_max_ps(
             _mm256_min_ps(x, _mm256_set1_ps(88.376_26)),
             _mm256_set1_ps(-87.336_55),

@@ -115,6 +115,24 @@ impl<const N: usize> Fused<N> {
         Fused::Parts(parts)
     }
 
+    /// SwiGLU over gate and up (`silu(gate) · up`, `[rows, w]`): on the stacked output in one
+    /// pass (with a vectorised exp) where they are stacked, else with candle's ops.
+    pub fn swiglu(
+        &mut self,
+        x: &Tensor,
+        project: impl FnMut(&mut Linear, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if let Fused::One(p, widths) = self {
+            if N == 2 && widths[0] == widths[1] {
+                let w = widths[0];
+                let y = p.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+                return y.apply_op1_no_bwd(&SwiGlu(w));
+            }
+        }
+        let parts = self.forward(x, project)?;
+        candle_nn::ops::silu(&parts[0])? * &parts[1]
+    }
+
     /// Each part's output for `x` (`[rows, in]`), through `project` where the parts are apart.
     pub fn forward(
         &mut self,
@@ -221,5 +239,73 @@ impl CandleLinear {
             }
         };
         x.to_dtype(DType::F32)?.matmul(&w.t()?)
+    }
+}
+
+/// `silu(g) · u` over a `[rows, 2w]` tensor holding gate (`g`) then up (`u`) in each row.
+struct SwiGlu(usize);
+
+impl candle_core::CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "rbee-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let w = self.0;
+        let candle_core::CpuStorage::F32(y) = s else {
+            candle_core::bail!("swiglu: f32 expected");
+        };
+        let (rows, width) = l.shape().dims2()?;
+        let Some((start, end)) = l.contiguous_offsets().filter(|_| width == 2 * w) else {
+            candle_core::bail!("swiglu: contiguous [rows, 2 × {w}] expected");
+        };
+        let mut out = vec![0f32; rows * w];
+        for (row, o) in y[start..end]
+            .chunks_exact(2 * w)
+            .zip(out.chunks_exact_mut(w))
+        {
+            silu_mul(&row[..w], &row[w..], o);
+        }
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((rows, w)),
+        ))
+    }
+}
+
+/// `o = g / (1 + e^−g) · u`, element by element.
+fn silu_mul(g: &[f32], u: &[f32], o: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        use std::arch::x86_64::*;
+        for ((g, u), o) in g
+            .chunks_exact(8)
+            .zip(u.chunks_exact(8))
+            .zip(o.chunks_exact_mut(8))
+        {
+            // SAFETY: AVX2 and FMA are enabled at compile time; each chunk holds eight floats.
+            unsafe {
+                let gv = _mm256_loadu_ps(g.as_ptr());
+                let e = super::attention::simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+                let s = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+                _mm256_storeu_ps(
+                    o.as_mut_ptr(),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr())),
+                );
+            }
+            done += 8;
+        }
+    }
+    for ((g, u), o) in g[done..].iter().zip(&u[done..]).zip(&mut o[done..]) {
+        *o = g / (1.0 + (-g).exp()) * u;
     }
 }

@@ -366,8 +366,7 @@ impl Llama {
         let y = Tensor::cat(&outs, 1)?.squeeze(0)?;
         let x = (x + project(&mut blk.out, &y, groups)?)?;
         let h = candle_nn::ops::rms_norm(&x, &blk.ffn_norm, eps)?;
-        let [gate, up] = blk.gate_up.forward(&h, |m, h| project(m, h, groups))?;
-        let h = (candle_nn::ops::silu(&gate)? * up)?;
+        let h = blk.gate_up.swiglu(&h, |m, h| project(m, h, groups))?;
         x + project(&mut blk.down, &h, groups)?
     }
 

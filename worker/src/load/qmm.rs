@@ -438,16 +438,16 @@ mod x86 {
         }
     }
 
-    /// Four quants of row `row`, block `b`, from offset `at` of the block, in every lane.
+    /// The four bytes at `p`, in every lane.
     #[inline(always)]
-    unsafe fn bcast<T>(v: &[T], kb: usize, row: usize, b: usize, at: usize) -> __m256i {
-        let p = v.as_ptr().add((row * kb + b) * BLOCK + at) as *const i32;
-        _mm256_set1_epi32(p.read_unaligned())
+    unsafe fn bcast<T>(p: *const T) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
     }
 
-    /// `R` input rows from `r0` against one group of eight output rows.
+    /// `R` input rows from `r0` against one group of eight output rows; `Q4`: the weights'
+    /// format (a constant, so the block loop has no branch on it).
     #[inline(always)]
-    unsafe fn tile<D: Dot, const R: usize>(
+    unsafe fn tile<D: Dot, const R: usize, const Q4: bool>(
         p: &Packed,
         g: usize,
         q: &QuantX,
@@ -455,58 +455,62 @@ mod x86 {
         dst: *mut f32,
     ) {
         let kb = q.kb;
-        let rec = p.format.record();
+        let rec = if Q4 { Format::Q4 } else { Format::Q8 }.record();
         let base = p.data.as_ptr().add(g * kb * rec);
         let nib = _mm256_set1_epi8(0x0f);
+        // Each input row's quants, scales and sums, indexed by block without bounds checks
+        // (`QuantX` holds `rows × kb` blocks; `r0 + R <= rows`).
+        let xq: [*const i8; R] = std::array::from_fn(|j| q.q.as_ptr().add((r0 + j) * kb * BLOCK));
+        let xu: [*const u8; R] = std::array::from_fn(|j| match D::BIASED && !Q4 {
+            true => q.u.as_ptr().add((r0 + j) * kb * BLOCK),
+            false => std::ptr::null(),
+        });
+        let xd: [*const f32; R] = std::array::from_fn(|j| q.d.as_ptr().add((r0 + j) * kb));
+        let xs: [*const f32; R] = std::array::from_fn(|j| q.s.as_ptr().add((r0 + j) * kb));
         let mut tot = [_mm256_setzero_ps(); R];
         for b in 0..kb {
             let r = base.add(b * rec);
+            let at = b * BLOCK;
             let mut acc = [_mm256_setzero_si256(); R];
-            let dw = match p.format {
-                Format::Q4 => {
-                    for c in 0..4 {
-                        let raw = _mm256_loadu_si256(r.add(32 * c) as *const __m256i);
-                        let lo = _mm256_and_si256(raw, nib);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = D::q4(*a, lo, bcast(&q.q, kb, r0 + j, b, 4 * c));
-                            *a = D::q4(*a, hi, bcast(&q.q, kb, r0 + j, b, 16 + 4 * c));
-                        }
+            let dw = if Q4 {
+                for c in 0..4 {
+                    let raw = _mm256_loadu_si256(r.add(32 * c) as *const __m256i);
+                    let lo = _mm256_and_si256(raw, nib);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nib);
+                    for j in 0..R {
+                        acc[j] = D::q4(acc[j], lo, bcast(xq[j].add(at + 4 * c)));
+                        acc[j] = D::q4(acc[j], hi, bcast(xq[j].add(at + 16 + 4 * c)));
                     }
-                    _mm256_cvtph_ps(_mm_loadu_si128(r.add(128) as *const __m128i))
                 }
-                Format::Q8 => {
-                    for c in 0..8 {
-                        let w = _mm256_loadu_si256(r.add(32 * c) as *const __m256i);
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            let xu = if D::BIASED {
-                                bcast(&q.u, kb, r0 + j, b, 4 * c)
-                            } else {
-                                _mm256_setzero_si256()
-                            };
-                            *a = D::q8(*a, w, bcast(&q.q, kb, r0 + j, b, 4 * c), xu);
-                        }
+                _mm256_cvtph_ps(_mm_loadu_si128(r.add(128) as *const __m128i))
+            } else {
+                for c in 0..8 {
+                    let w = _mm256_loadu_si256(r.add(32 * c) as *const __m256i);
+                    for j in 0..R {
+                        let xu = match D::BIASED {
+                            true => bcast(xu[j].add(at + 4 * c)),
+                            false => _mm256_setzero_si256(),
+                        };
+                        acc[j] = D::q8(acc[j], w, bcast(xq[j].add(at + 4 * c)), xu);
                     }
-                    if D::BIASED {
-                        let sums =
-                            _mm256_cvtepi16_epi32(_mm_loadu_si128(r.add(272) as *const __m128i));
-                        let bias = _mm256_slli_epi32(sums, 7);
-                        for a in acc.iter_mut() {
-                            *a = _mm256_sub_epi32(*a, bias);
-                        }
-                    }
-                    _mm256_cvtph_ps(_mm_loadu_si128(r.add(256) as *const __m128i))
                 }
+                if D::BIASED {
+                    let sums = _mm256_cvtepi16_epi32(_mm_loadu_si128(r.add(272) as *const __m128i));
+                    let bias = _mm256_slli_epi32(sums, 7);
+                    for a in acc.iter_mut() {
+                        *a = _mm256_sub_epi32(*a, bias);
+                    }
+                }
+                _mm256_cvtph_ps(_mm_loadu_si128(r.add(256) as *const __m128i))
             };
-            for (j, (t, a)) in tot.iter_mut().zip(acc).enumerate() {
-                let i = (r0 + j) * kb + b;
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(q.d[i]));
-                *t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), scale, *t);
+            for j in 0..R {
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[j].add(b)));
+                tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), scale, tot[j]);
             }
-            if p.format == Format::Q4 {
+            if Q4 {
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(r.add(144) as *const __m128i));
-                for (j, t) in tot.iter_mut().enumerate() {
-                    *t = _mm256_fmadd_ps(mw, _mm256_set1_ps(q.s[(r0 + j) * kb + b]), *t);
+                for j in 0..R {
+                    tot[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*xs[j].add(b)), tot[j]);
                 }
             }
         }
@@ -516,19 +520,32 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn groups<D: Dot>(p: &Packed, range: std::ops::Range<usize>, q: &QuantX, dst: *mut f32) {
+    unsafe fn groups_of<D: Dot, const Q4: bool>(
+        p: &Packed,
+        range: std::ops::Range<usize>,
+        q: &QuantX,
+        dst: *mut f32,
+    ) {
         for g in range {
             let mut r0 = 0;
             while r0 + TILE <= q.rows {
-                tile::<D, TILE>(p, g, q, r0, dst);
+                tile::<D, TILE, Q4>(p, g, q, r0, dst);
                 r0 += TILE;
             }
             match q.rows - r0 {
-                1 => tile::<D, 1>(p, g, q, r0, dst),
-                2 => tile::<D, 2>(p, g, q, r0, dst),
-                3 => tile::<D, 3>(p, g, q, r0, dst),
+                1 => tile::<D, 1, Q4>(p, g, q, r0, dst),
+                2 => tile::<D, 2, Q4>(p, g, q, r0, dst),
+                3 => tile::<D, 3, Q4>(p, g, q, r0, dst),
                 _ => {}
             }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn groups<D: Dot>(p: &Packed, range: std::ops::Range<usize>, q: &QuantX, dst: *mut f32) {
+        match p.format {
+            Format::Q4 => groups_of::<D, true>(p, range, q, dst),
+            Format::Q8 => groups_of::<D, false>(p, range, q, dst),
         }
     }
 
