@@ -22,15 +22,17 @@ rss_of() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
 echo "| engine | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB |"
 echo "|---|---|---|---|---|"
-for mode in "" "--keep-quant"; do
+# The worker as it runs by default (rbee's own kernel on x86), and with RBEE_NO_QMM=1: candle's
+# kernels, Q4_1 re-encoded as Q8_0 at load (the worker before its own kernel).
+for mode in "" "RBEE_NO_QMM=1"; do
   p=(); d=(); t=(); r=()
   for _ in $(seq "$runs"); do
-    out="$($w --model "$model" --prompt "$prompt" --max-tokens "$tokens" --temperature 0 --ignore-eos \
-            --threads "$threads" --json $mode 2>&1 >/dev/null | tail -1)"
+    out="$(env $mode $w --model "$model" --prompt "$prompt" --max-tokens "$tokens" --temperature 0 --ignore-eos \
+            --threads "$threads" --json 2>&1 >/dev/null | tail -1)"
     p+=("$(jq .usage.prompt_tokens_per_s <<<"$out")"); d+=("$(jq .usage.decode_tokens_per_s <<<"$out")")
     t+=("$(jq .usage.time_to_first_token_ms <<<"$out")"); r+=("$(jq '.peak_rss_bytes/1048576' <<<"$out")")
   done
-  name="rbee-worker${mode:+ $mode (Q4_1 as stored)}"; [ -z "$mode" ] && name="rbee-worker (Q4_1 re-encoded Q8_0)"
+  name="rbee-worker, $mode (candle's kernels, Q4_1 re-encoded Q8_0)"; [ -z "$mode" ] && name="rbee-worker (Q4_1 on its own kernel)"
   row "$name" "$(printf '%s\n' "${p[@]}" | median | xargs printf %.1f)" "$(printf '%s\n' "${d[@]}" | median | xargs printf %.1f)" \
       "$(printf '%s\n' "${t[@]}" | median | xargs printf %.0f)" "$(printf '%s\n' "${r[@]}" | median | xargs printf %.0f)"
 done

@@ -290,16 +290,11 @@ fn dashboard_conversation_in_tmux() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let screen = tmux.wait_screen(Duration::from_secs(90), "the answer to stream", |s| {
-        finished(s) || tokens(s) >= 12
+    // The whole answer (the worker decodes 100+ tok/s here; Esc to cancel a long one raced
+    // with its end and then closed the pane instead).
+    let screen = tmux.wait_screen(Duration::from_secs(120), "the answer to finish", |s| {
+        finished(s) && tokens(s) > 0
     });
-    let screen = if finished(&screen) {
-        screen
-    } else {
-        // Under load the whole answer may take long: Esc cancels the rest, as the help says.
-        tmux.keys(&["Escape"]);
-        tmux.wait_screen(Duration::from_secs(20), "the answer to stop", finished)
-    };
     eprintln!("{screen}");
     assert!(!screen.contains("error:"), "{screen}");
     assert!(
