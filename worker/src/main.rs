@@ -83,7 +83,8 @@ struct Args {
     /// Write the model's tokenizer as tokenizer.json to this path and exit.
     #[arg(long)]
     export_tokenizer: Option<std::path::PathBuf>,
-    /// Keep the file's quantization on CPU instead of re-encoding slow formats (Q4_1, Q5_x) as Q8_0.
+    /// Keep the file's quantization on CPU instead of re-encoding slow formats (Q4_1, Q5_x) as Q8_0
+    /// where candle's kernels run them (rbee's own x86 kernel keeps Q4_0/Q4_1/Q8_0 as they are).
     #[arg(long)]
     keep_quant: bool,
     /// Keep generating past the end-of-sequence token (benchmarks: fixed-length runs).
