@@ -186,6 +186,104 @@ pub(crate) fn attend(
         .reshape((b, t, heads * head_dim))
 }
 
+/// One new token's key and value (`[1, kv_heads, 1, d]`) at `pos` appended to an appending
+/// cache (made on first use); every cached key and value after it (`[1, kv_heads, len, d]`).
+pub(crate) fn append_one(
+    cache: &mut Option<KvCache>,
+    k: &Tensor,
+    v: &Tensor,
+    pos: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let c = match cache {
+        Some(c) => c,
+        None => cache.insert(KvCache::new(&k, 256, None)?),
+    };
+    if c.len != pos {
+        candle_core::bail!("a token at {pos} after {} cached ones", c.len);
+    }
+    c.append(&k, &v, pos)?;
+    c.view()
+}
+
+/// [`OneToken`] for several sequences at once (a decode step's rows, each with its own cache):
+/// one op instead of one per sequence. `q`: `[1, heads, rows, d]`; the result `[rows, heads·d]`.
+pub(crate) struct OneTokenRows {
+    pub(crate) one: OneToken,
+    /// Each row's cached keys and values (`[1, kv_heads, len, d]`, on the CPU).
+    pub(crate) caches: Vec<(Tensor, Tensor)>,
+}
+
+impl OneTokenRows {
+    /// The attention rows (`[rows, heads·d]`) for the queries `q`.
+    pub(crate) fn run(&self, q: &Tensor) -> candle_core::Result<Tensor> {
+        q.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl candle_core::CustomOp1 for OneTokenRows {
+    fn name(&self) -> &'static str {
+        "rbee-one-token-attention-rows"
+    }
+
+    fn cpu_fwd(&self, sq: &CpuStorage, lq: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, heads, rows, d) = lq.shape().dims4()?;
+        let CpuStorage::F32(qdata) = sq else {
+            candle_core::bail!("attention: f32 expected");
+        };
+        let Some((qs, qe)) = lq.contiguous_offsets() else {
+            candle_core::bail!("attention: contiguous queries expected");
+        };
+        let q = &qdata[qs..qe];
+        if heads != self.one.heads || rows != self.caches.len() {
+            candle_core::bail!("attention: one cache per row expected");
+        }
+        let guards: Vec<_> = self
+            .caches
+            .iter()
+            .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()))
+            .collect();
+        let mut views = Vec::with_capacity(rows);
+        for ((ks, kl), (vs, vl)) in &guards {
+            let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&**ks, &**vs)
+            else {
+                candle_core::bail!("attention: CPU caches expected");
+            };
+            views.push((View::new(ks, kl)?, View::new(vs, vl)?));
+        }
+        let kvh = self.one.kv_heads;
+        let rep = heads / kvh;
+        let span = rep * d;
+        let mut out = vec![0f32; rows * heads * d];
+        let at = out.as_mut_ptr() as usize;
+        // One (row, key head) per work item.
+        let items = |range: std::ops::Range<usize>| {
+            let mut qs = vec![0f32; span];
+            for item in range {
+                let (r, g) = (item / kvh, item % kvh);
+                for (i, h) in (g * rep..(g + 1) * rep).enumerate() {
+                    let from = (h * rows + r) * d;
+                    qs[i * d..(i + 1) * d].copy_from_slice(&q[from..from + d]);
+                }
+                // SAFETY: item (r, g) alone writes `out[(r·heads + g·rep)·d..][..span]`.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        (at as *mut f32).add((r * heads + g * rep) * d),
+                        span,
+                    )
+                };
+                let (k, v) = &views[r];
+                if k.d != d || v.d != d || k.n != v.n {
+                    continue;
+                }
+                self.one.heads_of(&qs, k.head(0, g), v.head(0, g), d, o);
+            }
+        };
+        candle_core::utils::barrier_pool().execute_chunked(rows * kvh, items);
+        Ok((CpuStorage::F32(out), Shape::from((rows, heads * d))))
+    }
+}
+
 /// Several new tokens after earlier ones, through `step` one at a time (prompts start on an
 /// empty cache, so generation never takes this path); the logits of the last.
 pub(crate) fn one_at_a_time(
@@ -206,10 +304,10 @@ pub(crate) fn one_at_a_time(
 /// cache in place. candle's path (a batched matmul over a strided view of the cache) spent most
 /// of its time packing the cached keys and values for gemm: at 1 000 tokens of context, half of
 /// a decode step.
-struct OneToken {
-    heads: usize,
-    kv_heads: usize,
-    scale: f32,
+pub(crate) struct OneToken {
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) scale: f32,
 }
 
 /// A `[b, h, n, d]` f32 tensor's data and layout, read where its rows are contiguous.
@@ -419,6 +517,26 @@ pub(crate) mod simd {
 }
 
 impl OneToken {
+    /// The query heads `qs` (`rep × d`) of one key head over its `keys` and `values`, into `out`.
+    fn heads_of(&self, qs: &[f32], keys: &[f32], values: &[f32], d: usize, out: &mut [f32]) {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        match d {
+            64 => self.group_fixed::<64>(qs, keys, values, out),
+            128 => self.group_fixed::<128>(qs, keys, values, out),
+            _ => self.group(qs, keys, values, d, out),
+        }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        self.group(qs, keys, values, d, out);
+    }
+
     /// [`OneToken::group`] for the common head widths (64: SmolLM2, Llama 3.2, Qwen2.5 small;
     /// 128: most 7–8B models) on AVX2 + FMA.
     #[cfg(all(
@@ -517,23 +635,7 @@ impl CustomOp3 for OneToken {
                     std::slice::from_raw_parts_mut((at as *mut f32).add(bg * span), span)
                 };
                 let qs = &q[bg * span..(bg + 1) * span];
-                let (keys, values) = (k.head(bi, g), v.head(bi, g));
-                #[cfg(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma"
-                ))]
-                match d {
-                    64 => self.group_fixed::<64>(qs, keys, values, o),
-                    128 => self.group_fixed::<128>(qs, keys, values, o),
-                    _ => self.group(qs, keys, values, d, o),
-                }
-                #[cfg(not(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma"
-                )))]
-                self.group(qs, keys, values, d, o);
+                self.heads_of(qs, k.head(bi, g), v.head(bi, g), d, o);
             }
         };
         candle_core::utils::barrier_pool().execute_chunked(b * self.kv_heads, items);

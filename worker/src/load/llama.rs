@@ -14,7 +14,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{attend, KvCache};
+use super::attention::{append_one, attend, KvCache, OneToken, OneTokenRows};
 use super::linear::{Fused, Linear};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
@@ -342,6 +342,26 @@ impl Llama {
         let k = split(yk, 1, kv_heads)?;
         let v = split(yv, 2, kv_heads)?;
         let scale = 1.0 / (hd as f64).sqrt();
+        if q.device().is_cpu() && pieces.iter().all(|p| p.tokens.len() == 1) {
+            // A decode step: each row's key and value into its cache, then one op for all rows.
+            let mut caches = Vec::with_capacity(pieces.len());
+            for (r, p) in pieces.iter_mut().enumerate() {
+                let c = &mut p.cache.layers[i];
+                caches.push(append_one(
+                    c,
+                    &k.narrow(2, r, 1)?,
+                    &v.narrow(2, r, 1)?,
+                    p.pos,
+                )?);
+            }
+            let one = OneToken {
+                heads,
+                kv_heads,
+                scale: scale as f32,
+            };
+            let y = OneTokenRows { one, caches }.run(&q)?;
+            return self.mlp(i, x, &y, groups);
+        }
         let mut outs = Vec::with_capacity(pieces.len());
         let mut start = 0;
         for p in pieces.iter_mut() {
@@ -364,7 +384,21 @@ impl Llama {
             start += t;
         }
         let y = Tensor::cat(&outs, 1)?.squeeze(0)?;
-        let x = (x + project(&mut blk.out, &y, groups)?)?;
+        self.mlp(i, x, &y, groups)
+    }
+
+    /// The rest of block `i` after attention (`y`: `[rows, heads·d]`): output projection,
+    /// residual, norm, SwiGLU MLP, residual.
+    fn mlp(
+        &mut self,
+        i: usize,
+        x: &Tensor,
+        y: &Tensor,
+        groups: &[Group],
+    ) -> candle_core::Result<Tensor> {
+        let eps = self.eps;
+        let blk = &mut self.blocks[i];
+        let x = (x + project(&mut blk.out, y, groups)?)?;
         let h = candle_nn::ops::rms_norm(&x, &blk.ffn_norm, eps)?;
         let h = blk.gate_up.swiglu(&h, |m, h| project(m, h, groups))?;
         x + project(&mut blk.down, &h, groups)?
