@@ -24,6 +24,7 @@ mod stream;
 mod writer;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,16 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: C
     let sessions = tokio_util::task::TaskTracker::new();
     let pending = limits::Pending::new(shared.limits.pending);
     let mut last_warning: Option<Instant> = None;
+    // Every open connection holds a descriptor, and an evicted one closes a moment after its
+    // eviction (when its task runs). A flood under load could outrun those closes and exhaust
+    // the descriptors (accept's EMFILE); beyond this many open, wait for them instead. In
+    // normal running (pending + sessions at most) it never waits.
+    let live = Arc::new(AtomicUsize::new(0));
+    let max_live = 2 * shared.limits.pending + shared.limits.sessions;
     loop {
+        while live.load(Ordering::Acquire) >= max_live && !shutdown.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             acc = listener.accept() => match acc {
@@ -47,7 +57,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: C
                     let ticket = pending.admit();
                     let shared = shared.clone();
                     let shutdown = shutdown.clone();
+                    let open = Open::new(&live);
                     sessions.spawn(async move {
+                        let _open = open;
                         if let Err(e) = handle_connection(stream, peer, shared, shutdown, ticket).await {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
@@ -66,6 +78,23 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: C
     }
     sessions.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+}
+
+/// One open connection, counted in the accept loop's `live` until its task ends (its stream
+/// dropped with it).
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::AcqRel);
+        Self(live.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One connection: `/metrics`, or an authenticated WebSocket session. From accept to
