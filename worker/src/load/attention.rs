@@ -1,5 +1,5 @@
 //! Attention over a KV cache kept in place, shared by rbee's own decoders (gemma3, llama).
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, Device, Layout, Shape, Tensor};
 
 /// Keys and values in preallocated buffers (`[b, kv_heads, capacity, d]`), written in place:
 /// no copy of the whole cache per token. Global layers append and double their buffers when
@@ -157,16 +157,17 @@ pub(crate) fn attend(
             (keys, values, None)
         }
     };
-    if mask.is_none() && q.device().is_cpu() {
-        let op = OneToken {
+    if mask.is_none() && b == 1 && q.device().is_cpu() {
+        let one = OneToken {
             heads,
             kv_heads,
             scale: scale as f32,
         };
-        return q
-            .contiguous()?
-            .apply_op3_no_bwd(&keys, &values, &op)?
-            .reshape((b, t, heads * head_dim));
+        let rows = OneTokenRows {
+            one,
+            caches: vec![(keys, values)],
+        };
+        return rows.run(q)?.reshape((b, t, heads * head_dim));
     }
     let rep = heads / kv_heads;
     let n = keys.dim(2)?;
@@ -249,7 +250,11 @@ impl candle_core::CustomOp1 for OneTokenRows {
             else {
                 candle_core::bail!("attention: CPU caches expected");
             };
-            views.push((View::new(ks, kl)?, View::new(vs, vl)?));
+            let (k, v) = (View::new(ks, kl)?, View::new(vs, vl)?);
+            if k.d != d || v.d != d || k.n != v.n {
+                candle_core::bail!("attention: keys and values must match the queries' width");
+            }
+            views.push((k, v));
         }
         let kvh = self.one.kv_heads;
         let rep = heads / kvh;
@@ -273,9 +278,6 @@ impl candle_core::CustomOp1 for OneTokenRows {
                     )
                 };
                 let (k, v) = &views[r];
-                if k.d != d || v.d != d || k.n != v.n {
-                    continue;
-                }
                 self.one.heads_of(&qs, k.head(0, g), v.head(0, g), d, o);
             }
         };
@@ -596,53 +598,6 @@ impl OneToken {
     }
 }
 
-impl CustomOp3 for OneToken {
-    fn name(&self) -> &'static str {
-        "rbee-one-token-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sq: &CpuStorage,
-        lq: &Layout,
-        sk: &CpuStorage,
-        lk: &Layout,
-        sv: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (k, v) = (View::new(sk, lk)?, View::new(sv, lv)?);
-        let (b, heads, t, d) = lq.shape().dims4()?;
-        if t != 1 || heads != self.heads || k.n != v.n || k.d != d || v.d != d {
-            candle_core::bail!("attention: one query token per head and matching keys expected");
-        }
-        let CpuStorage::F32(qdata) = sq else {
-            candle_core::bail!("attention: f32 expected");
-        };
-        let Some((qs, qe)) = lq.contiguous_offsets() else {
-            candle_core::bail!("attention: contiguous queries expected");
-        };
-        let q = &qdata[qs..qe];
-        let rep = self.heads / self.kv_heads;
-        let mut out = vec![0f32; b * heads * d];
-        let at = out.as_mut_ptr() as usize;
-        let span = rep * d;
-        // One key head (and the query heads that share it) per work item, over candle's threads.
-        let items = |range: std::ops::Range<usize>| {
-            for bg in range {
-                let (bi, g) = (bg / self.kv_heads, bg % self.kv_heads);
-                // SAFETY: item `bg` alone writes `out[bg * span..(bg + 1) * span]`.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut((at as *mut f32).add(bg * span), span)
-                };
-                let qs = &q[bg * span..(bg + 1) * span];
-                self.heads_of(qs, k.head(bi, g), v.head(bi, g), d, o);
-            }
-        };
-        candle_core::utils::barrier_pool().execute_chunked(b * self.kv_heads, items);
-        Ok((CpuStorage::F32(out), Shape::from((b, heads, 1, d))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,13 +633,17 @@ mod tests {
         let v = Tensor::from_vec(seq(kv_heads * 512 * d, 3), (1, kv_heads, 512, d), &dev).unwrap();
         let (k, v) = (k.narrow(2, 0, n).unwrap(), v.narrow(2, 0, n).unwrap());
         let scale = 0.125f32 * 3.0;
-        let op = OneToken {
+        let one = OneToken {
             heads,
             kv_heads,
             scale,
         };
-        let ours = q
-            .apply_op3_no_bwd(&k, &v, &op)
+        let rows = OneTokenRows {
+            one,
+            caches: vec![(k.clone(), v.clone())],
+        };
+        let ours = rows
+            .run(&q)
             .unwrap()
             .flatten_all()
             .unwrap()

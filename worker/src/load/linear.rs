@@ -24,17 +24,10 @@ pub const MANY_ROWS: usize = 32;
 /// took half of every decode step on SmolLM2 (576 wide).
 const REPACK_K: usize = 256;
 
-/// Whether this CPU runs candle's repacked Q8_0 kernel.
+/// Whether this CPU runs candle's repacked Q8_0 kernel (the detection admission's estimate
+/// makes for this node).
 fn vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    rbee_store::estimate::host_repacks()
 }
 
 /// `weights` (`[out, in]`, Q8_0 on CPU) with zero columns appended up to a multiple of
@@ -80,7 +73,7 @@ impl Linear {
     /// quantized one. The choice never depends on other rows, so neither does a row's result.
     pub fn forward(&mut self, x: &Tensor, prompt: bool) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Packed(p) => p.forward(&x.to_dtype(DType::F32)?.contiguous()?),
+            Linear::Packed(p) => p.forward(x),
             Linear::Candle(c) => c.forward(x, prompt),
         }
     }
@@ -115,24 +108,6 @@ impl<const N: usize> Fused<N> {
         Fused::Parts(parts)
     }
 
-    /// SwiGLU over gate and up (`silu(gate) · up`, `[rows, w]`): on the stacked output in one
-    /// pass (with a vectorised exp) where they are stacked, else with candle's ops.
-    pub fn swiglu(
-        &mut self,
-        x: &Tensor,
-        project: impl FnMut(&mut Linear, &Tensor) -> candle_core::Result<Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        if let Fused::One(p, widths) = self {
-            if N == 2 && widths[0] == widths[1] {
-                let w = widths[0];
-                let y = p.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
-                return y.apply_op1_no_bwd(&SwiGlu(w));
-            }
-        }
-        let parts = self.forward(x, project)?;
-        candle_nn::ops::silu(&parts[0])? * &parts[1]
-    }
-
     /// Each part's output for `x` (`[rows, in]`), through `project` where the parts are apart.
     pub fn forward(
         &mut self,
@@ -141,7 +116,7 @@ impl<const N: usize> Fused<N> {
     ) -> candle_core::Result<[Tensor; N]> {
         match self {
             Fused::One(p, widths) => {
-                let y = p.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+                let y = p.forward(x)?;
                 let mut at = 0;
                 let mut out = Vec::with_capacity(N);
                 for w in widths.iter() {
@@ -160,6 +135,25 @@ impl<const N: usize> Fused<N> {
                     .map_err(|_| candle_core::Error::msg("fused parts"))
             }
         }
+    }
+}
+
+impl Fused<2> {
+    /// SwiGLU over gate and up (`silu(gate) · up`, `[rows, w]`): on the stacked output in one
+    /// pass (with a vectorised exp) where they are stacked, else with candle's ops.
+    pub fn swiglu(
+        &mut self,
+        x: &Tensor,
+        project: impl FnMut(&mut Linear, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if let Fused::One(p, [gate, up]) = self {
+            if gate == up {
+                let w = *gate;
+                return p.forward(x)?.apply_op1_no_bwd(&SwiGlu(w));
+            }
+        }
+        let [gate, up] = self.forward(x, project)?;
+        candle_nn::ops::silu(&gate)? * up
     }
 }
 

@@ -71,23 +71,17 @@ enum Isa {
 }
 
 fn isa() -> Option<Isa> {
+    // The same detection admission's estimate makes for this node.
+    if !rbee_store::estimate::host_qmm() || std::env::var_os("RBEE_NO_QMM").is_some() {
+        return None;
+    }
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vl")
     {
-        use std::arch::is_x86_feature_detected as has;
-        if !(has!("avx2") && has!("fma") && has!("f16c"))
-            || std::env::var_os("RBEE_NO_QMM").is_some()
-        {
-            return None;
-        }
-        if has!("avx512vnni") && has!("avx512vl") && std::env::var_os("RBEE_QMM_AVX2").is_none() {
-            return Some(Isa::Vnni);
-        }
-        Some(Isa::Avx2)
+        return Some(Isa::Vnni);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
+    Some(Isa::Avx2)
 }
 
 /// Whether this machine runs the kernel (x86-64 with AVX2, FMA and F16C). Elsewhere the worker
@@ -235,9 +229,11 @@ impl Packed {
         self.data.len()
     }
 
-    /// `x` (`[rows, k]`, f32) times these weights transposed: `[rows, n]`.
+    /// `x` (`[rows, k]`) times these weights transposed: `[rows, n]`.
     pub fn forward(self: &Arc<Self>, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(&Op(self.clone()))
+        x.to_dtype(candle_core::DType::F32)?
+            .contiguous()?
+            .apply_op1_no_bwd(&Op(self.clone()))
     }
 
     /// The matmul on plain slices: `x` holds `rows` rows of `k`; `dst` receives `rows` rows of `n`.
