@@ -14,7 +14,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{append_one, attend, KvCache, OneToken, OneTokenRows};
+use super::attention::{append_rows, attend, KvCache, OneToken, OneTokenRows};
 use super::linear::{Fused, Linear};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
@@ -344,16 +344,9 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         if q.device().is_cpu() && pieces.iter().all(|p| p.tokens.len() == 1) {
             // A decode step: each row's key and value into its cache, then one op for all rows.
-            let mut caches = Vec::with_capacity(pieces.len());
-            for (r, p) in pieces.iter_mut().enumerate() {
-                let c = &mut p.cache.layers[i];
-                caches.push(append_one(
-                    c,
-                    &k.narrow(2, r, 1)?,
-                    &v.narrow(2, r, 1)?,
-                    p.pos,
-                )?);
-            }
+            let positions: Vec<usize> = pieces.iter().map(|p| p.pos).collect();
+            let mut layers: Vec<_> = pieces.iter_mut().map(|p| &mut p.cache.layers[i]).collect();
+            let caches = append_rows(&mut layers, &positions, &k, &v)?;
             let one = OneToken {
                 heads,
                 kv_heads,

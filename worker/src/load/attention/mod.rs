@@ -47,22 +47,28 @@ impl KvCache {
                 self.len = (self.len + t).min(w);
             }
             None => {
-                if self.len + t > self.capacity() {
-                    let cap = (self.len + t).next_power_of_two().max(2 * self.capacity());
-                    let mut grown = KvCache::new(&self.k, cap, None)?;
-                    grown
-                        .k
-                        .slice_set(&self.k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                    grown
-                        .v
-                        .slice_set(&self.v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                    grown.len = self.len;
-                    *self = grown;
-                }
+                self.reserve(t)?;
                 self.k.slice_set(k, 2, self.len)?;
                 self.v.slice_set(v, 2, self.len)?;
                 self.len += t;
             }
+        }
+        Ok(())
+    }
+
+    /// Room for `t` more entries in an appending cache: the buffers double when full.
+    fn reserve(&mut self, t: usize) -> candle_core::Result<()> {
+        if self.len + t > self.capacity() {
+            let cap = (self.len + t).next_power_of_two().max(2 * self.capacity());
+            let mut grown = KvCache::new(&self.k, cap, None)?;
+            grown
+                .k
+                .slice_set(&self.k.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            grown
+                .v
+                .slice_set(&self.v.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            grown.len = self.len;
+            *self = grown;
         }
         Ok(())
     }
@@ -187,24 +193,70 @@ pub(crate) fn attend(
         .reshape((b, t, heads * head_dim))
 }
 
-/// One new token's key and value (`[1, kv_heads, 1, d]`) at `pos` appended to an appending
-/// cache (made on first use); every cached key and value after it (`[1, kv_heads, len, d]`).
-pub(crate) fn append_one(
-    cache: &mut Option<KvCache>,
+/// A decode step's new keys and values (`[1, kv_heads, rows, d]`, f32 on the CPU), row `r` at
+/// `positions[r]` of `caches[r]` (appending caches, made on first use); every row's cached keys
+/// and values after it. Each row is copied into its cache in place, two ops per row (a row's
+/// narrow, copy and `slice_set` were six, a tenth of a 4-stream decode step's ops).
+pub(crate) fn append_rows(
+    caches: &mut [&mut Option<KvCache>],
+    positions: &[usize],
     k: &Tensor,
     v: &Tensor,
-    pos: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
     let (k, v) = (k.contiguous()?, v.contiguous()?);
-    let c = match cache {
-        Some(c) => c,
-        None => cache.insert(KvCache::new(&k, 256, None)?),
-    };
-    if c.len != pos {
-        candle_core::bail!("a token at {pos} after {} cached ones", c.len);
+    let mut views = Vec::with_capacity(caches.len());
+    for (r, (cache, &pos)) in caches.iter_mut().zip(positions).enumerate() {
+        let c = match cache {
+            Some(c) => c,
+            None => cache.insert(KvCache::new(&k.narrow(2, r, 1)?, 256, None)?),
+        };
+        if c.len != pos || c.ring.is_some() {
+            candle_core::bail!("a token at {pos} after {} cached ones", c.len);
+        }
+        c.reserve(1)?;
+        c.k.inplace_op2(&k, &CopyRow { row: r, to: c.len })?;
+        c.v.inplace_op2(&v, &CopyRow { row: r, to: c.len })?;
+        c.len += 1;
+        views.push(c.view()?);
     }
-    c.append(&k, &v, pos)?;
-    c.view()
+    Ok(views)
+}
+
+/// Row `row` of every head of a `[1, heads, rows, d]` source into entry `to` of a cache.
+struct CopyRow {
+    row: usize,
+    to: usize,
+}
+
+impl candle_core::InplaceOp2 for CopyRow {
+    fn name(&self) -> &'static str {
+        "rbee-kv-copy-row"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(dst), CpuStorage::F32(src)) = (dst, src) else {
+            candle_core::bail!("kv cache: f32 expected");
+        };
+        let (_, heads, cap, d) = dl.shape().dims4()?;
+        let (_, sh, rows, sd) = sl.shape().dims4()?;
+        let (ds, ss) = (dl.stride(), sl.stride());
+        if sh != heads || sd != d || self.row >= rows || self.to >= cap || ds[3] != 1 || ss[3] != 1
+        {
+            candle_core::bail!("kv cache: a row of [1, {heads}, _, {d}] expected");
+        }
+        for h in 0..heads {
+            let from = sl.start_offset() + h * ss[1] + self.row * ss[2];
+            let at = dl.start_offset() + h * ds[1] + self.to * ds[2];
+            dst[at..at + d].copy_from_slice(&src[from..from + d]);
+        }
+        Ok(())
+    }
 }
 
 /// [`OneToken`] for several sequences at once (a decode step's rows, each with its own cache):
@@ -374,149 +426,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-pub(crate) mod simd {
-    use std::arch::x86_64::*;
+pub(crate) mod simd;
 
-    /// Most eight-lane registers an output row takes (head width 128).
-    const MAX_LANES: usize = 16;
-
-    #[inline(always)]
-    fn hsum(v: __m256) -> f32 {
-        // SAFETY: AVX2 is enabled at compile time (the module's cfg).
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-        }
-    }
-
-    /// `q · k` for four key rows at once, partial sums in eight lanes each.
-    #[inline(always)]
-    fn dot4<const D: usize>(q: &[f32], k: [&[f32]; 4]) -> [__m256; 4] {
-        // SAFETY: AVX2 and FMA are enabled at compile time; every slice holds D floats.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for c in 0..D / 8 {
-                let qv = _mm256_loadu_ps(q.as_ptr().add(8 * c));
-                for (a, k) in acc.iter_mut().zip(k) {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(8 * c)), *a);
-                }
-            }
-            acc
-        }
-    }
-
-    /// Scores of the query rows (`qs`, `rep × D`) against every key row: `rep × n`. Four keys
-    /// at a time, their eight-lane sums reduced together by a tree of horizontal adds.
-    pub(super) fn scores<const D: usize>(qs: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
-        assert!(D.is_multiple_of(16) && D / 8 <= MAX_LANES);
-        let n = keys.len() / D;
-        for (q, row) in qs.chunks_exact(D).zip(out.chunks_exact_mut(n)) {
-            let mut quads = keys.chunks_exact(4 * D);
-            let mut at = 0;
-            for kq in quads.by_ref() {
-                let k = [0, 1, 2, 3].map(|i| &kq[i * D..(i + 1) * D]);
-                let a = dot4::<D>(q, k);
-                // SAFETY: as above; `row[at..at + 4]` exists (four keys were read).
-                unsafe {
-                    let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-                    let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                    _mm_storeu_ps(row.as_mut_ptr().add(at), _mm_mul_ps(s4, _mm_set1_ps(scale)));
-                }
-                at += 4;
-            }
-            for (s, k) in row[at..].iter_mut().zip(quads.remainder().chunks_exact(D)) {
-                let a = dot4::<D>(q, [k, k, k, k]);
-                *s = hsum(a[0]) * scale;
-            }
-        }
-    }
-
-    /// `e^(x − max)` over `row` in place, returning the sum: a degree-6 polynomial on the
-    /// fraction after taking out powers of two (Cephes' `expf`, within 2 ulp).
-    pub(super) fn softmax_exp(row: &mut [f32]) -> f32 {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-        let mut chunks = row.chunks_exact_mut(8);
-        // SAFETY: AVX2 and FMA are enabled at compile time; chunks hold eight floats.
-        let mut sum = unsafe {
-            let (m, mut acc) = (_mm256_set1_ps(max), _mm256_setzero_ps());
-            for c in chunks.by_ref() {
-                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
-                _mm256_storeu_ps(c.as_mut_ptr(), e);
-                acc = _mm256_add_ps(acc, e);
-            }
-            hsum(acc)
-        };
-        for s in chunks.into_remainder() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        sum
-    }
-
-    #[inline(always)]
-    pub(crate) unsafe fn exp(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(
-            _mm256_min_ps(x, _mm256_set1_ps(88.376_26)),
-            _mm256_set1_ps(-87.336_55),
-        );
-        let fx = _mm256_floor_ps(_mm256_fmadd_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-            _mm256_set1_ps(0.5),
-        ));
-        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
-        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
-        let mut y = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
-        }
-        let y = _mm256_fmadd_ps(
-            y,
-            _mm256_mul_ps(x, x),
-            _mm256_add_ps(x, _mm256_set1_ps(1.0)),
-        );
-        let pow2 = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)),
-            23,
-        );
-        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2))
-    }
-
-    /// `out` (`rep × D`) = each row of `probs` (`rep × n`, unnormalised) times the value rows,
-    /// over its sum; the output row stays in registers across the values.
-    pub(super) fn weigh<const D: usize>(
-        probs: &[f32],
-        values: &[f32],
-        sums: &[f32],
-        out: &mut [f32],
-    ) {
-        assert!(D.is_multiple_of(16) && D / 8 <= MAX_LANES);
-        let n = values.len() / D;
-        for ((p, o), sum) in probs.chunks_exact(n).zip(out.chunks_exact_mut(D)).zip(sums) {
-            // SAFETY: AVX2 and FMA are enabled at compile time; rows hold D floats.
-            unsafe {
-                let mut acc = [_mm256_setzero_ps(); MAX_LANES];
-                for (p, v) in p.iter().zip(values.chunks_exact(D)) {
-                    let p = _mm256_set1_ps(*p);
-                    for (c, a) in acc.iter_mut().enumerate().take(D / 8) {
-                        *a = _mm256_fmadd_ps(p, _mm256_loadu_ps(v.as_ptr().add(8 * c)), *a);
-                    }
-                }
-                let inv = _mm256_set1_ps(1.0 / sum);
-                for (c, a) in acc.iter().enumerate().take(D / 8) {
-                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), _mm256_mul_ps(*a, inv));
-                }
-            }
-        }
-    }
-}
+/// [`simd`]'s scores and weighing on 512-bit registers, for CPUs with AVX-512 (chosen at run
+/// time: the release build's baseline is AVX2). A key row of width 64 is four registers, so eight
+/// keys at a time keep both FMA units busy without waiting on one chain; the values are weighed
+/// two rows at a time for the same reason. On AVX2 the score chains (four keys, eight FMAs deep)
+/// waited on latency: a 4-stream decode step spent 15 % of its time here at 100 tokens of
+/// context.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub(crate) mod simd512;
 
 impl OneToken {
     /// The query heads `qs` (`rep × d`) of one key head over its `keys` and `values`, into `out`.
@@ -556,9 +479,18 @@ impl OneToken {
         let rep = qs.len() / D;
         let n = keys.len() / D;
         let mut scores = vec![0f32; rep * n];
-        simd::scores::<D>(qs, keys, self.scale, &mut scores);
+        let wide = simd512::available();
+        match wide {
+            // SAFETY: the CPU has AVX-512F.
+            true => unsafe { simd512::scores::<D>(qs, keys, self.scale, &mut scores) },
+            false => simd::scores::<D>(qs, keys, self.scale, &mut scores),
+        }
         let sums: Vec<f32> = scores.chunks_exact_mut(n).map(simd::softmax_exp).collect();
-        simd::weigh::<D>(&scores, values, &sums, out);
+        match wide {
+            // SAFETY: as above.
+            true => unsafe { simd512::weigh::<D>(&scores, values, &sums, out) },
+            false => simd::weigh::<D>(&scores, values, &sums, out),
+        }
     }
 
     /// The query heads that share key head `g` of batch entry `b` (`qs`, `rep × d`) into `out`
@@ -622,6 +554,39 @@ mod tests {
             (4, 1, 256, 1),
         ] {
             one_token_case(shape);
+        }
+    }
+
+    /// The 256- and 512-bit loops agree (the one-token test above runs only the wider one on
+    /// a CPU with AVX-512): odd key counts and counts off the eight-key step included.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[test]
+    fn both_register_widths_give_the_same_attention() {
+        if !simd512::available() {
+            return;
+        }
+        fn case<const D: usize>(rep: usize, n: usize) {
+            let (qs, keys, values) = (seq(rep * D, 4), seq(n * D, 5), seq(n * D, 6));
+            let (mut narrow, mut wide) = (vec![0f32; rep * n], vec![0f32; rep * n]);
+            simd::scores::<D>(&qs, &keys, 0.3, &mut narrow);
+            // SAFETY: AVX-512F is present (checked above).
+            unsafe { simd512::scores::<D>(&qs, &keys, 0.3, &mut wide) };
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+            assert!(close(&narrow, &wide), "scores, D {D}, n {n}");
+            let sums: Vec<f32> = narrow.chunks_exact_mut(n).map(simd::softmax_exp).collect();
+            let (mut a, mut b) = (vec![0f32; rep * D], vec![0f32; rep * D]);
+            simd::weigh::<D>(&narrow, &values, &sums, &mut a);
+            // SAFETY: as above.
+            unsafe { simd512::weigh::<D>(&narrow, &values, &sums, &mut b) };
+            assert!(close(&a, &b), "weighing, D {D}, n {n}");
+        }
+        for n in [1, 7, 8, 45, 300] {
+            case::<64>(3, n);
+            case::<128>(4, n);
         }
     }
 
