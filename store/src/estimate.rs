@@ -84,7 +84,7 @@ pub fn host_repacks() -> bool {
     }
 }
 
-/// Whether this CPU runs the worker's own quantized kernel (`worker/src/load/qmm.rs`): x86-64
+/// Whether this CPU runs the worker's own quantized kernel (`worker/src/load/qmm/`): x86-64
 /// with AVX2, FMA and F16C.
 pub fn host_qmm() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -100,7 +100,7 @@ pub fn host_qmm() -> bool {
 
 /// Whether the worker packs `t` for its own kernel: a weight matrix of the batched decoder on a
 /// CPU that runs it, Q4_0, Q4_1 or Q8_0, rows a multiple of 8, widths of 32 (`packs` in
-/// worker/src/load/qmm.rs).
+/// worker/src/load/qmm/mod.rs).
 fn qmm_packed(h: &GgufHeader, t: &TensorInfo, shape: &RunShape) -> bool {
     let matrix = t.name == "output.weight"
         || (t.name == "token_embd.weight" && h.tensor("output.weight").is_none())
