@@ -9,8 +9,9 @@
 //!   for lookups (f16 for gemma3), plus its quantised form kept as the output projection when the
 //!   file has no `output.weight`;
 //! - **load transient**: on CPU with a re-encode, the re-encoded copy of the whole file lives in
-//!   memory while the network is built from it; gemma3's f16 table passes through f32 (the
-//!   worker's allocator keeps freed memory, which costs a measured 0.3 of that pass again);
+//!   memory while the network is built from it; gemma3's f16 table passes through f32 (while
+//!   loading, the worker's allocator returns large freed blocks to the system, so nothing freed
+//!   during the load stays resident beyond these);
 //! - **KV cache**: per layer `kv_heads × head_dim × 2 × 4 bytes` (f32) per position and slot,
 //!   for `context` positions rounded up to a power of two (the cache doubles when full) on global
 //!   layers and `sliding_window` positions on gemma3's sliding layers, times `parallel` slots;
@@ -242,9 +243,8 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         weights += if t.name == "token_embd.weight" {
             let table = t.elements() * if gemma { 2 } else { 4 };
             if gemma {
-                // The f32 pass on the way to f16, plus what the worker's allocator (which keeps
-                // freed memory) holds beyond it: measured 0.3 of it.
-                load_transient += t.elements() * 4 * 13 / 10;
+                // The f32 pass on the way to f16.
+                load_transient += t.elements() * 4;
             }
             table + if own_output { 0 } else { q }
         } else if t.dims.len() <= 1 {
@@ -258,9 +258,8 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         };
     }
     if any_re_encoded {
-        // The re-encoded file in memory, plus what the allocator keeps of the re-encoded
-        // tensors freed just before (measured: a quarter of it).
-        load_transient += file_as_loaded + file_as_loaded / 4;
+        // The re-encoded file in memory.
+        load_transient += file_as_loaded;
     }
     let file_ctx = h.arch_int("context_length").unwrap_or(2048).max(1) as u32;
     let context = match shape.context {

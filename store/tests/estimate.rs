@@ -41,18 +41,19 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// (model, keep quant, prompt tokens, measured peak RSS in bytes): `rbee-worker` in protocol
 /// mode as the agent runs it (hello, one `generate` of 8 tokens, VmHWM after `done`),
-/// `--threads 1`, on a CPU with AVX512-VNNI. SmolLM2 on the worker's own kernel (its Q4_1 and
-/// Q8_0 matrices packed at their size, so `--keep-quant` changes nothing), 2026-11-30 afternoon;
-/// Gemma 3 (candle's kernels: Q8_0 widths padded, candle's repacked copies) on ff0637f.
+/// `--threads 1`, on a CPU with AVX512-VNNI, measured with `bench/peak_rss.py` (2026-11-30,
+/// 18:45 UTC, after the load's allocator change). SmolLM2 on the worker's own kernel (its Q4_1
+/// and Q8_0 matrices packed at their size, so `--keep-quant` changes nothing); Gemma 3 on
+/// candle's kernels (Q8_0 widths padded, candle's repacked copies).
 const MEASURED: [(&str, bool, u32, u64); 8] = [
-    (SMOL, false, 5, 252_051_456),
-    (SMOL, false, 755, 320_733_184),
-    (SMOL, true, 5, 252_452_864),
-    (SMOL, true, 755, 320_876_544),
-    (GEMMA, false, 6, 2_053_005_312),
-    (GEMMA, false, 902, 2_123_796_480),
-    (GEMMA, true, 6, 1_588_494_336),
-    (GEMMA, true, 902, 1_668_775_936),
+    (SMOL, false, 7, 249_782_272),
+    (SMOL, false, 758, 310_321_152),
+    (SMOL, true, 7, 249_937_920),
+    (SMOL, true, 758, 311_066_624),
+    (GEMMA, false, 13, 1_662_365_696),
+    (GEMMA, false, 1032, 1_662_570_496),
+    (GEMMA, true, 13, 1_338_482_688),
+    (GEMMA, true, 1032, 1_338_630_144),
 ];
 
 #[test]
@@ -73,7 +74,8 @@ fn estimates_are_within_15_percent_of_measured_peak_rss() {
 }
 
 /// Four slots at once: `rbee-worker --parallel 4 --ctx 2048 --threads 2` in protocol mode, four
-/// distinct 1 186-token prompts generating 32 tokens each, all batched (VmHWM after all done).
+/// distinct prompts of 1 190–1 199 tokens generating 32 tokens each, all batched (VmHWM after all
+/// done; `bench/peak_rss.py WORKER MODEL 1186 4 -- --parallel 4 --ctx 2048 --threads 2`).
 #[test]
 fn four_slots_in_use_are_within_15_percent() {
     let Some(p) = model(SMOL) else { return };
@@ -83,8 +85,8 @@ fn four_slots_in_use_are_within_15_percent() {
         context: Some(2048),
         ..cpu(false)
     };
-    let e = estimate_in_use(&h, shape, 1186 + 32, 512);
-    let measured = 656_437_248u64;
+    let e = estimate_in_use(&h, shape, 1199 + 32, 512);
+    let measured = 655_417_344u64;
     let ratio = e.total() as f64 / measured as f64;
     println!(
         "4 slots: estimate {} measured {measured} ratio {ratio:.3}; {e:?}",

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use arena::{Region, ARENA};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::f16;
@@ -147,7 +148,7 @@ pub struct Packed {
     isa: Isa,
     n: usize,
     k: usize,
-    data: Vec<u8>,
+    data: Region,
 }
 
 /// The 32 quant values of block `b` of row `r` and the block's scale and offset (f16 bits), from
@@ -212,7 +213,7 @@ impl Packed {
         let scales = format.scales(rows);
         // The offsets (Q4) or sums of quants (Q8) follow the scales.
         let extra = scales + 2 * rows;
-        let mut data = vec![0u8; format.bytes(n, k)];
+        let mut data = ARENA.region(format.bytes(n, k))?;
         for (gb, out) in data.chunks_exact_mut(format.record(rows)).enumerate() {
             let (g, b) = (gb / kb, gb % kb);
             for i in 0..rows {
@@ -266,7 +267,8 @@ impl Packed {
             isa: first.isa,
             n: parts.iter().map(|p| p.n).sum(),
             k: first.k,
-            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            data: Region::join(&parts.iter().map(|p| &p.data).collect::<Vec<_>>())
+                .or_else(|| copy(parts))?,
         })
     }
 
@@ -386,6 +388,20 @@ impl CustomOp1 for Op {
     }
 }
 
+/// The parts' data one after another in a new region (when they were not made in a row).
+fn copy(parts: &[&Packed]) -> Option<Region> {
+    let mut data = ARENA
+        .region(parts.iter().map(|p| p.data.len()).sum())
+        .ok()?;
+    let mut at = 0;
+    for p in parts {
+        data[at..at + p.data.len()].copy_from_slice(&p.data);
+        at += p.data.len();
+    }
+    Some(data)
+}
+
+mod arena;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
