@@ -89,6 +89,9 @@ pub struct ServeOptions {
     pub queue_depth: usize,
     /// Period of `Heartbeat` frames.
     pub heartbeat: Duration,
+    /// Longest a generated token waits before it is sent: tokens of the steps in between leave
+    /// together. A request's first text and its end always leave at once.
+    pub stream_interval: Duration,
 }
 
 /// Read frames from `input` until EOF or `Shutdown`; hand generations to a thread that owns the
@@ -107,7 +110,10 @@ pub fn serve(engine: Engine, input: impl BufRead + Send + 'static, sink: Sink, o
         // with rayon (norms, rotary embeddings, softmax) then run on it or beside it, instead
         // of waking a pool thread and sleeping until it is done, twice per op (with one thread
         // that was a fifth of a decode step, in futex and scheduler time).
-        std::thread::spawn(move || rayon::scope(|_| generate_loop(engine, rx, &shared, &sink)))
+        let every = opts.stream_interval;
+        std::thread::spawn(move || {
+            rayon::scope(|_| generate_loop(engine, rx, &shared, &sink, every))
+        })
     };
     read_loop(input, &tx, &shared, &sink);
     shared.shutdown.store(true, Ordering::SeqCst);
@@ -237,11 +243,31 @@ fn cancel(id: RequestId, shared: &Shared, sink: &Sink) {
 }
 
 /// Run queued jobs, up to the engine's `parallel` at once, until the queue closes and every
-/// running one has ended.
-fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &Sink) {
+/// running one has ended. Token frames leave at most `every` after they were made (each write
+/// wakes the agent and, through it, the client: at hundreds of tokens per second on a CPU node
+/// those wake-ups take cores from the generation), a request's first text at once.
+fn generate_loop(
+    mut engine: Engine,
+    rx: Receiver<Job>,
+    shared: &Shared,
+    sink: &Sink,
+    every: Duration,
+) {
     let tokenizer = engine.model.tokenizer.clone();
     let mut scheduler = Scheduler::new(&tokenizer, engine.chunk);
-    let mut on = |e: Event<'_>| on_event(e, shared, sink);
+    // Requests that have sent text; a new one's first text is sent without waiting.
+    let mut started = HashSet::new();
+    let first = std::cell::Cell::new(false);
+    let mut on = |e: Event<'_>| {
+        match &e {
+            Event::Text(id, _) => first.set(first.get() | started.insert(*id)),
+            Event::Done(id, _) => {
+                started.remove(id);
+            }
+        }
+        on_event(e, shared, sink)
+    };
+    let mut sent = std::time::Instant::now();
     let mut open = true;
     loop {
         // New requests join between steps; with nothing running, wait for one.
@@ -264,7 +290,10 @@ fn generate_loop(mut engine: Engine, rx: Receiver<Job>, shared: &Shared, sink: &
             break;
         }
         scheduler.step(&mut engine, &mut on);
-        flush(sink);
+        if first.replace(false) || sent.elapsed() >= every {
+            flush(sink);
+            sent = std::time::Instant::now();
+        }
         shared
             .in_flight
             .store(scheduler.active() as u32, Ordering::SeqCst);

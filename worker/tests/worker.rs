@@ -311,3 +311,44 @@ fn protocol_version_mismatch_and_load_failure_are_reported() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"model_load\""), "{stdout}");
 }
+
+/// Token frames made within `--stream-interval-ms` of each other leave together, a request's
+/// first text at once, and nothing is lost or reordered by the wait.
+#[test]
+fn tokens_within_the_stream_interval_leave_together_the_first_at_once() {
+    let run = |interval: &str| {
+        let mut w = Proto::start(&["--stream-interval-ms", interval]);
+        w.send(&ToWorker::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        });
+        w.ready();
+        let mut params = greedy(64);
+        params.ignore_eos = true;
+        w.send(&ToWorker::Generate {
+            id: 1,
+            prompt: "Once upon a time".into(),
+            params,
+            deadline: None,
+        });
+        // Each frame's arrival, as the agent would see it.
+        let (mut text, mut at) = (String::new(), Vec::new());
+        loop {
+            let frame = w.next();
+            at.push(std::time::Instant::now());
+            match frame {
+                FromWorker::Token { text: t, .. } => text.push_str(&t),
+                FromWorker::Done { .. } => return (text, at),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // Far longer than the whole generation: every token after the first waits for the end.
+    let (held, at) = run("60000");
+    let (first_to_second, second_to_done) = (at[1] - at[0], at[at.len() - 1] - at[1]);
+    assert!(
+        second_to_done * 4 < first_to_second,
+        "the first token left at once and the rest together: {first_to_second:?} then {second_to_done:?}"
+    );
+    let (each, _) = run("0");
+    assert_eq!(held, each, "the same text whatever the interval");
+}

@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::Ws;
 use super::shared::Shared;
 
+/// Most frames one write carries.
+const BATCH: usize = 64;
+
 /// Where one session's outgoing frames come from.
 pub(super) struct Sources {
     pub out: mpsc::Receiver<ServerMsg>,
@@ -69,7 +72,22 @@ pub(super) async fn run(
                 break;
             }
         };
-        match tokio::time::timeout(stall, sink.send(Message::text(encode(&msg)))).await {
+        // Replies and tokens already queued behind this one leave in the same write: a worker
+        // sends a few steps' tokens at once, and one write per token woke the client per token.
+        let mut batch = vec![msg];
+        while batch.len() < BATCH {
+            match src.out.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let write = async {
+            for m in &batch {
+                sink.feed(Message::text(encode(m))).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(stall, write).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
