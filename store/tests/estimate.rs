@@ -42,7 +42,7 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 /// (model, keep quant, prompt tokens, measured peak RSS in bytes): `rbee-worker` in protocol
 /// mode as the agent runs it (hello, one `generate` of 8 tokens, VmHWM after `done`),
 /// `--threads 1`, on a CPU with AVX512-VNNI, measured with `bench/peak_rss.py` (2026-11-30,
-/// 18:45 UTC, after the load's allocator change). SmolLM2 on the worker's own kernel (its Q4_1
+/// about 18:08 UTC, after the load's allocator change). SmolLM2 on the worker's own kernel (its Q4_1
 /// and Q8_0 matrices packed at their size, so `--keep-quant` changes nothing); Gemma 3 on
 /// candle's kernels (Q8_0 widths padded, candle's repacked copies).
 const MEASURED: [(&str, bool, u32, u64); 8] = [
