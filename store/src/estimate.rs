@@ -5,9 +5,10 @@
 //!
 //! - **weights as loaded**: every matrix at its file type, except that on CPU Q4_1, Q5_0 and
 //!   Q5_1 matrices (rows a multiple of 32) are re-encoded as Q8_0 (34 bytes per 32 values;
-//!   `--keep-quant` turns it off); 1-D tensors (norms, biases) as f32; the embedding table as f32
-//!   for lookups (f16 for gemma3), plus its quantised form kept as the output projection when the
-//!   file has no `output.weight`;
+//!   `--keep-quant` turns it off); 1-D tensors (norms, biases) as f32; the embedding table for
+//!   lookups at the file's type (the batched decoder on a CPU, which dequantises only the rows it
+//!   looks up), else as f32 (f16 for gemma3), plus its quantised form kept as the output
+//!   projection when the file has no `output.weight`;
 //! - **load transient**: on CPU with a re-encode, the re-encoded copy of the whole file lives in
 //!   memory while the network is built from it; gemma3's f16 table passes through f32 (while
 //!   loading, the worker's allocator returns large freed blocks to the system, so nothing freed
@@ -241,7 +242,13 @@ fn estimate_at(h: &GgufHeader, shape: RunShape, used: Option<(u32, u32)>) -> Mem
         let q = as_loaded(h, t, &shape);
         file_as_loaded += q;
         weights += if t.name == "token_embd.weight" {
-            let table = t.elements() * if gemma { 2 } else { 4 };
+            let table = match t.ggml_type {
+                _ if gemma => t.elements() * 2,
+                // The batched decoder on a CPU looks rows up in the file's quantised table.
+                0 | 1 | 30 => t.elements() * 4,
+                _ if batched(h) && shape.device == DeviceSpec::Cpu => q,
+                _ => t.elements() * 4,
+            };
             if gemma {
                 // The f32 pass on the way to f16.
                 load_transient += t.elements() * 4;

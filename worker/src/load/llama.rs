@@ -15,6 +15,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{append_rows, attend, KvCache, OneToken, OneTokenRows};
+use super::embedding::Embedding;
 use super::linear::{Fused, Linear};
 
 const DEFAULT_ROPE_BASE: f32 = 10_000.0;
@@ -174,7 +175,7 @@ fn project(m: &mut Linear, x: &Tensor, groups: &[Group]) -> candle_core::Result<
 
 /// A llama-family network from a GGUF file.
 pub struct Llama {
-    embed: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     output: Linear,
@@ -243,7 +244,7 @@ impl Llama {
             Err(_) => None,
         };
         let embed_q = get("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
+        let embed = Embedding::new(&embed_q, device)?;
         let output = match get("output.weight") {
             Ok(t) => Linear::new(t, false)?,
             Err(_) => Linear::new(embed_q, false)?,
@@ -401,7 +402,7 @@ impl Llama {
     /// go through each weight matrix together; rotary positions, attention and KV caches stay
     /// per sequence. Logits (`[pieces, vocab]`) of each piece's last token, in order.
     pub fn forward_batch(&mut self, pieces: &mut [Piece<'_>]) -> candle_core::Result<Tensor> {
-        let device = self.embed.device().clone();
+        let device = self.cos.device().clone();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut last = Vec::with_capacity(pieces.len());
@@ -423,9 +424,7 @@ impl Llama {
         let positions = Tensor::new(positions.as_slice(), &device)?;
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
-        let mut x = self
-            .embed
-            .index_select(&Tensor::new(ids.as_slice(), &device)?, 0)?;
+        let mut x = self.embed.lookup(&ids, &device)?;
         for i in 0..self.blocks.len() {
             x = self.block(i, &x, (&cos, &sin), pieces, &groups)?;
         }

@@ -23,6 +23,7 @@ pub use network::{Family, Network};
 
 pub mod attention;
 pub mod device;
+pub mod embedding;
 pub mod gemma3;
 pub mod gguf;
 pub mod guard;
