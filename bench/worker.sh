@@ -22,9 +22,14 @@ rss_of() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
 row() { printf '| %s | %s | %s | %s | %s |\n' "$@"; }
 echo "| engine | prompt tok/s | decode tok/s | TTFT ms | peak RSS MiB |"
 echo "|---|---|---|---|---|"
-# The worker as it runs by default (rbee's own kernel on x86), and with RBEE_NO_QMM=1: candle's
-# kernels, Q4_1 re-encoded as Q8_0 at load (the worker before its own kernel).
-for mode in "" "RBEE_NO_QMM=1"; do
+# The worker as it runs by default (rbee's own kernel on x86), its narrower paths where this CPU
+# has more (RBEE_QMM_ISA: 256-bit VNNI, AVX2 alone: what CPUs without them run), and with
+# RBEE_NO_QMM=1: candle's kernels, Q4_1 re-encoded as Q8_0 at load (the worker before its own
+# kernel).
+modes=("")
+grep -q avx512_vnni /proc/cpuinfo && modes+=("RBEE_QMM_ISA=vnni256")
+modes+=("RBEE_QMM_ISA=avx2" "RBEE_NO_QMM=1")
+for mode in "${modes[@]}"; do
   p=(); d=(); t=(); r=()
   for _ in $(seq "$runs"); do
     out="$(env $mode $w --model "$model" --prompt "$prompt" --max-tokens "$tokens" --temperature 0 --ignore-eos \
@@ -32,7 +37,12 @@ for mode in "" "RBEE_NO_QMM=1"; do
     p+=("$(jq .usage.prompt_tokens_per_s <<<"$out")"); d+=("$(jq .usage.decode_tokens_per_s <<<"$out")")
     t+=("$(jq .usage.time_to_first_token_ms <<<"$out")"); r+=("$(jq '.peak_rss_bytes/1048576' <<<"$out")")
   done
-  name="rbee-worker, $mode (candle's kernels, Q4_1 re-encoded Q8_0)"; [ -z "$mode" ] && name="rbee-worker (Q4_1 on its own kernel)"
+  case "$mode" in
+    "") name="rbee-worker (Q4_1 on its own kernel; 512-bit where AVX512-VNNI runs)" ;;
+    RBEE_QMM_ISA=vnni256) name="rbee-worker, \`$mode\` (its kernel on 256-bit VNNI)" ;;
+    RBEE_QMM_ISA=avx2) name="rbee-worker, \`$mode\` (its kernel on AVX2 alone)" ;;
+    *) name="rbee-worker, \`$mode\` (candle's kernels, Q4_1 re-encoded Q8_0)" ;;
+  esac
   row "$name" "$(printf '%s\n' "${p[@]}" | median | xargs printf %.1f)" "$(printf '%s\n' "${d[@]}" | median | xargs printf %.1f)" \
       "$(printf '%s\n' "${t[@]}" | median | xargs printf %.0f)" "$(printf '%s\n' "${r[@]}" | median | xargs printf %.0f)"
 done
