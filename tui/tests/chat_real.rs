@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::run::{run_bounded, run_bounded_stdin, test_model_name, Run};
+use common::run::{add_node_args, run_bounded, run_bounded_stdin, test_model_name, Run};
 use common::tmux::Tmux;
 use rbee_testkit::{bin, model_dir, AgentProc};
 
@@ -66,16 +66,7 @@ fn chat_one_turn_and_a_conversation_on_the_real_model() {
         r
     };
     let token_file = state.join("token");
-    tui(&[
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ])
-    .ok();
+    tui(&add_node_args(&agent.url, &token_file)).ok();
 
     // The NAME `models list` prints is what we spawn and chat with.
     let name = test_model_name(&tui(&["models", "list", "--json"]).json());
@@ -193,16 +184,7 @@ fn agent_with_a_worker(dir: &Path, cfg: &Path) -> AgentProc {
     let token = state.join("token");
     let tui =
         |args: &[&str]| run_bounded(tui_cmd(cfg, &local_state, args), Duration::from_secs(120));
-    tui(&[
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        token.to_str().unwrap(),
-    ])
-    .ok();
+    tui(&add_node_args(&agent.url, &token)).ok();
     let model = rbee_testkit::model_path();
     tui(&[
         "--timeout",

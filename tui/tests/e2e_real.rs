@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::run::{run_bounded, Run};
+use common::run::{add_node_args, run_bounded, Run};
 use common::tmux::Tmux;
 use rbee_testkit::{alive, bin, children_of, model_dir, model_path, wait_for, AgentProc};
 
@@ -66,15 +66,7 @@ fn subcommands_against_a_real_agent() {
     let token_file = state.join("token");
 
     // nodes add / list
-    let r = tui(&[
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ]);
+    let r = tui(&add_node_args(&agent.url, &token_file));
     assert!(r.ok().stdout.contains("added node n1"), "{}", r.stdout);
     let nodes = tui(&["nodes", "list", "--json"]).json();
     let nodes = nodes.as_array().expect("nodes list is an array");

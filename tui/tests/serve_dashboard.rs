@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::run::{run_bounded, Run};
+use common::run::{add_node_args, run_bounded, Run};
 use common::tmux::Tmux;
 use rbee_testkit::{bin, model_dir, model_path, AgentProc};
 
@@ -49,16 +49,7 @@ fn serve_beside_the_dashboard_shows_a_curl_request_on_the_requests_screen() {
     let agent = AgentProc::start(&state, &[]);
     let cfg = dir.path().join("conf/tui.toml");
     let token_file = state.join("token");
-    let add = [
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ];
-    tui(&cfg, &add).ok();
+    tui(&cfg, &add_node_args(&agent.url, &token_file)).ok();
     let model = model_path().to_string_lossy().into_owned();
     let spawn = [
         "--timeout",

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::run::{run_bounded, test_model_name, Run};
+use common::run::{add_node_args, run_bounded, test_model_name, Run};
 use rbee_testkit::{bin, model_dir, AgentProc};
 
 fn tui(cfg: &Path, local_state: &Path, args: &[&str]) -> Run {
@@ -51,16 +51,7 @@ fn unload_all_kills_every_worker_and_empties_the_desired_state() {
     let local = dir.path().join("local-state");
     let tui = |args: &[&str]| tui(&cfg, &local, args);
     let token_file = state.join("token");
-    tui(&[
-        "nodes",
-        "add",
-        "n1",
-        "--url",
-        &agent.url,
-        "--token-file",
-        token_file.to_str().unwrap(),
-    ])
-    .ok();
+    tui(&add_node_args(&agent.url, &token_file)).ok();
     let name = test_model_name(&tui(&["models", "list", "--json"]).json());
     let spawn = [
         "--timeout",

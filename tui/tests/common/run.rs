@@ -115,3 +115,9 @@ pub fn test_model_name(models: &Value) -> String {
         .unwrap_or_else(|| panic!("the test model is not listed: {models}"))
         .to_string()
 }
+
+/// `nodes add n1 --url URL --token-file FILE`: the agent under test as the config's one node.
+pub fn add_node_args<'a>(url: &'a str, token_file: &'a std::path::Path) -> [&'a str; 7] {
+    let file = token_file.to_str().expect("token path is UTF-8");
+    ["nodes", "add", "n1", "--url", url, "--token-file", file]
+}
