@@ -3,11 +3,14 @@
 //! `rbee-tui workers logs` prints them without colours and with no control character left,
 //! `--follow` prints each new line once, `nodes logs` prints the agent's own log, and the
 //! agent's size rotation of the worker's log under that writer loses no line and splits none.
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::run::add_node_args;
 use rbee_testkit::{model_path, wait_for, AgentProc};
 use serde_json::Value;
 
@@ -132,18 +135,7 @@ fn worker_logs_are_plain_followed_and_rotated_without_losing_a_line() {
     let cfg = dir.path().join("tui.toml");
     let tok = dir.path().join("token");
     std::fs::write(&tok, &agent.token).unwrap();
-    run_ok(
-        &cfg,
-        &[
-            "nodes",
-            "add",
-            "n1",
-            "--url",
-            &agent.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-        ],
-    );
+    run_ok(&cfg, &add_node_args(&agent.url, &tok));
     let model = model_path().display().to_string();
     let id = run_ok(&cfg, &["workers", "spawn", "--model", &model]);
     let id = id.trim();

@@ -3,10 +3,13 @@
 //! prints nothing and succeeds, an unknown worker is named, a `--follow` whose worker is killed
 //! ends saying so with success, a killed worker's log is still read (from disk), a follower of
 //! a stopped agent ends at once, `--timeout 0` is refused, a load timeout is reported once.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::run::add_node_args;
 use rbee_testkit::{model_path, wait_for, AgentProc};
 
 /// A worker stand-in that writes a line of invalid UTF-8 and a marker, then idles.
@@ -33,18 +36,7 @@ fn add_node(dir: &Path, agent: &AgentProc) -> PathBuf {
     let cfg = dir.join("tui.toml");
     let tok = dir.join("token");
     std::fs::write(&tok, &agent.token).unwrap();
-    let (ok, _, err) = run(
-        &cfg,
-        &[
-            "nodes",
-            "add",
-            "n1",
-            "--url",
-            &agent.url,
-            "--token-file",
-            tok.to_str().unwrap(),
-        ],
-    );
+    let (ok, _, err) = run(&cfg, &add_node_args(&agent.url, &tok));
     assert!(ok, "{err}");
     cfg
 }
