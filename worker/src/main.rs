@@ -130,7 +130,7 @@ fn main() {
     if let Some(t) = threads {
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
     }
-    keep_freed_memory();
+    load::serving_allocator();
     rbee_host::logging::init_stderr();
     let code = if one_shot_mode(&args) {
         // On a thread of the pool, as the protocol's generator runs (see `serve`).
@@ -147,20 +147,6 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Keep freed memory in the process for the next step instead of handing it back to the kernel.
-/// Each forward pass allocates and frees the same large activations (attention scores of a
-/// prompt chunk: tens of MB); glibc served those with fresh `mmap`s, and page faults, zeroing
-/// and `munmap` took a fifth of prompt processing (perf, SmolLM2, 1 024-token prompt).
-fn keep_freed_memory() {
-    // SAFETY: mallopt only tunes the allocator; it is called before any other thread starts.
-    unsafe {
-        if libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 0 {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        }
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 /// Whether this run answers once for a person (`--prompt`, `--chat`, `--export-tokenizer`)
 /// rather than speaking the protocol to an agent.
 fn one_shot_mode(args: &Args) -> bool {
@@ -169,8 +155,8 @@ fn one_shot_mode(args: &Args) -> bool {
 
 /// Stdout as the protocol's sink, after the `Hello` every protocol run starts with.
 fn hello() -> Sink {
-    // Buffered: a step's token frames leave in one write (`serve` flushes after each step and
-    // after every other frame).
+    // Buffered: the token frames of the steps within `--stream-interval-ms` leave in one write
+    // (`serve` flushes then, and after every other frame).
     let sink: Sink = Arc::new(Mutex::new(Box::new(std::io::BufWriter::new(
         std::io::stdout(),
     ))));

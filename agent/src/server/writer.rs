@@ -36,6 +36,7 @@ pub(super) async fn run(
     ended: CancellationToken,
 ) {
     let stall = shared.limits.write_stall;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let msg = tokio::select! {
             biased;
@@ -74,7 +75,8 @@ pub(super) async fn run(
         };
         // Replies and tokens already queued behind this one leave in the same write: a worker
         // sends a few steps' tokens at once, and one write per token woke the client per token.
-        let mut batch = vec![msg];
+        batch.clear();
+        batch.push(msg);
         while batch.len() < BATCH {
             match src.out.try_recv() {
                 Ok(m) => batch.push(m),

@@ -210,7 +210,10 @@ pub(crate) fn append_rows(
             Some(c) => c,
             None => cache.insert(KvCache::new(&k.narrow(2, r, 1)?, 256, None)?),
         };
-        if c.len != pos || c.ring.is_some() {
+        if c.ring.is_some() {
+            candle_core::bail!("a sliding-window cache is not appended a row at a time");
+        }
+        if c.len != pos {
             candle_core::bail!("a token at {pos} after {} cached ones", c.len);
         }
         c.reserve(1)?;

@@ -96,8 +96,14 @@ impl Isa {
         }
     }
 
-    /// The instruction sets this machine runs, best first.
-    fn detected() -> Vec<Isa> {
+    /// The instruction sets this machine runs, best first (detected once: every matrix of a
+    /// load asks).
+    fn detected() -> &'static [Isa] {
+        static DETECTED: std::sync::LazyLock<Vec<Isa>> = std::sync::LazyLock::new(Isa::detect);
+        &DETECTED
+    }
+
+    fn detect() -> Vec<Isa> {
         // The same detection admission's estimate makes for this node.
         if !rbee_store::estimate::host_qmm() || std::env::var_os("RBEE_NO_QMM").is_some() {
             return Vec::new();
@@ -119,7 +125,10 @@ impl Isa {
         match std::env::var("RBEE_QMM_ISA").as_deref() {
             Ok("avx2") => all.retain(|i| *i == Isa::Avx2),
             Ok("vnni256") => all.retain(|i| *i != Isa::Zmm),
-            _ => {}
+            Ok(other) => tracing::warn!(
+                "RBEE_QMM_ISA={other} is not a kernel path (avx2 or vnni256); using the best"
+            ),
+            Err(_) => {}
         }
         all
     }
@@ -196,7 +205,7 @@ impl Packed {
     /// Repack `weights` (`[n, k]`, on the CPU), or `None` where the kernel does not apply.
     pub fn new(weights: &QTensor) -> candle_core::Result<Option<Self>> {
         let (n, _) = weights.shape().dims2()?;
-        match Isa::for_rows(&Isa::detected(), n) {
+        match Isa::for_rows(Isa::detected(), n) {
             Some(isa) => Self::with(weights, isa),
             None => Ok(None),
         }
@@ -447,7 +456,7 @@ mod tests {
         }
         for (t, isa) in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0]
             .into_iter()
-            .flat_map(|t| Isa::detected().into_iter().map(move |i| (t, i)))
+            .flat_map(|t| Isa::detected().iter().map(move |&i| (t, i)))
         {
             let (n, k, rows) = (48, 96, 5);
             let (q, _) = weights(t, n, k, 7);
@@ -514,7 +523,7 @@ mod tests {
             let (q, _) = weights(t, n, k, 3);
             let x = input(6, k);
             let mut first: Option<(Isa, Vec<f32>)> = None;
-            for &isa in &all {
+            for &isa in all {
                 let p = Packed::with(&q, isa).unwrap().expect("packs");
                 let mut y = vec![0f32; 6 * n];
                 p.matmul(&x, 6, &mut y);
@@ -532,8 +541,8 @@ mod tests {
         if all.first() != Some(&Isa::Zmm) {
             return;
         }
-        assert_eq!(Isa::for_rows(&all, 32), Some(Isa::Zmm));
-        assert_eq!(Isa::for_rows(&all, 24), Some(Isa::Vnni));
+        assert_eq!(Isa::for_rows(all, 32), Some(Isa::Zmm));
+        assert_eq!(Isa::for_rows(all, 24), Some(Isa::Vnni));
         // And they give what the 16-row machine's other matrices would: the dequantised product.
         let (q, p) = weights(GgmlDType::Q4_1, 24, 64, 5);
         assert_eq!(p.isa, Isa::Vnni);

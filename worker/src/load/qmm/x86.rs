@@ -121,6 +121,33 @@ unsafe fn bcast<T>(p: *const T) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 
+/// Where `R` input rows from `r0` keep their quants, scales and sums (`QuantX`), indexed by
+/// block in the tiles without bounds checks (`QuantX` holds `rows × kb` blocks; `r0 + R <=
+/// rows`). `u` (the quants + 128, for VNNI's unsigned operand against signed Q8 weights) only
+/// when `unsigned`, else null.
+struct Inputs<const R: usize> {
+    q: [*const i8; R],
+    u: [*const u8; R],
+    d: [*const f32; R],
+    s: [*const f32; R],
+}
+
+impl<const R: usize> Inputs<R> {
+    #[inline(always)]
+    unsafe fn new(q: &QuantX, r0: usize, unsigned: bool) -> Self {
+        let kb = q.kb;
+        Self {
+            q: std::array::from_fn(|j| q.q.as_ptr().add((r0 + j) * kb * BLOCK)),
+            u: std::array::from_fn(|j| match unsigned {
+                true => q.u.as_ptr().add((r0 + j) * kb * BLOCK),
+                false => std::ptr::null(),
+            }),
+            d: std::array::from_fn(|j| q.d.as_ptr().add((r0 + j) * kb)),
+            s: std::array::from_fn(|j| q.s.as_ptr().add((r0 + j) * kb)),
+        }
+    }
+}
+
 /// `R` input rows from `r0` against one group of eight output rows; `Q4`: the weights'
 /// format (a constant, so the block loop has no branch on it).
 #[inline(always)]
@@ -132,18 +159,16 @@ unsafe fn tile<D: Dot, const R: usize, const Q4: bool>(
     dst: *mut f32,
 ) {
     let kb = q.kb;
-    let rec = if Q4 { Format::Q4 } else { Format::Q8 }.record(ROWS);
+    let format = if Q4 { Format::Q4 } else { Format::Q8 };
+    let (rec, scales) = (format.record(ROWS), format.scales(ROWS));
     let base = p.data.as_ptr().add(g * kb * rec);
     let nib = _mm256_set1_epi8(0x0f);
-    // Each input row's quants, scales and sums, indexed by block without bounds checks
-    // (`QuantX` holds `rows × kb` blocks; `r0 + R <= rows`).
-    let xq: [*const i8; R] = std::array::from_fn(|j| q.q.as_ptr().add((r0 + j) * kb * BLOCK));
-    let xu: [*const u8; R] = std::array::from_fn(|j| match D::BIASED && !Q4 {
-        true => q.u.as_ptr().add((r0 + j) * kb * BLOCK),
-        false => std::ptr::null(),
-    });
-    let xd: [*const f32; R] = std::array::from_fn(|j| q.d.as_ptr().add((r0 + j) * kb));
-    let xs: [*const f32; R] = std::array::from_fn(|j| q.s.as_ptr().add((r0 + j) * kb));
+    let Inputs {
+        q: xq,
+        u: xu,
+        d: xd,
+        s: xs,
+    } = Inputs::<R>::new(q, r0, D::BIASED && !Q4);
     let mut tot = [_mm256_setzero_ps(); R];
     for b in 0..kb {
         let r = base.add(b * rec);
@@ -160,7 +185,7 @@ unsafe fn tile<D: Dot, const R: usize, const Q4: bool>(
                     acc[j] = D::q4(acc[j], hi, bcast(xq[j].add(at + 16 + 4 * c)));
                 }
             }
-            _mm256_cvtph_ps(_mm_loadu_si128(r.add(128) as *const __m128i))
+            _mm256_cvtph_ps(_mm_loadu_si128(r.add(scales) as *const __m128i))
         } else {
             for c in 0..8 {
                 let w = _mm256_loadu_si256(r.add(32 * c) as *const __m256i);
@@ -173,20 +198,21 @@ unsafe fn tile<D: Dot, const R: usize, const Q4: bool>(
                 }
             }
             if D::BIASED {
-                let sums = _mm256_cvtepi16_epi32(_mm_loadu_si128(r.add(272) as *const __m128i));
+                let sums = _mm_loadu_si128(r.add(scales + 2 * ROWS) as *const __m128i);
+                let sums = _mm256_cvtepi16_epi32(sums);
                 let bias = _mm256_slli_epi32(sums, 7);
                 for a in acc.iter_mut() {
                     *a = _mm256_sub_epi32(*a, bias);
                 }
             }
-            _mm256_cvtph_ps(_mm_loadu_si128(r.add(256) as *const __m128i))
+            _mm256_cvtph_ps(_mm_loadu_si128(r.add(scales) as *const __m128i))
         };
         for j in 0..R {
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd[j].add(b)));
             tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), scale, tot[j]);
         }
         if Q4 {
-            let mw = _mm256_cvtph_ps(_mm_loadu_si128(r.add(144) as *const __m128i));
+            let mw = _mm256_cvtph_ps(_mm_loadu_si128(r.add(scales + 2 * ROWS) as *const __m128i));
             for j in 0..R {
                 tot[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*xs[j].add(b)), tot[j]);
             }
@@ -288,13 +314,12 @@ unsafe fn tile16<const R: usize, const Q4: bool>(
     let scales = format.scales(ROWS16);
     let base = p.data.as_ptr().add(g * kb * rec);
     let nib = _mm512_set1_epi8(0x0f);
-    // As in `tile`: each input row's quants (Q8: the quants + 128), scales and sums.
-    let xq: [*const u8; R] = std::array::from_fn(|j| match Q4 {
-        true => q.q.as_ptr().add((r0 + j) * kb * BLOCK) as *const u8,
-        false => q.u.as_ptr().add((r0 + j) * kb * BLOCK),
-    });
-    let xd: [*const f32; R] = std::array::from_fn(|j| q.d.as_ptr().add((r0 + j) * kb));
-    let xs: [*const f32; R] = std::array::from_fn(|j| q.s.as_ptr().add((r0 + j) * kb));
+    let Inputs {
+        q: xq,
+        u: xu,
+        d: xd,
+        s: xs,
+    } = Inputs::<R>::new(q, r0, !Q4);
     let mut tot = [_mm512_setzero_ps(); R];
     for b in 0..kb {
         let r = base.add(b * rec);
@@ -318,7 +343,7 @@ unsafe fn tile16<const R: usize, const Q4: bool>(
             for c in 0..8 {
                 let w = _mm512_loadu_si512(r.add(64 * c) as *const __m512i);
                 for j in 0..R {
-                    acc[j] = _mm512_dpbusd_epi32(acc[j], bcast16(xq[j].add(at + 4 * c)), w);
+                    acc[j] = _mm512_dpbusd_epi32(acc[j], bcast16(xu[j].add(at + 4 * c)), w);
                 }
             }
             // The unsigned operand was x + 128: take 128 × Σw back off.
